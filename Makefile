@@ -1,0 +1,39 @@
+# Two entry points: `make demo` runs the embedded default study, `make test` runs the test suite.
+PYTHON ?= python3.11
+VENV := .venv
+BIN := $(VENV)/bin
+CORES ?= all
+
+.PHONY: demo test install install-test report lint clean
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install --quiet -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install --quiet -e ".[test]"
+	# torchattacks pins an old `requests`; its own code needs only torch, numpy and scipy.
+	$(BIN)/pip install --quiet --no-deps "torchattacks==3.5.1"
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+demo: install
+	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
+
+report: install
+	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml --report results/report.html
+
+test: install-test
+	$(BIN)/python -m pytest
+
+lint: install
+	$(BIN)/snakemake --lint
+
+clean:
+	rm -rf results/* resources/datasets resources/weights .snakemake
