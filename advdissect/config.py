@@ -1,0 +1,231 @@
+"""Configuration: schema validation with one-line errors, and the checks a schema cannot make.
+
+The Snakefile calls `check_config_files` on the raw YAML (duplicate keys), `validate` (schema,
+defaults filled in), then `check_semantics` (cross-references, ε on the 1/255 grid, ...).
+"""
+
+from __future__ import annotations
+
+import math
+from fractions import Fraction
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import jsonschema
+import yaml
+
+from .errors import ConfigError
+
+# Broden as published by its authors: 63,305 images in both variants.
+BRODEN_IMAGES = {"broden1_224": 63305, "broden1_227": 63305}
+PIXEL_GRID = 255
+
+
+def parse_fraction(value: Any, key: str = "value") -> float:
+    """A number or an "a/b" string (e.g. "2/255") as a float; ConfigError otherwise."""
+    if isinstance(value, bool):
+        raise ConfigError(f"config: {key}: expected a number or 'a/b', got {value!r}")
+    if isinstance(value, (int, float)):
+        result = float(value)
+    elif isinstance(value, str):
+        try:
+            numerator, _, denominator = value.replace(" ", "").partition("/")
+            result = float(Fraction(numerator) / Fraction(denominator or "1"))
+        except (ValueError, ZeroDivisionError):
+            raise ConfigError(f"config: {key}: expected a number or 'a/b' such as '8/255', got {value!r}") from None
+    else:
+        raise ConfigError(f"config: {key}: expected a number or 'a/b', got {value!r}")
+    if not math.isfinite(result) or result < 0:
+        raise ConfigError(f"config: {key}: must be a finite number >= 0, got {value!r}")
+    return result
+
+
+def on_pixel_grid(value: float) -> bool:
+    """True when `value` is a whole number of 1/255 steps (lossless as uint8)."""
+    steps = value * PIXEL_GRID
+    return abs(steps - round(steps)) < 1e-6
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """A YAML loader that refuses a key given twice in one mapping (PyYAML keeps the last)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: dict[Any, int] = {}
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise ConfigError(
+                f"{key_node.start_mark.name}:{key_node.start_mark.line + 1}: key {key!r} is given twice "
+                f"(first on line {seen[key] + 1}); names must be unique"
+            )
+        seen[key] = key_node.start_mark.line
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def load_yaml(path: str | Path) -> Any:
+    """Load a YAML file, refusing duplicate keys."""
+    try:
+        with open(path) as handle:
+            return yaml.load(handle, Loader=_UniqueKeyLoader)
+    except FileNotFoundError:
+        raise ConfigError(f"config file not found: {path}") from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})".replace("\n", " ")) from None
+
+
+def check_config_files(paths: Iterable[str | Path]) -> None:
+    for path in paths:
+        load_yaml(path)
+
+
+def load_schema(path: str | Path) -> dict:
+    with open(path) as handle:
+        return yaml.safe_load(handle)
+
+
+def _key_path(error: jsonschema.ValidationError) -> str:
+    return ".".join(str(part) for part in error.absolute_path) or "(top level)"
+
+
+def _describe(error: jsonschema.ValidationError) -> str:
+    where = _key_path(error)
+    if error.validator == "additionalProperties" and isinstance(error.instance, Mapping):
+        allowed = sorted((error.schema.get("properties") or {}).keys())
+        unknown = sorted(set(error.instance) - set(allowed))
+        return f"config: {where}: unknown key {', '.join(repr(k) for k in unknown)} (allowed: {', '.join(allowed)})"
+    if "propertyNames" in error.relative_schema_path:
+        return f"config: {where}: name {error.instance!r} may use only letters, digits, '_' and '-'"
+    if error.validator == "enum":
+        allowed = ", ".join(repr(v) for v in error.validator_value)
+        return f"config: {where}: {error.instance!r} is not one of {allowed}"
+    if error.validator == "oneOf" and error.context:
+        # Report the branch that came closest rather than "is not valid under any of the given schemas".
+        best = jsonschema.exceptions.best_match(error.context)
+        return f"config: {where}: {best.message}"
+    return f"config: {where}: {error.message}"
+
+
+def validate(config: dict, schema: dict) -> None:
+    """Validate against the JSON schema; raise ConfigError with one line naming the key."""
+    validator_cls = jsonschema.validators.validator_for(schema)
+    validator = validator_cls(schema)
+    errors = sorted(validator.iter_errors(config), key=lambda e: (len(list(e.absolute_path)), str(e.absolute_path)))
+    if errors:
+        error = jsonschema.exceptions.best_match(errors)
+        # `if/then` failures surface as the `then` branch's own error; dig into it for the real key.
+        while error.context and error.validator in ("allOf", "anyOf"):
+            error = jsonschema.exceptions.best_match(error.context)
+        raise ConfigError(_describe(error))
+
+
+def clean_attack(config: Mapping) -> str:
+    """The name of the one attack whose method is `clean`."""
+    names = [name for name, spec in config["attacks"].items() if spec["method"] == "clean"]
+    if len(names) != 1:
+        raise ConfigError(
+            f"config: attacks: exactly one attack must have method 'clean' (found {len(names)}: {names}); "
+            "it gives the clean images and the clean thresholds"
+        )
+    return names[0]
+
+
+def dataset_size(name: str, spec: Mapping) -> int:
+    """How many rows of dataset `name` are dissected (known before any job runs)."""
+    if "n_images" in spec:
+        return int(spec["n_images"])
+    source = spec["source"]
+    if source == "synthetic":
+        synthetic = spec.get("synthetic", {})
+        n_train, n_val = synthetic.get("n_train", 2000), synthetic.get("n_val", 500)
+        return {"train": n_train, "val": n_val, "all": n_train + n_val}[spec.get("split", "all")]
+    if source == "broden" and spec.get("split", "all") == "all":
+        return BRODEN_IMAGES[spec["variant"]]
+    raise ConfigError(f"config: datasets.{name}.n_images: required for source {source!r} with split {spec.get('split', 'all')!r}")
+
+
+def n_shards(name: str, spec: Mapping) -> int:
+    return math.ceil(dataset_size(name, spec) / spec["shard_size"])
+
+
+def check_semantics(config: Mapping) -> None:
+    """Cross-key checks after schema validation (defaults already filled in)."""
+    datasets, models, attacks = config["datasets"], config["models"], config["attacks"]
+    for name, spec in datasets.items():
+        source = spec["source"]
+        if source == "broden" and "variant" not in spec:
+            raise ConfigError(f"config: datasets.{name}.variant: required for source 'broden' (broden1_224 or broden1_227)")
+        if source == "local" and "path" not in spec:
+            raise ConfigError(f"config: datasets.{name}.path: required for source 'local'")
+        if source != "synthetic" and "synthetic" in spec:
+            raise ConfigError(f"config: datasets.{name}.synthetic: only for source 'synthetic'")
+        dataset_size(name, spec)
+    clean_attack(config)
+    for name, spec in attacks.items():
+        method = spec["method"]
+        if method == "clean":
+            continue
+        if "eps" not in spec:
+            raise ConfigError(f"config: attacks.{name}.eps: required for method {method!r}")
+        for key in ("eps", "step"):
+            if key in spec:
+                value = parse_fraction(spec[key], f"attacks.{name}.{key}")
+                if not on_pixel_grid(value):
+                    raise ConfigError(
+                        f"config: attacks.{name}.{key}: {spec[key]!r} is not a multiple of 1/255 "
+                        "(images are stored as uint8; use e.g. '2/255')"
+                    )
+        if spec.get("labels") == "target" and "target" not in spec:
+            raise ConfigError(f"config: attacks.{name}.target: required when labels is 'target' (least_likely, random or a class index)")
+        if method == "noise" and spec.get("labels", "prediction") != "prediction":
+            raise ConfigError(f"config: attacks.{name}.labels: the noise control uses no labels")
+    for name, spec in models.items():
+        for attack in spec.get("attacks", []):
+            if attack not in attacks:
+                raise ConfigError(f"config: models.{name}.attacks: unknown attack {attack!r} (defined: {', '.join(attacks)})")
+        for dataset in spec.get("datasets", []):
+            if dataset not in datasets:
+                raise ConfigError(f"config: models.{name}.datasets: unknown dataset {dataset!r} (defined: {', '.join(datasets)})")
+        weights = spec["weights"]
+        if weights["source"] != "train":
+            continue
+        if weights["dataset"] not in datasets:
+            raise ConfigError(f"config: models.{name}.weights.dataset: unknown dataset {weights['dataset']!r} (defined: {', '.join(datasets)})")
+        parse_fraction(weights.get("eps", 0), f"models.{name}.weights.eps")
+        train_set = datasets[weights["dataset"]]
+        if train_set["source"] == "synthetic":
+            scenes = train_set.get("synthetic", {}).get("n_scenes", 24)
+            if spec["num_classes"] != scenes:
+                raise ConfigError(
+                    f"config: models.{name}.num_classes: {spec['num_classes']} but dataset "
+                    f"{weights['dataset']!r} has {scenes} scene classes"
+                )
+        _check_init_chain(models, name)
+
+
+def _check_init_chain(models: Mapping, name: str) -> None:
+    seen = [name]
+    current = models[name]["weights"].get("init")
+    while current is not None:
+        if current not in models:
+            raise ConfigError(f"config: models.{seen[-1]}.weights.init: unknown model {current!r} (defined: {', '.join(models)})")
+        if models[current]["arch"] != models[seen[-1]]["arch"]:
+            raise ConfigError(
+                f"config: models.{seen[-1]}.weights.init: {current!r} is a {models[current]['arch']}, "
+                f"not a {models[seen[-1]]['arch']}"
+            )
+        if current in seen:
+            raise ConfigError(f"config: models.{name}.weights.init: circular ({' -> '.join(seen + [current])})")
+        seen.append(current)
+        current = models[current]["weights"].get("init") if models[current]["weights"]["source"] == "train" else None
+
+
+def check_layers(config: Mapping) -> None:
+    """Every configured layer exists in its architecture (builds each net on the meta device)."""
+    from .models import check_layer_names  # torch import only when the config is otherwise sound
+
+    for name, spec in config["models"].items():
+        check_layer_names(spec["arch"], spec["num_classes"], spec["layers"], where=f"models.{name}.layers")

@@ -1,0 +1,145 @@
+"""Artifact files: atomic writes and HDF5 files that say what they hold.
+
+Every file the workflow writes goes to a temporary name beside its target and is renamed
+into place only when complete, so a killed job never leaves a half-written file under a
+name Snakemake (or a later stage) would trust. Every HDF5 artifact carries its identity
+(`kind` plus the dataset/model/attack/... it was made from) as attributes; readers state
+what they expect and get an `ArtifactError` when a file from another stage or config is
+fed to them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Iterator, Mapping
+
+import h5py
+import numpy as np
+
+from .errors import ArtifactError
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
+    """Yield a temporary path in the target's directory; rename it to `path` on success.
+
+    On any exception the temporary file is removed and the target is left untouched.
+    """
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent)
+    os.close(fd)
+    tmp_path = Path(tmp)
+    try:
+        yield tmp_path
+        os.replace(tmp_path, target)
+    except BaseException:
+        tmp_path.unlink(missing_ok=True)
+        raise
+
+
+def write_text(path: str | os.PathLike, text: str) -> None:
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+
+
+def write_json(path: str | os.PathLike, obj: Any) -> None:
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+
+
+def write_csv(path: str | os.PathLike, frame) -> None:
+    """Write a pandas DataFrame as CSV, atomically, without the index."""
+    with atomic_path(path) as tmp:
+        frame.to_csv(tmp, index=False)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _encode_attr(value: Any) -> Any:
+    # Nested or None values go in as JSON text; h5py stores scalars and flat arrays natively.
+    if value is None or isinstance(value, (dict, list, tuple)):
+        return "json:" + json.dumps(value, sort_keys=True, default=_json_default)
+    return value
+
+
+def _decode_attr(value: Any) -> Any:
+    if isinstance(value, bytes):
+        value = value.decode()
+    if isinstance(value, str) and value.startswith("json:"):
+        return json.loads(value[5:])
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+def write_h5(
+    path: str | os.PathLike,
+    kind: str,
+    identity: Mapping[str, Any],
+    arrays: Mapping[str, np.ndarray],
+    chunk_rows: bool = True,
+) -> None:
+    """Write `arrays` (name -> array; names may contain '/' for groups) atomically.
+
+    Arrays with 2+ dimensions are chunked one row (first axis) per chunk when `chunk_rows`,
+    so a reader can take one image without reading the shard.
+    """
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["kind"] = kind
+            for key, value in identity.items():
+                f.attrs[key] = _encode_attr(value)
+            for name, array in arrays.items():
+                array = np.asarray(array)
+                chunks = None
+                if chunk_rows and array.ndim >= 2 and array.shape[0] > 0:
+                    chunks = (1,) + array.shape[1:]
+                f.create_dataset(name, data=array, chunks=chunks)
+
+
+def read_attrs(f: h5py.File) -> dict[str, Any]:
+    return {key: _decode_attr(value) for key, value in f.attrs.items()}
+
+
+def check_identity(path: str | os.PathLike, kind: str, attrs: Mapping[str, Any], expect: Mapping[str, Any]) -> None:
+    """Raise ArtifactError unless `attrs` says `kind` and matches every key of `expect`."""
+    found_kind = attrs.get("kind")
+    if found_kind != kind:
+        raise ArtifactError(f"{path}: expected a '{kind}' file, found kind={found_kind!r}")
+    for key, want in expect.items():
+        have = attrs.get(key)
+        if _normalise(have) != _normalise(want):
+            raise ArtifactError(
+                f"{path}: made for {key}={have!r}, but this step needs {key}={want!r} "
+                "(a file from another model, attack or config; delete it and re-run)"
+            )
+
+
+def _normalise(value: Any) -> Any:
+    return json.loads(json.dumps(value, sort_keys=True, default=_json_default))
+
+
+def open_h5(path: str | os.PathLike, kind: str, expect: Mapping[str, Any] | None = None) -> h5py.File:
+    """Open an artifact read-only after checking its identity against `expect`."""
+    try:
+        f = h5py.File(path, "r")
+    except (OSError, FileNotFoundError) as exc:
+        raise ArtifactError(f"{path}: cannot be read as HDF5 ({exc})") from None
+    try:
+        check_identity(path, kind, read_attrs(f), expect or {})
+    except ArtifactError:
+        f.close()
+        raise
+    return f

@@ -1,0 +1,174 @@
+"""Config validation: each bad value gives one line naming the key and what is allowed."""
+
+import copy
+from pathlib import Path
+
+import pytest
+import yaml
+
+from advdissect import config as adconfig
+from advdissect.errors import ConfigError
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = adconfig.load_schema(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+DEFAULT = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
+
+
+def checked(cfg):
+    """Validate and cross-check a config, as the Snakefile does (minus the layer check)."""
+    adconfig.validate(cfg, SCHEMA)
+    _fill_defaults(cfg)
+    adconfig.check_semantics(cfg)
+    return cfg
+
+
+def _fill_defaults(cfg):
+    from snakemake.utils import validate
+
+    validate(cfg, str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
+
+
+def bad(mutate):
+    cfg = copy.deepcopy(DEFAULT)
+    mutate(cfg)
+    with pytest.raises(ConfigError) as info:
+        checked(cfg)
+    message = str(info.value)
+    assert "\n" not in message
+    return message
+
+
+@pytest.mark.parametrize("path", ["config/config.yaml", "config/paper.yaml"])
+def test_shipped_configs_are_valid(path):
+    cfg = yaml.safe_load((ROOT / path).read_text())
+    checked(cfg)
+    assert adconfig.clean_attack(cfg) == "clean"
+
+
+def test_defaults_are_filled_in():
+    cfg = checked(copy.deepcopy(DEFAULT))
+    assert cfg["attacks"]["fgsm_2"]["labels"] == "prediction"
+    assert cfg["models"]["resnet18"]["normalization"] == "imagenet"
+
+
+def test_unknown_top_level_key():
+    message = bad(lambda c: c.update(sharding=3))
+    assert message.startswith("config: (top level): unknown key 'sharding' (allowed: ")
+    assert "attacks" in message and "datasets" in message
+
+
+def test_unknown_nested_key():
+    message = bad(lambda c: c["models"]["resnet18"].update(layerz=["layer4"]))
+    assert message == (
+        "config: models.resnet18: unknown key 'layerz' "
+        "(allowed: arch, attacks, datasets, layers, normalization, num_classes, weights)"
+    )
+
+
+def test_wrong_type():
+    message = bad(lambda c: c["dissection"].update(batch_size="many"))
+    assert message == "config: dissection.batch_size: 'many' is not of type 'integer'"
+
+
+def test_shard_size_zero():
+    message = bad(lambda c: c["datasets"]["synthetic"].update(shard_size=0))
+    assert message == "config: datasets.synthetic.shard_size: 0 is less than the minimum of 1"
+
+
+@pytest.mark.parametrize("q", [0, 1, 1.5, -0.1])
+def test_quantile_outside_open_unit_interval(q):
+    message = bad(lambda c: c["dissection"].update(quantile=q))
+    assert message.startswith("config: dissection.quantile: ")
+
+
+def test_negative_eps():
+    message = bad(lambda c: c["attacks"]["fgsm_2"].update(eps=-0.01))
+    assert message == "config: attacks.fgsm_2.eps: must be a finite number >= 0, got -0.01"
+
+
+def test_eps_not_in_pixel_units():
+    message = bad(lambda c: c["attacks"]["fgsm_2"].update(eps=0.01))
+    assert message == (
+        "config: attacks.fgsm_2.eps: 0.01 is not a multiple of 1/255 "
+        "(images are stored as uint8; use e.g. '2/255')"
+    )
+
+
+def test_eps_garbage_string():
+    message = bad(lambda c: c["attacks"]["fgsm_2"].update(eps="two/255"))
+    assert message.startswith("config: attacks.fgsm_2.eps: ")
+
+
+def test_eps_required():
+    message = bad(lambda c: c["attacks"]["fgsm_2"].pop("eps"))
+    assert message == "config: attacks.fgsm_2.eps: required for method 'fgsm'"
+
+
+def test_unknown_attack_method():
+    message = bad(lambda c: c["attacks"]["fgsm_2"].update(method="cw"))
+    assert message == "config: attacks.fgsm_2.method: 'cw' is not one of 'clean', 'fgsm', 'bim', 'pgd', 'noise'"
+
+
+def test_exactly_one_clean_attack():
+    message = bad(lambda c: c["attacks"].pop("clean"))
+    assert message.startswith("config: attacks: exactly one attack must have method 'clean' (found 0")
+
+
+def test_bad_name():
+    message = bad(lambda c: c["attacks"].update({"fgsm 2": {"method": "fgsm", "eps": "2/255"}}))
+    assert message == "config: attacks: name 'fgsm 2' may use only letters, digits, '_' and '-'"
+
+
+def test_num_classes_must_match_scenes():
+    message = bad(lambda c: c["models"]["resnet18"].update(num_classes=10))
+    assert message == "config: models.resnet18.num_classes: 10 but dataset 'synthetic' has 24 scene classes"
+
+
+def test_unknown_init_model():
+    message = bad(lambda c: c["models"]["resnet18_at"]["weights"].update(init="resnet50"))
+    assert message.startswith("config: models.resnet18_at.weights.init: unknown model 'resnet50' (defined: ")
+
+
+def test_init_of_another_architecture():
+    message = bad(lambda c: c["models"]["resnet18_at"]["weights"].update(init="alexnet"))
+    assert message == "config: models.resnet18_at.weights.init: 'alexnet' is a alexnet, not a resnet18"
+
+
+def test_weights_source_keys_are_checked():
+    message = bad(lambda c: c["models"]["resnet18"].update(weights={"source": "torchvision"}))
+    assert message == "config: models.resnet18.weights: 'name' is a required property"
+
+
+def test_unknown_model_attack():
+    message = bad(lambda c: c["models"]["alexnet"].update(attacks=["fgsm_3"]))
+    assert message.startswith("config: models.alexnet.attacks: unknown attack 'fgsm_3' (defined: ")
+
+
+def test_duplicate_attack_names(tmp_path):
+    path = tmp_path / "dup.yaml"
+    path.write_text("attacks:\n  fgsm_2: {method: fgsm, eps: 2/255}\n  fgsm_2: {method: fgsm, eps: 4/255}\n")
+    with pytest.raises(ConfigError) as info:
+        adconfig.check_config_files([path])
+    assert str(info.value) == f"{path}:3: key 'fgsm_2' is given twice (first on line 2); names must be unique"
+
+
+@pytest.mark.parametrize(
+    "value, expected", [("2/255", 2 / 255), ("8 / 255", 8 / 255), (0.5, 0.5), (3, 3.0), ("0.5/1", 0.5)]
+)
+def test_parse_fraction(value, expected):
+    assert adconfig.parse_fraction(value) == pytest.approx(expected, abs=0)
+
+
+def test_pixel_grid():
+    assert adconfig.on_pixel_grid(8 / 255)
+    assert adconfig.on_pixel_grid(float(adconfig.parse_fraction("2/255")))
+    assert not adconfig.on_pixel_grid(0.01)
+
+
+def test_shard_plan():
+    cfg = checked(copy.deepcopy(DEFAULT))
+    spec = cfg["datasets"]["synthetic"]
+    assert adconfig.dataset_size("synthetic", spec) == 400
+    assert adconfig.n_shards("synthetic", spec) == 2
+    spec["shard_size"] = 150
+    assert adconfig.n_shards("synthetic", spec) == 3

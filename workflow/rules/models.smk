@@ -1,0 +1,52 @@
+# Model weights: torchvision's published weights, or trained here (standard, at, consistency, atda).
+
+
+rule download_weights:
+    output:
+        weights="resources/weights/{arch}-{weights}.pt",
+    log:
+        "results/logs/download_weights/{arch}-{weights}.log",
+    params:
+        arch="{arch}",
+        weights="{weights}",
+    wildcard_constraints:
+        arch=r"[a-z0-9_]+",
+        weights=r"[A-Z0-9_]+",
+    conda:
+        "../../envs/advdissect.yaml"
+    script:
+        "../scripts/download_weights.py"
+
+
+def train_inputs(wildcards):
+    weights = MODELS[wildcards.model]["weights"]
+    inputs = {"dataset": dataset_index(weights["dataset"])}
+    if "init" in weights:
+        inputs["init"] = model_weights(weights["init"])
+    return inputs
+
+
+rule train_model:
+    input:
+        unpack(train_inputs),
+    output:
+        weights="results/models/{model}/weights.pt",
+        metrics="results/models/{model}/metrics.json",
+        history="results/models/{model}/history.csv",
+    log:
+        "results/logs/train_model/{model}.log",
+    benchmark:
+        "results/benchmarks/train_model/{model}.tsv"
+    params:
+        model_spec=lambda wc: model_spec(wc.model),
+        training=lambda wc: {k: v for k, v in MODELS[wc.model]["weights"].items() if k not in ("source", "dataset", "init")},
+        # The checkpoint lives outside the outputs so a killed training resumes from it.
+        checkpoint=lambda wc: f"results/models/{wc.model}/checkpoint.pt",
+        gpus=GPUS,
+    threads: COMPUTE["threads"]
+    resources:
+        gpu=1,
+    conda:
+        "../../envs/advdissect.yaml"
+    script:
+        "../scripts/train_model.py"
