@@ -1,0 +1,180 @@
+"""Device selection and GPU claiming for GPU jobs.
+
+`select_device` is the one place that decides where tensors go: CUDA device 0 of whatever
+CUDA_VISIBLE_DEVICES leaves visible, else the CPU.
+
+Snakemake's `resources: gpu=1` only caps how many GPU jobs run at once; it does not say which
+GPU a job gets (snakemake issue #281). So a local job claims one itself with `claim_gpu`: an
+exclusive, non-blocking `flock` on `<lock_dir>/gpu<id>.lock` for the first free id, then
+CUDA_VISIBLE_DEVICES=<id> before CUDA starts. The kernel drops the lock when the process dies,
+however it dies, so a killed job never leaves a GPU claimed. Inside a SLURM job SLURM has
+already set CUDA_VISIBLE_DEVICES, and nothing is claimed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import errno
+import fcntl
+import logging
+import os
+import socket
+import time
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+
+import torch
+
+from .errors import AdvDissectError
+
+log = logging.getLogger(__name__)
+
+
+class GPUClaimTimeout(AdvDissectError):
+    """Every configured GPU stayed claimed by other jobs for the whole wait."""
+
+
+def select_device() -> torch.device:
+    """CUDA device 0 (the GPU this job was given) when CUDA is available, else the CPU."""
+    if torch.cuda.is_available():
+        return torch.device("cuda", 0)
+    return torch.device("cpu")
+
+
+def configure_threads(n: int | None) -> None:
+    """Use `n` intra-op CPU threads (a rule's `threads`); None leaves torch's default."""
+    if n is not None:
+        torch.set_num_threads(max(1, int(n)))
+
+
+def physical_gpu_count() -> int:
+    """Number of NVIDIA GPUs on the machine, counted through NVML.
+
+    NVML neither starts CUDA nor reads CUDA_VISIBLE_DEVICES, so CUDA_VISIBLE_DEVICES can
+    still be set afterwards (torch.cuda.device_count() would pin it for the process).
+    """
+    if torch.version.cuda is None:
+        return 0
+    try:
+        nvml = ctypes.CDLL("libnvidia-ml.so.1")
+    except OSError:
+        return 0
+    try:
+        if nvml.nvmlInit_v2() != 0:
+            return 0
+    except AttributeError:
+        return 0
+    try:
+        count = ctypes.c_uint(0)
+        if nvml.nvmlDeviceGetCount_v2(ctypes.byref(count)) != 0:
+            return 0
+        return int(count.value)
+    finally:
+        nvml.nvmlShutdown()
+
+
+def _try_lock(path: Path) -> int | None:
+    """An fd holding an exclusive lock on `path`, or None when another process holds it."""
+    fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError as exc:
+        os.close(fd)
+        if exc.errno in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            return None
+        raise
+    # Who holds it, for the timeout message; the lock itself is the flock, not this text.
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, f"{os.getpid()} {socket.gethostname()}\n".encode(), 0)
+    return fd
+
+
+def _claim_first(paths: dict[int, Path]) -> tuple[int, int] | None:
+    for gpu, path in paths.items():
+        fd = _try_lock(path)
+        if fd is not None:
+            return gpu, fd
+    return None
+
+
+def _holders(paths: Sequence[Path]) -> str:
+    out = []
+    for path in paths:
+        try:
+            who = path.read_text().strip() or "?"
+        except OSError:
+            who = "?"
+        out.append(f"{path.name}: pid {who}")
+    return "; ".join(out)
+
+
+@contextlib.contextmanager
+def claim_gpu(
+    gpu_ids: Sequence[int] | None,
+    lock_dir: str | os.PathLike,
+    available: int | None = None,
+    timeout: float = 3600.0,
+    poll: float = 2.0,
+) -> Iterator[int | None]:
+    """Claim one GPU of `gpu_ids` for the duration of the block; yield its id, or None.
+
+    None means nothing was claimed: inside a SLURM job (SLURM_JOB_ID set; SLURM's
+    CUDA_VISIBLE_DEVICES is kept), with no ids configured, or without a CUDA device
+    (`available` = number of GPUs; None counts them with NVML). Otherwise the first id whose
+    lock is free is taken and CUDA_VISIBLE_DEVICES set to it, which must happen before this
+    process starts CUDA. When all are taken, polls every `poll` s up to `timeout` s, then
+    raises GPUClaimTimeout. CUDA_VISIBLE_DEVICES is restored on exit.
+    """
+    if os.environ.get("SLURM_JOB_ID"):
+        log.info(
+            "inside SLURM job %s: using SLURM's CUDA_VISIBLE_DEVICES=%s, claiming no GPU",
+            os.environ["SLURM_JOB_ID"], os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"),
+        )
+        yield None
+        return
+    ids = [int(i) for i in (gpu_ids or [])]
+    if not ids:
+        log.info("no GPU ids configured: running on the CPU")
+        yield None
+        return
+    count = physical_gpu_count() if available is None else int(available)
+    present = [i for i in ids if 0 <= i < count]
+    if len(present) < len(ids):
+        log.warning("GPU ids %s configured, but this machine has %d CUDA device(s)", ids, count)
+    if not present:
+        log.info("no CUDA device among GPU ids %s: running on the CPU", ids)
+        yield None
+        return
+    if torch.cuda.is_initialized():
+        raise RuntimeError("claim_gpu must run before CUDA is initialised in this process")
+
+    lock_dir = Path(lock_dir)
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    paths = {i: lock_dir / f"gpu{i}.lock" for i in present}
+    deadline = time.monotonic() + timeout
+    waiting_logged = False
+    while (claimed := _claim_first(paths)) is None:
+        if time.monotonic() >= deadline:
+            raise GPUClaimTimeout(
+                f"all GPUs {present} stayed in use for {timeout:g} s (locks in {lock_dir}: "
+                f"{_holders(list(paths.values()))}); lower --resources gpu=N or free a GPU"
+            )
+        if not waiting_logged:
+            log.info("all GPUs %s in use; waiting up to %g s for one", present, timeout)
+            waiting_logged = True
+        time.sleep(poll)
+    gpu, fd = claimed
+
+    previous = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
+    log.info("claimed GPU %d (CUDA_VISIBLE_DEVICES=%d, lock %s)", gpu, gpu, paths[gpu])
+    try:
+        yield gpu
+    finally:
+        if previous is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = previous
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)

@@ -1,0 +1,521 @@
+"""Models: architecture registry, weight files, input normalisation and layer hooks.
+
+Every network is wrapped in `NormalizedModel`, which takes images in [0, 1] and normalises
+them inside, so attacks, their ε and the stored images all live in pixel space.
+
+Weights files are data, never code: they are read with `torch.load(weights_only=True)`, and a
+file that holds anything but tensors and plain values is refused before anything runs.
+
+Layers are addressed by their module names inside the bare network (`features.10`, `layer3`,
+`layer4.1.conv2`, as `dissectable_layers` lists them) or by these aliases:
+
+- AlexNet and VGG: `conv1` .. `convN` is the ReLU after the N-th convolution of `features`
+  (alexnet: conv1..conv5 = features.1, .4, .7, .9, .11; vgg11: conv1..conv8 = features.1, .4,
+  .7, .9, .12, .14, .17, .19); `last_conv` is the last ReLU of `features`, i.e. the output of
+  the last conv block before the final max-pool (the paper's "feature layer").
+- ResNet family (resnet*, resnext*, wide_resnet*): `layer1` .. `layer4` are module names
+  already; `last_conv` is `layer4`.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import pickle
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torchvision
+from torch import nn
+
+from .errors import ConfigError, ModelError
+from .store import atomic_path
+
+log = logging.getLogger(__name__)
+
+NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, float]]] = {
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "none": ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)),
+}
+
+# Keys under which training checkpoints commonly nest their state_dict.
+_CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")
+# Prefixes added by DataParallel/DDP, torch.compile and by saving a NormalizedModel itself.
+_WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+_SHOW_KEYS = 5
+_SHOW_LAYERS = 40
+
+
+# ---------------------------------------------------------------- architectures
+
+def list_architectures() -> list[str]:
+    """Names of torchvision's classification models (e.g. alexnet, vgg11, resnet18)."""
+    return list(torchvision.models.list_models(module=torchvision.models))
+
+
+def build_network(arch: str, num_classes: int) -> nn.Module:
+    """A randomly initialised torchvision classifier with `num_classes` outputs."""
+    valid = list_architectures()
+    if arch not in valid:
+        raise ModelError(f"unknown architecture {arch!r}; valid names: {', '.join(valid)}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
+        raise ModelError(f"num_classes must be a positive integer, got {num_classes!r} (arch {arch})")
+    return torchvision.models.get_model(arch, weights=None, num_classes=int(num_classes))
+
+
+def resolve_normalization(normalization: str | Mapping[str, Sequence[float]]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """(mean, std) for a name in NORMALIZATIONS or a dict {"mean": [3 floats], "std": [3 floats]}."""
+    allowed = f"allowed: {', '.join(NORMALIZATIONS)} or {{'mean': [3 floats], 'std': [3 floats > 0]}}"
+    if isinstance(normalization, str):
+        if normalization not in NORMALIZATIONS:
+            raise ModelError(f"unknown normalization {normalization!r}; {allowed}")
+        return NORMALIZATIONS[normalization]
+    if isinstance(normalization, Mapping) and set(normalization) == {"mean", "std"}:
+        try:
+            mean = tuple(float(v) for v in normalization["mean"])
+            std = tuple(float(v) for v in normalization["std"])
+        except (TypeError, ValueError):
+            raise ModelError(f"normalization {dict(normalization)!r} is not numeric; {allowed}") from None
+        if len(mean) == 3 and len(std) == 3 and all(s > 0 for s in std) and all(map(math.isfinite, mean + std)):
+            return mean, std
+    raise ModelError(f"normalization {normalization!r} cannot be used; {allowed}")
+
+
+class NormalizedModel(nn.Module):
+    """A classifier that takes float images in [0, 1] (NCHW) and normalises them inside."""
+
+    def __init__(self, net: nn.Module, arch: str, normalization: str | Mapping = "imagenet"):
+        super().__init__()
+        mean, std = resolve_normalization(normalization)
+        self.net = net
+        self.arch = arch
+        self.register_buffer("mean", torch.tensor(mean, dtype=torch.float32).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor(std, dtype=torch.float32).view(1, 3, 1, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
+            raise ModelError(
+                f"{self.arch} expects float images in [0, 1] shaped (N, 3, H, W); "
+                f"got {x.dtype} {tuple(x.shape)}"
+            )
+        return self.net((x - self.mean) / self.std)
+
+
+def load_model(
+    arch: str,
+    num_classes: int,
+    weights_file: str | Path | None = None,
+    normalization: str | Mapping = "imagenet",
+    seed: int = 0,
+) -> NormalizedModel:
+    """Build `arch`, load `weights_file` (or keep the init seeded by `seed`), in eval mode, on CPU.
+
+    The seeded init leaves the caller's global RNG state untouched.
+    """
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(int(seed))
+        net = build_network(arch, num_classes)
+    if weights_file is not None:
+        state = load_state_dict_file(weights_file)
+        load_into(net, state, weights_file, arch=arch, num_classes=num_classes)
+    model = NormalizedModel(net, arch, normalization)
+    model.eval()
+    return model
+
+
+# ---------------------------------------------------------------- weights files
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Read a weights file as a state_dict of tensors, refusing anything else.
+
+    Accepts a plain state_dict or a checkpoint holding one under "state_dict",
+    "model_state_dict" or "model" (as `save_weights` writes); strips "module." /
+    "_orig_mod." prefixes and the "net." prefix of a saved NormalizedModel.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"weights file {path} does not exist")
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        reason = _unpickling_reason(exc)
+        if "global" in reason.lower():
+            raise ModelError(
+                f"weights file {path} refused: it holds Python objects other than tensors and plain "
+                f"values, which could run code when loaded ({reason}); only state_dict files are accepted"
+            ) from None
+        raise ModelError(f"weights file {path} cannot be read as a PyTorch weights file ({reason})") from None
+    except Exception as exc:  # torch raises RuntimeError/EOFError/OSError/... for a non-torch file
+        raise ModelError(f"weights file {path} cannot be read as a PyTorch weights file: {exc}") from None
+
+    state = _find_state_dict(obj, path)
+    state = _strip_prefixes(state)
+    for key, value in state.items():
+        if value.is_floating_point() or value.is_complex():
+            finite = torch.isfinite(value)
+            if not bool(finite.all()):
+                bad = int((~finite).sum())
+                raise ModelError(
+                    f"weights file {path}: tensor {key!r} holds NaN or Inf values "
+                    f"({bad} of {value.numel()}); refusing to load it"
+                )
+    return state
+
+
+def _unpickling_reason(exc: Exception) -> str:
+    # torch wraps the useful part ("Unsupported global: GLOBAL exec was not an allowed global
+    # by default.") in paragraphs of advice; keep only that part.
+    text = str(exc)
+    match = re.search(r"WeightsUnpickler error:\s*(.+?)(?:\n|$)", text)
+    reason = match.group(1) if match else (text.strip().splitlines() or [type(exc).__name__])[0]
+    first_sentence = re.match(r"(.+?\.)(\s|$)", reason)
+    return (first_sentence.group(1) if first_sentence else reason).strip()
+
+
+def _find_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    if isinstance(obj, Mapping) and obj and not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        for key in _CHECKPOINT_KEYS:
+            if isinstance(obj.get(key), Mapping):
+                obj = obj[key]
+                break
+    if not isinstance(obj, Mapping) or not obj:
+        raise ModelError(
+            f"weights file {path} holds {type(obj).__name__!r}, not a state_dict (a non-empty mapping "
+            f"of parameter names to tensors, optionally under one of {', '.join(_CHECKPOINT_KEYS)})"
+        )
+    for key, value in obj.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise ModelError(
+                f"weights file {path}: entry {key!r} holds {type(value).__name__!r}, not a tensor; "
+                "a state_dict maps parameter names to tensors"
+            )
+    return dict(obj)
+
+
+def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def strip(key: str) -> str:
+        changed = True
+        while changed:
+            changed = False
+            for prefix in _WRAPPER_PREFIXES:
+                if key.startswith(prefix):
+                    key, changed = key[len(prefix):], True
+        return key
+
+    state = {strip(k): v for k, v in state.items()}
+    # A NormalizedModel's own state_dict: the net under "net." plus the mean/std buffers,
+    # which come from the model spec instead.
+    rest = [k for k in state if k not in ("mean", "std")]
+    if rest and all(k.startswith("net.") for k in rest):
+        state = {k[len("net."):]: state[k] for k in rest}
+    return state
+
+
+def load_into(
+    net: nn.Module,
+    state: Mapping[str, torch.Tensor],
+    path: str | Path,
+    arch: str | None = None,
+    num_classes: int | None = None,
+) -> None:
+    """Load `state` into `net`, naming the first missing/unexpected/mismatched keys on failure."""
+    own = net.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    mismatched = [
+        f"{k} (file {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
+        for k in own
+        if k in state and tuple(state[k].shape) != tuple(own[k].shape)
+    ]
+    if missing or unexpected or mismatched:
+        what = arch or type(net).__name__
+        if num_classes is not None:
+            what += f" (num_classes={num_classes})"
+        parts = []
+        for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
+                             ("shape mismatches", mismatched)):
+            if items:
+                parts.append(f"{label} ({len(items)}): {_head(items, _SHOW_KEYS)}")
+        raise ModelError(f"weights file {path} does not fit {what}: " + "; ".join(parts))
+    net.load_state_dict(state, strict=True)
+
+
+def _head(items: Sequence[str], n: int) -> str:
+    shown = ", ".join(items[:n])
+    return shown + (f", ... (+{len(items) - n} more)" if len(items) > n else "")
+
+
+def save_weights(path: str | Path, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None) -> None:
+    """Write {"state_dict": ..., "meta": {...}} atomically; loadable with weights_only=True."""
+    if not isinstance(state_dict, Mapping) or not state_dict:
+        raise ModelError(f"cannot save {path}: the state_dict is empty or not a mapping")
+    tensors: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise ModelError(f"cannot save {path}: entry {key!r} holds {type(value).__name__!r}, not a tensor")
+        value = value.detach().cpu()
+        # A view would drag its whole storage into the file.
+        if value.untyped_storage().nbytes() != value.nbytes or not value.is_contiguous():
+            value = value.clone(memory_format=torch.contiguous_format)
+        tensors[key] = value
+    payload = {"state_dict": tensors, "meta": _plain(dict(meta or {}), path, "meta")}
+    with atomic_path(path) as tmp:
+        torch.save(payload, tmp)
+
+
+def _plain(value: Any, path: str | Path, where: str) -> Any:
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, (list, tuple)):
+        return [_plain(v, path, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, Mapping):
+        out = {}
+        for k, v in value.items():
+            if not isinstance(k, str):
+                raise ModelError(f"cannot save {path}: {where} has a non-string key {k!r}")
+            out[k] = _plain(v, path, f"{where}.{k}")
+        return out
+    raise ModelError(
+        f"cannot save {path}: {where} holds {type(value).__name__!r}; "
+        "only str, int, float, bool, None, lists and dicts are stored"
+    )
+
+
+def read_weights_meta(path: str | Path) -> dict[str, Any]:
+    """The "meta" dict a `save_weights` file carries ({} for a plain state_dict)."""
+    path = Path(path)
+    try:
+        obj = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:
+        raise ModelError(f"weights file {path} cannot be read safely: {exc}") from None
+    meta = obj.get("meta") if isinstance(obj, Mapping) else None
+    return dict(meta) if isinstance(meta, Mapping) else {}
+
+
+def download_torchvision_weights(arch: str, weights_name: str, dest: str | Path) -> None:
+    """Fetch torchvision's pretrained `weights_name` (e.g. IMAGENET1K_V1) for `arch` into `dest`.
+
+    Goes through torchvision's weights API (hash-checked download into the torch hub cache),
+    checks the state_dict fits the architecture, and stores it with `save_weights`.
+    """
+    weights = torchvision_weights(arch, weights_name)
+    num_classes = len(weights.meta["categories"])
+    log.info("downloading %s weights %s (%d classes) from %s", arch, weights.name, num_classes, weights.url)
+    state = weights.get_state_dict(progress=True, check_hash=True, weights_only=True)
+    load_into(build_network(arch, num_classes), state, weights.url, arch=arch, num_classes=num_classes)
+    meta = {
+        "arch": arch,
+        "weights": weights.name,
+        "weights_requested": weights_name,
+        "num_classes": num_classes,
+        "url": weights.url,
+        "categories": list(weights.meta["categories"]),
+        "normalization": "imagenet",
+    }
+    save_weights(dest, state, meta)
+    log.info("wrote %s", dest)
+
+
+def torchvision_weights(arch: str, weights_name: str):
+    """torchvision's weights enum member `weights_name` for `arch` (no download)."""
+    try:
+        enum = torchvision.models.get_model_weights(arch)
+    except (ValueError, KeyError):
+        raise ModelError(
+            f"torchvision has no pretrained weights for architecture {arch!r}; "
+            f"architectures: {', '.join(list_architectures())}"
+        ) from None
+    try:
+        return enum[weights_name]
+    except KeyError:
+        raise ModelError(
+            f"unknown weights {weights_name!r} for {arch}; available: {', '.join(enum.__members__)}"
+        ) from None
+
+
+# ---------------------------------------------------------------- layers
+
+def _bare(model: nn.Module) -> nn.Module:
+    return model.net if isinstance(model, NormalizedModel) else model
+
+
+def _arch_name(model: nn.Module) -> str:
+    return model.arch if isinstance(model, NormalizedModel) else type(model).__name__
+
+
+def dissectable_layers(model: nn.Module) -> list[str]:
+    """Module names inside the bare network, in definition order (the root excluded)."""
+    return [name for name, _ in _bare(model).named_modules() if name]
+
+
+def layer_aliases(model: nn.Module) -> dict[str, str]:
+    """Alias -> module name for this network (see the module docstring)."""
+    net = _bare(model)
+    kind = type(net).__name__
+    aliases: dict[str, str] = {}
+    if kind in ("AlexNet", "VGG") and isinstance(getattr(net, "features", None), nn.Sequential):
+        children = list(net.features.named_children())
+        n_conv = 0
+        last_relu = None
+        for i, (name, module) in enumerate(children):
+            if isinstance(module, nn.ReLU):
+                last_relu = f"features.{name}"
+            if not isinstance(module, nn.Conv2d):
+                continue
+            n_conv += 1
+            target = f"features.{name}"
+            # The ReLU after this conv (after a BatchNorm in vgg*_bn), before the next conv.
+            for later_name, later in children[i + 1:]:
+                if isinstance(later, nn.Conv2d):
+                    break
+                if isinstance(later, nn.ReLU):
+                    target = f"features.{later_name}"
+                    break
+            aliases[f"conv{n_conv}"] = target
+        if last_relu is not None:
+            aliases["last_conv"] = last_relu
+    elif kind == "ResNet" and hasattr(net, "layer4"):
+        aliases["last_conv"] = "layer4"
+    return aliases
+
+
+def resolve_layer(model: nn.Module, name: str) -> str:
+    """The module name `name` stands for: a module name itself, or an alias."""
+    names = dissectable_layers(model)
+    if name in names:
+        return name
+    aliases = layer_aliases(model)
+    if name in aliases:
+        return aliases[name]
+    net = _bare(model)
+    top = [n for n, _ in net.named_children()]
+    alias_text = ", ".join(f"{a}={t}" for a, t in aliases.items()) or "none"
+    shown = ", ".join(names[:_SHOW_LAYERS])
+    if len(names) > _SHOW_LAYERS:
+        shown += f", ... (first {_SHOW_LAYERS} of {len(names)}; see advdissect.models.dissectable_layers)"
+    raise ModelError(
+        f"unknown layer {name!r} for {_arch_name(model)}; top-level blocks: {', '.join(top)}; "
+        f"aliases: {alias_text}; dissectable layers: {shown}"
+    )
+
+
+def check_layer_names(arch: str, num_classes: int, layers: Sequence[str], where: str = "layers") -> None:
+    """Raise ConfigError (prefixed `config: <where>`) unless `arch` exists and has every layer.
+
+    The network is built on the meta device: structure only, no memory, no init cost.
+    """
+    try:
+        with torch.device("meta"):
+            model = NormalizedModel(build_network(arch, num_classes), arch, "none")
+        for layer in layers:
+            resolve_layer(model, layer)
+    except ModelError as exc:
+        raise ConfigError(f"config: {where}: {exc}") from None
+
+
+class LayerCapture:
+    """Context manager: forward hooks that record the named layers' outputs during a forward pass.
+
+    Outputs are cloned as they are produced, because a later in-place op (an inplace ReLU,
+    ResNet's `out += identity`) would otherwise overwrite what was recorded. Clones keep the
+    autograd graph, so captured features can carry a loss. Hooks are removed on exit.
+    """
+
+    def __init__(self, model: nn.Module, layers: Sequence[str]):
+        if isinstance(layers, str):
+            layers = [layers]
+        self.model = model
+        self.layers = list(layers)
+        self.resolved = {layer: resolve_layer(model, layer) for layer in self.layers}
+        self._modules = dict(_bare(model).named_modules())
+        self._records: dict[str, list[torch.Tensor]] = {}
+        self._handles: list[Any] = []
+
+    def __enter__(self) -> "LayerCapture":
+        for target in dict.fromkeys(self.resolved.values()):
+            self._handles.append(self._modules[target].register_forward_hook(self._hook(target)))
+        return self
+
+    def _hook(self, target: str):
+        def record(module: nn.Module, inputs: Any, output: Any) -> None:
+            if not isinstance(output, torch.Tensor):
+                raise ModelError(
+                    f"layer {target!r} of {_arch_name(self.model)} returns {type(output).__name__!r}, "
+                    "not a tensor; pick one of its sub-modules"
+                )
+            self._records.setdefault(target, []).append(output.clone())
+
+        return record
+
+    def __exit__(self, *exc: Any) -> None:
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+    def reset(self) -> None:
+        self._records.clear()
+
+    @property
+    def outputs(self) -> dict[str, torch.Tensor]:
+        """{layer as given: output} of the last forward pass."""
+        out = {}
+        for layer, target in self.resolved.items():
+            calls = self._records.get(target, [])
+            if not calls:
+                raise ModelError(f"layer {layer!r} ({target}) of {_arch_name(self.model)} did not run in the forward pass")
+            if len(calls) > 1:
+                raise ModelError(
+                    f"layer {layer!r} ({target}) of {_arch_name(self.model)} runs {len(calls)} times in one "
+                    "forward pass (a shared module); capture its parent block instead"
+                )
+            out[layer] = calls[0]
+        return out
+
+
+def capture(model: nn.Module, x: torch.Tensor, layers: Sequence[str]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+    """(logits, {layer: output}) from ONE forward pass of `model` on `x`; hooks removed after."""
+    with LayerCapture(model, layers) as cap:
+        logits = model(x)
+        return logits, cap.outputs
+
+
+def _model_device(model: nn.Module) -> torch.device:
+    for tensor in model.parameters():
+        return tensor.device
+    for tensor in model.buffers():
+        return tensor.device
+    return torch.device("cpu")
+
+
+def feature_shapes(model: nn.Module, layers: Sequence[str], image_size: int | Sequence[int]) -> dict[str, tuple[int, ...]]:
+    """{layer: (C, h, w)} for an input of `image_size` (int or (h, w)), from a dummy forward pass."""
+    h, w = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else tuple(image_size)
+    x = torch.zeros(1, 3, int(h), int(w), device=_model_device(model))
+    with torch.no_grad():
+        _, outputs = capture(model, x, layers)
+    return {layer: tuple(int(s) for s in t.shape[1:]) for layer, t in outputs.items()}
+
+
+# ---------------------------------------------------------------- predictions
+
+def softmax_prediction(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(argmax int64, its softmax probability float32) per row of `logits`."""
+    logits = logits.detach()
+    pred = logits.argmax(dim=1)
+    conf = torch.softmax(logits.float(), dim=1).gather(1, pred[:, None]).squeeze(1)
+    return pred.to(torch.int64), conf.to(torch.float32)
+
+
+def predict(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """(predicted class int64, softmax probability of that class float32) for images `x`."""
+    with torch.no_grad():
+        return softmax_prediction(model(x))
+

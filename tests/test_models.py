@@ -1,0 +1,482 @@
+"""Models: building, normalisation, weight files (and what they refuse), layer names, hooks."""
+
+from __future__ import annotations
+
+import logging
+import re
+import runpy
+import types
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torchvision
+
+from advdissect import models
+from advdissect.errors import ConfigError, ModelError
+from advdissect.models import (
+    NormalizedModel,
+    capture,
+    dissectable_layers,
+    feature_shapes,
+    load_model,
+    load_state_dict_file,
+    predict,
+    read_weights_meta,
+    resolve_layer,
+    save_weights,
+)
+
+REPO = Path(__file__).resolve().parents[1]
+N_CLASSES = 7
+SIZE = 64  # alexnet needs >= 63 px
+IMAGENET_MEAN = torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1)
+IMAGENET_STD = torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def alexnet():
+    return load_model("alexnet", N_CLASSES, seed=0)
+
+
+@pytest.fixture(scope="module")
+def vgg11():
+    return load_model("vgg11", N_CLASSES, seed=0)
+
+
+@pytest.fixture(scope="module")
+def resnet18():
+    return load_model("resnet18", N_CLASSES, seed=0)
+
+
+@pytest.fixture(scope="module")
+def images():
+    return torch.rand(2, 3, SIZE, SIZE, generator=torch.Generator().manual_seed(0))
+
+
+def _model(request, arch):
+    return request.getfixturevalue(arch)
+
+
+# ---------------------------------------------------------------- building
+
+def test_list_architectures_has_the_papers_models():
+    names = models.list_architectures()
+    assert {"alexnet", "vgg11", "resnet18"} <= set(names)
+
+
+@pytest.mark.parametrize("arch", ["alexnet", "vgg11", "resnet18"])
+def test_builds_with_num_classes_in_eval_mode(request, arch, images):
+    model = _model(request, arch)
+    assert isinstance(model, NormalizedModel)
+    assert model.arch == arch
+    assert not model.training and not model.net.training
+    last_linear = [m for m in model.net.modules() if isinstance(m, torch.nn.Linear)][-1]
+    assert last_linear.out_features == N_CLASSES
+    with torch.no_grad():
+        assert model(images).shape == (2, N_CLASSES)
+
+
+def test_build_network_takes_num_classes_from_the_argument():
+    net = models.build_network("resnet18", 3)
+    assert net.fc.out_features == 3
+
+
+def test_unknown_architecture_lists_valid_names():
+    with pytest.raises(ModelError) as err:
+        models.build_network("alexnet2", 5)
+    msg = str(err.value)
+    assert msg.startswith("unknown architecture 'alexnet2'; valid names: alexnet, ")
+    assert ", resnet18, " in msg and ", vgg11, " in msg
+
+
+def test_bad_num_classes():
+    with pytest.raises(ModelError, match=r"num_classes must be a positive integer, got 0 \(arch resnet18\)"):
+        models.build_network("resnet18", 0)
+
+
+def test_seeded_init_is_deterministic_and_leaves_global_rng_alone():
+    torch.manual_seed(123)
+    expected_next = torch.rand(1)
+    torch.manual_seed(123)
+    a = load_model("resnet18", 3, seed=5)
+    after = torch.rand(1)
+    b = load_model("resnet18", 3, seed=5)
+    c = load_model("resnet18", 3, seed=6)
+    assert torch.equal(after, expected_next)
+    for (key, va), vb in zip(a.state_dict().items(), b.state_dict().values()):
+        assert torch.equal(va, vb), key
+    assert not torch.equal(a.net.conv1.weight, c.net.conv1.weight)
+
+
+# ---------------------------------------------------------------- normalisation
+
+def test_normalisation_inside_equals_normalising_outside(resnet18, images):
+    with torch.no_grad():
+        inside = resnet18(images)
+        outside = resnet18.net((images - IMAGENET_MEAN) / IMAGENET_STD)
+    torch.testing.assert_close(inside, outside, rtol=0, atol=0)
+
+
+def test_custom_and_no_normalisation(resnet18, images):
+    custom = NormalizedModel(resnet18.net, "resnet18", {"mean": [0.5, 0.25, 0.0], "std": [2, 4, 0.5]})
+    none = NormalizedModel(resnet18.net, "resnet18", "none")
+    mean = torch.tensor([0.5, 0.25, 0.0]).view(1, 3, 1, 1)
+    std = torch.tensor([2.0, 4.0, 0.5]).view(1, 3, 1, 1)
+    with torch.no_grad():
+        torch.testing.assert_close(custom(images), resnet18.net((images - mean) / std), rtol=0, atol=0)
+        torch.testing.assert_close(none(images), resnet18.net(images), rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("bad", ["imagenet2", {"mean": [0, 0, 0], "std": [1, 0, 1]}, {"mean": [0, 0]}])
+def test_bad_normalisation(bad):
+    with pytest.raises(ModelError, match="allowed: imagenet, none or"):
+        models.resolve_normalization(bad)
+
+
+def test_uint8_images_are_refused(resnet18):
+    with pytest.raises(ModelError, match=r"resnet18 expects float images in \[0, 1\] shaped \(N, 3, H, W\); got torch.uint8"):
+        resnet18(torch.zeros(1, 3, SIZE, SIZE, dtype=torch.uint8))
+
+
+# ---------------------------------------------------------------- weights files
+
+def test_weights_round_trip(tmp_path, images):
+    trained = load_model("resnet18", N_CLASSES, seed=1)
+    path = tmp_path / "w" / "resnet18.pt"
+    save_weights(path, trained.net.state_dict(), {"arch": "resnet18", "epochs": np.int64(3), "lr": 0.1,
+                                                  "tags": ("a", "b"), "note": None})
+    assert [p.name for p in path.parent.iterdir()] == ["resnet18.pt"]  # no temp file left
+    loaded = load_model("resnet18", N_CLASSES, weights_file=path, seed=2)
+    fresh = load_model("resnet18", N_CLASSES, seed=2)
+    with torch.no_grad():
+        assert torch.equal(loaded(images), trained(images))
+        assert not torch.equal(fresh(images), trained(images))
+    assert read_weights_meta(path) == {"arch": "resnet18", "epochs": 3, "lr": 0.1, "tags": ["a", "b"], "note": None}
+    raw = torch.load(path, map_location="cpu", weights_only=True)
+    assert set(raw) == {"state_dict", "meta"}
+
+
+def test_checkpoint_layouts_are_accepted(tmp_path, resnet18):
+    state = resnet18.net.state_dict()
+    layouts = {
+        "plain.pt": state,
+        "model.pt": {"model": {f"module.{k}": v for k, v in state.items()}, "epoch": 3},
+        "msd.pt": {"model_state_dict": state, "optimizer": {"lr": 0.1}},
+        "wrapper.pt": resnet18.state_dict(),  # a NormalizedModel: net.* plus mean/std
+    }
+    for name, obj in layouts.items():
+        torch.save(obj, tmp_path / name)
+        loaded = load_state_dict_file(tmp_path / name)
+        assert list(loaded) == list(state), name
+        assert all(torch.equal(loaded[k], state[k]) for k in state), name
+
+
+class _Payload:
+    """Pickles to a call that writes a marker file when unpickled."""
+
+    def __init__(self, marker: Path):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (exec, (f"open({str(self.marker)!r}, 'w').write('pwned')",))
+
+
+def test_pickle_with_code_is_refused_and_nothing_runs(tmp_path):
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {"fc.weight": torch.zeros(2, 2)}, "extra": _Payload(marker)}, path)
+    with pytest.raises(ModelError) as err:
+        load_state_dict_file(path)
+    assert str(err.value).startswith(f"weights file {path} refused: it holds Python objects other than tensors")
+    assert "(Unsupported global: GLOBAL exec was not an allowed global by default.)" in str(err.value)
+    assert str(err.value).endswith("only state_dict files are accepted")
+    with pytest.raises(ModelError, match="refused"):
+        load_model("resnet18", 2, weights_file=path)
+    assert not marker.exists()
+
+    # The payload is real: an unsafe load does run it.
+    armed = tmp_path / "armed"
+    torch.save(_Payload(armed), tmp_path / "armed.pt")
+    torch.load(tmp_path / "armed.pt", weights_only=False)
+    assert armed.read_text() == "pwned"
+
+
+def test_checkpoint_of_another_architecture_names_file_and_keys(tmp_path, resnet18):
+    path = tmp_path / "resnet18.pt"
+    save_weights(path, resnet18.net.state_dict())
+    with pytest.raises(ModelError) as err:
+        load_model("alexnet", N_CLASSES, weights_file=path)
+    msg = str(err.value)
+    assert msg.startswith(f"weights file {path} does not fit alexnet (num_classes={N_CLASSES}): ")
+    assert ("missing keys (16): features.0.weight, features.0.bias, features.3.weight, "
+            "features.3.bias, features.6.weight, ... (+11 more)") in msg
+    assert "unexpected keys (122): conv1.weight, bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var, " in msg
+
+
+def test_wrong_num_classes_names_shape_mismatches(tmp_path, resnet18):
+    path = tmp_path / "resnet18.pt"
+    save_weights(path, resnet18.net.state_dict())
+    with pytest.raises(ModelError) as err:
+        load_model("resnet18", 5, weights_file=path)
+    assert str(err.value) == (
+        f"weights file {path} does not fit resnet18 (num_classes=5): shape mismatches (2): "
+        "fc.weight (file (7, 512), model (5, 512)), fc.bias (file (7,), model (5,))"
+    )
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf")])
+def test_non_finite_weights_are_refused(tmp_path, bad):
+    path = tmp_path / "bad.pt"
+    second = torch.zeros(3, 4)
+    second[1, 2] = bad
+    third = torch.full((2,), bad)
+    save_weights(path, {"a": torch.ones(2), "b": second, "c": third, "n": torch.tensor(3)})
+    with pytest.raises(ModelError) as err:
+        load_state_dict_file(path)
+    assert str(err.value) == f"weights file {path}: tensor 'b' holds NaN or Inf values (1 of 12); refusing to load it"
+
+
+def test_files_that_are_not_state_dicts(tmp_path):
+    torch.save([torch.zeros(1)], tmp_path / "list.pt")
+    with pytest.raises(ModelError, match=r"list.pt holds 'list', not a state_dict"):
+        load_state_dict_file(tmp_path / "list.pt")
+    torch.save({"a": torch.zeros(1), "b": 3}, tmp_path / "mixed.pt")
+    with pytest.raises(ModelError, match=r"mixed.pt: entry 'b' holds 'int', not a tensor"):
+        load_state_dict_file(tmp_path / "mixed.pt")
+    (tmp_path / "junk.pt").write_bytes(b"not a torch file")
+    with pytest.raises(ModelError, match=r"junk.pt cannot be read as a PyTorch weights file \(Unsupported operand"):
+        load_state_dict_file(tmp_path / "junk.pt")
+    with pytest.raises(ModelError, match=r"weights file .*absent.pt does not exist"):
+        load_state_dict_file(tmp_path / "absent.pt")
+
+
+def test_save_weights_refuses_non_plain_meta(tmp_path):
+    with pytest.raises(ModelError, match=r"meta.opt holds 'object'; only str, int, float, bool, None"):
+        save_weights(tmp_path / "w.pt", {"a": torch.zeros(1)}, {"opt": object()})
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_save_weights_does_not_store_a_views_whole_storage(tmp_path):
+    big = torch.zeros(1000, 100)
+    save_weights(tmp_path / "w.pt", {"row": big[3]})
+    assert (tmp_path / "w.pt").stat().st_size < 20_000
+
+
+# ---------------------------------------------------------------- torchvision weights (no network)
+
+def test_unknown_torchvision_weights_name(tmp_path):
+    with pytest.raises(ModelError) as err:
+        models.download_torchvision_weights("alexnet", "IMAGENET9K", tmp_path / "w.pt")
+    assert str(err.value) == "unknown weights 'IMAGENET9K' for alexnet; available: IMAGENET1K_V1, DEFAULT"
+    with pytest.raises(ModelError, match="torchvision has no pretrained weights for architecture 'resnet7'"):
+        models.download_torchvision_weights("resnet7", "IMAGENET1K_V1", tmp_path / "w.pt")
+    assert not (tmp_path / "w.pt").exists()
+
+
+def test_download_saves_state_dict_and_meta(tmp_path, monkeypatch, images):
+    source = models.build_network("resnet18", 1000)
+    calls = []
+
+    def fake_get_state_dict(self, **kwargs):
+        calls.append(kwargs)
+        return source.state_dict()
+
+    monkeypatch.setattr(torchvision.models.ResNet18_Weights, "get_state_dict", fake_get_state_dict)
+    dest = tmp_path / "resnet18_imagenet.pt"
+    models.download_torchvision_weights("resnet18", "DEFAULT", dest)
+    assert calls == [{"progress": True, "check_hash": True, "weights_only": True}]
+    meta = read_weights_meta(dest)
+    assert {k: meta[k] for k in ("arch", "weights", "weights_requested", "num_classes")} == {
+        "arch": "resnet18", "weights": "IMAGENET1K_V1", "weights_requested": "DEFAULT", "num_classes": 1000}
+    assert meta["categories"][:2] == ["tench", "goldfish"]
+    model = load_model("resnet18", 1000, weights_file=dest)
+    with torch.no_grad():
+        assert torch.equal(model(images), NormalizedModel(source.eval(), "resnet18")(images))
+
+
+def test_download_script_passes_its_snakemake_names(tmp_path, monkeypatch):
+    calls = []
+    monkeypatch.setattr(models, "download_torchvision_weights", lambda *a: calls.append(a))
+    fake = types.SimpleNamespace(
+        output=types.SimpleNamespace(weights=str(tmp_path / "w.pt")),
+        params=types.SimpleNamespace(arch="alexnet", weights="IMAGENET1K_V1"),
+        log=[str(tmp_path / "log.txt")],
+    )
+    root = logging.getLogger()
+    handlers, level = root.handlers[:], root.level
+    try:
+        runpy.run_path(str(REPO / "workflow" / "scripts" / "download_weights.py"), init_globals={"snakemake": fake})
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    assert calls == [("alexnet", "IMAGENET1K_V1", str(tmp_path / "w.pt"))]
+    assert (tmp_path / "log.txt").exists()
+
+
+# ---------------------------------------------------------------- layer names
+
+def test_alexnet_aliases(alexnet):
+    expected = {"conv1": "features.1", "conv2": "features.4", "conv3": "features.7",
+                "conv4": "features.9", "conv5": "features.11", "last_conv": "features.11"}
+    assert models.layer_aliases(alexnet) == expected
+    for alias, name in expected.items():
+        assert resolve_layer(alexnet, alias) == name
+
+
+def test_vgg11_aliases(vgg11):
+    expected = {f"conv{i + 1}": f"features.{n}" for i, n in enumerate([1, 4, 7, 9, 12, 14, 17, 19])}
+    assert models.layer_aliases(vgg11) == {**expected, "last_conv": "features.19"}
+    assert resolve_layer(vgg11, "last_conv") == "features.19"
+    assert resolve_layer(vgg11, "conv5") == "features.12"
+
+
+def test_vgg_bn_aliases_skip_batchnorm():
+    with torch.device("meta"):  # structure only: no 130M parameters to initialise
+        net = torchvision.models.vgg11_bn(num_classes=2)
+    aliases = models.layer_aliases(net)
+    assert aliases["conv1"] == "features.2" and aliases["last_conv"] == "features.27"
+    assert isinstance(dict(net.named_modules())["features.27"], torch.nn.ReLU)
+
+
+def test_resnet_names(resnet18):
+    for name in ("layer1", "layer2", "layer3", "layer4", "layer4.1.conv2", "conv1"):
+        assert resolve_layer(resnet18, name) == name
+    assert resolve_layer(resnet18, "last_conv") == "layer4"
+
+
+def test_dissectable_layers(alexnet, resnet18):
+    names = dissectable_layers(alexnet)
+    assert names[:3] == ["features", "features.0", "features.1"] and "classifier.6" in names
+    assert "" not in names
+    assert {"layer3", "layer4.1.conv2", "fc"} <= set(dissectable_layers(resnet18))
+
+
+def test_unknown_layer_lists_dissectable_names(resnet18, alexnet):
+    names = dissectable_layers(resnet18)
+    assert len(names) > 40
+    with pytest.raises(ModelError) as err:
+        resolve_layer(resnet18, "layer5")
+    assert str(err.value) == (
+        "unknown layer 'layer5' for resnet18; top-level blocks: conv1, bn1, relu, maxpool, layer1, layer2, "
+        "layer3, layer4, avgpool, fc; aliases: last_conv=layer4; dissectable layers: "
+        + ", ".join(names[:40])
+        + f", ... (first 40 of {len(names)}; see advdissect.models.dissectable_layers)"
+    )
+    with pytest.raises(ModelError) as err:
+        resolve_layer(alexnet, "conv6")
+    msg = str(err.value)
+    assert msg.startswith("unknown layer 'conv6' for alexnet; top-level blocks: features, avgpool, classifier; "
+                          "aliases: conv1=features.1, conv2=features.4, ")
+    assert msg.endswith("classifier.5, classifier.6")
+
+
+def test_check_layer_names_for_config():
+    models.check_layer_names("vgg11", 5, ["conv1", "last_conv", "features.20"], where="models.v.layers")
+    with pytest.raises(ConfigError) as err:
+        models.check_layer_names("resnet18", 5, ["layer4", "layer5"], where="models.r.layers")
+    assert str(err.value).startswith("config: models.r.layers: unknown layer 'layer5' for resnet18; top-level blocks: ")
+    with pytest.raises(ConfigError, match=r"^config: models.x.layers: unknown architecture 'resnet7'; valid names: "):
+        models.check_layer_names("resnet7", 5, ["layer4"], where="models.x.layers")
+
+
+# ---------------------------------------------------------------- hooks
+
+def _no_hooks(model):
+    return all(not m._forward_hooks for m in model.modules())
+
+
+def test_alexnet_capture_matches_manual_forward(alexnet, images):
+    layers = ["features.10", "conv5", "features.4"]
+    with torch.no_grad():
+        logits, out = capture(alexnet, images, layers)
+        x = (images - IMAGENET_MEAN) / IMAGENET_STD
+        feats = alexnet.net.features
+        pre_relu = feats[:11](x.clone())  # features.10 is the conv before an inplace ReLU
+        conv5 = feats[:12](x.clone())
+        conv2 = feats[:5](x.clone())
+        torch.testing.assert_close(logits, alexnet(images), rtol=0, atol=0)
+    assert list(out) == layers
+    torch.testing.assert_close(out["features.10"], pre_relu, rtol=0, atol=0)
+    assert (out["features.10"] < 0).any()  # not overwritten by the inplace ReLU
+    torch.testing.assert_close(out["conv5"], conv5, rtol=0, atol=0)
+    torch.testing.assert_close(out["features.4"], conv2, rtol=0, atol=0)
+    assert out["conv5"].shape == (2, 256, 3, 3)
+    assert _no_hooks(alexnet)
+
+
+def test_vgg11_capture_matches_manual_forward(vgg11, images):
+    with torch.no_grad():
+        _, out = capture(vgg11, images, ["last_conv"])
+        manual = vgg11.net.features[:20]((images - IMAGENET_MEAN) / IMAGENET_STD)
+    torch.testing.assert_close(out["last_conv"], manual, rtol=0, atol=0)
+    assert out["last_conv"].shape == (2, 512, 4, 4)
+    assert _no_hooks(vgg11)
+
+
+def test_resnet18_capture_matches_manual_forward(resnet18, images):
+    net = resnet18.net
+    with torch.no_grad():
+        logits, out = capture(resnet18, images, ["layer3", "layer4", "layer4.1.bn2"])
+        x = (images - IMAGENET_MEAN) / IMAGENET_STD
+        x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+        l3 = net.layer3(net.layer2(net.layer1(x)))
+        mid = net.layer4[0](l3)
+        block = net.layer4[1]
+        bn2 = block.bn2(block.conv2(block.relu(block.bn1(block.conv1(mid)))))  # before `out += identity`
+        l4 = block(mid)
+    torch.testing.assert_close(out["layer3"], l3, rtol=0, atol=0)
+    torch.testing.assert_close(out["layer4"], l4, rtol=0, atol=0)
+    torch.testing.assert_close(out["layer4.1.bn2"], bn2, rtol=0, atol=0)
+    assert out["layer3"].shape == (2, 256, 4, 4) and out["layer4"].shape == (2, 512, 2, 2)
+    torch.testing.assert_close(logits, resnet18(images), rtol=0, atol=0)
+    assert _no_hooks(resnet18)
+
+
+def test_capture_keeps_gradients(alexnet, images):
+    x = images.clone().requires_grad_(True)
+    _, out = capture(alexnet, x, ["last_conv"])
+    out["last_conv"].sum().backward()
+    assert x.grad is not None and x.grad.abs().sum() > 0
+
+
+def test_capture_removes_hooks_after_an_error(resnet18, images):
+    with pytest.raises(ModelError, match=r"layer 'layer1.0.relu' \(layer1.0.relu\) of resnet18 runs 2 times"):
+        with torch.no_grad():
+            capture(resnet18, images, ["layer1", "layer1.0.relu"])
+    assert _no_hooks(resnet18)
+
+
+def test_feature_shapes(alexnet, vgg11, resnet18):
+    assert feature_shapes(alexnet, ["conv1", "last_conv"], SIZE) == {"conv1": (64, 15, 15), "last_conv": (256, 3, 3)}
+    assert feature_shapes(vgg11, ["last_conv"], (SIZE, SIZE)) == {"last_conv": (512, 4, 4)}
+    assert feature_shapes(resnet18, ["layer3", "layer4"], 112) == {"layer3": (256, 7, 7), "layer4": (512, 4, 4)}
+
+
+# ---------------------------------------------------------------- predictions
+
+def test_predict_against_numpy_softmax(resnet18, images):
+    pred, conf = predict(resnet18, images)
+    assert pred.dtype == torch.int64 and conf.dtype == torch.float32
+    with torch.no_grad():
+        logits = resnet18(images).double().numpy()
+    expected_pred = logits.argmax(1)
+    shifted = np.exp(logits - logits.max(1, keepdims=True))
+    expected_conf = shifted[np.arange(len(logits)), expected_pred] / shifted.sum(1)
+    np.testing.assert_array_equal(pred.numpy(), expected_pred)
+    np.testing.assert_allclose(conf.numpy(), expected_conf, rtol=1e-6)
+
+
+def test_softmax_prediction_on_known_logits():
+    pred, conf = models.softmax_prediction(torch.tensor([[0.0, 0.0, np.log(2.0)], [5.0, 1.0, 1.0]]))
+    assert pred.tolist() == [2, 0]
+    np.testing.assert_allclose(conf.numpy(), [0.5, np.exp(5) / (np.exp(5) + 2 * np.e)], rtol=1e-6)
