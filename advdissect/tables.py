@@ -1,0 +1,567 @@
+"""Summary tables: Table 2, models, attacks, concept drift and the training comparison.
+
+Every function here takes plain data (paths, dicts, DataFrames) and returns DataFrames or text;
+the `write_*` helpers are what the thin Snakemake scripts call, so each script stays one call.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from . import store
+from .errors import ArtifactError, ConfigError
+
+log = logging.getLogger(__name__)
+
+# Table 2 of the study orders its columns C T M S P O; every table and figure uses this order.
+CATEGORY_ORDER = ("color", "texture", "material", "scene", "part", "object")
+CATEGORY_ABBREV = {"color": "C", "texture": "T", "material": "M", "scene": "S", "part": "P", "object": "O"}
+TABLE2_CATEGORIES = CATEGORY_ORDER + ("all",)
+THRESHOLD_MODES = ("self", "clean")
+
+TABLE2_COLUMNS = [
+    "dataset", "model", "layer", "attack", "threshold_mode", "category",
+    "units", "detectors", "ratio_percent", "concepts",
+]
+UNITS_COLUMNS = ["unit", "label", "category", "iou", "detector"]
+ATTACK_COLUMNS = [
+    "dataset", "model", "attack", "method", "eps", "n_images", "agreement", "success_rate",
+    "linf_max", "l2_mean", "clean_accuracy", "adversarial_accuracy",
+]
+DRIFT_STATUSES = ("kept", "changed", "lost", "gained", "none")
+TRAINING_METHODS = ("standard", "at", "consistency", "atda")
+
+PathLike = str | os.PathLike
+
+
+# --------------------------------------------------------------------------- units files
+
+def _parse_bool(value: Any, path: PathLike, unit: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "1", "1.0", "yes"):
+        return True
+    if text in ("false", "0", "0.0", "no", ""):
+        return False
+    raise ArtifactError(f"{path}: unit {unit}: detector must be True or False, found {value!r}")
+
+
+def read_units(path: PathLike) -> pd.DataFrame:
+    """Read a tidy `units/{layer}.csv` (unit 1-based, label, category, iou, detector).
+
+    Labels stay text exactly as written (no 'NA' → NaN); an empty label means no concept.
+    """
+    try:
+        frame = pd.read_csv(
+            path,
+            dtype={"label": str, "category": str},
+            keep_default_na=False,
+            na_values={"iou": ["", "nan", "NaN"]},
+        )
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ArtifactError(f"{path}: cannot be read as a units CSV ({exc})") from None
+    missing = [c for c in UNITS_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ArtifactError(f"{path}: units CSV lacks column(s) {missing}; expected {UNITS_COLUMNS}")
+    frame = frame.copy()
+    frame["unit"] = pd.to_numeric(frame["unit"], errors="raise").astype(np.int64)
+    if frame["unit"].duplicated().any() or (frame["unit"] < 1).any():
+        raise ArtifactError(f"{path}: unit numbers must be unique and 1-based")
+    frame["iou"] = pd.to_numeric(frame["iou"], errors="coerce").astype(float)
+    frame["label"] = frame["label"].fillna("").astype(str)
+    frame["category"] = frame["category"].fillna("").astype(str).str.strip()
+    frame["detector"] = [_parse_bool(v, path, u) for v, u in zip(frame["detector"], frame["unit"])]
+    bad = frame.loc[frame["detector"] & ~frame["category"].isin(CATEGORY_ORDER)]
+    if len(bad):
+        row = bad.iloc[0]
+        raise ArtifactError(
+            f"{path}: unit {row['unit']} is a detector of category {row['category']!r}; "
+            f"allowed categories: {', '.join(CATEGORY_ORDER)}"
+        )
+    return frame.sort_values("unit").reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- entries
+
+def is_clean_entry(entry: Mapping[str, Any]) -> bool:
+    """The clean image set is the attack whose method is 'clean' (or, without a method, named 'clean')."""
+    if entry.get("method") is not None:
+        return entry["method"] == "clean"
+    return entry["attack"] == "clean"
+
+
+def check_entries(entries: Sequence[Mapping[str, Any]], need_path: bool = True) -> list[dict]:
+    """Validate dissection entries {dataset, model, layer, attack, mode, [method], path}."""
+    keys = ["dataset", "model", "layer", "attack", "mode"] + (["path"] if need_path else [])
+    out, seen = [], set()
+    for i, entry in enumerate(entries):
+        missing = [k for k in keys if k not in entry]
+        if missing:
+            raise ConfigError(f"entry {i} ({dict(entry)}) lacks key(s) {missing}; each needs {keys}")
+        if entry["mode"] not in THRESHOLD_MODES:
+            raise ConfigError(
+                f"entry {i}: mode {entry['mode']!r} unknown; allowed: {', '.join(THRESHOLD_MODES)}"
+            )
+        key = tuple(str(entry[k]) for k in ("dataset", "model", "layer", "attack", "mode"))
+        if key in seen:
+            raise ConfigError(f"entry {i}: {dict(zip(keys, key))} is listed twice")
+        seen.add(key)
+        out.append(dict(entry))
+    return out
+
+
+def zip_entries(entries: Sequence[Mapping[str, Any]], paths: Sequence[PathLike]) -> list[dict]:
+    """Attach the input paths (same order) to entries given without them."""
+    entries, paths = list(entries), [str(p) for p in paths]
+    if len(entries) != len(paths):
+        raise ConfigError(
+            f"{len(entries)} entries but {len(paths)} units files: params.entries and input.units "
+            "must list the same dissections in the same order"
+        )
+    return [{**dict(e), "path": p} for e, p in zip(entries, paths)]
+
+
+def with_clean_in_both_modes(entries: Sequence[Mapping[str, Any]]) -> list[dict]:
+    """Add the clean set under mode 'clean' too: its own thresholds are the clean thresholds."""
+    entries = [dict(e) for e in entries]
+    have = {(e["dataset"], e["model"], e["layer"], e["attack"], e["mode"]) for e in entries}
+    extra = []
+    for e in entries:
+        if is_clean_entry(e) and e["mode"] == "self":
+            key = (e["dataset"], e["model"], e["layer"], e["attack"], "clean")
+            if key not in have:
+                extra.append({**e, "mode": "clean"})
+    return entries + extra
+
+
+def _first_seen(values: Iterable[Any]) -> dict[Any, int]:
+    order: dict[Any, int] = {}
+    for v in values:
+        order.setdefault(v, len(order))
+    return order
+
+
+def _sort_frame(frame: pd.DataFrame, clean_attacks: set[str], mode_col: str = "threshold_mode") -> pd.DataFrame:
+    """Order rows by first appearance (config order), modes self→clean, the clean set first."""
+    if frame.empty:
+        return frame.reset_index(drop=True)
+    keys = {}
+    for col in ("dataset", "model", "layer"):
+        if col in frame:
+            rank = _first_seen(frame[col])
+            keys[col] = frame[col].map(rank)
+    if mode_col in frame:
+        keys[mode_col] = frame[mode_col].map(
+            lambda m: THRESHOLD_MODES.index(m) if m in THRESHOLD_MODES else len(THRESHOLD_MODES)
+        )
+    if "attack" in frame:
+        rank = _first_seen(frame["attack"])
+        keys["attack"] = frame["attack"].map(lambda a: -1 if a in clean_attacks else rank[a])
+    if "category" in frame:
+        keys["category"] = frame["category"].map(
+            lambda c: TABLE2_CATEGORIES.index(c) if c in TABLE2_CATEGORIES else len(TABLE2_CATEGORIES)
+        )
+    order = pd.DataFrame(keys)
+    idx = order.sort_values(list(order.columns), kind="stable").index
+    return frame.loc[idx].reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- Table 2
+
+def table2_rows(units: pd.DataFrame) -> list[dict]:
+    """Per category (and 'all'): units, detectors, ratio_percent, distinct concepts."""
+    n_units = int(len(units))
+    det = units.loc[units["detector"]]
+    rows = []
+    for category in TABLE2_CATEGORIES:
+        sel = det if category == "all" else det.loc[det["category"] == category]
+        n_det = int(len(sel))
+        rows.append({
+            "category": category,
+            "units": n_units,
+            "detectors": n_det,
+            "ratio_percent": 100.0 * n_det / n_units if n_units else 0.0,
+            "concepts": int(sel["label"].nunique()),
+        })
+    return rows
+
+
+def table2(entries: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+    """Tidy Table 2: one row per dataset/model/layer/attack/threshold_mode/category.
+
+    `entries`: dicts {dataset, model, layer, attack, mode, path[, method]}. The clean set, run
+    only with mode 'self', is repeated under mode 'clean' (its thresholds are the clean ones).
+    """
+    entries = with_clean_in_both_modes(check_entries(entries))
+    rows = []
+    for e in entries:
+        units = read_units(e["path"])
+        for r in table2_rows(units):
+            rows.append({
+                "dataset": e["dataset"], "model": e["model"], "layer": e["layer"],
+                "attack": e["attack"], "threshold_mode": e["mode"], **r,
+            })
+    frame = pd.DataFrame(rows, columns=TABLE2_COLUMNS)
+    clean = {e["attack"] for e in entries if is_clean_entry(e)}
+    return _sort_frame(frame, clean)
+
+
+_MODE_TITLES = {
+    "self": "Thresholds recomputed on each image set (threshold_mode = self)",
+    "clean": "Thresholds fixed from the clean images (threshold_mode = clean)",
+}
+
+
+def _md_escape(value: Any) -> str:
+    return str(value).replace("|", "\\|")
+
+
+def _md_table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
+    align = ["---:" if i in right else ":---" for i in range(len(header))]
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
+    lines += ["| " + " | ".join(r) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def table2_markdown(df: pd.DataFrame) -> str:
+    """The study's Table 2 layout: a block per threshold mode; rows model/layer/attack;
+    columns C T M S P O and All as 'percent (detectors)', then units and distinct concepts."""
+    missing = [c for c in TABLE2_COLUMNS if c not in df.columns]
+    if missing:
+        raise ArtifactError(f"table2 frame lacks column(s) {missing}")
+    parts = [
+        "# Table 2: interpretable units per concept category",
+        "",
+        "Each cell: percentage of the layer's units that are detectors of a concept in that "
+        "category, with the number of detectors in parentheses. C color, T texture, M material, "
+        "S scene, P part, O object; Concepts = distinct concepts detected.",
+    ]
+    multi_dataset = df["dataset"].nunique() > 1
+    modes = [m for m in THRESHOLD_MODES if m in set(df["threshold_mode"])]
+    modes += sorted(set(df["threshold_mode"]) - set(modes))
+    for mode in modes:
+        block = df.loc[df["threshold_mode"] == mode]
+        header = (["Dataset"] if multi_dataset else []) + ["Model", "Layer", "Attack"]
+        header += [CATEGORY_ABBREV[c] for c in CATEGORY_ORDER] + ["All", "Units", "Concepts"]
+        rows = []
+        keys = ["dataset", "model", "layer", "attack"]
+        for key, group in block.groupby(keys, sort=False):
+            by_cat = group.set_index("category")
+            row = [_md_escape(k) for k in (key if multi_dataset else key[1:])]
+            for cat in TABLE2_CATEGORIES:
+                if cat in by_cat.index:
+                    r = by_cat.loc[cat]
+                    row.append(f"{float(r['ratio_percent']):.1f} ({int(r['detectors'])})")
+                else:
+                    row.append("")
+            all_row = by_cat.loc["all"] if "all" in by_cat.index else None
+            row.append(str(int(all_row["units"])) if all_row is not None else "")
+            row.append(str(int(all_row["concepts"])) if all_row is not None else "")
+            rows.append(row)
+        n_key = len(header) - 9
+        parts += ["", f"## {_MODE_TITLES.get(mode, f'threshold_mode = {mode}')}", ""]
+        parts.append(_md_table(header, rows, right=set(range(n_key, len(header)))))
+    return "\n".join(parts) + "\n"
+
+
+def write_table2(entries: Sequence[Mapping[str, Any]], csv_path: PathLike, md_path: PathLike) -> pd.DataFrame:
+    frame = table2(entries)
+    store.write_csv(csv_path, frame)
+    store.write_text(md_path, table2_markdown(frame))
+    log.info("table2: %d rows from %d units files", len(frame), len(entries))
+    return frame
+
+
+# --------------------------------------------------------------------------- models and attacks
+
+MODELS_COLUMNS = [
+    "model", "arch", "weights", "dataset", "heldout_accuracy", "weights_detail",
+    "training_method", "train_accuracy", "epochs", "training_seconds",
+]
+
+
+def _weights_source(weights: Any) -> tuple[str, str]:
+    if weights is None:
+        return "random", ""
+    if isinstance(weights, str):
+        return weights, ""
+    if isinstance(weights, Mapping):
+        detail = "; ".join(f"{k}={weights[k]}" for k in sorted(weights) if k != "source")
+        return str(weights.get("source", "")), detail
+    return str(weights), ""
+
+
+def models_table(models: Mapping[str, Mapping[str, Any]], metrics: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per configured model; accuracy columns only for models trained here."""
+    unknown = sorted(set(metrics) - set(models))
+    if unknown:
+        raise ConfigError(f"metrics given for model(s) {unknown} that are not in the models config")
+    rows = []
+    for name, spec in models.items():
+        if not isinstance(spec, Mapping) or "arch" not in spec:
+            raise ConfigError(f"models.{name}: needs an 'arch' key")
+        source, detail = _weights_source(spec.get("weights"))
+        m = metrics.get(name, {})
+        rows.append({
+            "model": name,
+            "arch": spec["arch"],
+            "weights": source,
+            "dataset": spec.get("dataset", m.get("dataset", "")) or "",
+            "heldout_accuracy": m.get("heldout_accuracy", np.nan),
+            "weights_detail": detail,
+            "training_method": m.get("method", ""),
+            "train_accuracy": m.get("train_accuracy", np.nan),
+            "epochs": m.get("epochs", np.nan),
+            "training_seconds": m.get("seconds", np.nan),
+        })
+    frame = pd.DataFrame(rows, columns=MODELS_COLUMNS)
+    # Integers stay integers in the CSV even with empty cells.
+    frame["epochs"] = frame["epochs"].astype("Int64")
+    return frame
+
+
+def read_metrics(path: PathLike) -> dict:
+    try:
+        data = json.loads(Path(path).read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise ArtifactError(f"{path}: cannot be read as metrics JSON ({exc})") from None
+    if not isinstance(data, dict) or "heldout_accuracy" not in data:
+        raise ArtifactError(f"{path}: metrics JSON needs a 'heldout_accuracy' key")
+    return data
+
+
+def write_models_table(models: Mapping[str, Mapping[str, Any]], trained: Sequence[str],
+                       metrics_paths: Sequence[PathLike], out: PathLike) -> pd.DataFrame:
+    trained = list(trained)
+    if len(trained) != len(metrics_paths):
+        raise ConfigError(
+            f"{len(trained)} trained model names but {len(metrics_paths)} metrics files: "
+            "params.trained and input.metrics must list the same models in the same order"
+        )
+    metrics = {name: read_metrics(p) for name, p in zip(trained, metrics_paths)}
+    frame = models_table(models, metrics)
+    store.write_csv(out, frame)
+    return frame
+
+
+def read_attack_stats(path: PathLike) -> pd.DataFrame:
+    frame = read_summary_csv(path)
+    missing = [c for c in ATTACK_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ArtifactError(f"{path}: attack stats lack column(s) {missing}; expected {ATTACK_COLUMNS}")
+    if frame.empty:
+        raise ArtifactError(f"{path}: attack stats file has no row")
+    return frame
+
+
+def attacks_table(stat_csv_paths: Sequence[PathLike]) -> pd.DataFrame:
+    """All attack_stats.csv rows, sorted by dataset, model, (clean first) method, eps, attack."""
+    frames = [read_attack_stats(p) for p in stat_csv_paths]
+    if not frames:
+        return pd.DataFrame(columns=ATTACK_COLUMNS)
+    frame = pd.concat(frames, ignore_index=True)
+    extra = [c for c in frame.columns if c not in ATTACK_COLUMNS]
+    frame = frame[ATTACK_COLUMNS + extra]
+    frame["_clean_first"] = (frame["method"] != "clean").astype(int)
+    frame = frame.sort_values(["dataset", "model", "_clean_first", "method", "eps", "attack"], kind="stable")
+    return frame.drop(columns="_clean_first").reset_index(drop=True)
+
+
+def write_attacks_table(stat_csv_paths: Sequence[PathLike], out: PathLike) -> pd.DataFrame:
+    frame = attacks_table(stat_csv_paths)
+    store.write_csv(out, frame)
+    return frame
+
+
+# --------------------------------------------------------------------------- concept drift
+
+DRIFT_COLUMNS = [
+    "unit", "clean_label", "clean_category", "clean_iou", "adv_label", "adv_category", "adv_iou",
+    "clean_detector", "adv_detector", "status",
+]
+
+
+def _drift_status(clean_det: bool, adv_det: bool, clean_label: str, adv_label: str) -> str:
+    if clean_det and adv_det:
+        return "kept" if clean_label == adv_label else "changed"
+    if clean_det:
+        return "lost"
+    if adv_det:
+        return "gained"
+    return "none"
+
+
+def concept_drift(clean_units_df: pd.DataFrame, adv_units_df: pd.DataFrame) -> pd.DataFrame:
+    """Per unit: its clean and adversarial best concept and what happened to it (status)."""
+    clean_units = set(clean_units_df["unit"])
+    adv_units = set(adv_units_df["unit"])
+    if clean_units != adv_units:
+        raise ArtifactError(
+            f"clean and adversarial units files cover different units "
+            f"({len(clean_units)} vs {len(adv_units)} units): they must come from the same layer"
+        )
+    cols = ["unit", "label", "category", "iou", "detector"]
+    merged = clean_units_df[cols].merge(adv_units_df[cols], on="unit", suffixes=("_c", "_a"))
+    out = pd.DataFrame({
+        "unit": merged["unit"].astype(np.int64),
+        "clean_label": merged["label_c"], "clean_category": merged["category_c"],
+        "clean_iou": merged["iou_c"],
+        "adv_label": merged["label_a"], "adv_category": merged["category_a"],
+        "adv_iou": merged["iou_a"],
+        "clean_detector": merged["detector_c"].astype(bool),
+        "adv_detector": merged["detector_a"].astype(bool),
+    })
+    out["status"] = [
+        _drift_status(c, a, cl, al)
+        for c, a, cl, al in zip(out["clean_detector"], out["adv_detector"], out["clean_label"], out["adv_label"])
+    ]
+    return out[DRIFT_COLUMNS].sort_values("unit").reset_index(drop=True)
+
+
+def drift_summary(drift: pd.DataFrame) -> dict[str, int]:
+    counts = drift["status"].value_counts()
+    summary = {s: int(counts.get(s, 0)) for s in DRIFT_STATUSES}
+    summary["units"] = int(len(drift))
+    return summary
+
+
+DRIFT_KEYS = ["dataset", "model", "layer", "attack", "threshold_mode"]
+
+
+def concept_drift_tables(entries: Sequence[Mapping[str, Any]]) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Drift of every adversarial dissection against the clean one of its dataset/model/layer.
+
+    Both modes compare with the clean set's own (self) result: with mode 'clean' the attacked
+    images were thresholded at the clean thresholds, so that is the matching clean dissection.
+    Returns (per-unit rows with the key columns, one summary row of status counts per key).
+    """
+    entries = check_entries(entries)
+    clean = {
+        (e["dataset"], e["model"], e["layer"]): e
+        for e in entries if is_clean_entry(e) and e["mode"] == "self"
+    }
+    unit_frames, summaries = [], []
+    clean_cache: dict[str, pd.DataFrame] = {}
+    for e in entries:
+        if is_clean_entry(e):
+            continue
+        ref = clean.get((e["dataset"], e["model"], e["layer"]))
+        if ref is None:
+            raise ConfigError(
+                f"no clean dissection (mode self) for dataset={e['dataset']} model={e['model']} "
+                f"layer={e['layer']}: concept drift of attack {e['attack']} needs one"
+            )
+        if ref["path"] not in clean_cache:
+            clean_cache[ref["path"]] = read_units(ref["path"])
+        drift = concept_drift(clean_cache[ref["path"]], read_units(e["path"]))
+        key = {"dataset": e["dataset"], "model": e["model"], "layer": e["layer"],
+               "attack": e["attack"], "threshold_mode": e["mode"]}
+        unit_frames.append(drift.assign(**key))
+        summaries.append({**key, **drift_summary(drift)})
+    units = (pd.concat(unit_frames, ignore_index=True) if unit_frames
+             else pd.DataFrame(columns=DRIFT_COLUMNS + DRIFT_KEYS))
+    units = units[DRIFT_KEYS + DRIFT_COLUMNS]
+    summary = pd.DataFrame(summaries, columns=DRIFT_KEYS + list(DRIFT_STATUSES) + ["units"])
+    return _sort_frame(units, set()), _sort_frame(summary, set())
+
+
+# --------------------------------------------------------------------------- training comparison
+
+TRAINING_COLUMNS = [
+    "arch", "method", "clean_accuracy", "attack", "adversarial_accuracy",
+    "model", "dataset", "eps", "agreement", "heldout_accuracy", "layer",
+    "clean_detector_ratio", "adversarial_detector_ratio",
+]
+
+
+def _deepest_layer(table2_df: pd.DataFrame, dataset: str, model: str) -> str | None:
+    layers = table2_df.loc[(table2_df["dataset"] == dataset) & (table2_df["model"] == model), "layer"]
+    # Layers appear in config order, which lists them from shallow to deep.
+    return None if layers.empty else str(list(dict.fromkeys(layers))[-1])
+
+
+def _ratio(table2_df: pd.DataFrame, dataset: str, model: str, layer: str | None, attack: str) -> float:
+    if layer is None:
+        return np.nan
+    sel = table2_df.loc[
+        (table2_df["dataset"] == dataset) & (table2_df["model"] == model)
+        & (table2_df["layer"] == layer) & (table2_df["attack"] == attack)
+        & (table2_df["threshold_mode"] == "self") & (table2_df["category"] == "all"),
+        "ratio_percent",
+    ]
+    return float(sel.iloc[0]) if len(sel) else np.nan
+
+
+def training_table(models_df: pd.DataFrame, attacks_df: pd.DataFrame, table2_df: pd.DataFrame,
+                   training_models: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+    """One row per (trained model, dataset, adversarial attack): accuracy and detector ratios.
+
+    Accuracies come from the attack stats (clean and adversarial on the same dissected images);
+    detector ratios are the all-category share with mode 'self' at the model's deepest
+    dissected layer (or `layer` in its training_models entry).
+    """
+    rows = []
+    heldout = dict(zip(models_df["model"], models_df["heldout_accuracy"])) if len(models_df) else {}
+    for name, spec in training_models.items():
+        for key in ("arch", "method"):
+            if key not in spec:
+                raise ConfigError(f"training model {name}: needs '{key}'")
+        stats = attacks_df.loc[attacks_df["model"] == name]
+        clean_rows = stats.loc[stats["method"] == "clean"]
+        for _, st in stats.loc[stats["method"] != "clean"].iterrows():
+            dataset = st["dataset"]
+            layer = spec.get("layer") or _deepest_layer(table2_df, dataset, name)
+            clean_attack = clean_rows.loc[clean_rows["dataset"] == dataset, "attack"]
+            clean_name = str(clean_attack.iloc[0]) if len(clean_attack) else None
+            rows.append({
+                "arch": spec["arch"], "method": spec["method"],
+                "clean_accuracy": st["clean_accuracy"], "attack": st["attack"],
+                "adversarial_accuracy": st["adversarial_accuracy"],
+                "model": name, "dataset": dataset, "eps": st["eps"], "agreement": st["agreement"],
+                "heldout_accuracy": heldout.get(name, np.nan), "layer": layer or "",
+                "clean_detector_ratio": (_ratio(table2_df, dataset, name, layer, clean_name)
+                                         if clean_name else np.nan),
+                "adversarial_detector_ratio": _ratio(table2_df, dataset, name, layer, st["attack"]),
+            })
+    frame = pd.DataFrame(rows, columns=TRAINING_COLUMNS)
+    method_rank = {m: i for i, m in enumerate(TRAINING_METHODS)}
+    if not frame.empty:
+        frame = frame.assign(_m=frame["method"].map(lambda m: method_rank.get(m, len(method_rank))))
+        frame = frame.sort_values(["arch", "_m", "model", "dataset", "eps", "attack"], kind="stable")
+        frame = frame.drop(columns="_m").reset_index(drop=True)
+    return frame
+
+
+# Name columns stay text ("4" is a layer name, "NA" could be a model name).
+_NAME_COLUMNS = ("dataset", "model", "layer", "attack", "threshold_mode", "category", "method",
+                 "arch", "weights")
+
+
+def read_summary_csv(path: PathLike) -> pd.DataFrame:
+    """Read one of the summary CSVs (models, attacks, table2) with name columns as text."""
+    try:
+        head = pd.read_csv(path, nrows=0)
+        dtypes = {c: str for c in head.columns if c in _NAME_COLUMNS}
+        missing = {c: ["", "nan", "NaN", "NA", "N/A", "null"] for c in head.columns if c not in dtypes}
+        return pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=missing)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ArtifactError(f"{path}: cannot be read as a summary CSV ({exc})") from None
+
+
+def read_history(path: PathLike) -> pd.DataFrame:
+    try:
+        frame = pd.read_csv(path)
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ArtifactError(f"{path}: cannot be read as a training history CSV ({exc})") from None
+    if "epoch" not in frame.columns:
+        raise ArtifactError(f"{path}: training history needs an 'epoch' column")
+    return frame

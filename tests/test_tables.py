@@ -1,0 +1,308 @@
+"""Table 2, models/attacks tables, concept drift and the training table on hand-built inputs."""
+
+from __future__ import annotations
+
+import json
+import random
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from advdissect import tables
+from advdissect.errors import ArtifactError, ConfigError
+
+# 5 units of one layer; expected: color 1 detector, object 2 (one concept), all 3 (2 concepts).
+CLEAN_UNITS = [
+    (1, "red-c", "color", 0.10, True),
+    (2, "dog", "object", 0.08, True),
+    (3, "dog", "object", 0.05, True),
+    (4, "grass", "material", 0.03, False),
+    (5, "", "", float("nan"), False),
+]
+# The same layer under attack: 1 kept, 2 changed, 3 lost, 4 gained, 5 none.
+FGSM_SELF_UNITS = [
+    (1, "red-c", "color", 0.09, True),
+    (2, "cat", "object", 0.06, True),
+    (3, "dog", "object", 0.02, False),
+    (4, "grass", "material", 0.05, True),
+    (5, "", "", float("nan"), False),
+]
+FGSM_CLEAN_UNITS = [
+    (1, "sky", "scene", 0.2, True),
+    (2, "sky", "scene", 0.1, True),
+    (3, "sky", "scene", 0.07, True),
+    (4, "dotted", "texture", 0.05, True),
+    (5, "wheel", "part", 0.01, False),
+]
+
+
+def write_units(path, rows):
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pd.DataFrame(rows, columns=["unit", "label", "category", "iou", "detector"]).to_csv(path, index=False)
+    return str(path)
+
+
+@pytest.fixture
+def entries(tmp_path):
+    return [
+        {"dataset": "syn", "model": "r18", "layer": "layer3", "attack": "clean", "mode": "self",
+         "method": "clean", "path": write_units(tmp_path / "clean.csv", CLEAN_UNITS)},
+        {"dataset": "syn", "model": "r18", "layer": "layer3", "attack": "fgsm_2", "mode": "self",
+         "method": "fgsm", "path": write_units(tmp_path / "fgsm_self.csv", FGSM_SELF_UNITS)},
+        {"dataset": "syn", "model": "r18", "layer": "layer3", "attack": "fgsm_2", "mode": "clean",
+         "method": "fgsm", "path": write_units(tmp_path / "fgsm_clean.csv", FGSM_CLEAN_UNITS)},
+    ]
+
+
+def cell(df, attack, mode, category):
+    sel = df[(df.attack == attack) & (df.threshold_mode == mode) & (df.category == category)]
+    assert len(sel) == 1, (attack, mode, category)
+    return sel.iloc[0]
+
+
+def test_table2_counts_hand_built(entries):
+    df = tables.table2(entries)
+    assert list(df.columns) == tables.TABLE2_COLUMNS
+    # 3 dissections + clean repeated under mode clean, 7 categories each.
+    assert len(df) == 4 * 7
+    expect = {"color": (1, 20.0, 1), "texture": (0, 0.0, 0), "material": (0, 0.0, 0),
+              "scene": (0, 0.0, 0), "part": (0, 0.0, 0), "object": (2, 40.0, 1), "all": (3, 60.0, 2)}
+    for mode in ("self", "clean"):
+        for cat, (det, ratio, concepts) in expect.items():
+            r = cell(df, "clean", mode, cat)
+            assert (r.units, r.detectors, r.concepts) == (5, det, concepts)
+            assert r.ratio_percent == pytest.approx(ratio)
+    r = cell(df, "fgsm_2", "self", "all")
+    assert (r.detectors, r.concepts, r.ratio_percent) == (3, 3, pytest.approx(60.0))
+    assert cell(df, "fgsm_2", "self", "material").detectors == 1
+    assert cell(df, "fgsm_2", "clean", "scene").detectors == 3
+    assert cell(df, "fgsm_2", "clean", "scene").concepts == 1
+    assert cell(df, "fgsm_2", "clean", "texture").ratio_percent == pytest.approx(20.0)
+    assert cell(df, "fgsm_2", "clean", "part").detectors == 0
+    # Order: mode self before clean, clean set first, categories in Table-2 order.
+    first = df.iloc[:7]
+    assert set(first.attack) == {"clean"} and set(first.threshold_mode) == {"self"}
+    assert list(first.category) == list(tables.TABLE2_CATEGORIES)
+    assert list(dict.fromkeys(df.threshold_mode)) == ["self", "clean"]
+    assert list(dict.fromkeys(df[df.threshold_mode == "clean"].attack)) == ["clean", "fgsm_2"]
+
+
+def test_table2_clean_attack_without_method_is_found_by_name(entries):
+    for e in entries:
+        e.pop("method")
+    df = tables.table2(entries)
+    assert len(df[(df.attack == "clean") & (df.threshold_mode == "clean")]) == 7
+
+
+def test_table2_does_not_duplicate_an_explicit_clean_mode_entry(entries):
+    entries.append({**entries[0], "mode": "clean"})
+    df = tables.table2(entries)
+    assert len(df[(df.attack == "clean") & (df.threshold_mode == "clean")]) == 7
+
+
+def _brute_table2(rows):
+    n = len(rows)
+    out = {}
+    for cat in tables.TABLE2_CATEGORIES:
+        det = [r for r in rows if r[4] and (cat == "all" or r[2] == cat)]
+        out[cat] = (n, len(det), 100.0 * len(det) / n, len({r[1] for r in det}))
+    return out
+
+
+def test_table2_rows_match_brute_force_on_random_layers(tmp_path):
+    rng = random.Random(0)
+    labels = {"color": ["red-c", "blue-c"], "texture": ["dotted"], "material": ["wood", "glass"],
+              "scene": ["street-s"], "part": ["leg", "wheel"], "object": ["dog", "car", "tree"]}
+    for trial in range(20):
+        rows = []
+        for u in range(1, rng.randint(1, 30) + 1):
+            cat = rng.choice(tables.CATEGORY_ORDER)
+            iou = rng.random() * 0.1
+            rows.append((u, rng.choice(labels[cat]), cat, iou, iou > 0.04))
+        path = write_units(tmp_path / f"u{trial}.csv", rows)
+        got = tables.table2_rows(tables.read_units(path))
+        want = _brute_table2(rows)
+        for r in got:
+            n, det, ratio, concepts = want[r["category"]]
+            assert (r["units"], r["detectors"], r["concepts"]) == (n, det, concepts)
+            assert r["ratio_percent"] == pytest.approx(ratio)
+
+
+def test_table2_markdown_has_the_numbers(entries):
+    md = tables.table2_markdown(tables.table2(entries))
+    assert "threshold_mode = self" in md and "threshold_mode = clean" in md
+    self_block, clean_block = md.split("threshold_mode = clean")
+    header = "| Model | Layer | Attack | C | T | M | S | P | O | All | Units | Concepts |"
+    assert header in self_block and header in clean_block
+    assert "| r18 | layer3 | clean | 20.0 (1) | 0.0 (0) | 0.0 (0) | 0.0 (0) | 0.0 (0) | 40.0 (2) | 60.0 (3) | 5 | 2 |" in self_block
+    assert "| r18 | layer3 | fgsm_2 | 20.0 (1) | 0.0 (0) | 20.0 (1) | 0.0 (0) | 0.0 (0) | 20.0 (1) | 60.0 (3) | 5 | 3 |" in self_block
+    # The clean row appears under the clean-threshold block too.
+    assert "| r18 | layer3 | clean | 20.0 (1) |" in clean_block
+    assert "| r18 | layer3 | fgsm_2 | 0.0 (0) | 20.0 (1) | 0.0 (0) | 60.0 (3) | 0.0 (0) | 0.0 (0) | 80.0 (4) | 5 | 2 |" in clean_block
+
+
+def test_write_table2_writes_csv_and_md(entries, tmp_path):
+    tables.write_table2(entries, tmp_path / "t2.csv", tmp_path / "t2.md")
+    back = tables.read_summary_csv(tmp_path / "t2.csv")
+    assert list(back.columns) == tables.TABLE2_COLUMNS and len(back) == 28
+    assert (tmp_path / "t2.md").read_text().startswith("# Table 2")
+
+
+def test_units_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame({"unit": [1], "label": ["x"], "iou": [0.1]}).to_csv(bad, index=False)
+    with pytest.raises(ArtifactError, match="bad.csv.*category"):
+        tables.read_units(bad)
+    wrong = write_units(tmp_path / "wrong.csv", [(1, "x", "animal", 0.2, True)])
+    with pytest.raises(ArtifactError, match="animal"):
+        tables.read_units(wrong)
+
+
+def test_entries_validation(entries):
+    with pytest.raises(ConfigError, match="mode"):
+        tables.table2([{**entries[0], "mode": "both"}])
+    with pytest.raises(ConfigError, match="twice"):
+        tables.table2([entries[0], entries[0]])
+    with pytest.raises(ConfigError, match="same order"):
+        tables.zip_entries(entries, ["a.csv"])
+
+
+def test_labels_stay_text(tmp_path):
+    path = write_units(tmp_path / "na.csv", [(1, "NA", "object", 0.2, True), (2, "null", "part", 0.1, True)])
+    assert list(tables.read_units(path).label) == ["NA", "null"]
+
+
+# --------------------------------------------------------------------------- drift
+
+def test_concept_drift_statuses(entries):
+    clean = tables.read_units(entries[0]["path"])
+    adv = tables.read_units(entries[1]["path"])
+    drift = tables.concept_drift(clean, adv)
+    assert list(drift.columns) == tables.DRIFT_COLUMNS
+    assert list(drift.status) == ["kept", "changed", "lost", "gained", "none"]
+    assert list(drift.clean_label) == ["red-c", "dog", "dog", "grass", ""]
+    assert list(drift.adv_label) == ["red-c", "cat", "dog", "grass", ""]
+    assert drift.loc[1, "adv_iou"] == pytest.approx(0.06)
+
+
+def test_concept_drift_needs_same_units(entries):
+    clean = tables.read_units(entries[0]["path"])
+    with pytest.raises(ArtifactError, match="different units"):
+        tables.concept_drift(clean, clean.iloc[:3])
+
+
+def test_concept_drift_tables(entries):
+    units, summary = tables.concept_drift_tables(entries)
+    assert len(units) == 10
+    assert list(summary.columns) == tables.DRIFT_KEYS + list(tables.DRIFT_STATUSES) + ["units"]
+    s = summary.set_index("threshold_mode")
+    assert s.loc["self", ["kept", "changed", "lost", "gained", "none", "units"]].tolist() == [1, 1, 1, 1, 1, 5]
+    # Mode clean compares with the clean set's own dissection.
+    assert s.loc["clean", ["kept", "changed", "lost", "gained", "none"]].tolist() == [0, 3, 0, 1, 1]
+
+
+def test_concept_drift_without_clean_is_an_error(entries):
+    with pytest.raises(ConfigError, match="no clean dissection"):
+        tables.concept_drift_tables(entries[1:])
+
+
+# --------------------------------------------------------------------------- models, attacks
+
+def test_models_table():
+    models = {
+        "r18_imagenet": {"arch": "resnet18", "weights": {"source": "torchvision", "name": "IMAGENET1K_V1"}},
+        "r18_syn": {"arch": "resnet18", "weights": {"source": "train"}, "dataset": "syn"},
+        "alex_random": {"arch": "alexnet"},
+    }
+    metrics = {"r18_syn": {"heldout_accuracy": 0.63, "train_accuracy": 0.9, "method": "standard",
+                           "arch": "resnet18", "epochs": 8, "seconds": 12.5}}
+    df = tables.models_table(models, metrics)
+    assert list(df.columns[:5]) == ["model", "arch", "weights", "dataset", "heldout_accuracy"]
+    assert list(df.model) == list(models)
+    assert list(df.weights) == ["torchvision", "train", "random"]
+    assert df.loc[0, "weights_detail"] == "name=IMAGENET1K_V1"
+    assert np.isnan(df.loc[0, "heldout_accuracy"]) and df.loc[1, "heldout_accuracy"] == 0.63
+    assert df.loc[1, "epochs"] == 8
+    with pytest.raises(ConfigError, match="ghost"):
+        tables.models_table(models, {"ghost": {"heldout_accuracy": 0.1}})
+
+
+def test_write_models_table(tmp_path):
+    m = tmp_path / "metrics.json"
+    m.write_text(json.dumps({"heldout_accuracy": 0.5, "method": "atda", "epochs": 2}))
+    out = tmp_path / "models.csv"
+    tables.write_models_table({"a": {"arch": "resnet18", "weights": {"source": "train"}}}, ["a"], [m], out)
+    text = out.read_text().splitlines()
+    assert text[0].startswith("model,arch,weights,dataset,heldout_accuracy")
+    assert text[1].startswith("a,resnet18,train,,0.5")
+    with pytest.raises(ConfigError):
+        tables.write_models_table({"a": {"arch": "resnet18"}}, ["a", "b"], [m], out)
+
+
+def _stats_row(attack, method, eps, agreement, adv_acc, model="r18", clean_acc=0.8):
+    return {"dataset": "syn", "model": model, "attack": attack, "method": method, "eps": eps,
+            "n_images": 10, "agreement": agreement, "success_rate": 1 - agreement, "linf_max": eps,
+            "l2_mean": eps * 10, "clean_accuracy": clean_acc, "adversarial_accuracy": adv_acc}
+
+
+def test_attacks_table_concatenates_sorted(tmp_path):
+    paths = []
+    for i, row in enumerate([_stats_row("fgsm_4", "fgsm", 4 / 255, 0.1, 0.1),
+                             _stats_row("noise_2", "noise", 2 / 255, 0.99, 0.8),
+                             _stats_row("fgsm_2", "fgsm", 2 / 255, 0.3, 0.3),
+                             _stats_row("clean", "clean", 0.0, 1.0, 0.8)]):
+        p = tmp_path / f"s{i}.csv"
+        pd.DataFrame([row]).to_csv(p, index=False)
+        paths.append(p)
+    df = tables.attacks_table(paths)
+    assert list(df.attack) == ["clean", "fgsm_2", "fgsm_4", "noise_2"]
+    assert list(df.columns) == tables.ATTACK_COLUMNS
+    bad = tmp_path / "bad.csv"
+    pd.DataFrame([{"dataset": "syn"}]).to_csv(bad, index=False)
+    with pytest.raises(ArtifactError, match="bad.csv"):
+        tables.attacks_table([bad])
+
+
+# --------------------------------------------------------------------------- training
+
+def training_inputs():
+    models_df = pd.DataFrame({"model": ["std", "atda"], "arch": ["resnet18"] * 2,
+                              "heldout_accuracy": [0.7, 0.65]})
+    attacks_df = pd.DataFrame([
+        _stats_row("clean", "clean", 0.0, 1.0, 0.8, model="std"),
+        _stats_row("fgsm_2", "fgsm", 2 / 255, 0.2, 0.1, model="std"),
+        _stats_row("clean", "clean", 0.0, 1.0, 0.75, model="atda", clean_acc=0.75),
+        _stats_row("fgsm_2", "fgsm", 2 / 255, 0.7, 0.6, model="atda", clean_acc=0.75),
+    ])
+    t2 = []
+    for model, ratios in (("std", {"clean": 10.0, "fgsm_2": 4.0}), ("atda", {"clean": 12.0, "fgsm_2": 11.0})):
+        for layer, scale in (("layer3", 1.0), ("layer4", 2.0)):
+            for attack, ratio in ratios.items():
+                for mode in ("self", "clean"):
+                    t2.append({"dataset": "syn", "model": model, "layer": layer, "attack": attack,
+                               "threshold_mode": mode, "category": "all", "units": 10, "detectors": 1,
+                               "ratio_percent": ratio * scale + (0 if mode == "self" else 100), "concepts": 1})
+    return models_df, attacks_df, pd.DataFrame(t2)
+
+
+def test_training_table():
+    models_df, attacks_df, t2 = training_inputs()
+    spec = {"atda": {"arch": "resnet18", "method": "atda"}, "std": {"arch": "resnet18", "method": "standard"}}
+    df = tables.training_table(models_df, attacks_df, t2, spec)
+    assert list(df.columns[:5]) == ["arch", "method", "clean_accuracy", "attack", "adversarial_accuracy"]
+    assert list(df.method) == ["standard", "atda"]
+    r = df.set_index("model").loc["std"]
+    assert (r.clean_accuracy, r.adversarial_accuracy, r.heldout_accuracy) == (0.8, 0.1, 0.7)
+    # Deepest layer (last in config order), mode self, all categories.
+    assert r.layer == "layer4" and r.clean_detector_ratio == 20.0 and r.adversarial_detector_ratio == 8.0
+    df3 = tables.training_table(models_df, attacks_df, t2,
+                                {"atda": {"arch": "resnet18", "method": "atda", "layer": "layer3"}})
+    assert df3.loc[0, "adversarial_detector_ratio"] == 11.0
+    with pytest.raises(ConfigError, match="method"):
+        tables.training_table(models_df, attacks_df, t2, {"std": {"arch": "resnet18"}})
+
+
+def test_table_categories_are_the_broden_categories():
+    broden = pytest.importorskip("advdissect.broden")
+    assert set(tables.CATEGORY_ORDER) == set(broden.CATEGORIES)

@@ -1,0 +1,23 @@
+"""Rule concept_drift: per-unit concept changes under each attack, their counts and a figure."""
+
+import logging
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+logging.basicConfig(filename=sm.log[0], level=logging.INFO, force=True,
+                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+logging.captureWarnings(True)
+
+from advdissect import figures, tables  # noqa: E402
+
+figures.write_concept_drift(
+    tables.zip_entries(sm.params.entries, list(sm.input.units)),
+    units_csv=sm.output.units,
+    summary_csv=sm.output.summary,
+    png=sm.output.png,
+    svg=sm.output.svg,
+    style=sm.params.style,
+)

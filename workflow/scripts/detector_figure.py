@@ -1,0 +1,22 @@
+"""Rule detector_figure: detector units per concept for one dataset/model/layer (Fig. 5-7)."""
+
+import logging
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+logging.basicConfig(filename=sm.log[0], level=logging.INFO, force=True,
+                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+logging.captureWarnings(True)
+
+from advdissect import figures, tables  # noqa: E402
+
+figures.detector_figure(
+    tables.zip_entries(sm.params.entries, list(sm.input.units)),
+    png=sm.output.png,
+    svg=sm.output.svg,
+    style=sm.params.style,
+    top_n=sm.params.top_n,
+)

@@ -1,0 +1,28 @@
+"""Rule training_summary: training.csv, the training-method figure and the learning curves."""
+
+import logging
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+logging.basicConfig(filename=sm.log[0], level=logging.INFO, force=True,
+                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+logging.captureWarnings(True)
+
+from advdissect import figures  # noqa: E402
+
+figures.write_training_summary(
+    models_csv=sm.input.models,
+    attacks_csv=sm.input.attacks,
+    table2_csv=sm.input.table2,
+    training_models=sm.params.training_models,
+    histories=list(getattr(sm.input, "histories", [])),
+    table=sm.output.table,
+    png=sm.output.png,
+    svg=sm.output.svg,
+    curves_png=sm.output.curves_png,
+    curves_svg=sm.output.curves_svg,
+    style=sm.params.style,
+)
