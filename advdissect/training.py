@@ -1,0 +1,592 @@
+"""Training: standard, adversarial (FGSM), feature-consistency and ATDA domain adaptation.
+
+Every step takes a clean batch D; the adversarial methods add its FGSM batch A, made with the
+model's own prediction (Eq. 10, no label leaking) from the current weights:
+
+    standard     CE(D)
+    at           CE(D) + CE(A)
+    consistency  CE(D) + CE(A) + λ·consistency(φ(D), φ(A))
+    atda         CE(D) + CE(A) + λ·(CORAL + MMD [+ margin])
+
+CE(A) uses the true label of each adversarial example's clean source. φ is the logits or the
+output of a named layer (see `advdissect.losses`).
+
+Choices worth knowing:
+- A is generated with the model in eval mode (BatchNorm running statistics, no dropout), so
+  the attack neither updates BatchNorm statistics nor depends on the other images of the
+  batch; the update itself runs in train mode on D and A concatenated into one batch, so
+  BatchNorm normalises both domains with the same batch statistics.
+- Learning rate: linear warm-up over `warmup` of all steps, then cosine decay to 0, stepped
+  per batch.
+- Reproducible on CPU: the global RNG (dropout) is seeded from `seed` and saved in every
+  checkpoint; shuffling and flips come from a generator seeded per epoch. A checkpoint written
+  after every epoch lets a killed run resume and end with the same weights as an unbroken one.
+- No model selection on the held-out split: the final weights are kept, so held-out accuracy
+  is an unbiased estimate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from torch import nn
+from tqdm import tqdm
+
+from . import losses
+from .errors import ConfigError, DatasetError
+from .store import atomic_path, write_csv, write_json
+
+log = logging.getLogger(__name__)
+
+METHODS = ("standard", "at", "consistency", "atda")
+OPTIMIZERS = ("sgd", "adam")
+ADVERSARIAL_METHODS = ("at", "consistency", "atda")
+# Loss terms logged per epoch; a term a method does not use is logged as NaN (empty in the CSV).
+LOSS_TERMS = ("ce_clean", "ce_adv", "coral", "mmd", "margin", "consistency")
+HISTORY_COLUMNS = ("epoch", "loss", *LOSS_TERMS, "train_accuracy", "val_accuracy", "lr", "seconds")
+# CORAL builds a k×k covariance; past this k (e.g. a flattened conv map) it would not fit a step.
+MAX_CORAL_FEATURES = 4096
+CHECKPOINT_FORMAT = 1
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    """How to train; defaults match the workflow's config schema (models.*.weights)."""
+
+    method: str = "standard"
+    epochs: int = 6
+    batch_size: int = 32
+    lr: float = 1e-3  # peak learning rate, reached at the end of the warm-up
+    optimizer: str = "adam"  # "adam": torch.optim.Adam (L2 weight decay); "sgd": Nesterov momentum
+    momentum: float = 0.9  # SGD only
+    weight_decay: float = 5e-4
+    eps: float = 4 / 255  # FGSM ε in pixel units; also the ε of the final held-out FGSM accuracy
+    lam: float = 1 / 3  # λ of the consistency / domain-adaptation term (Song et al. use 1/3)
+    feature: str = "logits"  # φ: "logits" or a layer name of the model
+    margin: bool = False  # atda: add the margin term
+    seed: int = 0
+    augment: bool = True  # random horizontal flips
+    warmup: float = 0.1  # fraction of all steps with a linear LR ramp
+    grad_clip: float = 0.0  # clip the global gradient norm to this (0 = off)
+
+    def __post_init__(self) -> None:
+        def bad(key: str, allowed: str) -> ConfigError:
+            return ConfigError(f"training.{key}: {getattr(self, key)!r} is not allowed; {allowed}")
+
+        if self.method not in METHODS:
+            raise bad("method", f"allowed: {', '.join(METHODS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", f"allowed: {', '.join(OPTIMIZERS)}")
+        for key in ("epochs", "batch_size"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(key, "expected an integer >= 1")
+        for key in ("lr", "momentum", "weight_decay", "eps", "lam", "warmup", "grad_clip"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise bad(key, "expected a finite number >= 0")
+        if self.lr <= 0:
+            raise bad("lr", "expected a number > 0")
+        if self.warmup >= 1:
+            raise bad("warmup", "expected a fraction of the steps in [0, 1)")
+        if self.method in ADVERSARIAL_METHODS and self.eps <= 0:
+            raise bad("eps", f"method {self.method!r} trains on FGSM examples and needs eps > 0 (e.g. '4/255')")
+        if not isinstance(self.feature, str) or not self.feature:
+            raise bad("feature", "expected 'logits' or a layer name")
+        if self.margin and self.method != "atda":
+            raise ConfigError(f"training.margin: only method 'atda' has a margin term (method is {self.method!r})")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+        """A config from a dict of field values; eps may be an "a/b" string such as "4/255"."""
+        from .config import parse_fraction
+
+        fields = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - fields)
+        if unknown:
+            raise ConfigError(f"training: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(fields))}")
+        values = dict(values)
+        if "eps" in values:
+            values["eps"] = parse_fraction(values["eps"], "training.eps")
+        for key in ("lr", "momentum", "weight_decay", "lam", "warmup", "grad_clip"):
+            if isinstance(values.get(key), int) and not isinstance(values[key], bool):
+                values[key] = float(values[key])
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+# ---------------------------------------------------------------- batches
+
+def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
+    # Each epoch's order and flips depend only on (seed, epoch), so a resumed run repeats them.
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(epoch))
+
+
+def _batches(n: int, batch_size: int, generator: torch.Generator) -> list[torch.Tensor]:
+    order = torch.randperm(n, generator=generator)
+    chunks = list(order.split(batch_size))
+    # A batch of one breaks BatchNorm in train mode: fold it into the previous batch.
+    if len(chunks) > 1 and len(chunks[-1]) == 1:
+        chunks[-2] = torch.cat([chunks[-2], chunks.pop()])
+    return chunks
+
+
+def _to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
+    return images.to(device, non_blocking=True).float().div_(255.0)
+
+
+def _as_tensors(images, labels, what: str) -> tuple[torch.Tensor, torch.Tensor]:
+    images = torch.as_tensor(images)
+    labels = torch.as_tensor(labels).long()
+    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+        raise ValueError(f"{what} images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
+    if labels.shape != (images.shape[0],):
+        raise ValueError(f"{what} labels must be ({images.shape[0]},), got {tuple(labels.shape)}")
+    if len(labels) and int(labels.min()) < 0:
+        raise ValueError(f"{what} labels hold -1 (no class); drop those images before training")
+    return images, labels
+
+
+# ---------------------------------------------------------------- attack, features
+
+def _fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, eps: float) -> torch.Tensor:
+    from .attacks import fgsm  # imported here: attacks pulls in more than training needs
+
+    return fgsm(model, x, y, eps).detach()
+
+
+def adversarial_batch(model: nn.Module, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """FGSM of `x` against the model's own prediction (Eq. 10), made in eval mode.
+
+    Leaves the model in eval mode.
+    """
+    model.eval()
+    return _fgsm(model, x, None, eps)  # y=None: the prediction of the attack's own forward pass
+
+
+def _forward(model: nn.Module, x: torch.Tensor, feature: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, φ) from one forward pass; φ is the logits or the named layer's output."""
+    if feature == "logits":
+        logits = model(x)
+        return logits, logits
+    from .models import capture
+
+    logits, outputs = capture(model, x, [feature])
+    return logits, outputs[feature]
+
+
+# ---------------------------------------------------------------- one step
+
+def train_step(
+    model: nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    cfg: TrainConfig,
+    optimizer: torch.optim.Optimizer,
+) -> tuple[dict[str, float], torch.Tensor]:
+    """One update on the clean batch `x` (float in [0, 1]) with labels `y`.
+
+    Returns ({term: value} of the loss terms used, clean predictions made in train mode).
+    """
+    adv = adversarial_batch(model, x, cfg.eps) if cfg.method in ADVERSARIAL_METHODS else None
+    optimizer.zero_grad(set_to_none=True)  # also drops gradients the attack left on the weights
+    model.train()
+    n = x.shape[0]
+    terms: dict[str, torch.Tensor] = {}
+    if adv is None:
+        logits = model(x)
+        terms["ce_clean"] = F.cross_entropy(logits, y)
+        clean_logits = logits
+        loss = terms["ce_clean"]
+    else:
+        need_features = cfg.method in ("consistency", "atda")
+        if need_features:
+            logits, feats = _forward(model, torch.cat([x, adv]), cfg.feature)
+        else:
+            logits, feats = model(torch.cat([x, adv])), None
+        clean_logits, adv_logits = logits[:n], logits[n:]
+        terms["ce_clean"] = F.cross_entropy(clean_logits, y)
+        terms["ce_adv"] = F.cross_entropy(adv_logits, y)
+        loss = terms["ce_clean"] + terms["ce_adv"]
+        if need_features:
+            fd, fa = feats[:n].reshape(n, -1), feats[n:].reshape(n, -1)
+            if cfg.method == "consistency":
+                terms["consistency"] = losses.consistency(fd, fa)
+                loss = loss + cfg.lam * terms["consistency"]
+            else:
+                if fd.shape[1] > MAX_CORAL_FEATURES:
+                    raise ConfigError(
+                        f"training.feature: {cfg.feature!r} has {fd.shape[1]} features per image; CORAL "
+                        f"needs a k×k covariance and allows at most {MAX_CORAL_FEATURES} (use 'logits')"
+                    )
+                terms["coral"] = losses.coral(fd, fa)
+                terms["mmd"] = losses.mmd(fd, fa)
+                da = terms["coral"] + terms["mmd"]
+                if cfg.margin:
+                    terms["margin"] = losses.margin_loss(fd, fa, y)
+                    da = da + terms["margin"]
+                loss = loss + cfg.lam * da
+    if not torch.isfinite(loss):
+        raise ConfigError(
+            f"training diverged: the loss is {loss.item()} "
+            f"({', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())}); lower training.lr "
+            f"(now {cfg.lr:g}) or set training.grad_clip"
+        )
+    loss.backward()
+    if cfg.grad_clip > 0:
+        nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+    optimizer.step()
+    values = {k: float(v.detach()) for k, v in terms.items()}
+    values["loss"] = float(loss.detach())
+    return values, clean_logits.detach().argmax(dim=1)
+
+
+# ---------------------------------------------------------------- evaluation
+
+def accuracy(
+    model: nn.Module,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    *,
+    batch_size: int,
+    device: torch.device,
+    eps: float = 0.0,
+    progress: bool = False,
+    desc: str = "evaluate",
+) -> float:
+    """Top-1 accuracy in eval mode; with eps > 0, on FGSM examples made with the TRUE labels.
+
+    The true label (Eq. 5) is the standard robust-accuracy attack; NaN for an empty set.
+    """
+    if len(labels) == 0:
+        return float("nan")
+    model.eval()
+    correct = 0
+    for start in tqdm(range(0, len(labels), batch_size), desc=desc, disable=None if progress else True, leave=False):
+        x = _to_float(images[start:start + batch_size], device)
+        y = labels[start:start + batch_size].to(device)
+        if eps > 0:
+            x = _fgsm(model, x, y, eps)
+        with torch.no_grad():
+            correct += int((model(x).argmax(dim=1) == y).sum())
+    model.zero_grad(set_to_none=True)
+    return correct / len(labels)
+
+
+# ---------------------------------------------------------------- optimiser, schedule
+
+def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(
+            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay
+        )
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+
+
+def lr_factor(step: int, total_steps: int, warmup: float) -> float:
+    """Multiplier of the peak lr at `step` (0-based): linear warm-up, then cosine to 0."""
+    warm = int(round(warmup * total_steps))
+    if step < warm:
+        return (step + 1) / warm
+    span = max(1, total_steps - warm)
+    return 0.5 * (1.0 + math.cos(math.pi * min(step - warm, span) / span))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, cfg.warmup))
+
+
+# ---------------------------------------------------------------- checkpoints
+
+def _fingerprint(model: nn.Module, cfg: TrainConfig, n_train: int, n_val: int) -> dict[str, Any]:
+    # What a checkpoint must agree with to be resumed.
+    return {
+        "config": cfg.to_dict(),
+        "n_train": int(n_train),
+        "n_val": int(n_val),
+        "model": type(model).__name__ + ":" + str(getattr(model, "arch", "")),
+        "parameters": [list(p.shape) for p in model.parameters()],
+    }
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state()}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: Mapping[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    cuda = state.get("cuda")
+    if cuda and torch.cuda.is_available() and len(cuda) == torch.cuda.device_count():
+        torch.cuda.set_rng_state_all(cuda)
+
+
+def save_checkpoint(path: str | Path, state: Mapping[str, Any]) -> None:
+    """torch.save `state` atomically: a killed write leaves the previous checkpoint intact."""
+    with atomic_path(path) as tmp:
+        torch.save(dict(state), tmp)
+
+
+def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
+    """The checkpoint at `path`, or None when there is none or it cannot be read (then logged)."""
+    path = Path(path)
+    if not path.is_file():
+        return None
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as exc:  # a checkpoint is a cache: an unreadable one only costs a restart
+        log.warning("checkpoint %s cannot be read (%s); training from the start", path, exc)
+        return None
+    if not isinstance(state, dict) or state.get("format") != CHECKPOINT_FORMAT:
+        log.warning("checkpoint %s has an unknown layout; training from the start", path)
+        return None
+    return state
+
+
+# ---------------------------------------------------------------- the loop
+
+def _mean_or_nan(total: float | None, count: int) -> float:
+    return float("nan") if total is None or count == 0 else total / count
+
+
+def train(
+    model: nn.Module,
+    train_images,
+    train_labels,
+    val_images,
+    val_labels,
+    cfg: TrainConfig,
+    *,
+    checkpoint_path: str | Path,
+    history_path: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train `model` (takes float images in [0, 1]) in place; return its metrics.
+
+    Images are uint8 (N, 3, H, W) tensors or arrays, labels int64 class indices. A checkpoint
+    at `checkpoint_path` is written after every epoch and, when present at the start and made
+    for the same config, data sizes and model, resumed from. `on_epoch_end(record)` runs after
+    each epoch's checkpoint is written. The history (one row per epoch, HISTORY_COLUMNS) goes
+    to `history_path` when given and into the metrics under "history".
+
+    Metrics: heldout_accuracy (val, final weights), train_accuracy (clean training batches of
+    the last epoch, as seen in train mode), heldout_fgsm_accuracy (val under FGSM at cfg.eps
+    with true labels; absent when eps is 0), seconds (training and evaluation, over every
+    resumed run), epochs, method, n_train, n_val, resumed_from_epoch.
+    """
+    device = torch.device(device)
+    train_images, train_labels = _as_tensors(train_images, train_labels, "training")
+    val_images, val_labels = _as_tensors(val_images, val_labels, "held-out")
+    n_train = len(train_labels)
+    if n_train < 2:
+        raise DatasetError(f"training needs at least 2 labelled images, got {n_train}")
+    model.to(device)
+
+    steps_per_epoch = len(_batches(n_train, cfg.batch_size, torch.Generator().manual_seed(0)))
+    total_steps = cfg.epochs * steps_per_epoch
+    optimizer = make_optimizer(model, cfg)
+    scheduler = make_scheduler(optimizer, cfg, total_steps)
+    fingerprint = _fingerprint(model, cfg, n_train, len(val_labels))
+
+    history: list[dict[str, Any]] = []
+    start_epoch = 0
+    checkpoint = load_checkpoint(checkpoint_path)
+    if checkpoint is not None and checkpoint.get("fingerprint") != fingerprint:
+        log.warning("checkpoint %s was made for another config, data or model; training from the start",
+                    checkpoint_path)
+        checkpoint = None
+    if checkpoint is not None:
+        model.load_state_dict(checkpoint["model"])
+        optimizer.load_state_dict(checkpoint["optimizer"])
+        scheduler.load_state_dict(checkpoint["scheduler"])
+        _set_rng_state(checkpoint["rng"])
+        history = list(checkpoint["history"])
+        start_epoch = int(checkpoint["epoch"])
+        log.info("resuming from %s after epoch %d of %d", checkpoint_path, start_epoch, cfg.epochs)
+    else:
+        torch.manual_seed(cfg.seed)
+
+    for epoch in range(start_epoch, cfg.epochs):
+        started = time.perf_counter()
+        generator = _epoch_generator(cfg.seed, epoch)
+        batches = _batches(n_train, cfg.batch_size, generator)
+        flips = torch.rand(n_train, generator=generator) < 0.5 if cfg.augment else None
+        sums: dict[str, float] = {}
+        correct = seen = 0
+        lr = optimizer.param_groups[0]["lr"]
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if progress else True, leave=False)
+        for idx in bar:
+            x = _to_float(train_images[idx], device)
+            if flips is not None:
+                x = torch.where(flips[idx].to(device)[:, None, None, None], x.flip(3), x)
+            y = train_labels[idx].to(device)
+            values, pred = train_step(model, x, y, cfg, optimizer)
+            scheduler.step()
+            for key, value in values.items():
+                sums[key] = sums.get(key, 0.0) + value * len(idx)
+            correct += int((pred == y).sum())
+            seen += len(idx)
+            bar.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
+        record: dict[str, Any] = {"epoch": epoch + 1, "loss": sums["loss"] / seen}
+        for term in LOSS_TERMS:
+            record[term] = _mean_or_nan(sums.get(term), seen)
+        record["train_accuracy"] = correct / seen
+        record["val_accuracy"] = accuracy(model, val_images, val_labels, batch_size=2 * cfg.batch_size,
+                                          device=device, progress=progress, desc="held-out")
+        record["lr"] = lr
+        record["seconds"] = time.perf_counter() - started
+        history.append(record)
+        log.info(
+            "epoch %d/%d: loss %.4f, train acc %.3f, held-out acc %.3f, %.1f s",
+            epoch + 1, cfg.epochs, record["loss"], record["train_accuracy"], record["val_accuracy"], record["seconds"],
+        )
+        save_checkpoint(checkpoint_path, {
+            "format": CHECKPOINT_FORMAT,
+            "epoch": epoch + 1,
+            "fingerprint": fingerprint,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": _rng_state(),
+            "history": history,
+        })
+        if history_path is not None:
+            write_history(history_path, history)
+        if on_epoch_end is not None:
+            on_epoch_end(record)
+
+    started = time.perf_counter()
+    model.eval()
+    metrics: dict[str, Any] = {
+        "method": cfg.method,
+        "epochs": cfg.epochs,
+        "n_train": n_train,
+        "n_val": len(val_labels),
+        "resumed_from_epoch": start_epoch,
+        "train_accuracy": history[-1]["train_accuracy"] if history else float("nan"),
+        "heldout_accuracy": history[-1]["val_accuracy"] if history else float("nan"),
+    }
+    if cfg.eps > 0:
+        metrics["eps"] = cfg.eps
+        metrics["heldout_fgsm_accuracy"] = accuracy(
+            model, val_images, val_labels, batch_size=2 * cfg.batch_size, device=device, eps=cfg.eps,
+            progress=progress, desc="held-out FGSM",
+        )
+    metrics["seconds"] = sum(r["seconds"] for r in history) + time.perf_counter() - started
+    if history_path is not None:
+        write_history(history_path, history)
+    metrics["history"] = history
+    return metrics
+
+
+def write_history(path: str | Path, history: list[Mapping[str, Any]]) -> None:
+    write_csv(path, pd.DataFrame(list(history), columns=list(HISTORY_COLUMNS)))
+
+
+# ---------------------------------------------------------------- dataset files
+
+def load_split(dataset, split: str, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(uint8 (N, 3, H, W), int64 (N,) class indices) of a split's rows that have a scene."""
+    rows = dataset.rows(split)
+    labels = np.array([dataset.class_index(r) for r in rows], dtype=np.int64)
+    keep = labels >= 0
+    rows, labels = rows[keep], labels[keep]
+    if len(rows) == 0:
+        raise DatasetError(
+            f"{dataset.root / 'index.csv'}: no '{split}' row has a scene label; training needs "
+            "scene-labelled rows in both the train and the val split"
+        )
+    ih, iw = dataset.image_size
+    images = np.empty((len(rows), 3, ih, iw), dtype=np.uint8)
+    for i, row in enumerate(tqdm(rows, desc=f"load {split}", disable=None if progress else True, leave=False)):
+        images[i] = dataset.load_image(int(row)).transpose(2, 0, 1)
+    return torch.from_numpy(images), torch.from_numpy(labels)
+
+
+def check_num_classes(model_spec: Mapping[str, Any], n_scenes: int, dataset_root: str | Path) -> None:
+    """ConfigError unless the model has one output per scene class of the dataset."""
+    want = model_spec.get("num_classes")
+    if want != n_scenes:
+        raise ConfigError(
+            f"model num_classes is {want!r}, but the dataset {dataset_root} has {n_scenes} scene "
+            f"classes (the classification task); set num_classes: {n_scenes} for this {model_spec.get('arch')} model"
+        )
+
+
+def train_model_to_files(
+    *,
+    dataset_root: str | Path,
+    init_weights: str | Path | None,
+    model_spec: Mapping[str, Any],
+    training: Mapping[str, Any],
+    out_weights: str | Path,
+    out_metrics: str | Path,
+    out_history: str | Path,
+    checkpoint_path: str | Path,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Train a model on a Broden-format dataset's train split, hold out its val split, write files.
+
+    `init_weights` starts from a weights file (fine-tuning; it must have num_classes outputs),
+    None from the seeded random init. Writes the weights (`save_weights`, meta: arch, method,
+    dataset, num_classes, normalization, training config), metrics.json and history.csv, then
+    removes the checkpoint.
+    """
+    from .broden import BrodenDataset
+    from .device import select_device
+    from .models import load_model, save_weights
+
+    cfg = TrainConfig.from_dict(training)
+    dataset = BrodenDataset(dataset_root)
+    check_num_classes(model_spec, len(dataset.scene_classes()), dataset.root)
+    device = select_device() if device is None else torch.device(device)
+    train_x, train_y = load_split(dataset, "train", progress)
+    val_x, val_y = load_split(dataset, "val", progress)
+    log.info("training %s (%s) on %s: %d train / %d held-out images, %s, device %s",
+             model_spec["arch"], cfg.method, dataset.root, len(train_y), len(val_y), cfg, device)
+
+    model = load_model(
+        model_spec["arch"],
+        model_spec["num_classes"],
+        weights_file=init_weights,
+        normalization=model_spec.get("normalization", "imagenet"),
+        seed=model_spec.get("seed", 0),
+    )
+    metrics = train(model, train_x, train_y, val_x, val_y, cfg, checkpoint_path=checkpoint_path,
+                    history_path=out_history, device=device, progress=progress)
+    history = metrics.pop("history")
+    meta = {
+        "arch": model_spec["arch"],
+        "method": cfg.method,
+        "dataset": str(dataset.root.name),
+        "num_classes": int(model_spec["num_classes"]),
+        "normalization": model_spec.get("normalization", "imagenet"),
+        "init": None if init_weights is None else str(init_weights),
+        "training": cfg.to_dict(),
+        "heldout_accuracy": metrics["heldout_accuracy"],
+    }
+    save_weights(out_weights, model.net.state_dict(), meta)
+    metrics.update(arch=model_spec["arch"], dataset=str(dataset.root), training=cfg.to_dict(),
+                   init=meta["init"], device=str(device))
+    write_json(out_metrics, metrics)
+    write_history(out_history, history)
+    Path(checkpoint_path).unlink(missing_ok=True)
+    return metrics
