@@ -47,7 +47,7 @@ def test_shipped_configs_are_valid(path):
 
 def test_defaults_are_filled_in():
     cfg = checked(copy.deepcopy(DEFAULT))
-    assert cfg["attacks"]["fgsm_2"]["labels"] == "prediction"
+    assert cfg["dissection"]["quantile"] == 0.005
     assert cfg["models"]["resnet18"]["normalization"] == "imagenet"
 
 

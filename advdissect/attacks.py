@@ -1,0 +1,669 @@
+"""Adversarial attacks, the adversarial image shards and per-attack statistics.
+
+Conventions (DESIGN.md §1): images are in [0, 1], the model normalises inside its forward,
+ε and step sizes are in pixel units (e.g. 2/255), and every result is clipped to [0, 1].
+
+- FGSM, Eq. 5 (untargeted):  x* = x + ε·sign(∇x CE(f(x), y))
+- FGSM, Eq. 6 (targeted):    x* = x − ε·sign(∇x CE(f(x), t))
+- FGSM, Eq. 10:              Eq. 5 with y = the model's own prediction on the clean image
+- BIM: `steps` FGSM steps of size `step`, each projected onto the L∞ ε-ball around x and [0, 1]
+- PGD: BIM from a uniformly random start in the ε-ball
+- noise: x + ε·s with random signs s ∈ {−1, +1} per pixel (the control of the same L∞ size)
+
+Shards store images as uint8, which is lossless only on the 1/255 grid: every attack that
+writes a shard needs ε (and the BIM/PGD step) to be a multiple of 1/255, so that each iterate
+lies on the grid; PGD's random start is then drawn on the grid too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import sys
+from dataclasses import dataclass
+from os import PathLike
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from .errors import ArtifactError, AttackError, ConfigError
+from .store import open_h5, read_attrs, write_csv, write_h5
+
+log = logging.getLogger(__name__)
+
+METHODS = ("clean", "fgsm", "bim", "pgd", "noise")
+GRADIENT_METHODS = ("fgsm", "bim", "pgd")
+LABEL_MODES = ("prediction", "true", "target")
+TARGET_MODES = ("least_likely", "random")
+
+# Config keys each method understands; anything else is a typo worth reporting. `seed` drives
+# PGD's start, the noise signs and random targets.
+_KEYS = {
+    "clean": {"method"},
+    "fgsm": {"method", "eps", "labels", "target", "seed"},
+    "bim": {"method", "eps", "step", "steps", "labels", "target", "seed"},
+    "pgd": {"method", "eps", "step", "steps", "labels", "target", "seed"},
+    "noise": {"method", "eps", "seed"},
+}
+
+# Tolerance (in 1/255 units) for "ε is a multiple of 1/255" and for the float result
+# lying on the uint8 grid; float32 rounding stays orders of magnitude below both.
+_GRID_TOL = 1e-6
+_ROUND_TOL = 1e-2
+
+
+# --------------------------------------------------------------------------- config
+
+
+def parse_fraction(value: Any, where: str = "value") -> float:
+    """A non-negative finite number from a number or a string such as "2/255" or "0.5"."""
+    if isinstance(value, bool):
+        raise ConfigError(f"{where}: expected a number or a fraction like '2/255', got {value!r}")
+    if isinstance(value, (int, float, np.integer, np.floating)):
+        number = float(value)
+    elif isinstance(value, str):
+        parts = value.split("/")
+        try:
+            if len(parts) == 1:
+                number = float(parts[0])
+            elif len(parts) == 2:
+                denominator = float(parts[1])
+                if denominator == 0:
+                    raise ConfigError(f"{where}: division by zero in {value!r}")
+                number = float(parts[0]) / denominator
+            else:
+                raise ValueError(value)
+        except ValueError:
+            raise ConfigError(
+                f"{where}: expected a number or a fraction like '2/255', got {value!r}"
+            ) from None
+    else:
+        raise ConfigError(f"{where}: expected a number or a fraction like '2/255', got {value!r}")
+    if not math.isfinite(number) or number < 0:
+        raise ConfigError(f"{where}: must be a finite number >= 0, got {value!r}")
+    return number
+
+
+@dataclass(frozen=True)
+class AttackSpec:
+    """One attack as configured. eps and step are in pixel units ([0, 1] images).
+
+    labels: "prediction" (Eq. 10, default) attacks the model's own clean prediction;
+    "true" the dataset's class labels (Eq. 5); "target" makes the attack targeted (Eq. 6)
+    towards `target`: "least_likely" (the clean image's lowest logit), "random" (a seeded
+    random class other than the clean prediction) or a fixed class index.
+    """
+
+    method: str
+    eps: float = 0.0
+    step: float | None = None
+    steps: int | None = None
+    labels: str = "prediction"
+    target: str | int = "least_likely"
+    seed: int = 0
+    name: str = "attack"
+
+    def __post_init__(self) -> None:
+        where = f"attack '{self.name}'"
+        if self.method not in METHODS:
+            raise ConfigError(f"{where}: method {self.method!r} is unknown (allowed: {', '.join(METHODS)})")
+        if self.method == "clean":
+            if self.eps != 0:
+                raise ConfigError(f"{where}: key 'eps' must be 0 for method 'clean'")
+        elif not 0 < self.eps <= 1:
+            raise ConfigError(
+                f"{where}: key 'eps' must be in (0, 1] (pixel units, e.g. 2/255), got {self.eps!r}"
+            )
+        if self.method in ("bim", "pgd"):
+            if self.step is None or not 0 < self.step <= 1:
+                raise ConfigError(f"{where}: key 'step' must be in (0, 1] (pixel units), got {self.step!r}")
+            if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+                raise ConfigError(f"{where}: key 'steps' must be an integer >= 1, got {self.steps!r}")
+        if self.labels not in LABEL_MODES:
+            raise ConfigError(
+                f"{where}: key 'labels' is {self.labels!r} (allowed: {', '.join(LABEL_MODES)})"
+            )
+        if self.labels != "prediction" and self.method not in GRADIENT_METHODS:
+            raise ConfigError(f"{where}: key 'labels' is not used by method '{self.method}'")
+        if isinstance(self.target, bool) or not (
+            self.target in TARGET_MODES or (isinstance(self.target, int) and self.target >= 0)
+        ):
+            raise ConfigError(
+                f"{where}: key 'target' is {self.target!r} (allowed: least_likely, random, "
+                "or a class index >= 0)"
+            )
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"{where}: key 'seed' must be an integer >= 0, got {self.seed!r}")
+
+    @property
+    def targeted(self) -> bool:
+        return self.labels == "target"
+
+    @classmethod
+    def from_config(cls, name: str, config: Mapping[str, Any]) -> "AttackSpec":
+        """Build from an attack's config dict (with "method"); defaults as in the BIM paper.
+
+        bim/pgd: step defaults to 1/255 and steps to min(255·ε + 4, 1.25·255·ε) (Kurakin
+        et al. 2017). `target` needs `labels: target`.
+        """
+        where = f"attack '{name}'"
+        if not isinstance(config, Mapping):
+            raise ConfigError(f"{where}: expected a mapping of settings, got {config!r}")
+        method = config.get("method")
+        if method not in METHODS:
+            raise ConfigError(f"{where}: key 'method' is {method!r} (allowed: {', '.join(METHODS)})")
+        allowed = _KEYS[method]
+        for key in config:
+            if key not in allowed:
+                raise ConfigError(
+                    f"{where}: key '{key}' is not used by method '{method}' "
+                    f"(allowed: {', '.join(sorted(allowed))})"
+                )
+        if method == "clean":
+            return cls(method="clean", name=name)
+        if "eps" not in config:
+            raise ConfigError(f"{where}: key 'eps' is required for method '{method}' (e.g. eps: 2/255)")
+        eps = parse_fraction(config["eps"], f"{where}: key 'eps'")
+        kwargs: dict[str, Any] = {"method": method, "eps": eps, "name": name}
+        if method in ("bim", "pgd"):
+            kwargs["step"] = parse_fraction(config.get("step", 1 / 255), f"{where}: key 'step'")
+            steps = config.get("steps")
+            if steps is None:
+                steps = max(1, int(min(eps * 255 + 4, 1.25 * eps * 255)))
+            kwargs["steps"] = steps
+        if "labels" in config:
+            kwargs["labels"] = config["labels"]
+        if "target" in config:
+            if config.get("labels") != "target":
+                raise ConfigError(f"{where}: key 'target' needs 'labels: target'")
+            target = config["target"]
+            if isinstance(target, str) and target.strip().isdigit():
+                target = int(target)
+            kwargs["target"] = target
+        if "seed" in config:
+            kwargs["seed"] = config["seed"]
+        return cls(**kwargs)
+
+
+# --------------------------------------------------------------------------- attacks
+
+
+def _loss_grad(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(logits, ∇x Σ CE(f(x), y), y). `y` may be a function of the logits of this pass.
+
+    The loss is summed, not averaged, so one image's gradient does not depend on the batch.
+    """
+    x = x.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x)
+        if callable(y):
+            y = y(logits.detach())
+        loss = F.cross_entropy(logits, y, reduction="sum")
+        (grad,) = torch.autograd.grad(loss, x)
+    return logits.detach(), grad, y
+
+
+def _project(adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
+    """Onto the L∞ ε-ball around x, then onto [0, 1]."""
+    return torch.min(torch.max(adv, x - eps), x + eps).clamp(0.0, 1.0).detach()
+
+
+def _descend(model, x, adv, y, eps, step, steps, targeted, first_grad=None) -> torch.Tensor:
+    direction = -1.0 if targeted else 1.0
+    for i in range(steps):
+        if i == 0 and first_grad is not None:
+            grad = first_grad
+        else:
+            _, grad, _ = _loss_grad(model, adv, y)
+        adv = _project(adv.detach() + direction * step * grad.sign(), x, eps)
+    return adv
+
+
+@torch.no_grad()
+def _own_prediction(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x).argmax(1)
+
+
+def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, eps: float,
+         targeted: bool = False) -> torch.Tensor:
+    """One signed gradient step of size ε (Eq. 5; Eq. 6 when targeted, y = target).
+
+    y=None uses the model's own prediction on x (Eq. 10), from the same forward pass.
+    """
+    if y is None:
+        y = lambda logits: logits.argmax(1)  # noqa: E731
+    _, grad, _ = _loss_grad(model, x, y)
+    return _descend(model, x, x, None, eps, eps, 1, targeted, first_grad=grad)
+
+
+def bim(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, eps: float, step: float,
+        steps: int, targeted: bool = False, start: torch.Tensor | None = None) -> torch.Tensor:
+    """`steps` signed gradient steps of size `step`, each projected to the ε-ball and [0, 1].
+
+    Starts at x (or `start`); y=None uses the model's own prediction on x.
+    """
+    if y is None:
+        y = _own_prediction(model, x)
+    adv = x if start is None else start
+    return _descend(model, x, adv, y, eps, step, steps, targeted)
+
+
+def uniform_start(x: torch.Tensor, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
+    """x + U(−ε, ε) per pixel, clipped to [0, 1]; drawn on the generator's device.
+
+    Uses the same draw as torchattacks' PGD (`uniform_(-eps, eps)` of a tensor shaped like
+    x), so a generator seeded like torch's global one gives torchattacks' start.
+    """
+    where = generator.device if generator is not None else x.device
+    delta = torch.empty(x.shape, dtype=x.dtype, device=where).uniform_(-eps, eps, generator=generator)
+    return (x + delta.to(x.device)).clamp(0.0, 1.0)
+
+
+def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, eps: float, step: float,
+        steps: int, generator: torch.Generator | None = None, targeted: bool = False,
+        start: torch.Tensor | None = None) -> torch.Tensor:
+    """BIM from a uniformly random start in the ε-ball (`uniform_start`) or from `start`."""
+    if y is None:
+        y = _own_prediction(model, x)
+    if start is None:
+        start = uniform_start(x, eps, generator)
+    return _descend(model, x, start, y, eps, step, steps, targeted)
+
+
+def random_signs(shape: Sequence[int], generator: torch.Generator | None = None) -> torch.Tensor:
+    """Independent ±1 (int8) per element."""
+    return torch.randint(0, 2, tuple(shape), generator=generator, dtype=torch.int8) * 2 - 1
+
+
+def noise(x: torch.Tensor, eps: float, generator: torch.Generator | None = None,
+          signs: torch.Tensor | None = None) -> torch.Tensor:
+    """x + ε·s with s = ±1 per pixel (`random_signs`, or the given `signs`), clipped to [0, 1]."""
+    if signs is None:
+        signs = random_signs(x.shape, generator)
+    return (x + eps * signs.to(device=x.device, dtype=x.dtype)).clamp(0.0, 1.0)
+
+
+def clean(x: torch.Tensor) -> torch.Tensor:
+    return x
+
+
+def shard_generator(seed: int, shard: int) -> torch.Generator:
+    """A CPU generator seeded from (seed, shard): each shard's randomness is its own."""
+    state = np.random.SeedSequence([int(seed), int(shard)]).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+# --------------------------------------------------------------------------- run on uint8
+
+
+def _grid_units(value: float, key: str, spec: AttackSpec) -> int:
+    units = value * 255
+    k = round(units)
+    if abs(units - k) > _GRID_TOL or k == 0:
+        raise AttackError(
+            f"attack '{spec.name}': {key}={value:g} is not a multiple of 1/255 "
+            f"({key}·255 = {units:.4g}); attacked images are stored as uint8, which holds them "
+            f"exactly only on the 1/255 grid, so write {key} as k/255 (e.g. {max(1, k)}/255)"
+        )
+    return k
+
+
+def _is_oom(exc: BaseException) -> bool:
+    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+@contextlib.contextmanager
+def _eval_mode(model: torch.nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _model_dtype(model: torch.nn.Module) -> torch.dtype:
+    for p in model.parameters():
+        if p.is_floating_point():
+            return p.dtype
+    return torch.float32
+
+
+def _choose_labels(spec: AttackSpec, logits: torch.Tensor, labels: torch.Tensor,
+                   target_u: torch.Tensor | None) -> torch.Tensor:
+    """The class each image's loss is taken against, from its clean logits."""
+    n_classes = logits.shape[1]
+    pred = logits.argmax(1)
+    if spec.labels == "prediction":
+        return pred
+    if spec.labels == "true":
+        if int(labels.max()) >= n_classes:
+            raise AttackError(
+                f"attack '{spec.name}': class label {int(labels.max())} is out of range for a "
+                f"model with {n_classes} classes"
+            )
+        return labels
+    if spec.target == "least_likely":
+        return logits.argmin(1)
+    if spec.target == "random":
+        if n_classes < 2:
+            raise AttackError(f"attack '{spec.name}': a random target needs at least 2 classes")
+        index = (target_u.to(logits.device) * (n_classes - 1)).long().clamp(max=n_classes - 2)
+        return index + (index >= pred).long()
+    if spec.target >= n_classes:
+        raise AttackError(
+            f"attack '{spec.name}': target class {spec.target} is out of range for a model "
+            f"with {n_classes} classes"
+        )
+    return torch.full_like(pred, spec.target)
+
+
+def _to_uint8(adv: torch.Tensor, spec: AttackSpec) -> torch.Tensor:
+    """Round a float result that must lie on the 1/255 grid; refuse if it does not."""
+    scaled = adv.detach() * 255
+    rounded = scaled.round()
+    off = float((scaled - rounded).abs().max()) if scaled.numel() else 0.0
+    if off > _ROUND_TOL or (rounded.numel() and (rounded.min() < 0 or rounded.max() > 255)):
+        raise AttackError(
+            f"attack '{spec.name}': result is off the uint8 grid by {off:.3g}/255; "
+            "it cannot be stored losslessly"
+        )
+    return rounded.to(torch.uint8)
+
+
+def _attack_batch(model, spec, u, labels, pixel_random, target_u, device, dtype) -> dict[str, np.ndarray]:
+    u = u.to(device)
+    x = u.to(dtype) / 255
+    labels = labels.to(device)
+    choose = lambda logits: _choose_labels(spec, logits, labels, target_u)  # noqa: E731
+    y = None
+    if spec.method in ("clean", "noise", "pgd"):
+        with torch.no_grad():
+            logits = model(x)
+    if spec.method == "clean":
+        adv_u, adv_logits = u, logits
+    else:
+        if spec.method == "noise":
+            adv = noise(x, spec.eps, signs=pixel_random)
+        elif spec.method == "pgd":
+            y = choose(logits)
+            start = (u.to(torch.int16) + pixel_random.to(device)).clamp(0, 255).to(dtype) / 255
+            adv = _descend(model, x, start, y, spec.eps, spec.step, spec.steps, spec.targeted)
+        else:
+            logits, grad, y = _loss_grad(model, x, choose)
+            step, steps = (spec.eps, 1) if spec.method == "fgsm" else (spec.step, spec.steps)
+            adv = _descend(model, x, x, y, spec.eps, step, steps, spec.targeted, first_grad=grad)
+        adv_u = _to_uint8(adv, spec)
+        with torch.no_grad():
+            adv_logits = model(adv_u.to(dtype) / 255)
+    clean_conf, clean_pred = F.softmax(logits.float(), 1).max(1)
+    adv_conf, adv_pred = F.softmax(adv_logits.float(), 1).max(1)
+    target = y if (spec.targeted and y is not None) else torch.full_like(clean_pred, -1)
+    return {
+        "images": adv_u.cpu().numpy(),
+        "clean_pred": clean_pred.cpu().numpy().astype(np.int64),
+        "clean_conf": clean_conf.cpu().numpy().astype(np.float32),
+        "adv_pred": adv_pred.cpu().numpy().astype(np.int64),
+        "adv_conf": adv_conf.cpu().numpy().astype(np.float32),
+        "target": target.cpu().numpy().astype(np.int64),
+    }
+
+
+def run_attack(model: torch.nn.Module, images_uint8: np.ndarray, labels: np.ndarray,
+               spec: AttackSpec, batch_size: int, device: str | torch.device | None = None,
+               generator: torch.Generator | None = None) -> dict[str, np.ndarray]:
+    """Attack uint8 images (N, C, H, W) and return the arrays of an images shard.
+
+    Returns images (uint8, lossless), clean_pred, clean_conf, adv_pred, adv_conf (softmax
+    probability of the predicted class; adversarial ones computed from the stored uint8
+    images), target (class attacked towards, -1 when untargeted), linf and l2 (per image,
+    pixel units). labels are class indices (-1 = none), used by `labels: true`.
+
+    All randomness (PGD start, noise signs, random targets) is drawn for the whole call up
+    front from `generator` (default: `shard_generator(spec.seed, 0)`), so results do not
+    depend on batch_size. A batch that runs out of GPU memory is retried at half the size.
+    The model is moved to `device` (default: where its parameters are) and run in eval mode.
+    """
+    images = np.asarray(images_uint8)
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise AttackError(f"attack '{spec.name}': expected uint8 images (N, C, H, W), got "
+                          f"{images.dtype} {images.shape}")
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    n = images.shape[0]
+    if labels.shape[0] != n:
+        raise AttackError(f"attack '{spec.name}': {labels.shape[0]} labels for {n} images")
+    if batch_size < 1:
+        raise AttackError(f"attack '{spec.name}': batch_size must be >= 1, got {batch_size}")
+
+    k = 0
+    if spec.method != "clean":
+        k = _grid_units(spec.eps, "eps", spec)
+        if spec.method in ("bim", "pgd"):
+            _grid_units(spec.step, "step", spec)
+    if spec.method in GRADIENT_METHODS and spec.labels == "true" and (labels < 0).any():
+        missing = np.flatnonzero(labels < 0)
+        raise AttackError(
+            f"attack '{spec.name}': 'labels: true' needs a class label for every image, but "
+            f"{missing.size} of {n} have none (-1; first at position {int(missing[0])}); this "
+            "dataset has no class labels for them (real Broden has no ImageNet labels): use "
+            "'labels: prediction' (Eq. 10)"
+        )
+
+    generator = generator if generator is not None else shard_generator(spec.seed, 0)
+    pixel_random = None
+    if spec.method == "noise":
+        pixel_random = random_signs(images.shape, generator)
+    elif spec.method == "pgd":
+        # Uniform over the grid points of the ε-ball, so every iterate stays on the grid.
+        pixel_random = torch.randint(-k, k + 1, images.shape, generator=generator, dtype=torch.int16)
+    target_u = None
+    if spec.targeted and spec.target == "random":
+        target_u = torch.rand(n, generator=generator, dtype=torch.float64)
+
+    if device is None:
+        device = next((p.device for p in model.parameters()), torch.device("cpu"))
+    device = torch.device(device)
+    model.to(device)
+    dtype = _model_dtype(model)
+    u_all = torch.from_numpy(images)
+    labels_all = torch.from_numpy(labels)
+    parts: list[dict[str, np.ndarray]] = []
+    size = batch_size
+    with _eval_mode(model), tqdm(total=n, desc=f"attack {spec.name}", unit="img",
+                                 disable=None, file=sys.stderr) as bar:
+        start = 0
+        while start < n:
+            stop = min(start + size, n)
+            try:
+                part = _attack_batch(
+                    model, spec, u_all[start:stop], labels_all[start:stop],
+                    None if pixel_random is None else pixel_random[start:stop],
+                    None if target_u is None else target_u[start:stop], device, dtype,
+                )
+            except Exception as exc:
+                if not _is_oom(exc) or stop - start == 1:
+                    raise
+                size = max(1, (stop - start) // 2)
+                log.warning("out of memory on a batch of %d images; retrying with %d",
+                            stop - start, size)
+                del exc
+                if torch.cuda.is_available():
+                    torch.cuda.empty_cache()
+                continue
+            parts.append(part)
+            bar.update(stop - start)
+            start = stop
+
+    out = _concatenate(parts, images.shape)
+    diff = out["images"].astype(np.int16) - images.astype(np.int16)
+    if n and int(np.abs(diff).max()) > k:
+        raise AttackError(
+            f"attack '{spec.name}': a perturbation exceeds eps={spec.eps:g} "
+            f"({int(np.abs(diff).max())}/255 > {k}/255); refusing to write it"
+        )
+    flat = diff.reshape(n, int(np.prod(images.shape[1:]))).astype(np.float64) / 255
+    out["linf"] = (np.abs(flat).max(1) if flat.shape[1] else np.zeros(n)).astype(np.float32)
+    out["l2"] = np.sqrt((flat ** 2).sum(1)).astype(np.float32)
+    return out
+
+
+def _concatenate(parts: list[dict[str, np.ndarray]], shape: tuple[int, ...]) -> dict[str, np.ndarray]:
+    if parts:
+        return {key: np.concatenate([p[key] for p in parts]) for key in parts[0]}
+    empty = {key: np.zeros(0, np.int64) for key in ("clean_pred", "adv_pred", "target")}
+    empty.update({key: np.zeros(0, np.float32) for key in ("clean_conf", "adv_conf")})
+    empty["images"] = np.zeros(shape, np.uint8)
+    return empty
+
+
+# --------------------------------------------------------------------------- shards
+
+
+def _open_dataset(root: str | PathLike):
+    from .broden import BrodenDataset
+
+    return BrodenDataset(root)
+
+
+def _shard_rows(dataset, split: str, n_images: int, shard_size: int, shard: int) -> np.ndarray:
+    from .broden import shard_rows
+
+    return np.asarray(shard_rows(dataset, split, n_images, shard_size, shard), dtype=np.int64)
+
+
+def _load_model(model_spec: Mapping[str, Any], weights_file: str | PathLike | None):
+    from .models import load_model
+
+    return load_model(**dict(model_spec), weights_file=weights_file)
+
+
+def _load_images(dataset, rows: np.ndarray) -> np.ndarray:
+    ih, iw = dataset.image_size
+    images = np.zeros((len(rows), 3, ih, iw), np.uint8)
+    for i, row in enumerate(tqdm(rows, desc="load images", unit="img", disable=None, file=sys.stderr)):
+        image = np.asarray(dataset.load_image(int(row)))
+        if image.shape != (ih, iw, 3) or image.dtype != np.uint8:
+            raise AttackError(
+                f"dataset {dataset.root}: row {int(row)} loads as {image.dtype} {image.shape}, "
+                f"expected uint8 ({ih}, {iw}, 3) like every image of the dataset"
+            )
+        images[i] = image.transpose(2, 0, 1)
+    return images
+
+
+def write_attack_shard(out_path: str | PathLike, *, dataset_root: str | PathLike, split: str,
+                       n_images: int, shard_size: int, shard: int, model_spec: Mapping[str, Any],
+                       weights_file: str | PathLike | None, attack_name: str,
+                       attack_spec: Mapping[str, Any], identity: Mapping[str, Any],
+                       batch_size: int, device: str | torch.device | None = None) -> dict[str, np.ndarray]:
+    """Attack one shard of the dataset and write its images shard (kind "images")."""
+    spec = AttackSpec.from_config(attack_name, attack_spec)
+    dataset = _open_dataset(dataset_root)
+    rows = _shard_rows(dataset, split, n_images, shard_size, shard)
+    images = _load_images(dataset, rows)
+    labels = np.array([dataset.class_index(int(r)) for r in rows], dtype=np.int64)
+    model = _load_model(model_spec, weights_file)
+    if device is None:
+        from .device import select_device
+
+        device = select_device()
+    result = run_attack(model, images, labels, spec, batch_size, device,
+                        generator=shard_generator(spec.seed, shard))
+    arrays = {"rows": rows, "labels": labels, **result}
+    attrs = dict(identity) | {"shard": int(shard), "attack_params": dict(attack_spec)}
+    write_h5(out_path, "images", attrs, arrays)
+    log.info("%s: %d images, %d predictions changed", out_path, len(rows),
+             int((result["adv_pred"] != result["clean_pred"]).sum()))
+    return arrays
+
+
+# --------------------------------------------------------------------------- statistics
+
+_STAT_ARRAYS = ("labels", "clean_pred", "clean_conf", "adv_pred", "adv_conf", "linf", "l2", "target")
+
+
+def attack_statistics(shard_paths: Iterable[str | PathLike], identity: Mapping[str, Any]) -> pd.DataFrame:
+    """One row summarising an attack over its image shards.
+
+    agreement: share of images whose adversarial prediction equals the clean prediction.
+    success_rate: untargeted attacks (and noise, clean): 1 − agreement (the flip rate);
+    targeted attacks: share of images predicted as their target.
+    clean_accuracy / adversarial_accuracy: against the class labels, over the images that
+    have one (NaN when none has).
+    """
+    paths = list(shard_paths)
+    if not paths:
+        raise ArtifactError(f"attack {identity.get('attack')!r}: no image shards to summarise")
+    columns: dict[str, list[np.ndarray]] = {key: [] for key in _STAT_ARRAYS}
+    params = attrs = None
+    for path in paths:
+        with open_h5(path, "images", expect=identity) as f:
+            attrs = read_attrs(f)
+            if params is None:
+                params = attrs.get("attack_params")
+            elif attrs.get("attack_params") != params:
+                raise ArtifactError(
+                    f"{path}: made with attack_params={attrs.get('attack_params')!r}, but "
+                    f"{paths[0]} with {params!r}; delete the stale shards and re-run"
+                )
+            n = f["rows"].shape[0]
+            for key in _STAT_ARRAYS:
+                columns[key].append(f[key][()] if key in f else np.full(n, -1, np.int64))
+    data = {key: np.concatenate(value) for key, value in columns.items()}
+    name = identity.get("attack", attrs.get("attack"))
+    if not isinstance(params, Mapping):
+        raise ArtifactError(f"{paths[0]}: attribute 'attack_params' is missing")
+    spec = AttackSpec.from_config(str(name), params)
+
+    n = data["clean_pred"].shape[0]
+    agree = data["adv_pred"] == data["clean_pred"]
+    agreement = float(agree.mean()) if n else math.nan
+    if spec.targeted:
+        success = float((data["adv_pred"] == data["target"]).mean()) if n else math.nan
+    else:
+        success = 1.0 - agreement
+    has_label = data["labels"] >= 0
+    n_labelled = int(has_label.sum())
+
+    def accuracy(pred: np.ndarray) -> float:
+        return float((pred[has_label] == data["labels"][has_label]).mean()) if n_labelled else math.nan
+
+    row = {
+        "dataset": identity.get("dataset", attrs.get("dataset")),
+        "model": identity.get("model", attrs.get("model")),
+        "attack": name,
+        "method": spec.method,
+        "eps": spec.eps,
+        "eps_255": round(spec.eps * 255, 6),
+        "labels": spec.labels if spec.method in GRADIENT_METHODS else "",
+        "n_images": n,
+        "agreement": agreement,
+        "success_rate": success,
+        "linf_max": float(data["linf"].max()) if n else math.nan,
+        "l2_mean": float(data["l2"].mean()) if n else math.nan,
+        "clean_accuracy": accuracy(data["clean_pred"]),
+        "adversarial_accuracy": accuracy(data["adv_pred"]),
+        "n_labelled": n_labelled,
+        "clean_conf_mean": float(data["clean_conf"].mean()) if n else math.nan,
+        "adv_conf_mean": float(data["adv_conf"].mean()) if n else math.nan,
+    }
+    return pd.DataFrame([row])
+
+
+def write_attack_statistics(out_path: str | PathLike, shard_paths: Iterable[str | PathLike],
+                            identity: Mapping[str, Any]) -> pd.DataFrame:
+    """`attack_statistics` written as a one-row CSV."""
+    frame = attack_statistics(shard_paths, identity)
+    write_csv(out_path, frame)
+    return frame

@@ -1,0 +1,696 @@
+"""Attacks against direct transcriptions of their equations and against torchattacks 3.5.1.
+
+Every reference below is written independently of advdissect.attacks: per-image gradients
+with torch.autograd.grad of the cross-entropy, sign, step, clip, in float64 on a tiny conv
+net that normalises inside its forward (the project's setup: images in [0, 1]).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import h5py
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from advdissect import attacks
+from advdissect.attacks import (
+    AttackSpec,
+    attack_statistics,
+    bim,
+    fgsm,
+    noise,
+    parse_fraction,
+    pgd,
+    random_signs,
+    run_attack,
+    shard_generator,
+    write_attack_shard,
+)
+from advdissect.errors import ArtifactError, AttackError, ConfigError
+from advdissect.store import write_h5
+
+torch.set_num_threads(1)
+
+N_CLASSES = 5
+
+
+class Tiny(nn.Module):
+    """Two conv layers on 3×16×16, normalisation inside, float64."""
+
+    def __init__(self, seed: int = 0, batchnorm: bool = False):
+        super().__init__()
+        torch.manual_seed(seed)
+        self.register_buffer("mean", torch.tensor([0.485, 0.456, 0.406]).view(1, 3, 1, 1))
+        self.register_buffer("std", torch.tensor([0.229, 0.224, 0.225]).view(1, 3, 1, 1))
+        layers = [nn.Conv2d(3, 6, 3, padding=1)]
+        if batchnorm:
+            layers.append(nn.BatchNorm2d(6))
+        layers += [nn.ReLU(), nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU(),
+                   nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, N_CLASSES)]
+        self.net = nn.Sequential(*layers)
+        self.double().eval()
+
+    def forward(self, x):
+        return self.net((x - self.mean) / self.std)
+
+
+class OOMAbove(nn.Module):
+    """Wraps a model; a batch larger than `limit` raises an out-of-memory error."""
+
+    def __init__(self, inner: nn.Module, limit: int = 2, kind: str = "cuda"):
+        super().__init__()
+        self.inner, self.limit, self.kind, self.refused = inner, limit, kind, 0
+
+    def forward(self, x):
+        if x.shape[0] > self.limit:
+            self.refused += 1
+            if self.kind == "cuda":
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            raise RuntimeError("DefaultCPUAllocator: not enough memory: you tried to allocate; out of memory")
+        return self.inner(x)
+
+
+@pytest.fixture(scope="module")
+def model():
+    return Tiny()
+
+
+def make_images(n=10, seed=0, size=16):
+    """uint8 NCHW images with saturated pixels, so clipping at 0 and 255 is exercised."""
+    rng = np.random.default_rng(seed)
+    images = rng.integers(0, 256, (n, 3, size, size), dtype=np.uint8)
+    images[:, :, :2, :] = 0
+    images[:, :, -2:, :] = 255
+    return images
+
+
+def as_float(images_uint8):
+    return torch.from_numpy(images_uint8).double() / 255
+
+
+# ----------------------------------------------------------------- independent references
+
+
+def ref_grad(model, x, y):
+    """∇x CE(f(x_i), y_i), one image at a time."""
+    grads = []
+    for i in range(x.shape[0]):
+        xi = x[i : i + 1].clone().requires_grad_(True)
+        loss = F.cross_entropy(model(xi), y[i : i + 1])
+        grads.append(torch.autograd.grad(loss, xi)[0])
+    return torch.cat(grads)
+
+
+def ref_fgsm(model, x, y, eps, targeted=False):
+    g = ref_grad(model, x, y)
+    if targeted:
+        return torch.clamp(x - eps * torch.sign(g), 0, 1)  # Eq. 6
+    return torch.clamp(x + eps * torch.sign(g), 0, 1)  # Eq. 5
+
+
+def ref_bim(model, x, y, eps, alpha, steps, start=None, targeted=False):
+    adv = x.clone() if start is None else start.clone()
+    for _ in range(steps):
+        g = ref_grad(model, adv, y)
+        adv = adv - alpha * torch.sign(g) if targeted else adv + alpha * torch.sign(g)
+        adv = torch.clamp(adv, x - eps, x + eps)
+        adv = torch.clamp(adv, 0, 1)
+    return adv
+
+
+def predictions(model, x):
+    with torch.no_grad():
+        return model(x).argmax(1)
+
+
+# ----------------------------------------------------------------- config
+
+
+@pytest.mark.parametrize(
+    "value, expected",
+    [(0, 0.0), (0.5, 0.5), (3, 3.0), ("2/255", 2 / 255), (" 8 / 255 ", 8 / 255), ("0.25", 0.25),
+     (np.float32(0.5), 0.5)],
+)
+def test_parse_fraction_accepts(value, expected):
+    assert parse_fraction(value) == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("value", ["abc", "2/", "/255", "1/0", "1/2/3", "-2/255", -0.1, "nan", "inf",
+                                   True, None, [1]])
+def test_parse_fraction_refuses(value):
+    with pytest.raises(ConfigError, match="eps"):
+        parse_fraction(value, "eps")
+
+
+def test_spec_from_config_defaults():
+    spec = AttackSpec.from_config("f2", {"method": "fgsm", "eps": "2/255"})
+    assert (spec.method, spec.labels, spec.targeted, spec.name) == ("fgsm", "prediction", False, "f2")
+    assert spec.eps == pytest.approx(2 / 255)
+    b = AttackSpec.from_config("b", {"method": "bim", "eps": "4/255"})
+    assert b.step == pytest.approx(1 / 255) and b.steps == int(min(4 + 4, 1.25 * 4))
+    p = AttackSpec.from_config("p", {"method": "pgd", "eps": "8/255", "step": "2/255", "steps": 7,
+                                     "seed": 3, "labels": "target", "target": "random"})
+    assert (p.steps, p.seed, p.target, p.targeted) == (7, 3, "random", True)
+    t = AttackSpec.from_config("t", {"method": "fgsm", "eps": 0.1, "labels": "target", "target": "4"})
+    assert t.target == 4
+    assert AttackSpec.from_config("c", {"method": "clean"}).eps == 0
+    assert AttackSpec.from_config("n", {"method": "noise", "eps": "2/255", "seed": 1}).seed == 1
+
+
+@pytest.mark.parametrize(
+    "config, key",
+    [({"method": "laser"}, "method"),
+     ({"eps": 0.1}, "method"),
+     ({"method": "fgsm"}, "eps"),
+     ({"method": "fgsm", "eps": 0}, "eps"),
+     ({"method": "fgsm", "eps": 2}, "eps"),
+     ({"method": "fgsm", "eps": "x"}, "eps"),
+     ({"method": "fgsm", "eps": 0.1, "steps": 3}, "steps"),
+     ({"method": "fgsm", "eps": 0.1, "epsilon": 3}, "epsilon"),
+     ({"method": "fgsm", "eps": 0.1, "labels": "gold"}, "labels"),
+     ({"method": "fgsm", "eps": 0.1, "target": "random"}, "target"),
+     ({"method": "fgsm", "eps": 0.1, "labels": "target", "target": "nearest"}, "target"),
+     ({"method": "fgsm", "eps": 0.1, "labels": "target", "target": -1}, "target"),
+     ({"method": "bim", "eps": 0.1, "steps": 0}, "steps"),
+     ({"method": "bim", "eps": 0.1, "steps": 2.5}, "steps"),
+     ({"method": "pgd", "eps": 0.1, "step": "-1/255"}, "step"),
+     ({"method": "pgd", "eps": 0.1, "seed": -3}, "seed"),
+     ({"method": "noise", "eps": 0.1, "labels": "true"}, "labels"),
+     ({"method": "clean", "eps": 0.1}, "eps")],
+)
+def test_spec_from_config_refuses(config, key):
+    with pytest.raises(ConfigError) as info:
+        AttackSpec.from_config("myattack", config)
+    assert "myattack" in str(info.value) and key in str(info.value)
+
+
+# ----------------------------------------------------------------- equations
+
+
+def test_fgsm_untargeted_eq5(model):
+    x = as_float(make_images(6))
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    torch.testing.assert_close(fgsm(model, x, y, 0.03), ref_fgsm(model, x, y, 0.03), rtol=0, atol=1e-12)
+
+
+def test_fgsm_targeted_eq6(model):
+    x = as_float(make_images(6, seed=1))
+    t = torch.tensor([4, 3, 2, 1, 0, 4])
+    torch.testing.assert_close(fgsm(model, x, t, 0.03, targeted=True),
+                               ref_fgsm(model, x, t, 0.03, targeted=True), rtol=0, atol=1e-12)
+
+
+def test_fgsm_own_prediction_eq10(model):
+    x = as_float(make_images(6, seed=2))
+    expected = ref_fgsm(model, x, predictions(model, x), 0.02)
+    torch.testing.assert_close(fgsm(model, x, None, 0.02), expected, rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("targeted", [False, True])
+def test_bim_matches_transcription(model, targeted):
+    x = as_float(make_images(5, seed=3))
+    y = torch.tensor([1, 2, 3, 4, 0])
+    ours = bim(model, x, y, 0.05, 0.01, 6, targeted=targeted)
+    torch.testing.assert_close(ours, ref_bim(model, x, y, 0.05, 0.01, 6, targeted=targeted),
+                               rtol=0, atol=1e-12)
+
+
+def test_pgd_matches_transcription(model):
+    x = as_float(make_images(5, seed=4))
+    y = predictions(model, x)
+    ours = pgd(model, x, y, 0.05, 0.01, 4, generator=torch.Generator().manual_seed(11))
+    delta = torch.empty(x.shape, dtype=x.dtype).uniform_(-0.05, 0.05, generator=torch.Generator().manual_seed(11))
+    expected = ref_bim(model, x, y, 0.05, 0.01, 4, start=torch.clamp(x + delta, 0, 1))
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-12)
+
+
+def test_noise_is_exactly_plus_minus_eps_or_clipped():
+    x = as_float(make_images(4, seed=5))
+    eps = 0.05
+    adv = noise(x, eps, generator=torch.Generator().manual_seed(0))
+    diff = adv - x
+    exact = torch.isclose(diff.abs(), torch.tensor(eps, dtype=x.dtype), rtol=0, atol=1e-12)
+    clipped_high = (adv == 1) & (diff >= 0) & (x + eps > 1)
+    clipped_low = (adv == 0) & (diff <= 0) & (x - eps < 0)
+    assert bool((exact | clipped_high | clipped_low).all())
+    assert bool((diff > 0).any()) and bool((diff < 0).any())
+    again = noise(x, eps, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(adv, again)
+    signs = random_signs((2, 3, 4, 4), torch.Generator().manual_seed(1))
+    assert set(signs.unique().tolist()) == {-1, 1}
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_every_output_in_eps_ball_and_unit_range(model, seed):
+    x = as_float(make_images(4, seed=seed))
+    y = predictions(model, x)
+    eps = 0.037  # deliberately off the 1/255 grid: the float functions accept any ε
+    outputs = {
+        "fgsm": fgsm(model, x, y, eps),
+        "fgsm_t": fgsm(model, x, (y + 1) % N_CLASSES, eps, targeted=True),
+        "bim": bim(model, x, y, eps, 0.01, 6),
+        "pgd": pgd(model, x, y, eps, 0.01, 6, generator=torch.Generator().manual_seed(seed)),
+        "noise": noise(x, eps, generator=torch.Generator().manual_seed(seed)),
+    }
+    for name, adv in outputs.items():
+        assert float((adv - x).abs().max()) <= eps + 1e-12, name
+        assert float(adv.min()) >= 0 and float(adv.max()) <= 1, name
+
+
+# ----------------------------------------------------------------- torchattacks 3.5.1
+
+
+@pytest.fixture(scope="module")
+def ta():
+    return pytest.importorskip("torchattacks", minversion="3.5")
+
+
+def test_torchattacks_fgsm(model, ta):
+    x = as_float(make_images(6, seed=6))
+    y = torch.tensor([0, 1, 2, 3, 4, 0])
+    expected = ta.FGSM(model, eps=3 / 255)(x, y)
+    torch.testing.assert_close(fgsm(model, x, y, 3 / 255), expected, rtol=0, atol=1e-6)
+
+
+def test_torchattacks_fgsm_targeted(model, ta):
+    x = as_float(make_images(6, seed=7))
+    t = torch.tensor([4, 4, 3, 2, 1, 0])
+    atk = ta.FGSM(model, eps=3 / 255)
+    atk.set_mode_targeted_by_label(quiet=True)  # the labels passed are the targets
+    torch.testing.assert_close(fgsm(model, x, t, 3 / 255, targeted=True), atk(x, t), rtol=0, atol=1e-6)
+
+
+def test_torchattacks_bim(model, ta):
+    # torchattacks' BIM: `alpha` is our `step`, `steps` our `steps` (steps=0 there means
+    # "choose by the paper's rule", which our config also applies when steps is omitted).
+    x = as_float(make_images(6, seed=8))
+    y = predictions(model, x)
+    expected = ta.BIM(model, eps=4 / 255, alpha=1 / 255, steps=5)(x, y)
+    torch.testing.assert_close(bim(model, x, y, 4 / 255, 1 / 255, 5), expected, rtol=0, atol=1e-6)
+
+
+def test_torchattacks_pgd_same_random_start(model, ta):
+    # torchattacks draws PGD's start with torch's global RNG as
+    # `torch.empty_like(x).uniform_(-eps, eps)`; our `uniform_start` makes the same draw from
+    # its generator, so seeding both identically gives the same start and the same result.
+    x = as_float(make_images(6, seed=9))
+    y = predictions(model, x)
+    torch.manual_seed(1234)
+    expected = ta.PGD(model, eps=8 / 255, alpha=2 / 255, steps=5, random_start=True)(x, y)
+    ours = pgd(model, x, y, 8 / 255, 2 / 255, 5, generator=torch.Generator().manual_seed(1234))
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
+    # Without a random start PGD is BIM.
+    plain = ta.PGD(model, eps=8 / 255, alpha=2 / 255, steps=5, random_start=False)(x, y)
+    torch.testing.assert_close(bim(model, x, y, 8 / 255, 2 / 255, 5), plain, rtol=0, atol=1e-6)
+
+
+# ----------------------------------------------------------------- run_attack on uint8
+
+
+def spec(config, name="a"):
+    return AttackSpec.from_config(name, config)
+
+
+def test_run_attack_fgsm_uint8_lossless(model):
+    images = make_images(7, seed=10)
+    labels = np.full(7, -1)
+    out = run_attack(model, images, labels, spec({"method": "fgsm", "eps": "3/255"}), 4, "cpu")
+    x = as_float(images)
+    exact = ref_fgsm(model, x, predictions(model, x), 3 / 255)
+    scaled = exact * 255
+    assert float((scaled - scaled.round()).abs().max()) < 1e-9  # the float result is on the grid
+    np.testing.assert_array_equal(out["images"], scaled.round().to(torch.uint8).numpy())
+    assert out["images"].dtype == np.uint8
+    # Per-image distances, brute force from the stored uint8 images.
+    for i in range(7):
+        d = (out["images"][i].astype(float) - images[i].astype(float)) / 255
+        assert out["linf"][i] == pytest.approx(np.abs(d).max(), abs=1e-7)
+        assert out["l2"][i] == pytest.approx(math.sqrt((d ** 2).sum()), rel=1e-6)
+    assert float(out["linf"].max()) <= 3 / 255 + 1e-7
+    np.testing.assert_array_equal(out["clean_pred"], predictions(model, x).numpy())
+    adv_logits = model(torch.from_numpy(out["images"]).double() / 255).detach()
+    np.testing.assert_array_equal(out["adv_pred"], adv_logits.argmax(1).numpy())
+    np.testing.assert_allclose(out["adv_conf"], F.softmax(adv_logits, 1).max(1).values.numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(out["target"], -1)
+
+
+def test_run_attack_bim_and_true_labels(model):
+    images = make_images(5, seed=11)
+    labels = np.array([0, 1, 2, 3, 4])
+    out = run_attack(model, images, labels,
+                     spec({"method": "bim", "eps": "4/255", "step": "1/255", "steps": 3, "labels": "true"}),
+                     2, "cpu")
+    x = as_float(images)
+    expected = ref_bim(model, x, torch.from_numpy(labels), 4 / 255, 1 / 255, 3)
+    np.testing.assert_array_equal(out["images"], (expected * 255).round().to(torch.uint8).numpy())
+
+
+def test_run_attack_pgd_start_on_grid(model):
+    # Documented draw: offsets = randint(-k, k+1) per pixel for the whole call, from the
+    # generator, then the clipped start (u + offsets)/255.
+    images = make_images(4, seed=12)
+    k = 4
+    out = run_attack(model, images, np.full(4, -1),
+                     spec({"method": "pgd", "eps": "4/255", "step": "1/255", "steps": 3}), 3, "cpu",
+                     generator=shard_generator(5, 2))
+    offsets = torch.randint(-k, k + 1, images.shape, generator=shard_generator(5, 2), dtype=torch.int16)
+    u = torch.from_numpy(images).to(torch.int16)
+    start = (u + offsets).clamp(0, 255).double() / 255
+    x = as_float(images)
+    expected = ref_bim(model, x, predictions(model, x), 4 / 255, 1 / 255, 3, start=start)
+    np.testing.assert_array_equal(out["images"], (expected * 255).round().to(torch.uint8).numpy())
+
+
+def test_run_attack_noise_exact_on_grid(model):
+    images = make_images(4, seed=13)
+    out = run_attack(model, images, np.full(4, -1), spec({"method": "noise", "eps": "2/255"}), 3, "cpu",
+                     generator=shard_generator(0, 1))
+    signs = random_signs(images.shape, shard_generator(0, 1)).numpy().astype(int)
+    expected = np.clip(images.astype(int) + 2 * signs, 0, 255)
+    np.testing.assert_array_equal(out["images"], expected)
+
+
+def test_run_attack_clean_is_identity(model):
+    images = make_images(3, seed=14)
+    out = run_attack(model, images, np.full(3, -1), spec({"method": "clean"}), 2, "cpu")
+    np.testing.assert_array_equal(out["images"], images)
+    np.testing.assert_array_equal(out["adv_pred"], out["clean_pred"])
+    assert float(out["linf"].max()) == 0 and float(out["l2"].max()) == 0
+
+
+def test_eps_off_grid_refused(model):
+    with pytest.raises(AttackError, match=r"eps=0\.01 is not a multiple of 1/255.*uint8"):
+        run_attack(model, make_images(2), np.full(2, -1), spec({"method": "fgsm", "eps": 0.01}), 2, "cpu")
+    with pytest.raises(AttackError, match=r"step=0\.005 is not a multiple of 1/255"):
+        run_attack(model, make_images(2), np.full(2, -1),
+                   spec({"method": "bim", "eps": "2/255", "step": 0.005, "steps": 2}), 2, "cpu")
+
+
+def test_true_labels_missing_refused(model):
+    with pytest.raises(AttackError, match=r"labels: true.*2 of 3 have none.*labels: prediction"):
+        run_attack(model, make_images(3), np.array([1, -1, -1]),
+                   spec({"method": "fgsm", "eps": "2/255", "labels": "true"}), 2, "cpu")
+
+
+def test_targeted_fgsm_moves_toward_target(model):
+    images = make_images(8, seed=15)
+    for target in ("least_likely", "random", 3):
+        out = run_attack(model, images, np.full(8, -1),
+                         spec({"method": "fgsm", "eps": "4/255", "labels": "target", "target": target}),
+                         8, "cpu")
+        t = torch.from_numpy(out["target"])
+        with torch.no_grad():
+            before = F.cross_entropy(model(as_float(images)), t, reduction="none")
+            after = F.cross_entropy(model(torch.from_numpy(out["images"]).double() / 255), t, reduction="none")
+        assert bool((after < before).all()), target
+        if target == "least_likely":
+            with torch.no_grad():
+                np.testing.assert_array_equal(out["target"], model(as_float(images)).argmin(1).numpy())
+        elif target == "random":
+            assert bool((out["target"] != out["clean_pred"]).all())
+            assert out["target"].min() >= 0 and out["target"].max() < N_CLASSES
+        else:
+            np.testing.assert_array_equal(out["target"], 3)
+
+
+def test_fixed_target_out_of_range_refused(model):
+    with pytest.raises(AttackError, match="target class 9"):
+        run_attack(model, make_images(2), np.full(2, -1),
+                   spec({"method": "fgsm", "eps": "2/255", "labels": "target", "target": 9}), 2, "cpu")
+
+
+BATCH_SPECS = [
+    {"method": "clean"},
+    {"method": "fgsm", "eps": "2/255"},
+    {"method": "fgsm", "eps": "3/255", "labels": "target", "target": "random"},
+    {"method": "bim", "eps": "3/255", "step": "1/255", "steps": 3},
+    {"method": "pgd", "eps": "4/255", "step": "1/255", "steps": 2, "seed": 9},
+    {"method": "noise", "eps": "2/255", "seed": 4},
+]
+
+
+@pytest.mark.parametrize("config", BATCH_SPECS, ids=lambda c: c["method"] + ("_t" if "target" in c else ""))
+def test_results_do_not_depend_on_batch_size(model, config):
+    images = make_images(10, seed=16)
+    results = [run_attack(model, images, np.full(10, -1), spec(config), bs, "cpu",
+                          generator=shard_generator(3, 0)) for bs in (1, 3, 8)]
+    for other in results[1:]:
+        assert other.keys() == results[0].keys()
+        for key in results[0]:
+            np.testing.assert_array_equal(other[key], results[0][key], err_msg=key)
+
+
+@pytest.mark.parametrize("kind", ["cuda", "runtime"])
+@pytest.mark.parametrize("config", [BATCH_SPECS[1], BATCH_SPECS[4], BATCH_SPECS[5]], ids=["fgsm", "pgd", "noise"])
+def test_out_of_memory_halves_batch(model, kind, config):
+    images = make_images(9, seed=17)
+    reference = run_attack(model, images, np.full(9, -1), spec(config), 2, "cpu")
+    fragile = OOMAbove(model, limit=2, kind=kind)
+    out = run_attack(fragile, images, np.full(9, -1), spec(config), 8, "cpu")
+    assert fragile.refused >= 2  # 8 -> 4 -> 2
+    for key in reference:
+        np.testing.assert_array_equal(out[key], reference[key], err_msg=key)
+
+
+def test_out_of_memory_at_batch_one_and_other_errors_propagate(model):
+    with pytest.raises(torch.cuda.OutOfMemoryError):
+        run_attack(OOMAbove(model, limit=0), make_images(2), np.full(2, -1),
+                   spec({"method": "fgsm", "eps": "2/255"}), 4, "cpu")
+
+    class Broken(nn.Module):
+        def forward(self, x):
+            raise RuntimeError("shape mismatch")
+
+    with pytest.raises(RuntimeError, match="shape mismatch"):
+        run_attack(Broken(), make_images(2), np.full(2, -1), spec({"method": "fgsm", "eps": "2/255"}), 4, "cpu")
+
+
+def test_eval_mode_used_and_training_mode_restored():
+    net = Tiny(seed=1, batchnorm=True)
+    images = make_images(4, seed=18)
+    reference = run_attack(net, images, np.full(4, -1), spec({"method": "fgsm", "eps": "2/255"}), 4, "cpu")
+    net.train()
+    out = run_attack(net, images, np.full(4, -1), spec({"method": "fgsm", "eps": "2/255"}), 1, "cpu")
+    assert net.training
+    for key in reference:
+        np.testing.assert_array_equal(out[key], reference[key], err_msg=key)
+
+
+def test_perturbation_guard_refuses_out_of_ball(model, monkeypatch):
+    real = attacks._to_uint8
+
+    def widened(adv, spec):
+        return (real(adv, spec).to(torch.int16) + 1).clamp(0, 255).to(torch.uint8)
+
+    monkeypatch.setattr(attacks, "_to_uint8", widened)
+    with pytest.raises(AttackError, match="exceeds eps"):
+        run_attack(model, make_images(2, seed=19), np.full(2, -1),
+                   spec({"method": "noise", "eps": "1/255"}), 2, "cpu")
+
+
+def test_empty_input(model):
+    out = run_attack(model, np.zeros((0, 3, 16, 16), np.uint8), np.zeros(0, np.int64),
+                     spec({"method": "fgsm", "eps": "2/255"}), 4, "cpu")
+    assert out["images"].shape == (0, 3, 16, 16) and out["linf"].shape == (0,)
+
+
+# ----------------------------------------------------------------- shards and statistics
+
+
+class FakeDataset:
+    """The parts of BrodenDataset a shard writer uses."""
+
+    def __init__(self, n=11, size=16):
+        self.root = "fake"
+        self.image_size = (size, size)
+        self.images = make_images(n, seed=20, size=size).transpose(0, 2, 3, 1).copy()
+        self.classes = np.array([i % N_CLASSES if i % 4 else -1 for i in range(n)])
+
+    def load_image(self, row):
+        return self.images[row]
+
+    def class_index(self, row):
+        return int(self.classes[row])
+
+
+def fake_rows(dataset, split, n_images, shard_size, shard):
+    rows = np.arange(len(dataset.images))[:n_images]
+    return rows[shard * shard_size : (shard + 1) * shard_size]
+
+
+@pytest.fixture
+def fake_inputs(monkeypatch, model):
+    dataset = FakeDataset()
+    monkeypatch.setattr(attacks, "_open_dataset", lambda root: dataset)
+    monkeypatch.setattr(attacks, "_shard_rows", fake_rows)
+    monkeypatch.setattr(attacks, "_load_model", lambda spec, weights: model)
+    return dataset
+
+
+IDENTITY = {"dataset": "syn", "model": "tiny", "attack": "fgsm2"}
+
+
+def write_shards(tmp_path, attack_spec, n_images=11, shard_size=4):
+    paths = []
+    for shard in range(math.ceil(n_images / shard_size)):
+        path = tmp_path / f"{shard:04d}.h5"
+        write_attack_shard(path, dataset_root="unused", split="all", n_images=n_images, shard_size=shard_size,
+                           shard=shard, model_spec={}, weights_file=None, attack_name=IDENTITY["attack"],
+                           attack_spec=attack_spec, identity=IDENTITY, batch_size=3, device="cpu")
+        paths.append(path)
+    return paths
+
+
+def test_write_attack_shard_and_statistics(tmp_path, fake_inputs, model):
+    attack_spec = {"method": "fgsm", "eps": "2/255"}
+    paths = write_shards(tmp_path, attack_spec)
+    with h5py.File(paths[1]) as f:
+        assert f.attrs["kind"] == "images" and f.attrs["shard"] == 1 and f.attrs["attack"] == "fgsm2"
+        np.testing.assert_array_equal(f["rows"][()], [4, 5, 6, 7])
+        np.testing.assert_array_equal(f["labels"][()], fake_inputs.classes[4:8])
+        images = f["images"][()]
+        assert images.dtype == np.uint8 and images.shape == (4, 3, 16, 16)
+        for key, dtype in [("clean_pred", np.int64), ("clean_conf", np.float32), ("adv_pred", np.int64),
+                           ("adv_conf", np.float32), ("linf", np.float32), ("l2", np.float32)]:
+            assert f[key].dtype == dtype and f[key].shape == (4,)
+    # The shard equals the attack of those rows done in one go.
+    clean = fake_inputs.images[4:8].transpose(0, 3, 1, 2)
+    x = as_float(np.ascontiguousarray(clean))
+    expected = (ref_fgsm(model, x, predictions(model, x), 2 / 255) * 255).round().to(torch.uint8).numpy()
+    np.testing.assert_array_equal(images, expected)
+
+    identity = IDENTITY | {"attack_params": attack_spec}
+    stats = attack_statistics(paths, identity)
+    assert len(stats) == 1
+    row = stats.iloc[0]
+    # Brute force over the shards.
+    data = {k: [] for k in ("labels", "clean_pred", "adv_pred", "linf", "l2")}
+    for p in paths:
+        with h5py.File(p) as f:
+            for k in data:
+                data[k] += list(f[k][()])
+    n = len(data["labels"])
+    agree = sum(a == c for a, c in zip(data["adv_pred"], data["clean_pred"])) / n
+    labelled = [i for i in range(n) if data["labels"][i] >= 0]
+    clean_acc = sum(data["clean_pred"][i] == data["labels"][i] for i in labelled) / len(labelled)
+    adv_acc = sum(data["adv_pred"][i] == data["labels"][i] for i in labelled) / len(labelled)
+    assert (row["dataset"], row["model"], row["attack"], row["method"]) == ("syn", "tiny", "fgsm2", "fgsm")
+    assert row["n_images"] == n == 11
+    assert row["eps"] == pytest.approx(2 / 255)
+    assert row["agreement"] == pytest.approx(agree)
+    assert row["success_rate"] == pytest.approx(1 - agree)
+    assert row["linf_max"] == pytest.approx(max(data["linf"]))
+    assert row["linf_max"] <= 2 / 255 + 1e-7
+    assert row["l2_mean"] == pytest.approx(sum(data["l2"]) / n, rel=1e-6)
+    assert row["clean_accuracy"] == pytest.approx(clean_acc)
+    assert row["adversarial_accuracy"] == pytest.approx(adv_acc)
+    assert row["n_labelled"] == len(labelled)
+
+    with pytest.raises(ArtifactError, match="attack"):
+        attack_statistics(paths, IDENTITY | {"attack": "other"})
+    with pytest.raises(ArtifactError, match="attack_params"):
+        attack_statistics(paths, IDENTITY | {"attack_params": {"method": "fgsm", "eps": "4/255"}})
+
+
+def test_shard_randomness_depends_on_shard_not_batches(tmp_path, fake_inputs):
+    paths = write_shards(tmp_path, {"method": "noise", "eps": "1/255", "seed": 2})
+    with h5py.File(paths[0]) as a, h5py.File(paths[1]) as b:
+        da = a["images"][()].astype(int) - fake_inputs.images[0:4].transpose(0, 3, 1, 2)
+        db = b["images"][()].astype(int) - fake_inputs.images[4:8].transpose(0, 3, 1, 2)
+        assert not np.array_equal(da, db)  # each shard draws its own signs
+
+
+def test_statistics_targeted_success_and_no_labels(tmp_path):
+    n = 6
+    base = {
+        "rows": np.arange(n), "labels": np.full(n, -1), "images": np.zeros((n, 3, 2, 2), np.uint8),
+        "clean_pred": np.array([0, 1, 2, 3, 4, 0]), "adv_pred": np.array([3, 1, 3, 3, 2, 3]),
+        "target": np.array([3, 3, 3, 3, 3, 3]), "clean_conf": np.ones(n, np.float32),
+        "adv_conf": np.ones(n, np.float32), "linf": np.full(n, 4 / 255, np.float32),
+        "l2": np.arange(n, dtype=np.float32),
+    }
+    params = {"method": "fgsm", "eps": "4/255", "labels": "target", "target": 3}
+    path = tmp_path / "0000.h5"
+    write_h5(path, "images", IDENTITY | {"shard": 0, "attack_params": params}, base)
+    row = attack_statistics([path], IDENTITY).iloc[0]
+    assert row["agreement"] == pytest.approx(2 / 6)  # positions 1 and 3
+    assert row["success_rate"] == pytest.approx(4 / 6)  # adv_pred == 3 at 0, 2, 3, 5
+    assert math.isnan(row["clean_accuracy"]) and math.isnan(row["adversarial_accuracy"])
+    assert row["l2_mean"] == pytest.approx(2.5)
+    with pytest.raises(ArtifactError, match="no image shards"):
+        attack_statistics([], IDENTITY)
+
+
+# ----------------------------------------------------------------- real modules and scripts
+
+SCRIPTS = Path(__file__).resolve().parents[1] / "workflow" / "scripts"
+
+
+class _Names(dict):
+    """Attribute access plus .get, like Snakemake's named lists."""
+
+    __getattr__ = dict.__getitem__
+
+
+def run_script(name: str, **fields) -> None:
+    snakemake = SimpleNamespace(**{k: _Names(v) if isinstance(v, dict) else v for k, v in fields.items()})
+    source = (SCRIPTS / name).read_text()
+    saved = sys.stdout, sys.stderr
+    try:
+        exec(compile(source, str(SCRIPTS / name), "exec"), {"snakemake": snakemake, "__name__": "__main__"})
+    finally:
+        sys.stdout, sys.stderr = saved
+        logging.getLogger().handlers.clear()
+
+
+def test_scripts_on_synthetic_broden(tiny_broden, tmp_path, monkeypatch):
+    from advdissect.broden import BrodenDataset
+    from advdissect.models import load_model
+
+    monkeypatch.chdir(tmp_path)  # the GPU lock dir is relative to the working directory
+    model_spec = {"arch": "resnet18", "num_classes": 20, "normalization": "imagenet", "seed": 0}
+    attack = {"method": "pgd", "eps": "2/255", "step": "1/255", "steps": 2, "seed": 1}
+    identity = {"dataset": "tiny", "model": "r18", "attack": "pgd2"}
+    rows = {"split": "val", "n_images": 6, "shard_size": 4}
+    shards = []
+    for shard in ("0000", "0001"):
+        out = tmp_path / "images" / f"{shard}.h5"
+        run_script(
+            "attack_shard.py",
+            input={"dataset": str(tiny_broden / "index.csv")},
+            output={"images": str(out)},
+            params={"model_spec": model_spec, "attack": attack, "rows": rows, "identity": identity,
+                    "batch_size": 3, "gpus": []},
+            wildcards={"shard": shard}, threads=1, log=[str(tmp_path / f"attack_{shard}.log")],
+        )
+        shards.append(out)
+    dataset = BrodenDataset(tiny_broden)
+    expected_rows = dataset.rows("val")[:6]
+    with h5py.File(shards[1]) as f:
+        assert f.attrs["shard"] == 1
+        np.testing.assert_array_equal(f["rows"][()], expected_rows[4:])
+        np.testing.assert_array_equal(f["labels"][()], [dataset.class_index(int(r)) for r in expected_rows[4:]])
+        stored = f["images"][()]
+        assert stored.shape == (2, 3) + dataset.image_size
+    # Same as attacking those rows directly with the same shard generator.
+    clean_images = np.stack([dataset.load_image(int(r)).transpose(2, 0, 1) for r in expected_rows[4:]])
+    direct = run_attack(load_model(**model_spec), clean_images, np.full(2, -1),
+                        AttackSpec.from_config("pgd2", attack), 2, "cpu", generator=shard_generator(1, 1))
+    np.testing.assert_array_equal(stored, direct["images"])
+
+    stats_path = tmp_path / "stats.csv"
+    run_script("attack_stats.py", input={"shards": [str(p) for p in shards]}, output={"stats": str(stats_path)},
+               params={"identity": identity, "attack": attack}, log=[str(tmp_path / "stats.log")])
+    stats = pd.read_csv(stats_path)
+    assert list(stats[["dataset", "model", "attack", "method", "n_images"]].iloc[0]) == ["tiny", "r18", "pgd2", "pgd", 6]
+    assert stats["linf_max"].iloc[0] <= 2 / 255 + 1e-7
+    assert 0 <= stats["clean_accuracy"].iloc[0] <= 1  # the synthetic scenes are class labels

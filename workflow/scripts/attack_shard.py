@@ -1,0 +1,36 @@
+"""Rule attack_shard: attack one shard of a dataset and write its images shard."""
+
+import logging
+import sys
+from pathlib import Path
+
+log_file = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
+sys.stdout = sys.stderr = log_file
+logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+from advdissect.device import claim_gpu  # noqa: E402
+
+# The GPU is claimed before anything touches CUDA, so the claim decides which device is seen.
+with claim_gpu(snakemake.params.gpus, lock_dir=".snakemake/gpu-locks"):  # noqa: F821
+    from advdissect.attacks import write_attack_shard
+    from advdissect.device import configure_threads, select_device
+
+    configure_threads(snakemake.threads)  # noqa: F821
+    rows = snakemake.params.rows  # noqa: F821
+    attack = dict(snakemake.params.attack)  # noqa: F821
+    identity = dict(snakemake.params.identity)  # noqa: F821
+    write_attack_shard(
+        snakemake.output.images,  # noqa: F821
+        dataset_root=Path(snakemake.input.dataset).parent,  # noqa: F821
+        split=rows["split"],
+        n_images=int(rows["n_images"]),
+        shard_size=int(rows["shard_size"]),
+        shard=int(snakemake.wildcards.shard),  # noqa: F821
+        model_spec=dict(snakemake.params.model_spec),  # noqa: F821
+        weights_file=snakemake.input.get("weights"),  # noqa: F821
+        attack_name=identity["attack"],
+        attack_spec=attack,
+        identity=identity,
+        batch_size=int(snakemake.params.batch_size),  # noqa: F821
+        device=select_device(),
+    )
