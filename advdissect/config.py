@@ -223,6 +223,14 @@ def _check_init_chain(models: Mapping, name: str) -> None:
         current = models[current]["weights"].get("init") if models[current]["weights"]["source"] == "train" else None
 
 
+def check_attacks(config: Mapping) -> None:
+    """Each attack's keys fit its method (the attack module's own rules)."""
+    from .attacks import AttackSpec
+
+    for name, spec in config["attacks"].items():
+        AttackSpec.from_config(name, spec)
+
+
 def check_layers(config: Mapping) -> None:
     """Every configured layer exists in its architecture (builds each net on the meta device)."""
     from .models import check_layer_names  # torch import only when the config is otherwise sound

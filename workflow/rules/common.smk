@@ -11,6 +11,7 @@ adconfig.check_config_files([*workflow.configfiles, *(workflow.overwrite_configf
 adconfig.validate(config, adconfig.load_schema(SCHEMA))
 validate(config, SCHEMA)  # fills in the schema's defaults
 adconfig.check_semantics(config)
+adconfig.check_attacks(config)
 adconfig.check_layers(config)
 
 DATASETS = config["datasets"]

@@ -1,0 +1,174 @@
+"""Feature maps of one layer for a shard of images.
+
+One forward pass per batch with a forward hook on the layer; the pass stops right after the
+layer (later layers cannot change its output), so extraction costs at most a forward pass.
+Each image's activations depend on that image alone (eval mode), so results do not depend on
+the batch size apart from the backend's own float rounding; on out-of-memory the batch is
+halved and retried.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import store
+from .errors import ArtifactError, ModelError
+
+log = logging.getLogger(__name__)
+
+DTYPES = {"float32": torch.float32, "float16": torch.float16}
+
+
+class _StopForward(Exception):
+    """Raised by the hook: nothing after the layer is needed."""
+
+
+def find_layer(model: nn.Module, layer: str) -> nn.Module:
+    """The module called `layer`: a module name inside `model.net` (or `model`), or an alias
+    that advdissect.models.resolve_layer knows (e.g. conv5, last_conv)."""
+    roots = [r for r in (getattr(model, "net", None), model) if isinstance(r, nn.Module)]
+    for root in roots:
+        modules = dict(root.named_modules())
+        if layer in modules and layer:
+            return modules[layer]
+    from .models import resolve_layer  # aliases; raises ModelError naming the layers there are
+
+    name = resolve_layer(model, layer)
+    for root in roots:
+        modules = dict(root.named_modules())
+        if name in modules:
+            return modules[name]
+    raise ModelError(f"layer {layer!r} resolves to {name!r}, which is not a module of the network")
+
+
+def _is_oom(exc: BaseException) -> bool:
+    if isinstance(exc, torch.OutOfMemoryError):
+        return True
+    return isinstance(exc, RuntimeError) and "out of memory" in str(exc)
+
+
+def extract_activations(
+    model: nn.Module,
+    images_uint8: np.ndarray,
+    layer: str,
+    batch_size: int,
+    device: torch.device | str,
+    dtype: str | torch.dtype = "float32",
+) -> np.ndarray:
+    """Activations (N, C, h, w) of `layer` for images (N, 3, H, W) uint8, as float32 or float16.
+
+    `model` takes images in [0, 1] (normalisation inside) and should be in eval mode.
+    """
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ArtifactError(f"activation dtype must be one of {', '.join(DTYPES)}, got {dtype!r}")
+        dtype = DTYPES[dtype]
+    images = np.asarray(images_uint8)
+    if images.ndim != 4 or images.shape[1] != 3 or images.dtype != np.uint8:
+        raise ArtifactError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {images.shape}")
+    if batch_size < 1:
+        raise ArtifactError(f"batch_size must be >= 1, got {batch_size}")
+    device = torch.device(device)
+    module = find_layer(model, layer)
+    captured: list[torch.Tensor] = []
+
+    def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
+        if not isinstance(output, torch.Tensor) or output.ndim != 4:
+            raise ModelError(f"layer {layer!r} does not return a 4-D feature map (N, C, h, w); pick a conv layer")
+        captured.append(output.detach())
+        raise _StopForward
+
+    out: np.ndarray | None = None
+    n = images.shape[0]
+    start = 0
+    handle = module.register_forward_hook(hook)
+    try:
+        with torch.no_grad():
+            while start < n:
+                stop = min(start + batch_size, n)
+                x = torch.from_numpy(np.ascontiguousarray(images[start:stop])).to(device)
+                x = x.to(torch.float32).div_(255.0)
+                captured.clear()
+                try:
+                    model(x)
+                except _StopForward:
+                    pass
+                except Exception as exc:
+                    if not (_is_oom(exc) and stop - start > 1):
+                        raise
+                    del x
+                    captured.clear()
+                    if device.type == "cuda":
+                        torch.cuda.empty_cache()
+                    batch_size = max(1, (stop - start) // 2)
+                    log.warning("out of memory: retrying with batch size %d", batch_size)
+                    continue
+                if not captured:
+                    raise ModelError(f"layer {layer!r} did not run in the forward pass")
+                feats = captured[0].to(dtype)
+                if dtype == torch.float16 and not torch.isfinite(feats).all():
+                    raise ModelError(f"activations of layer {layer!r} overflow float16; store them as float32")
+                feats = feats.cpu().numpy()
+                if out is None:
+                    out = np.empty((n,) + feats.shape[1:], dtype=feats.dtype)
+                out[start:stop] = feats
+                start = stop
+    finally:
+        handle.remove()
+    if out is None:
+        raise ArtifactError("no images to run")
+    return out
+
+
+def write_activation_shard(
+    out_path: str | os.PathLike,
+    *,
+    images_path: str | os.PathLike,
+    weights_file: str | os.PathLike | None,
+    model_spec: Mapping[str, Any],
+    layer: str,
+    identity: Mapping[str, Any],
+    batch_size: int,
+    dtype: str = "float32",
+    device: torch.device | str | None = None,
+    model: nn.Module | None = None,
+) -> None:
+    """Run a model on an images shard and write kind "activations" (rows, activations).
+
+    `identity` (dataset, model, attack, shard) must match the images shard; the output adds
+    layer and dtype. `device` defaults to advdissect.device.select_device(); `model` to
+    advdissect.models.load_model(**model_spec, weights_file).
+    """
+    if device is None:
+        from .device import select_device
+
+        device = select_device()
+    with store.open_h5(images_path, "images", expect=identity) as f:
+        for key in ("images", "rows"):
+            if key not in f:
+                raise ArtifactError(f"{images_path}: has no '{key}' dataset")
+        images = f["images"][()]
+        rows = f["rows"][()].astype(np.int64)
+    if images.shape[0] == 0:
+        raise ArtifactError(f"{images_path}: holds no images")
+    if model is None:
+        from .models import load_model
+
+        model = load_model(
+            model_spec["arch"],
+            model_spec["num_classes"],
+            weights_file=weights_file or None,
+            normalization=model_spec.get("normalization", "imagenet"),
+            seed=model_spec.get("seed", 0),
+        )
+    model = model.to(device).eval()
+    acts = extract_activations(model, images, layer, batch_size, device, dtype)
+    log.info("%s: %s activations %s of layer %s", out_path, dtype, acts.shape, layer)
+    attrs = dict(identity, layer=layer, dtype=dtype)
+    store.write_h5(out_path, "activations", attrs, {"rows": rows, "activations": acts})

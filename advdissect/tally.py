@@ -1,0 +1,710 @@
+"""IoU counts of Network Dissection, per shard, and their merge into IoU tables and tally.csv.
+
+For an image x and unit u: S = the unit's feature map resized bilinearly to the segmentation
+size (sh, sw) with align_corners=False (torch's F.interpolate(mode="bilinear")), and the mask
+M_u = S > T_u. Precisely, S is computed per output pixel (i, j) as
+
+    S = float32( wy0[i]·(wx0[j]·A[y0,x0] + wx1[j]·A[y0,x1]) + wy1[i]·(wx0[j]·A[y1,x0] + wx1[j]·A[y1,x1]) )
+
+in float64 with torch's source indices and weights (`axis_weights`), then rounded to float32:
+what F.interpolate computes on a float32 map up to its own float32 rounding, exact on constant
+regions, and never above the map's maximum. T_u is the float64 threshold of
+`advdissect.thresholds`. S is a convex combination of at most four cells, so a pixel can only
+be active near a cell above T_u: the counting visits only those cells' tiles and columns.
+
+Labels of an image: every pixel-level layer (color, object, each part layer, material) and the
+image-level labels (scene, texture), which cover every pixel. L_l is the set of pixels that
+carry label l in any layer: a label repeated on the same pixel in two layers counts once (set
+semantics; NetDissect-Lite concatenates the layers and would count it twice). Label 0 is never
+a concept (this includes scene 0). A label's category is its primary category
+(`label_category[l]`) whichever layer it sits in; labels with category -1 are counted but get
+IoU 0.
+
+Counts (each a sum over images; merging shards is a plain sum):
+    intersection[u, l]        |M_u ∩ L_l|
+    label_area[l]             |L_l|
+    activation_original[u, c] |M_u| where category c is annotated in the image (Bau et al. 2017)
+    activation_lite[u, c]     |M_u| where a label of category c lies inside M_u (NetDissect-Lite)
+    activation_total[u]       |M_u|
+IoU[u, l] = intersection / (activation[u, cat(l)] + label_area[l] - intersection), 0 where
+the denominator is 0 (NetDissect-Lite adds 1e-10 instead).
+"""
+
+from __future__ import annotations
+
+import os
+from itertools import islice
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import store
+from .errors import ArtifactError, ConfigError, DatasetError
+
+CATEGORIES = ("color", "object", "part", "material", "scene", "texture")
+N_CAT = len(CATEGORIES)
+DENOMINATORS = ("lite", "original")
+COUNT_KEYS = ("intersection", "label_area", "activation_lite", "activation_original", "activation_total")
+
+
+# ---------------------------------------------------------------- bilinear upsampling
+
+
+def axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Source cells (i0, i1) and weights (l0, l1), float64, of each output index along one axis.
+
+    torch's rule for bilinear with align_corners=False and an explicit output size:
+    src = max((n_in / n_out)·(i + 0.5) - 0.5, 0), i0 = floor(src), i1 = i0 + (i0 < n_in - 1),
+    l1 = src - i0, l0 = 1 - l1.
+    """
+    if n_in < 1 or n_out < 1:
+        raise ValueError(f"sizes must be positive, got {n_in} -> {n_out}")
+    scale = np.float64(n_in) / np.float64(n_out)
+    src = scale * (np.arange(n_out, dtype=np.float64) + 0.5) - 0.5
+    src = np.maximum(src, 0.0)
+    i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
+    i1 = i0 + (i0 < n_in - 1)
+    l1 = np.clip(src - i0, 0.0, 1.0)
+    l0 = 1.0 - l1
+    return i0, i1, l0, l1
+
+
+def upsample(maps: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Dense bilinear resize of maps (..., h, w) to `size`, float32, by the formula of the module doc."""
+    maps = np.asarray(maps, dtype=np.float64)
+    h, w = maps.shape[-2:]
+    y0, y1, wy0, wy1 = axis_weights(h, size[0])
+    x0, x1, wx0, wx1 = axis_weights(w, size[1])
+    top = wx0 * maps[..., y0, :][..., x0] + wx1 * maps[..., y0, :][..., x1]
+    bottom = wx0 * maps[..., y1, :][..., x0] + wx1 * maps[..., y1, :][..., x1]
+    return (wy0[:, None] * top + wy1[:, None] * bottom).astype(np.float32)
+
+
+def rounded_threshold(thresholds: np.ndarray) -> np.ndarray:
+    """T' (float64) with float32(s) > T  <=>  s > T' for every float64 s.
+
+    Lets the mask test run on the float64 values without rounding each one: t32 is the
+    smallest float32 above T, m the midpoint between t32 and the float32 below it; values at m
+    round to the even one of the two (round-half-to-even).
+    """
+    t = np.asarray(thresholds, dtype=np.float64)
+    if np.isnan(t).any():
+        raise ArtifactError("thresholds contain NaN")
+    with np.errstate(over="ignore"):
+        t32 = t.astype(np.float32)
+    t32 = np.where(t32.astype(np.float64) > t, t32, np.nextafter(t32, np.float32(np.inf)))
+    p32 = np.nextafter(t32, np.float32(-np.inf))
+    with np.errstate(invalid="ignore"):
+        mid = (t32.astype(np.float64) + p32.astype(np.float64)) / 2.0
+    even = (t32.view(np.uint32) & 1) == 0
+    out = np.where(even, np.nextafter(mid, -np.inf), mid)
+    out = np.where(np.isposinf(t32), np.inf, out)
+    return np.where(np.isneginf(p32), -np.inf, out)
+
+
+class _Bands:
+    """Runs of output indices along one axis that read the same source cells (i0, i1)."""
+
+    def __init__(self, n_in: int, n_out: int):
+        i0, i1, l0, l1 = axis_weights(n_in, n_out)
+        key = np.stack([i0, i1, (l1 == 0).astype(np.int64)], axis=1)
+        starts = np.flatnonzero(np.r_[True, (key[1:] != key[:-1]).any(axis=1)])
+        sizes = np.diff(np.r_[starts, n_out])
+        self.start = starts
+        self.size = sizes
+        self.cell0 = i0[starts]
+        self.cell1 = i1[starts]
+        self.width = int(sizes.max())
+        # (position in band, band), padded with NaN weights: NaN > T is False.
+        self.w0 = np.full((self.width, len(starts)), np.nan)
+        self.w1 = np.full((self.width, len(starts)), np.nan)
+        for b, (first, size) in enumerate(zip(starts, sizes)):
+            self.w0[:size, b] = l0[first : first + size]
+            self.w1[:size, b] = l1[first : first + size]
+
+
+class UpsamplePlan:
+    """Tiles of the output grid (row band × column band), each reading a 2×2 block of cells."""
+
+    def __init__(self, map_size: tuple[int, int], seg_size: tuple[int, int]):
+        self.map_size = (int(map_size[0]), int(map_size[1]))
+        self.seg_size = (int(seg_size[0]), int(seg_size[1]))
+        h, w = self.map_size
+        self.rows = _Bands(h, self.seg_size[0])
+        self.cols = _Bands(w, self.seg_size[1])
+        nby, nbx = len(self.rows.start), len(self.cols.start)
+        self.n_tiles = nby * nbx
+        by, bx = np.divmod(np.arange(self.n_tiles), nbx)
+        self.tile_by, self.tile_bx = by, bx
+        y0, y1 = self.rows.cell0[by], self.rows.cell1[by]
+        x0, x1 = self.cols.cell0[bx], self.cols.cell1[bx]
+        # corner cells (4, n_tiles): (y0, x0), (y0, x1), (y1, x0), (y1, x1)
+        self.corners = np.stack([y0 * w + x0, y0 * w + x1, y1 * w + x0, y1 * w + x1])
+        # cell -> tiles that read it, padded with -1
+        pairs = np.unique(np.stack([self.corners.ravel(), np.tile(np.arange(self.n_tiles), 4)], axis=1), axis=0)
+        per_cell = np.bincount(pairs[:, 0], minlength=h * w)
+        slot = np.arange(len(pairs)) - np.repeat(np.cumsum(per_cell) - per_cell, per_cell)
+        self.cell_tiles = np.full((h * w, max(1, int(per_cell.max()))), -1, dtype=np.int64)
+        self.cell_tiles[pairs[:, 0], slot] = pairs[:, 1]
+        self.tile_origin = self.rows.start[by] * self.seg_size[1] + self.cols.start[bx]
+
+
+def _float32_floor(t: np.ndarray) -> np.ndarray:
+    """Largest float32 <= t: for float32 a, a > t  <=>  a > floor32(t)."""
+    with np.errstate(over="ignore"):
+        t32 = t.astype(np.float32)
+    return np.where(t32.astype(np.float64) > t, np.nextafter(t32, np.float32(-np.inf)), t32)
+
+
+def _active_bands(maps: np.ndarray, thresholds: np.ndarray, plan: UpsamplePlan):
+    """Active pixels of maps (n, C, h, w), one row band at a time.
+
+    Yields (pair, base, offset, mask): for candidate columns k (pair[k] = map·C + unit),
+    row r of the band is active where mask[r, k]; its pixel is base[k] + offset[r] in the
+    (sh, sw) grid.
+    """
+    n, c, h, w = maps.shape
+    t = np.asarray(thresholds, dtype=np.float64)
+    t_eff = rounded_threshold(t)
+    flat = maps.reshape(n, c * h * w)
+    # A pixel is a convex combination of its tile's corner cells and S never exceeds their
+    # maximum, so only tiles with a corner above T can hold active pixels.
+    hot = np.flatnonzero(flat > np.repeat(_float32_floor(t), h * w)[None, :])
+    if hot.size == 0:
+        return
+    pair, cell = np.divmod(hot, h * w)
+    tiles = plan.cell_tiles[cell]
+    # candidate tiles, numbered (row band, pair, column band) so they come sorted by band
+    n_bx = len(plan.cols.start)
+    stride = n * c * n_bx
+    keys = (plan.tile_by[tiles] * stride + (pair * n_bx)[:, None] + plan.tile_bx[tiles])[tiles >= 0]
+    if len(plan.rows.start) * stride <= 64 * keys.size + (1 << 20):
+        seen = np.zeros(len(plan.rows.start) * stride, dtype=bool)
+        seen[keys] = True
+        keys = np.flatnonzero(seen)
+    else:
+        keys = np.unique(keys)
+    by, rest = np.divmod(keys, stride)
+    ct_pair, bx = np.divmod(rest, n_bx)
+    ct_tile = by * n_bx + bx
+    corners = flat.reshape(-1)[ct_pair * (h * w) + plan.corners[:, ct_tile]].astype(np.float64)
+    wx0, wx1 = plan.cols.w0[:, bx], plan.cols.w1[:, bx]
+    r0 = (wx0 * corners[0] + wx1 * corners[1]).ravel()  # (column in band, tile), flat
+    r1 = (wx0 * corners[2] + wx1 * corners[3]).ravel()
+    te = t_eff[ct_pair % c]
+    # Column j of a tile is a convex combination of r0[j] and r1[j]; the margin keeps this
+    # test conservative against float64 rounding (the exact test follows).
+    low = te - 1e-9 * (np.abs(te) + 1e-30)
+    n_ct = len(keys)
+    cand = (np.maximum(r0, r1).reshape(-1, n_ct) > low).T  # (tile, column): tile-major order
+    tile_i, col = np.divmod(np.flatnonzero(cand), cand.shape[1])
+    if tile_i.size == 0:
+        return
+    at = col * n_ct + tile_i
+    x0, x1 = r0[at], r1[at]
+    te_cc = te[tile_i]
+    pair_cc = ct_pair[tile_i]
+    base_cc = plan.tile_origin[ct_tile[tile_i]] + col
+    bounds = np.searchsorted(by[tile_i], np.arange(len(plan.rows.start) + 1))
+    sw = plan.seg_size[1]
+    for band in np.flatnonzero(np.diff(bounds)):
+        sl = slice(bounds[band], bounds[band + 1])
+        size = plan.rows.size[band]
+        w0 = plan.rows.w0[:size, band, None]
+        w1 = plan.rows.w1[:size, band, None]
+        mask = w0 * x0[sl] + w1 * x1[sl] > te_cc[sl]
+        yield pair_cc[sl], base_cc[sl], np.arange(size) * sw, mask
+
+
+def active_pixels(
+    maps: np.ndarray, thresholds: np.ndarray, plan: UpsamplePlan
+) -> tuple[np.ndarray, np.ndarray]:
+    """Active pixels of every (map, unit) of maps (n, C, h, w): (pair, pixel), pair = map·C + unit.
+
+    pixel = i·sw + j in the (sh, sw) grid; in no particular order. Equals
+    np.nonzero(upsample(maps) > thresholds) without computing inactive tiles and columns.
+    """
+    maps = np.asarray(maps, dtype=np.float32)
+    if maps.shape[2:] != plan.map_size:
+        raise ArtifactError(f"feature maps of size {maps.shape[2:]}, plan made for {plan.map_size}")
+    pairs, pixels = [np.empty(0, np.int64)], [np.empty(0, np.int64)]
+    for pair, base, offset, mask in _active_bands(maps, thresholds, plan):
+        pixels.append((base[None, :] + offset[:, None])[mask])
+        pairs.append(np.broadcast_to(pair, mask.shape)[mask])
+    return np.concatenate(pairs), np.concatenate(pixels)
+
+
+# ---------------------------------------------------------------- segmentations
+
+
+def _unpack_segmentation(seg: Any) -> tuple[np.ndarray, np.ndarray]:
+    if hasattr(seg, "pixel"):
+        return np.asarray(seg.pixel), np.asarray(seg.image_labels)
+    pixel, image_labels = seg
+    return np.asarray(pixel), np.asarray(image_labels)
+
+
+def _renumber(keys: np.ndarray) -> np.ndarray:
+    """Dense ids 0..k-1 of the distinct values of `keys` (hash based)."""
+    return pd.factorize(keys)[0].astype(np.int64)
+
+
+class _Combos:
+    """The distinct label sets of a chunk of images, pixel by pixel.
+
+    Each pixel belongs to one combo: the set of its pixel-level labels (any layer) plus its
+    image's image-level labels. Per-label bookkeeping then runs on the small combo table.
+    Masks are piecewise constant, so combos are found on runs of equal pixels along rows.
+    """
+
+    def __init__(self, segs: Sequence[tuple[np.ndarray, np.ndarray]], n_labels: int,
+                 label_category: np.ndarray, seg_size: tuple[int, int], first_image: int):
+        n = len(segs)
+        sh, sw = seg_size
+        p = sh * sw
+        n_layers = 0
+        image_labels = []
+        for i, (pixel, labels) in enumerate(segs):
+            if pixel.ndim != 3 or pixel.shape[1:] != (sh, sw):
+                raise DatasetError(f"segmentation of image {first_image + i} of the shard: pixel labels of "
+                                   f"shape {pixel.shape}, expected (n_layers, {sh}, {sw})")
+            labels = np.asarray(labels, dtype=np.int64).ravel()
+            if labels.size > 1:
+                labels = np.unique(labels)
+            image_labels.append(labels[labels != 0])
+            n_layers = max(n_layers, pixel.shape[0])
+        lab = np.zeros((n, n_layers, p), dtype=np.int32)
+        for i, (pixel, _) in enumerate(segs):
+            lab[i, : pixel.shape[0]] = pixel.reshape(pixel.shape[0], p)
+        for i, labels in enumerate(image_labels):
+            if labels.size and (labels.min() < 0 or labels.max() >= n_labels):
+                raise DatasetError(f"segmentation of image {first_image + i} of the shard: image-level label "
+                                   f"numbers must lie in 1..{n_labels - 1}, found {labels.tolist()}")
+        if lab.size and (lab.min() < 0 or lab.max() >= n_labels):
+            bad = next(i for i in range(n) if lab[i].min() < 0 or lab[i].max() >= n_labels)
+            raise DatasetError(f"segmentation of image {first_image + bad} of the shard: pixel label numbers "
+                               f"must lie in 0..{n_labels - 1}, found {lab[bad].min()}..{lab[bad].max()}")
+
+        # runs of pixels (in row-major order, per image) whose labels agree in every layer
+        change = np.zeros((n, p), dtype=bool)
+        change[:, 0] = True
+        for layer in range(n_layers):
+            change[:, 1:] |= lab[:, layer, 1:] != lab[:, layer, :-1]
+        starts = np.flatnonzero(change)
+        lengths = np.diff(np.append(starts, n * p))
+        run_image = starts // p
+        at = starts + run_image * ((n_layers - 1) * p)  # position in lab of layer 0
+        flat = lab.reshape(-1)
+        run_labels = np.zeros((len(starts), n_layers), dtype=np.int64)
+        for layer in range(n_layers):
+            run_labels[:, layer] = flat[at + layer * p]
+        # combo = distinct (image, labels of every layer); one int64 key while it fits
+        code = run_image
+        fits = 0
+        while fits < n_layers and n * float(n_labels) ** (fits + 1) < 2.0**62:
+            fits += 1
+        for layer in range(n_layers):
+            code = code * n_labels + run_labels[:, layer]
+            if layer + 1 >= fits:
+                code = _renumber(code)
+        combo_of_run = _renumber(code)
+        n_ids = int(combo_of_run.max()) + 1
+        first = np.full(n_ids, len(starts), dtype=np.int64)
+        np.minimum.at(first, combo_of_run, np.arange(len(starts)))
+        self.inverse = np.repeat(combo_of_run.astype(np.int32), lengths)  # (n·p,)
+        self.n_combos = n_ids
+        self.image = run_image[first]
+        # combos come numbered image after image: runs are in image order and factorize
+        # numbers values in order of first appearance
+        if np.any(np.diff(self.image) < 0):
+            raise RuntimeError("label-set ids are not grouped by image")
+        per_image = np.bincount(self.image, minlength=n)
+        self.image_start = np.cumsum(per_image) - per_image
+        self.max_per_image = int(per_image.max())
+        self.area = np.bincount(combo_of_run, weights=lengths.astype(np.float64), minlength=n_ids)
+        self.area = np.rint(self.area).astype(np.int64)
+
+        extra = max([len(x) for x in image_labels] + [0])
+        img_lab = np.zeros((n, extra), dtype=np.int64)
+        for i, labels in enumerate(image_labels):
+            img_lab[i, : len(labels)] = labels
+        table = np.concatenate([run_labels[first], img_lab[self.image]], axis=1)
+        # Set semantics: sort each row, drop repeats and 0.
+        table = np.sort(table, axis=1)
+        if table.shape[1] > 1:
+            table[:, 1:][table[:, 1:] == table[:, :-1]] = 0
+        # Chunk-local label ids; the padding id is len(labels).
+        self.labels = np.unique(table[table > 0])
+        local = np.full(n_labels, len(self.labels), dtype=np.int64)
+        local[self.labels] = np.arange(len(self.labels))
+        self.table = local[table]
+        cat = np.asarray(label_category, dtype=np.int64)[self.labels]
+        bit = np.where(cat >= 0, np.left_shift(1, np.maximum(cat, 0)), 0).astype(np.uint8)
+        if table.shape[1]:
+            self.catbits = np.bitwise_or.reduce(np.append(bit, np.uint8(0))[self.table], axis=1)
+        else:
+            self.catbits = np.zeros(n_ids, np.uint8)
+        self.image_catbits = np.zeros(n, np.uint8)
+        np.bitwise_or.at(self.image_catbits, self.image, self.catbits)
+
+
+def _bits_to_matrix(bits: np.ndarray) -> np.ndarray:
+    return ((bits[:, None] >> np.arange(N_CAT, dtype=np.uint8)) & 1).astype(np.int64)
+
+
+# ---------------------------------------------------------------- counting
+
+
+def empty_counts(n_units: int, n_labels: int, label_category: np.ndarray) -> dict[str, np.ndarray]:
+    return {
+        "intersection": np.zeros((n_units, n_labels), np.int64),
+        "label_area": np.zeros(n_labels, np.int64),
+        "activation_lite": np.zeros((n_units, N_CAT), np.int64),
+        "activation_original": np.zeros((n_units, N_CAT), np.int64),
+        "activation_total": np.zeros(n_units, np.int64),
+        "n_images": np.array(0, np.int64),
+        "label_category": np.asarray(label_category, np.int64).copy(),
+    }
+
+
+def _as_int(x: np.ndarray) -> np.ndarray:
+    return np.rint(x).astype(np.int64)
+
+
+def count_shard(
+    activations: Any,
+    thresholds: np.ndarray,
+    segmentations: Iterable[Any],
+    label_category: np.ndarray,
+    n_labels: int,
+    seg_size: tuple[int, int],
+    chunk: int = 16,
+    progress: bool = False,
+) -> dict[str, np.ndarray]:
+    """IoU counts of one shard (see the module doc).
+
+    activations: (N, C, h, w) array or h5py dataset (read `chunk` images at a time);
+    thresholds: (C,) float64; segmentations: N items, each (pixel int (n_layers, sh, sw),
+    image_labels int) or an object with `.pixel` and `.image_labels`; label_category:
+    (n_labels,) index into CATEGORIES, -1 for none. Returns the count arrays, `n_images`
+    and `label_category`.
+    """
+    shape = tuple(activations.shape)
+    if len(shape) != 4:
+        raise ArtifactError(f"activations must be (N, C, h, w), got shape {shape}")
+    n_images, n_units, h, w = shape
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    if thresholds.shape != (n_units,):
+        raise ArtifactError(f"{thresholds.shape[0] if thresholds.ndim else 0} thresholds for {n_units} units")
+    label_category = np.asarray(label_category, dtype=np.int64)
+    if label_category.shape != (n_labels,):
+        raise DatasetError(f"label_category has shape {label_category.shape}, expected ({n_labels},)")
+    seg_size = (int(seg_size[0]), int(seg_size[1]))
+    plan = UpsamplePlan((h, w), seg_size)
+    out = empty_counts(n_units, n_labels, label_category)
+    segs = iter(segmentations)
+    starts = range(0, n_images, chunk)
+    if progress:
+        from tqdm import tqdm
+
+        starts = tqdm(starts, desc="IoU counts", unit="chunk", disable=None)
+    for start in starts:
+        stop = min(start + chunk, n_images)
+        maps = np.asarray(activations[start:stop], dtype=np.float32)
+        batch = [_unpack_segmentation(s) for s in islice(segs, stop - start)]
+        if len(batch) != stop - start:
+            raise DatasetError(f"{n_images} activation maps but only {start + len(batch)} segmentations")
+        _count_chunk(out, maps, thresholds, batch, plan, label_category, n_labels, seg_size, start)
+    if next(segs, None) is not None:
+        raise DatasetError(f"more segmentations than the {n_images} activation maps")
+    out["n_images"] = np.array(n_images, np.int64)
+    return out
+
+
+def _dense_bins(n_bins: int, n_keys: int) -> bool:
+    """Count with bincount (n_bins bins) unless the bins would far outnumber the keys."""
+    return n_bins <= max(1 << 22, 4 * n_keys)
+
+
+def _count_chunk(out, maps, thresholds, segs, plan, label_category, n_labels, seg_size, first_image):
+    n, c = maps.shape[:2]
+    p = seg_size[0] * seg_size[1]
+    combos = _Combos(segs, n_labels, label_category, seg_size, first_image)
+    width = combos.table.shape[1]
+    nl = len(combos.labels)
+    if width:
+        area = np.bincount(combos.table.ravel(), weights=np.repeat(combos.area, width).astype(np.float64),
+                           minlength=nl + 1)
+        out["label_area"][combos.labels] += _as_int(area[:nl])
+
+    # Per active pixel: key = (pair, combo) with pairs numbered densely among those with a
+    # candidate column and combos numbered within their image, so the bins stay few.
+    bands = list(_active_bands(maps, thresholds, plan))
+    if not bands:
+        return
+    seen = np.zeros(n * c, dtype=bool)
+    for pair, _, _, _ in bands:
+        seen[pair] = True
+    pairs = np.flatnonzero(seen)
+    dense = np.cumsum(seen) - 1
+    m = combos.max_per_image
+    n_bins = len(pairs) * m
+    key_type = np.int32 if n_bins < 2**31 else np.int64
+    keys = []
+    for pair, base, offset, mask in bands:
+        img = pair // c
+        key = combos.inverse[(base + img * p)[None, :] + offset[:, None]].astype(key_type, copy=False)
+        key += (dense[pair] * m - combos.image_start[img]).astype(key_type)
+        keys.append(key.ravel()[np.flatnonzero(mask)])
+    key = np.concatenate(keys)
+    if _dense_bins(n_bins, key.size):
+        per = np.bincount(key, minlength=n_bins)
+        hit = np.flatnonzero(per)
+        cnt = per[hit]
+    else:  # images with very many distinct label sets: sort rather than allocate the bins
+        hit, cnt = np.unique(key, return_counts=True)
+    d, local = np.divmod(hit, m)
+    pair_key = pairs[d]
+    img, u = np.divmod(pair_key, c)
+    k = combos.image_start[img] + local
+    msize = np.bincount(pair_key, weights=cnt.astype(np.float64), minlength=n * c)
+    msize = _as_int(msize).reshape(n, c)
+    out["activation_total"] += msize.sum(axis=0)
+    out["activation_original"] += msize.T @ _bits_to_matrix(combos.image_catbits)
+    inside = np.zeros(n * c, np.uint8)
+    np.bitwise_or.at(inside, pair_key, combos.catbits[k])
+    out["activation_lite"] += np.einsum("nu,nuc->uc", msize, _bits_to_matrix(inside).reshape(n, c, N_CAT))
+    if width:
+        labels = np.append(combos.labels, -1)[combos.table[k]]  # (hits, width), -1 = none
+        valid = labels >= 0
+        at = (u[:, None] * n_labels + labels)[valid]
+        np.add.at(out["intersection"].reshape(-1), at, np.broadcast_to(cnt[:, None], labels.shape)[valid])
+
+
+def merge_counts(counts: Iterable[Mapping[str, np.ndarray]], names: Sequence[str] | None = None
+                 ) -> dict[str, np.ndarray]:
+    """Sum of shard counts (label_category must agree); consumes `counts` one at a time.
+
+    `names` (e.g. file paths) label the parts in error messages.
+    """
+    out = None
+    for i, part in enumerate(counts):
+        name = names[i] if names is not None else f"counts {i}"
+        if out is None:
+            out = {key: np.array(part[key], dtype=np.int64, copy=True) for key in COUNT_KEYS + ("n_images",)}
+            out["label_category"] = np.asarray(part["label_category"], np.int64).copy()
+            continue
+        if not np.array_equal(part["label_category"], out["label_category"]):
+            raise ArtifactError(f"{name}: made with another label table than the first (label categories differ)")
+        for key in COUNT_KEYS + ("n_images",):
+            value = np.asarray(part[key])
+            if value.shape != out[key].shape:
+                raise ArtifactError(f"{name}: {key} has shape {value.shape}, the first has {out[key].shape}")
+            out[key] += value
+    if out is None:
+        raise ArtifactError("no counts to merge")
+    return out
+
+
+def _check_denominator(denominator: str) -> None:
+    if denominator not in DENOMINATORS:
+        raise ConfigError(f"dissection.denominator: must be one of {', '.join(DENOMINATORS)}, got {denominator!r}")
+
+
+def category_activation(counts: Mapping[str, np.ndarray], denominator: str) -> np.ndarray:
+    _check_denominator(denominator)
+    return np.asarray(counts[f"activation_{denominator}"], np.int64)
+
+
+def iou(counts: Mapping[str, np.ndarray], denominator: str = "lite") -> np.ndarray:
+    """IoU (C, n_labels) float64 from counts; 0 where the union is empty or the label has no category."""
+    act = category_activation(counts, denominator)
+    cat = np.asarray(counts["label_category"], np.int64)
+    inter = np.asarray(counts["intersection"], np.int64)
+    area = np.asarray(counts["label_area"], np.int64)
+    act_l = np.where(cat >= 0, act[:, np.maximum(cat, 0)], 0)
+    union = act_l + area[None, :] - inter
+    result = np.zeros(inter.shape, np.float64)
+    ok = (union > 0) & (cat >= 0)[None, :]
+    result[ok] = inter[ok] / union[ok]
+    result[:, 0] = 0.0
+    return result
+
+
+# ---------------------------------------------------------------- files
+
+
+def read_counts(path: str | os.PathLike, expect: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    with store.open_h5(path, "counts", expect=expect) as f:
+        missing = [k for k in COUNT_KEYS + ("label_category",) if k not in f]
+        if missing:
+            raise ArtifactError(f"{path}: missing {', '.join(missing)}")
+        out = {k: f[k][()] for k in COUNT_KEYS + ("label_category",)}
+        out["n_images"] = np.array(store.read_attrs(f).get("n_images", 0), np.int64)
+    return out
+
+
+def write_count_shard(
+    out: str | os.PathLike,
+    *,
+    activations_path: str | os.PathLike,
+    thresholds_path: str | os.PathLike,
+    dataset_root: str | os.PathLike,
+    identity: Mapping[str, Any],
+    expect_activations: Mapping[str, Any],
+    expect_thresholds: Mapping[str, Any],
+    dataset: Any = None,
+) -> None:
+    """Count one activation shard against its rows' segmentations; write kind "counts".
+
+    `dataset` (default: BrodenDataset(dataset_root)) needs load_segmentation(row),
+    label_category, n_labels and seg_size.
+    """
+    if dataset is None:
+        from .broden import BrodenDataset
+
+        dataset = BrodenDataset(dataset_root)
+    with store.open_h5(thresholds_path, "thresholds", expect=expect_thresholds) as f:
+        thresholds = f["thresholds"][()].astype(np.float64)
+        t_attrs = store.read_attrs(f)
+    with store.open_h5(activations_path, "activations", expect=expect_activations) as f:
+        acts = f["activations"]
+        rows = f["rows"][()].astype(np.int64)
+        if acts.shape[1] != thresholds.shape[0]:
+            raise ArtifactError(
+                f"{activations_path}: {acts.shape[1]} units, but {thresholds_path} holds "
+                f"{thresholds.shape[0]} thresholds"
+            )
+        segs = (dataset.load_segmentation(int(r)) for r in rows)
+        counts = count_shard(acts, thresholds, segs, dataset.label_category, dataset.n_labels,
+                             dataset.seg_size, progress=True)
+    attrs = dict(identity, n_images=int(counts["n_images"]), n_labels=int(dataset.n_labels),
+                 seg_size=list(dataset.seg_size), quantile=t_attrs.get("quantile"))
+    arrays = {k: counts[k] for k in COUNT_KEYS + ("label_category",)}
+    store.write_h5(out, "counts", attrs, arrays, chunk_rows=False)
+
+
+def _best_per_category(scores: np.ndarray, cat: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Best label (C, N_CAT) and its IoU per unit and category (label -1 where the best IoU is 0)."""
+    n_units = scores.shape[0]
+    best = np.full((n_units, N_CAT), -1, np.int64)
+    score = np.zeros((n_units, N_CAT), np.float64)
+    for ci in range(N_CAT):
+        labels = np.flatnonzero(cat == ci)
+        labels = labels[labels > 0]
+        if labels.size == 0:
+            continue
+        sub = scores[:, labels]
+        arg = sub.argmax(axis=1)  # ties: the lowest label number
+        top = sub[np.arange(n_units), arg]
+        best[:, ci] = np.where(top > 0, labels[arg], -1)
+        score[:, ci] = top
+    return best, score
+
+
+def _best_overall(best: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(label, category index, IoU) of each unit's best concept; label -1 and category -1 at IoU 0."""
+    ci = score.argmax(axis=1)  # ties: the first category in CATEGORIES order
+    rows = np.arange(score.shape[0])
+    top = score[rows, ci]
+    return np.where(top > 0, best[rows, ci], -1), np.where(top > 0, ci, -1), top
+
+
+def tally_frame(counts: Mapping[str, np.ndarray], scores: np.ndarray, label_names: Sequence[str],
+                denominator: str) -> pd.DataFrame:
+    """NetDissect-Lite's tally.csv table (rows by unit, units 1-based)."""
+    act = category_activation(counts, denominator)
+    cat = np.asarray(counts["label_category"], np.int64)
+    inter = np.asarray(counts["intersection"], np.int64)
+    area = np.asarray(counts["label_area"], np.int64)
+    names = np.asarray(list(label_names) + [""], dtype=object)  # index -1 -> ""
+    best, score = _best_per_category(scores, cat)
+    label, ci, top = _best_overall(best, score)
+    n_units = scores.shape[0]
+    rows = np.arange(n_units)
+    frame = {
+        "unit": rows + 1,
+        "category": np.asarray(list(CATEGORIES) + [""], dtype=object)[ci],
+        "label": names[label],
+        "score": top,
+    }
+    for c, name in enumerate(CATEGORIES):
+        lab = best[:, c]
+        found = lab >= 0
+        safe = np.maximum(lab, 0)
+        frame[f"{name}-label"] = names[lab]
+        frame[f"{name}-truth"] = np.where(found, area[safe], 0)
+        frame[f"{name}-activation"] = act[:, c]
+        frame[f"{name}-intersect"] = np.where(found, inter[rows, safe], 0)
+        frame[f"{name}-iou"] = score[:, c]
+    return pd.DataFrame(frame, columns=tally_columns())
+
+
+def tally_columns() -> list[str]:
+    cols = ["unit", "category", "label", "score"]
+    for name in CATEGORIES:
+        cols += [f"{name}-{x}" for x in ("label", "truth", "activation", "intersect", "iou")]
+    return cols
+
+
+def write_iou(
+    out_iou_h5: str | os.PathLike,
+    out_tally_csv: str | os.PathLike,
+    *,
+    count_paths: Sequence[str | os.PathLike],
+    dataset_root: str | os.PathLike,
+    denominator: str,
+    identity: Mapping[str, Any],
+    dataset: Any = None,
+) -> None:
+    """Sum the shard counts of a layer, compute IoU, write the "iou" HDF5 and tally.csv.
+
+    `dataset` (default: BrodenDataset(dataset_root)) needs label_names.
+    """
+    _check_denominator(denominator)
+    if not count_paths:
+        raise ArtifactError("no count shards given")
+    counts = merge_counts((read_counts(p, identity) for p in count_paths), names=[str(p) for p in count_paths])
+    if dataset is None:
+        from .broden import BrodenDataset
+
+        dataset = BrodenDataset(dataset_root)
+    if len(dataset.label_names) != counts["intersection"].shape[1]:
+        raise ArtifactError(
+            f"counts hold {counts['intersection'].shape[1]} labels, the dataset at {dataset_root} "
+            f"has {len(dataset.label_names)}"
+        )
+    scores = iou(counts, denominator)
+    names = [str(x) for x in dataset.label_names]
+    arrays = {k: counts[k] for k in COUNT_KEYS + ("label_category",)}
+    arrays["iou"] = scores
+    arrays["label_names"] = np.array([x.encode("utf-8") for x in names], dtype=bytes)
+    arrays["categories"] = np.array([x.encode() for x in CATEGORIES], dtype=bytes)
+    attrs = dict(identity, denominator=denominator, n_images=int(counts["n_images"]))
+    store.write_h5(out_iou_h5, "iou", attrs, arrays, chunk_rows=False)
+    store.write_csv(out_tally_csv, tally_frame(counts, scores, names, denominator))
+
+
+def units_table(iou_h5_path: str | os.PathLike, iou_threshold: float) -> pd.DataFrame:
+    """One row per unit: unit (1-based), label, category, iou of its best concept, detector (iou > cut)."""
+    if not 0 < float(iou_threshold) < 1:
+        raise ConfigError(f"dissection.iou_threshold: must lie in (0, 1), got {iou_threshold!r}")
+    with store.open_h5(iou_h5_path, "iou") as f:
+        scores = f["iou"][()]
+        cat = f["label_category"][()]
+        names = [x.decode("utf-8") for x in f["label_names"][()]]
+    best, score = _best_per_category(scores, cat)
+    label, ci, top = _best_overall(best, score)
+    names_arr = np.asarray(names + [""], dtype=object)
+    return pd.DataFrame({
+        "unit": np.arange(scores.shape[0]) + 1,
+        "label": names_arr[label],
+        "category": np.asarray(list(CATEGORIES) + [""], dtype=object)[ci],
+        "iou": top,
+        "detector": top > float(iou_threshold),
+    })
+
+
+def write_units_table(out: str | os.PathLike, iou_path: str | os.PathLike, iou_threshold: float) -> None:
+    store.write_csv(out, units_table(iou_path, iou_threshold))

@@ -1,0 +1,142 @@
+"""Activation extraction on a tiny stand-in network (no dependency on the model registry)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+from advdissect import store
+from advdissect.activations import extract_activations, find_layer, write_activation_shard
+from advdissect.errors import ArtifactError, ModelError
+
+
+class Wrapper(nn.Module):
+    """Like NormalizedModel: images in [0, 1], normalisation inside, the network under `.net`."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x):
+        return self.net((x - 0.5) / 0.25)
+
+
+class Boom(nn.Module):
+    def forward(self, x):
+        raise AssertionError("ran past the dissected layer")
+
+
+def tiny_net(after: nn.Module | None = None) -> Wrapper:
+    torch.manual_seed(0)
+    net = nn.Sequential()
+    net.add_module("conv1", nn.Conv2d(3, 4, 3, padding=1))
+    net.add_module("relu1", nn.ReLU(inplace=True))
+    net.add_module("conv2", nn.Conv2d(4, 5, 3, stride=2, padding=1))
+    net.add_module("relu2", nn.ReLU(inplace=True))
+    net.add_module("rest", after or nn.Flatten())
+    return Wrapper(net).eval()
+
+
+def images(n=7, size=12, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(n, 3, size, size), dtype=np.uint8)
+
+
+def reference(model, imgs, upto):
+    x = (torch.from_numpy(imgs).float() / 255 - 0.5) / 0.25
+    with torch.no_grad():
+        for name, module in model.net.named_children():
+            x = module(x)
+            if name == upto:
+                return x.numpy()
+
+
+def test_values_shape_and_early_stop():
+    model = tiny_net(after=Boom())
+    imgs = images()
+    acts = extract_activations(model, imgs, "conv2", batch_size=3, device="cpu")
+    assert acts.shape == (7, 5, 6, 6) and acts.dtype == np.float32
+    np.testing.assert_allclose(acts, reference(tiny_net(), imgs, "conv2"), rtol=1e-5, atol=1e-6)
+    # the in-place ReLU after conv2 never ran on the captured tensor: negative values remain
+    assert (acts < 0).any()
+
+
+def test_independent_of_batch_size():
+    model = tiny_net()
+    imgs = images(n=9)
+    full = extract_activations(model, imgs, "relu1", batch_size=9, device="cpu")
+    for bs in (1, 2, 4):
+        # oneDNN picks kernels by batch shape: equal up to float32 rounding
+        np.testing.assert_allclose(extract_activations(model, imgs, "relu1", bs, "cpu"), full, rtol=1e-5, atol=1e-6)
+
+
+def test_float16_and_bad_inputs():
+    model = tiny_net()
+    imgs = images(n=3)
+    acts16 = extract_activations(model, imgs, "conv1", 2, "cpu", dtype="float16")
+    assert acts16.dtype == np.float16
+    np.testing.assert_array_equal(acts16, extract_activations(model, imgs, "conv1", 2, "cpu").astype(np.float16))
+    with pytest.raises(ArtifactError, match="uint8"):
+        extract_activations(model, imgs.astype(np.float32), "conv1", 2, "cpu")
+    with pytest.raises(ArtifactError, match="dtype"):
+        extract_activations(model, imgs, "conv1", 2, "cpu", dtype="int8")
+    with pytest.raises(ModelError, match="4-D"):
+        extract_activations(model, imgs, "rest", 2, "cpu")
+
+
+def test_out_of_memory_halves_the_batch():
+    calls = []
+
+    class Picky(nn.Module):
+        def forward(self, x):
+            calls.append(x.shape[0])
+            if x.shape[0] > 2:
+                raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate")
+            return x
+
+    net = nn.Sequential()
+    net.add_module("picky", Picky())
+    net.add_module("conv", nn.Conv2d(3, 2, 1))
+    model = Wrapper(net).eval()
+    imgs = images(n=5)
+    acts = extract_activations(model, imgs, "conv", batch_size=8, device="cpu")
+    assert calls == [5, 2, 2, 1]
+    np.testing.assert_allclose(acts, extract_activations(model, imgs, "conv", 1, "cpu"), rtol=1e-5, atol=1e-6)
+
+
+def test_find_layer_by_module_name():
+    model = tiny_net()
+    assert find_layer(model, "conv2") is model.net.conv2
+    assert find_layer(model, "net.conv1") is model.net.conv1
+
+
+def test_write_activation_shard(tmp_path):
+    ident = {"dataset": "d", "model": "m", "attack": "fgsm", "shard": 3}
+    imgs = images(n=4)
+    store.write_h5(tmp_path / "images.h5", "images", dict(ident, eps=2 / 255),
+                   {"images": imgs, "rows": np.array([10, 11, 12, 13])})
+    model = tiny_net()
+    out = tmp_path / "acts.h5"
+    write_activation_shard(out, images_path=tmp_path / "images.h5", weights_file=None, model_spec={},
+                           layer="conv2", identity=ident, batch_size=3, dtype="float16", device="cpu",
+                           model=model)
+    with store.open_h5(out, "activations", expect=dict(ident, layer="conv2", dtype="float16")) as f:
+        np.testing.assert_array_equal(f["rows"][()], [10, 11, 12, 13])
+        assert f["activations"].dtype == np.float16
+        assert f["activations"].chunks == (1, 5, 6, 6)
+        want = extract_activations(model, imgs, "conv2", 3, "cpu", "float16")
+        np.testing.assert_array_equal(f["activations"][()], want)
+    with pytest.raises(ArtifactError, match="attack"):
+        write_activation_shard(tmp_path / "x.h5", images_path=tmp_path / "images.h5", weights_file=None,
+                               model_spec={}, layer="conv2", identity=dict(ident, attack="clean"), batch_size=3,
+                               device="cpu", model=model)
+    assert not (tmp_path / "x.h5").exists()
+
+
+def test_aliases_resolve_through_the_model_registry():
+    models = pytest.importorskip("advdissect.models")
+    model = models.load_model("resnet18", 10)
+    assert find_layer(model, "last_conv") is model.net.layer4
+    with pytest.raises(ModelError, match="nope"):
+        find_layer(model, "nope")

@@ -1,0 +1,30 @@
+"""Rule activations: one layer's feature maps for one images shard."""
+
+import logging
+import sys
+
+log_file = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
+sys.stdout = sys.stderr = log_file
+logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+
+from advdissect.device import claim_gpu  # noqa: E402
+
+# The GPU is claimed before anything touches CUDA, so the claim decides which device is seen.
+with claim_gpu(snakemake.params.gpus, lock_dir=".snakemake/gpu-locks"):  # noqa: F821
+    import torch
+
+    from advdissect.activations import write_activation_shard
+    from advdissect.device import select_device
+
+    torch.set_num_threads(max(1, int(snakemake.threads)))  # noqa: F821
+    write_activation_shard(
+        snakemake.output.activations,  # noqa: F821
+        images_path=snakemake.input.images,  # noqa: F821
+        weights_file=snakemake.input.get("weights"),  # noqa: F821
+        model_spec=dict(snakemake.params.model_spec),  # noqa: F821
+        layer=snakemake.params.layer,  # noqa: F821
+        identity=dict(snakemake.params.identity),  # noqa: F821
+        batch_size=int(snakemake.params.batch_size),  # noqa: F821
+        dtype=snakemake.params.dtype,  # noqa: F821
+        device=select_device(),
+    )
