@@ -8,11 +8,8 @@ log_file = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
 sys.stdout = sys.stderr = log_file
 logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
-import torch  # noqa: E402
-
 from advdissect.tally import write_iou  # noqa: E402
 
-torch.set_num_threads(max(1, int(snakemake.threads)))  # noqa: F821
 write_iou(
     snakemake.output.iou,  # noqa: F821
     snakemake.output.tally,  # noqa: F821

@@ -7,11 +7,8 @@ log_file = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
 sys.stdout = sys.stderr = log_file
 logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
 
-import torch  # noqa: E402
-
 from advdissect.thresholds import write_thresholds  # noqa: E402
 
-torch.set_num_threads(max(1, int(snakemake.threads)))  # noqa: F821
 write_thresholds(
     snakemake.output.thresholds,  # noqa: F821
     list(snakemake.input.shards),  # noqa: F821
