@@ -11,18 +11,22 @@ rule attack_shard:
         "results/logs/attack_shard/{dataset}/{model}/{attack}/{shard}.log",
     benchmark:
         "results/benchmarks/attack_shard/{dataset}/{model}/{attack}/{shard}.tsv"
+    conda:
+        "../../envs/advdissect.yaml"
+    threads: COMPUTE["threads"]
+    resources:
+        gpu=1,
     params:
         model_spec=lambda wc: model_spec(wc.model),
         attack=lambda wc: ATTACKS[wc.attack],
         rows=lambda wc: shard_rows(wc.dataset),
-        identity=lambda wc: {"dataset": wc.dataset, "model": wc.model, "attack": wc.attack},
+        identity=lambda wc: {
+            "dataset": wc.dataset,
+            "model": wc.model,
+            "attack": wc.attack,
+        },
         batch_size=DISSECTION["batch_size"],
         gpus=GPUS,
-    threads: COMPUTE["threads"]
-    resources:
-        gpu=1,
-    conda:
-        "../../envs/advdissect.yaml"
     script:
         "../scripts/attack_shard.py"
 
@@ -30,16 +34,21 @@ rule attack_shard:
 rule attack_stats:
     input:
         shards=lambda wc: expand(
-            "results/{{dataset}}/{{model}}/{{attack}}/images/{shard}.h5", shard=shards(wc.dataset)
+            "results/{{dataset}}/{{model}}/{{attack}}/images/{shard}.h5",
+            shard=shards(wc.dataset),
         ),
     output:
         stats="results/{dataset}/{model}/{attack}/attack_stats.csv",
     log:
         "results/logs/attack_stats/{dataset}/{model}/{attack}.log",
-    params:
-        identity=lambda wc: {"dataset": wc.dataset, "model": wc.model, "attack": wc.attack},
-        attack=lambda wc: ATTACKS[wc.attack],
     conda:
         "../../envs/advdissect.yaml"
+    params:
+        identity=lambda wc: {
+            "dataset": wc.dataset,
+            "model": wc.model,
+            "attack": wc.attack,
+        },
+        attack=lambda wc: ATTACKS[wc.attack],
     script:
         "../scripts/attack_stats.py"

@@ -7,7 +7,9 @@ from advdissect import config as adconfig
 
 SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
 
-adconfig.check_config_files([*workflow.configfiles, *(workflow.overwrite_configfiles or [])])
+adconfig.check_config_files(
+    [*workflow.configfiles, *(workflow.overwrite_configfiles or [])]
+)
 adconfig.validate(config, adconfig.load_schema(SCHEMA))
 validate(config, SCHEMA)  # fills in the schema's defaults
 adconfig.check_semantics(config)
@@ -22,6 +24,7 @@ FIGURES = config["figures"]
 COMPUTE = config["compute"]
 CLEAN = adconfig.clean_attack(config)
 GPUS = COMPUTE["gpus"]
+STYLE = FIGURES["style"]
 
 
 wildcard_constraints:
@@ -77,7 +80,11 @@ def weights_input(wildcards):
 def model_spec(model):
     spec = MODELS[model]
     weights = spec["weights"]
-    seed = weights.get("seed", config["seed"]) if weights["source"] == "random" else config["seed"]
+    seed = (
+        weights.get("seed", config["seed"])
+        if weights["source"] == "random"
+        else config["seed"]
+    )
     return {
         "arch": spec["arch"],
         "num_classes": spec["num_classes"],
@@ -128,3 +135,103 @@ def units_path(dataset, model, attack, mode, layer):
 
 def trained_models():
     return [m for m in MODELS if MODELS[m]["weights"]["source"] == "train"]
+
+
+def train_inputs(wildcards):
+    weights = MODELS[wildcards.model]["weights"]
+    inputs = {"dataset": dataset_index(weights["dataset"])}
+    if "init" in weights:
+        inputs["init"] = model_weights(weights["init"])
+    return inputs
+
+
+def all_targets():
+    targets = [
+        "results/summary/models.csv",
+        "results/summary/attacks.csv",
+        "results/summary/table2.csv",
+        "results/summary/concept_drift.csv",
+    ]
+    for dataset, model, layer in figure_layers():
+        targets.append(f"results/figures/detectors/{dataset}/{model}/{layer}.png")
+        targets.append(f"results/figures/eps_sweep/{dataset}/{model}/{layer}.png")
+        for attack in model_attacks(model):
+            if attack != CLEAN:
+                targets.append(
+                    f"results/figures/units/{dataset}/{model}/{layer}/{attack}.png"
+                )
+    if training_methods():
+        targets.append("results/summary/training.csv")
+    return targets
+
+
+def figure_layers():
+    for model in MODELS:
+        for dataset in model_datasets(model):
+            for layer in MODELS[model]["layers"]:
+                yield dataset, model, layer
+
+
+def entry(dataset, model, attack, mode, layer):
+    return {
+        "dataset": dataset,
+        "model": model,
+        "attack": attack,
+        "mode": mode,
+        "layer": layer,
+        "method": ATTACKS[attack]["method"],
+    }
+
+
+def entries(dataset=None, model=None, layer=None):
+    return [
+        entry(*e)
+        for e in layer_entries()
+        if (dataset, model, layer) == (None, None, None)
+        or (e[0], e[1], e[4]) == (dataset, model, layer)
+    ]
+
+
+def entry_paths(items):
+    return [
+        units_path(e["dataset"], e["model"], e["attack"], e["mode"], e["layer"])
+        for e in items
+    ]
+
+
+def training_methods():
+    """Models trained here with an explicit method, for the training comparison."""
+    return {
+        name: {
+            "arch": MODELS[name]["arch"],
+            "method": MODELS[name]["weights"]["method"],
+        }
+        for name in trained_models()
+    }
+
+
+def unit_picture_inputs(wildcards):
+    d, m, a, layer = (
+        wildcards.dataset,
+        wildcards.model,
+        wildcards.attack,
+        wildcards.layer,
+    )
+    return {
+        "clean_images": expand(
+            f"results/{d}/{m}/{CLEAN}/images/{{shard}}.h5", shard=shards(d)
+        ),
+        "adv_images": expand(
+            f"results/{d}/{m}/{a}/images/{{shard}}.h5", shard=shards(d)
+        ),
+        "clean_activations": expand(
+            f"results/{d}/{m}/{CLEAN}/activations/{layer}/{{shard}}.h5", shard=shards(d)
+        ),
+        "adv_activations": expand(
+            f"results/{d}/{m}/{a}/activations/{layer}/{{shard}}.h5", shard=shards(d)
+        ),
+        "clean_thresholds": f"results/{d}/{m}/{CLEAN}/thresholds/{layer}.h5",
+        "adv_thresholds": f"results/{d}/{m}/{a}/thresholds/{layer}.h5",
+        "clean_units": units_path(d, m, CLEAN, "self", layer),
+        "adv_units": units_path(d, m, a, "self", layer),
+    }

@@ -8,10 +8,10 @@ rule make_synthetic:
         "results/logs/make_synthetic/{dataset}.log",
     benchmark:
         "results/benchmarks/make_synthetic/{dataset}.tsv"
-    params:
-        synthetic=lambda wc: DATASETS[wc.dataset]["synthetic"],
     conda:
         "../../envs/advdissect.yaml"
+    params:
+        synthetic=lambda wc: DATASETS[wc.dataset]["synthetic"],
     script:
         "../scripts/make_synthetic.py"
 
@@ -21,11 +21,11 @@ rule download_broden:
         index="resources/broden/{variant}/index.csv",
     log:
         "results/logs/download_broden/{variant}.log",
-    params:
-        variant="{variant}",
     wildcard_constraints:
         variant="broden1_224|broden1_227",
     conda:
         "../../envs/advdissect.yaml"
+    params:
+        variant="{variant}",
     script:
         "../scripts/download_broden.py"

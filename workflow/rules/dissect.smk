@@ -11,18 +11,23 @@ rule activations:
         "results/logs/activations/{dataset}/{model}/{attack}/{layer}/{shard}.log",
     benchmark:
         "results/benchmarks/activations/{dataset}/{model}/{attack}/{layer}/{shard}.tsv"
-    params:
-        model_spec=lambda wc: model_spec(wc.model),
-        layer="{layer}",
-        identity=lambda wc: {"dataset": wc.dataset, "model": wc.model, "attack": wc.attack, "shard": int(wc.shard)},
-        batch_size=DISSECTION["batch_size"],
-        dtype=DISSECTION["activation_dtype"],
-        gpus=GPUS,
+    conda:
+        "../../envs/advdissect.yaml"
     threads: COMPUTE["threads"]
     resources:
         gpu=1,
-    conda:
-        "../../envs/advdissect.yaml"
+    params:
+        model_spec=lambda wc: model_spec(wc.model),
+        layer="{layer}",
+        identity=lambda wc: {
+            "dataset": wc.dataset,
+            "model": wc.model,
+            "attack": wc.attack,
+            "shard": int(wc.shard),
+        },
+        batch_size=DISSECTION["batch_size"],
+        dtype=DISSECTION["activation_dtype"],
+        gpus=GPUS,
     script:
         "../scripts/activations.py"
 
@@ -39,11 +44,16 @@ rule thresholds:
         "results/logs/thresholds/{dataset}/{model}/{attack}/{layer}.log",
     benchmark:
         "results/benchmarks/thresholds/{dataset}/{model}/{attack}/{layer}.tsv"
-    params:
-        quantile=DISSECTION["quantile"],
-        identity=lambda wc: {"dataset": wc.dataset, "model": wc.model, "attack": wc.attack, "layer": wc.layer},
     conda:
         "../../envs/advdissect.yaml"
+    params:
+        quantile=DISSECTION["quantile"],
+        identity=lambda wc: {
+            "dataset": wc.dataset,
+            "model": wc.model,
+            "attack": wc.attack,
+            "layer": wc.layer,
+        },
     script:
         "../scripts/thresholds.py"
 
@@ -59,6 +69,8 @@ rule count_shard:
         "results/logs/count_shard/{dataset}/{model}/{attack}/{mode}/{layer}/{shard}.log",
     benchmark:
         "results/benchmarks/count_shard/{dataset}/{model}/{attack}/{mode}/{layer}/{shard}.tsv"
+    conda:
+        "../../envs/advdissect.yaml"
     params:
         identity=lambda wc: {
             "dataset": wc.dataset,
@@ -74,8 +86,6 @@ rule count_shard:
             "attack": threshold_attack(wc.attack, wc.mode),
             "layer": wc.layer,
         },
-    conda:
-        "../../envs/advdissect.yaml"
     script:
         "../scripts/count_shard.py"
 
@@ -92,6 +102,8 @@ rule merge_counts:
         tally="results/{dataset}/{model}/{attack}/{mode}/tally/{layer}.csv",
     log:
         "results/logs/merge_counts/{dataset}/{model}/{attack}/{mode}/{layer}.log",
+    conda:
+        "../../envs/advdissect.yaml"
     params:
         denominator=DISSECTION["denominator"],
         identity=lambda wc: {
@@ -101,8 +113,6 @@ rule merge_counts:
             "mode": wc.mode,
             "layer": wc.layer,
         },
-    conda:
-        "../../envs/advdissect.yaml"
     script:
         "../scripts/merge_counts.py"
 
@@ -114,9 +124,9 @@ rule units_table:
         units="results/{dataset}/{model}/{attack}/{mode}/units/{layer}.csv",
     log:
         "results/logs/units_table/{dataset}/{model}/{attack}/{mode}/{layer}.log",
-    params:
-        iou_threshold=DISSECTION["iou_threshold"],
     conda:
         "../../envs/advdissect.yaml"
+    params:
+        iou_threshold=DISSECTION["iou_threshold"],
     script:
         "../scripts/units_table.py"

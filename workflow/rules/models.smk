@@ -6,24 +6,16 @@ rule download_weights:
         weights="resources/weights/{arch}-{weights}.pt",
     log:
         "results/logs/download_weights/{arch}-{weights}.log",
-    params:
-        arch="{arch}",
-        weights="{weights}",
     wildcard_constraints:
         arch=r"[a-z0-9_]+",
         weights=r"[A-Z0-9_]+",
     conda:
         "../../envs/advdissect.yaml"
+    params:
+        arch="{arch}",
+        weights="{weights}",
     script:
         "../scripts/download_weights.py"
-
-
-def train_inputs(wildcards):
-    weights = MODELS[wildcards.model]["weights"]
-    inputs = {"dataset": dataset_index(weights["dataset"])}
-    if "init" in weights:
-        inputs["init"] = model_weights(weights["init"])
-    return inputs
 
 
 rule train_model:
@@ -37,16 +29,20 @@ rule train_model:
         "results/logs/train_model/{model}.log",
     benchmark:
         "results/benchmarks/train_model/{model}.tsv"
-    params:
-        model_spec=lambda wc: model_spec(wc.model),
-        training=lambda wc: {k: v for k, v in MODELS[wc.model]["weights"].items() if k not in ("source", "dataset", "init")},
-        # The checkpoint lives outside the outputs so a killed training resumes from it.
-        checkpoint=lambda wc: f"results/models/{wc.model}/checkpoint.pt",
-        gpus=GPUS,
+    conda:
+        "../../envs/advdissect.yaml"
     threads: COMPUTE["threads"]
     resources:
         gpu=1,
-    conda:
-        "../../envs/advdissect.yaml"
+    params:
+        model_spec=lambda wc: model_spec(wc.model),
+        training=lambda wc: {
+            k: v
+            for k, v in MODELS[wc.model]["weights"].items()
+            if k not in ("source", "dataset", "init")
+        },
+        # The checkpoint lives outside the outputs so a killed training resumes from it.
+        checkpoint=lambda wc: f"results/models/{wc.model}/checkpoint.pt",
+        gpus=GPUS,
     script:
         "../scripts/train_model.py"

@@ -1,76 +1,22 @@
 # Summaries, figures and the report: everything after the IoU tables.
 
-STYLE = FIGURES["style"]
-
-
-def all_targets():
-    targets = [
-        "results/summary/models.csv",
-        "results/summary/attacks.csv",
-        "results/summary/table2.csv",
-        "results/summary/concept_drift.csv",
-    ]
-    for dataset, model, layer in figure_layers():
-        targets.append(f"results/figures/detectors/{dataset}/{model}/{layer}.png")
-        targets.append(f"results/figures/eps_sweep/{dataset}/{model}/{layer}.png")
-        for attack in model_attacks(model):
-            if attack != CLEAN:
-                targets.append(f"results/figures/units/{dataset}/{model}/{layer}/{attack}.png")
-    if training_methods():
-        targets.append("results/summary/training.csv")
-    return targets
-
-
-def figure_layers():
-    for model in MODELS:
-        for dataset in model_datasets(model):
-            for layer in MODELS[model]["layers"]:
-                yield dataset, model, layer
-
-
-def entry(dataset, model, attack, mode, layer):
-    return {
-        "dataset": dataset,
-        "model": model,
-        "attack": attack,
-        "mode": mode,
-        "layer": layer,
-        "method": ATTACKS[attack]["method"],
-    }
-
-
-def entries(dataset=None, model=None, layer=None):
-    return [
-        entry(*e)
-        for e in layer_entries()
-        if (dataset, model, layer) == (None, None, None) or (e[0], e[1], e[4]) == (dataset, model, layer)
-    ]
-
-
-def entry_paths(items):
-    return [units_path(e["dataset"], e["model"], e["attack"], e["mode"], e["layer"]) for e in items]
-
-
-def training_methods():
-    """Models trained here with an explicit method, for the training comparison."""
-    return {
-        name: {"arch": MODELS[name]["arch"], "method": MODELS[name]["weights"]["method"]}
-        for name in trained_models()
-    }
-
 
 rule summary_models:
     input:
         metrics=[f"results/models/{m}/metrics.json" for m in trained_models()],
     output:
-        table=report("results/summary/models.csv", caption="../report/models.rst", category="Models"),
+        table=report(
+            "results/summary/models.csv",
+            caption="../report/models.rst",
+            category="Models",
+        ),
     log:
         "results/logs/summary_models.log",
+    conda:
+        "../../envs/advdissect.yaml"
     params:
         models=MODELS,
         trained=trained_models(),
-    conda:
-        "../../envs/advdissect.yaml"
     script:
         "../scripts/summary_models.py"
 
@@ -79,7 +25,11 @@ rule summary_attacks:
     input:
         stats=[f"results/{d}/{m}/{a}/attack_stats.csv" for d, m, a in chains()],
     output:
-        table=report("results/summary/attacks.csv", caption="../report/attacks.rst", category="Attacks"),
+        table=report(
+            "results/summary/attacks.csv",
+            caption="../report/attacks.rst",
+            category="Attacks",
+        ),
     log:
         "results/logs/summary_attacks.log",
     conda:
@@ -92,14 +42,18 @@ rule table2:
     input:
         units=entry_paths(entries()),
     output:
-        csv=report("results/summary/table2.csv", caption="../report/table2.rst", category="Table 2"),
+        csv=report(
+            "results/summary/table2.csv",
+            caption="../report/table2.rst",
+            category="Table 2",
+        ),
         md="results/summary/table2.md",
     log:
         "results/logs/table2.log",
-    params:
-        entries=entries(),
     conda:
         "../../envs/advdissect.yaml"
+    params:
+        entries=entries(),
     script:
         "../scripts/table2.py"
 
@@ -110,17 +64,23 @@ rule concept_drift:
     output:
         units="results/summary/concept_drift.csv",
         summary=report(
-            "results/summary/concept_drift_summary.csv", caption="../report/drift.rst", category="Concept drift"
+            "results/summary/concept_drift_summary.csv",
+            caption="../report/drift.rst",
+            category="Concept drift",
         ),
-        png=report("results/figures/concept_drift.png", caption="../report/drift.rst", category="Concept drift"),
+        png=report(
+            "results/figures/concept_drift.png",
+            caption="../report/drift.rst",
+            category="Concept drift",
+        ),
         svg="results/figures/concept_drift.svg",
     log:
         "results/logs/concept_drift.log",
+    conda:
+        "../../envs/advdissect.yaml"
     params:
         entries=entries(),
         style=STYLE,
-    conda:
-        "../../envs/advdissect.yaml"
     script:
         "../scripts/concept_drift.py"
 
@@ -138,12 +98,12 @@ rule detector_figure:
         svg="results/figures/detectors/{dataset}/{model}/{layer}.svg",
     log:
         "results/logs/detector_figure/{dataset}/{model}/{layer}.log",
+    conda:
+        "../../envs/advdissect.yaml"
     params:
         entries=lambda wc: entries(wc.dataset, wc.model, wc.layer),
         top_n=40,
         style=STYLE,
-    conda:
-        "../../envs/advdissect.yaml"
     script:
         "../scripts/detector_figure.py"
 
@@ -162,26 +122,12 @@ rule eps_sweep:
         svg="results/figures/eps_sweep/{dataset}/{model}/{layer}.svg",
     log:
         "results/logs/eps_sweep/{dataset}/{model}/{layer}.log",
-    params:
-        style=STYLE,
     conda:
         "../../envs/advdissect.yaml"
+    params:
+        style=STYLE,
     script:
         "../scripts/eps_sweep.py"
-
-
-def unit_picture_inputs(wildcards):
-    d, m, a, layer = wildcards.dataset, wildcards.model, wildcards.attack, wildcards.layer
-    return {
-        "clean_images": expand(f"results/{d}/{m}/{CLEAN}/images/{{shard}}.h5", shard=shards(d)),
-        "adv_images": expand(f"results/{d}/{m}/{a}/images/{{shard}}.h5", shard=shards(d)),
-        "clean_activations": expand(f"results/{d}/{m}/{CLEAN}/activations/{layer}/{{shard}}.h5", shard=shards(d)),
-        "adv_activations": expand(f"results/{d}/{m}/{a}/activations/{layer}/{{shard}}.h5", shard=shards(d)),
-        "clean_thresholds": f"results/{d}/{m}/{CLEAN}/thresholds/{layer}.h5",
-        "adv_thresholds": f"results/{d}/{m}/{a}/thresholds/{layer}.h5",
-        "clean_units": units_path(d, m, CLEAN, "self", layer),
-        "adv_units": units_path(d, m, a, "self", layer),
-    }
 
 
 rule unit_pictures:
@@ -196,6 +142,8 @@ rule unit_pictures:
         ),
     log:
         "results/logs/unit_pictures/{dataset}/{model}/{layer}/{attack}.log",
+    conda:
+        "../../envs/advdissect.yaml"
     params:
         clean_attack=CLEAN,
         threshold_mode="self",
@@ -203,8 +151,6 @@ rule unit_pictures:
         k=FIGURES["top_units"],
         n_images=FIGURES["top_images"],
         style=STYLE,
-    conda:
-        "../../envs/advdissect.yaml"
     script:
         "../scripts/unit_pictures.py"
 
@@ -216,19 +162,29 @@ rule training_summary:
         table2="results/summary/table2.csv",
         histories=[f"results/models/{m}/history.csv" for m in training_methods()],
     output:
-        table=report("results/summary/training.csv", caption="../report/training.rst", category="Training"),
-        png=report("results/figures/training.png", caption="../report/training.rst", category="Training"),
+        table=report(
+            "results/summary/training.csv",
+            caption="../report/training.rst",
+            category="Training",
+        ),
+        png=report(
+            "results/figures/training.png",
+            caption="../report/training.rst",
+            category="Training",
+        ),
         svg="results/figures/training.svg",
         curves_png=report(
-            "results/figures/learning_curves.png", caption="../report/learning_curves.rst", category="Training"
+            "results/figures/learning_curves.png",
+            caption="../report/learning_curves.rst",
+            category="Training",
         ),
         curves_svg="results/figures/learning_curves.svg",
     log:
         "results/logs/training_summary.log",
+    conda:
+        "../../envs/advdissect.yaml"
     params:
         training_models=training_methods(),
         style=STYLE,
-    conda:
-        "../../envs/advdissect.yaml"
     script:
         "../scripts/training_summary.py"
