@@ -122,6 +122,21 @@ def validate(config: dict, schema: dict) -> None:
         raise ConfigError(_describe(error))
 
 
+def sort_keys(value: Any) -> Any:
+    """Sort every mapping's keys in place, recursively.
+
+    Snakemake compares a job's params with the last run's as written, key order included; a
+    config saved by another tool (or with keys moved) would otherwise re-run every job.
+    """
+    if isinstance(value, dict):
+        items = sorted(value.items())
+        value.clear()
+        value.update((key, sort_keys(item)) for key, item in items)
+    elif isinstance(value, list):
+        value[:] = [sort_keys(item) for item in value]
+    return value
+
+
 def clean_attack(config: Mapping) -> str:
     """The name of the one attack whose method is `clean`."""
     names = [name for name, spec in config["attacks"].items() if spec["method"] == "clean"]

@@ -169,6 +169,14 @@ def test_shard_plan():
     cfg = checked(copy.deepcopy(DEFAULT))
     spec = cfg["datasets"]["synthetic"]
     assert adconfig.dataset_size("synthetic", spec) == 400
-    assert adconfig.n_shards("synthetic", spec) == 2
+    assert adconfig.n_shards("synthetic", spec) == 1
     spec["shard_size"] = 150
     assert adconfig.n_shards("synthetic", spec) == 3
+
+
+def test_sort_keys_is_recursive_and_in_place():
+    cfg = {"b": {"y": 1, "x": [{"d": 1, "c": 2}]}, "a": 0}
+    inner = cfg["b"]
+    adconfig.sort_keys(cfg)
+    assert list(cfg) == ["a", "b"] and cfg["b"] is inner
+    assert list(inner) == ["x", "y"] and list(inner["x"][0]) == ["c", "d"]

@@ -15,6 +15,7 @@ validate(config, SCHEMA)  # fills in the schema's defaults
 adconfig.check_semantics(config)
 adconfig.check_attacks(config)
 adconfig.check_layers(config)
+adconfig.sort_keys(config)
 
 DATASETS = config["datasets"]
 MODELS = config["models"]
