@@ -296,10 +296,28 @@ def clean(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
-def shard_generator(seed: int, shard: int) -> torch.Generator:
-    """A CPU generator seeded from (seed, shard): each shard's randomness is its own."""
-    state = np.random.SeedSequence([int(seed), int(shard)]).generate_state(2, dtype=np.uint32)
+def image_generator(seed: int, row: int) -> torch.Generator:
+    """A CPU generator seeded from (seed, dataset row): each image's randomness is its own,
+    so an attacked image does not depend on which shard or batch it falls in."""
+    state = np.random.SeedSequence([int(seed), int(row)]).generate_state(2, dtype=np.uint32)
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+
+
+def _per_image_draws(spec: "AttackSpec", shape: tuple[int, ...], rows: np.ndarray, k: int):
+    """Noise signs or PGD grid offsets (one tensor shaped like the images) and random-target
+    uniforms (one per image), each image drawn from `image_generator(spec.seed, row)`."""
+    per_pixel = spec.method in ("noise", "pgd")
+    pixel_random = torch.empty(shape, dtype=torch.int16) if per_pixel else None
+    target_u = torch.empty(len(rows), dtype=torch.float64)
+    for i, row in enumerate(rows):
+        generator = image_generator(spec.seed, int(row))
+        if spec.method == "noise":
+            pixel_random[i] = random_signs(shape[1:], generator)
+        elif spec.method == "pgd":
+            # Uniform over the grid points of the ε-ball, so every iterate stays on the grid.
+            pixel_random[i] = torch.randint(-k, k + 1, shape[1:], generator=generator, dtype=torch.int16)
+        target_u[i] = torch.rand(1, generator=generator, dtype=torch.float64)[0]
+    return pixel_random, (target_u if spec.targeted and spec.target == "random" else None)
 
 
 # --------------------------------------------------------------------------- run on uint8
@@ -422,7 +440,7 @@ def _attack_batch(model, spec, u, labels, pixel_random, target_u, device, dtype)
 
 def run_attack(model: torch.nn.Module, images_uint8: np.ndarray, labels: np.ndarray,
                spec: AttackSpec, batch_size: int, device: str | torch.device | None = None,
-               generator: torch.Generator | None = None) -> dict[str, np.ndarray]:
+               rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
     """Attack uint8 images (N, C, H, W) and return the arrays of an images shard.
 
     Returns images (uint8, lossless), clean_pred, clean_conf, adv_pred, adv_conf (softmax
@@ -430,9 +448,9 @@ def run_attack(model: torch.nn.Module, images_uint8: np.ndarray, labels: np.ndar
     images), target (class attacked towards, -1 when untargeted), linf and l2 (per image,
     pixel units). labels are class indices (-1 = none), used by `labels: true`.
 
-    All randomness (PGD start, noise signs, random targets) is drawn for the whole call up
-    front from `generator` (default: `shard_generator(spec.seed, 0)`), so results do not
-    depend on batch_size. A batch that runs out of GPU memory is retried at half the size.
+    All randomness (PGD start, noise signs, random targets) of image i is drawn up front from
+    `image_generator(spec.seed, rows[i])` (rows: the images' dataset rows, default 0..N−1), so
+    results depend neither on batch_size nor on how a dataset is cut into shards. A batch that runs out of GPU memory is retried at half the size.
     The model is moved to `device` (default: where its parameters are) and run in eval mode.
     """
     images = np.asarray(images_uint8)
@@ -460,16 +478,10 @@ def run_attack(model: torch.nn.Module, images_uint8: np.ndarray, labels: np.ndar
             "'labels: prediction' (Eq. 10)"
         )
 
-    generator = generator if generator is not None else shard_generator(spec.seed, 0)
-    pixel_random = None
-    if spec.method == "noise":
-        pixel_random = random_signs(images.shape, generator)
-    elif spec.method == "pgd":
-        # Uniform over the grid points of the ε-ball, so every iterate stays on the grid.
-        pixel_random = torch.randint(-k, k + 1, images.shape, generator=generator, dtype=torch.int16)
-    target_u = None
-    if spec.targeted and spec.target == "random":
-        target_u = torch.rand(n, generator=generator, dtype=torch.float64)
+    rows = np.arange(n) if rows is None else np.asarray(rows).reshape(-1)
+    if rows.shape[0] != n:
+        raise AttackError(f"attack '{spec.name}': {rows.shape[0]} rows for {n} images")
+    pixel_random, target_u = _per_image_draws(spec, images.shape, rows, k)
 
     if device is None:
         device = next((p.device for p in model.parameters()), torch.device("cpu"))
@@ -578,8 +590,7 @@ def write_attack_shard(out_path: str | PathLike, *, dataset_root: str | PathLike
         from .device import select_device
 
         device = select_device()
-    result = run_attack(model, images, labels, spec, batch_size, device,
-                        generator=shard_generator(spec.seed, shard))
+    result = run_attack(model, images, labels, spec, batch_size, device, rows=rows)
     arrays = {"rows": rows, "labels": labels, **result}
     attrs = dict(identity) | {"shard": int(shard), "attack_params": dict(attack_spec)}
     write_h5(out_path, "images", attrs, arrays)

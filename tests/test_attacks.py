@@ -32,7 +32,7 @@ from advdissect.attacks import (
     pgd,
     random_signs,
     run_attack,
-    shard_generator,
+    image_generator,
     write_attack_shard,
 )
 from advdissect.errors import ArtifactError, AttackError, ConfigError
@@ -360,9 +360,10 @@ def test_run_attack_pgd_start_on_grid(model):
     images = make_images(4, seed=12)
     k = 4
     out = run_attack(model, images, np.full(4, -1),
-                     spec({"method": "pgd", "eps": "4/255", "step": "1/255", "steps": 3}), 3, "cpu",
-                     generator=shard_generator(5, 2))
-    offsets = torch.randint(-k, k + 1, images.shape, generator=shard_generator(5, 2), dtype=torch.int16)
+                     spec({"method": "pgd", "eps": "4/255", "step": "1/255", "steps": 3, "seed": 5}), 3,
+                     "cpu", rows=np.arange(20, 24))
+    offsets = torch.stack([torch.randint(-k, k + 1, images.shape[1:], generator=image_generator(5, row),
+                                         dtype=torch.int16) for row in range(20, 24)])
     u = torch.from_numpy(images).to(torch.int16)
     start = (u + offsets).clamp(0, 255).double() / 255
     x = as_float(images)
@@ -373,8 +374,9 @@ def test_run_attack_pgd_start_on_grid(model):
 def test_run_attack_noise_exact_on_grid(model):
     images = make_images(4, seed=13)
     out = run_attack(model, images, np.full(4, -1), spec({"method": "noise", "eps": "2/255"}), 3, "cpu",
-                     generator=shard_generator(0, 1))
-    signs = random_signs(images.shape, shard_generator(0, 1)).numpy().astype(int)
+                     rows=np.array([7, 3, 9, 1]))
+    signs = np.stack([random_signs(images.shape[1:], image_generator(0, row)).numpy()
+                      for row in (7, 3, 9, 1)]).astype(int)
     expected = np.clip(images.astype(int) + 2 * signs, 0, 255)
     np.testing.assert_array_equal(out["images"], expected)
 
@@ -441,8 +443,7 @@ BATCH_SPECS = [
 @pytest.mark.parametrize("config", BATCH_SPECS, ids=lambda c: c["method"] + ("_t" if "target" in c else ""))
 def test_results_do_not_depend_on_batch_size(model, config):
     images = make_images(10, seed=16)
-    results = [run_attack(model, images, np.full(10, -1), spec(config), bs, "cpu",
-                          generator=shard_generator(3, 0)) for bs in (1, 3, 8)]
+    results = [run_attack(model, images, np.full(10, -1), spec(config), bs, "cpu") for bs in (1, 3, 8)]
     for other in results[1:]:
         assert other.keys() == results[0].keys()
         for key in results[0]:
@@ -681,10 +682,10 @@ def test_scripts_on_synthetic_broden(tiny_broden, tmp_path, monkeypatch):
         np.testing.assert_array_equal(f["labels"][()], [dataset.class_index(int(r)) for r in expected_rows[4:]])
         stored = f["images"][()]
         assert stored.shape == (2, 3) + dataset.image_size
-    # Same as attacking those rows directly with the same shard generator.
+    # Same as attacking those rows directly: an image's randomness comes from its row.
     clean_images = np.stack([dataset.load_image(int(r)).transpose(2, 0, 1) for r in expected_rows[4:]])
     direct = run_attack(load_model(**model_spec), clean_images, np.full(2, -1),
-                        AttackSpec.from_config("pgd2", attack), 2, "cpu", generator=shard_generator(1, 1))
+                        AttackSpec.from_config("pgd2", attack), 2, "cpu", rows=expected_rows[4:])
     np.testing.assert_array_equal(stored, direct["images"])
 
     stats_path = tmp_path / "stats.csv"
@@ -694,3 +695,23 @@ def test_scripts_on_synthetic_broden(tiny_broden, tmp_path, monkeypatch):
     assert list(stats[["dataset", "model", "attack", "method", "n_images"]].iloc[0]) == ["tiny", "r18", "pgd2", "pgd", 6]
     assert stats["linf_max"].iloc[0] <= 2 / 255 + 1e-7
     assert 0 <= stats["clean_accuracy"].iloc[0] <= 1  # the synthetic scenes are class labels
+
+
+@pytest.mark.parametrize("config", BATCH_SPECS, ids=lambda c: c["method"] + ("_t" if "target" in c else ""))
+def test_results_do_not_depend_on_the_shard_split(model, config):
+    # An image's randomness is keyed by its dataset row, so one call over ten rows equals two
+    # calls over the halves (as two shards would make them).
+    images, rows = make_images(10, seed=17), np.arange(30, 40)
+    whole = run_attack(model, images, np.full(10, -1), spec(config), 4, "cpu", rows=rows)
+    halves = [run_attack(model, images[s], np.full(5, -1), spec(config), 4, "cpu", rows=rows[s])
+              for s in (slice(0, 5), slice(5, 10))]
+    for key in whole:
+        np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), whole[key], err_msg=key)
+
+
+def test_noise_differs_between_rows_and_seeds(model):
+    images = np.repeat(make_images(1, seed=18), 2, axis=0)
+    a = run_attack(model, images, np.full(2, -1), spec({"method": "noise", "eps": "2/255"}), 2, "cpu")
+    b = run_attack(model, images, np.full(2, -1), spec({"method": "noise", "eps": "2/255", "seed": 1}), 2, "cpu")
+    assert (a["images"][0] != a["images"][1]).any()  # same image, different rows
+    assert (a["images"] != b["images"]).any()  # same rows, different seeds

@@ -1,11 +1,8 @@
 """Rule attack_stats: one-row CSV summarising an attack over its image shards."""
 
-import logging
-import sys
+from advdissect.joblog import log_to
 
-log_file = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
-sys.stdout = sys.stderr = log_file
-logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
 
 from advdissect.attacks import write_attack_statistics  # noqa: E402
 

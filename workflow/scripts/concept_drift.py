@@ -1,15 +1,13 @@
 """Rule concept_drift: per-unit concept changes under each attack, their counts and a figure."""
 
-import logging
-
 import matplotlib
+
+from advdissect.joblog import log_to
 
 matplotlib.use("Agg")
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-logging.basicConfig(filename=sm.log[0], level=logging.INFO, force=True,
-                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-logging.captureWarnings(True)
+log_to(sm.log[0])
 
 from advdissect import figures, tables  # noqa: E402
 

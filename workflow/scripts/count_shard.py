@@ -1,12 +1,10 @@
 """Rule count_shard: IoU counts of one activation shard against its segmentations."""
 
-import logging
-import sys
 from pathlib import Path
 
-log_file = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
-sys.stdout = sys.stderr = log_file
-logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+from advdissect.joblog import log_to
+
+log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
 
 from advdissect.tally import write_count_shard  # noqa: E402
 

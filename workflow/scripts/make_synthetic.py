@@ -1,14 +1,11 @@
 """Rule make_synthetic: write the synthetic Broden-format dataset whose index.csv is the output."""
 
-import logging
-import sys
 from pathlib import Path
 
+from advdissect.joblog import log_to
 from advdissect.synthetic import generate
 
-log_file = open(snakemake.log[0], "w")  # noqa: F821
-sys.stderr = log_file
-logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
 
 params = dict(snakemake.params.synthetic)  # noqa: F821
 generate(

@@ -1,11 +1,9 @@
 """Rule summary_attacks: results/summary/attacks.csv, every attack_stats.csv in one table."""
 
-import logging
+from advdissect.joblog import log_to
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
-logging.basicConfig(filename=sm.log[0], level=logging.INFO, force=True,
-                    format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-logging.captureWarnings(True)
+log_to(sm.log[0])
 
 from advdissect import tables  # noqa: E402
 

@@ -1,11 +1,8 @@
 """Rule thresholds: exact per-unit activation thresholds of a layer from all its shards."""
 
-import logging
-import sys
+from advdissect.joblog import log_to
 
-log_file = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
-sys.stdout = sys.stderr = log_file
-logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
 
 from advdissect.thresholds import write_thresholds  # noqa: E402
 

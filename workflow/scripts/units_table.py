@@ -1,11 +1,8 @@
 """Rule units_table: one row per unit (best concept, IoU, detector at the configured cut)."""
 
-import logging
-import sys
+from advdissect.joblog import log_to
 
-log_file = open(snakemake.log[0], "w")  # noqa: F821 (snakemake is injected)
-sys.stdout = sys.stderr = log_file
-logging.basicConfig(stream=log_file, level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
 
 from advdissect.tally import write_units_table  # noqa: E402
 

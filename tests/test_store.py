@@ -1,0 +1,65 @@
+"""Atomic writes: a file appears under its name only when complete, whatever kills the writer."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import h5py
+import numpy as np
+import pytest
+
+from advdissect.errors import ArtifactError
+from advdissect.store import atomic_path, open_h5, write_h5
+
+
+def test_an_error_leaves_the_old_file_and_no_temporary(tmp_path):
+    target = tmp_path / "a.txt"
+    target.write_text("old")
+    with pytest.raises(RuntimeError):
+        with atomic_path(target) as tmp:
+            tmp.write_text("half")
+            raise RuntimeError("boom")
+    assert target.read_text() == "old"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
+
+
+def test_a_leftover_temporary_is_removed_by_the_next_write(tmp_path):
+    target = tmp_path / "shard[0].h5"  # glob characters in the name are taken literally
+    leftover = tmp_path / ".shard[0].h5.abc123.tmp"
+    other = tmp_path / ".shard1.h5.abc123.tmp"  # another target's: not ours to remove
+    leftover.write_text("killed mid-write")
+    other.write_text("in progress")
+    write_h5(target, "demo", {}, {"x": np.arange(3)})
+    assert not leftover.exists() and other.exists()
+    with open_h5(target, "demo") as f:
+        np.testing.assert_array_equal(f["x"][()], np.arange(3))
+
+
+WRITER = """
+import sys, numpy as np
+from advdissect.store import write_h5
+# big enough that writing takes a while; the parent kills us once the temporary exists
+write_h5(sys.argv[1], "demo", {"model": "m"}, {"x": np.ones((400, 3, 224, 224), np.float32)})
+"""
+
+
+def test_sigkill_while_writing_leaves_no_file_under_the_target_name(tmp_path):
+    target = tmp_path / "shard.h5"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)])
+    deadline = time.monotonic() + 120
+    while not list(tmp_path.glob(".shard.h5.*.tmp")):
+        assert proc.poll() is None, "the writer finished before it could be killed"
+        assert time.monotonic() < deadline, "no temporary file appeared"
+        time.sleep(0.002)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not target.exists()
+    with pytest.raises(ArtifactError, match="cannot be read as HDF5"):
+        open_h5(target, "demo")
+    # the re-run writes the complete file and clears the killed run's temporary
+    subprocess.run([sys.executable, "-c", WRITER, str(target)], check=True)
+    assert [p.name for p in tmp_path.iterdir()] == ["shard.h5"]
+    with h5py.File(target) as f:
+        assert f["x"].shape == (400, 3, 224, 224) and f["x"][-1, -1, -1, -1] == 1
