@@ -263,8 +263,10 @@ def save_weights(path: str | Path, state_dict: Mapping[str, torch.Tensor], meta:
             value = value.clone(memory_format=torch.contiguous_format)
         tensors[key] = value
     payload = {"state_dict": tensors, "meta": _plain(dict(meta or {}), path, "meta")}
-    with atomic_path(path) as tmp:
-        torch.save(payload, tmp)
+    # Saved through a file object: torch names the archive's root folder after a file name,
+    # which would put the random temporary name into the bytes.
+    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
+        torch.save(payload, handle)
 
 
 def _plain(value: Any, path: str | Path, where: str) -> Any:

@@ -164,6 +164,11 @@ def test_weights_round_trip(tmp_path, images):
     assert read_weights_meta(path) == {"arch": "resnet18", "epochs": 3, "lr": 0.1, "tags": ["a", "b"], "note": None}
     raw = torch.load(path, map_location="cpu", weights_only=True)
     assert set(raw) == {"state_dict", "meta"}
+    # the same weights give the same bytes, whatever temporary name the write went through
+    again = tmp_path / "again.pt"
+    save_weights(again, trained.net.state_dict(), {"arch": "resnet18", "epochs": np.int64(3), "lr": 0.1,
+                                                   "tags": ("a", "b"), "note": None})
+    assert again.read_bytes() == path.read_bytes()
 
 
 def test_checkpoint_layouts_are_accepted(tmp_path, resnet18):

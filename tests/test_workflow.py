@@ -201,7 +201,7 @@ def test_lint_is_clean():
 
 
 # Files that legitimately differ between two runs: wall-clock seconds and the run's directory.
-VOLATILE = {"models.csv", "metrics.json"}
+VOLATILE = {"models.csv", "metrics.json", "history.csv"}
 
 
 def result_files(workdir: Path) -> dict[str, bytes]:
