@@ -204,10 +204,11 @@ def test_lint_is_clean():
 VOLATILE = {"models.csv", "metrics.json", "history.csv"}
 
 
-def result_files(workdir: Path) -> dict[str, bytes]:
-    """Every result file but logs, benchmarks and VOLATILE ones: relative path -> bytes."""
+def result_files(workdir: Path, under: str = "") -> dict[str, bytes]:
+    """Every result file (under results/`under`) but logs, benchmarks and VOLATILE ones:
+    relative path -> bytes."""
     files = {}
-    for path in sorted((workdir / "results").rglob("*")):
+    for path in sorted((workdir / "results" / under).rglob("*")):
         rel = path.relative_to(workdir / "results")
         if path.is_file() and rel.parts[0] not in ("logs", "benchmarks") and path.name not in VOLATILE:
             files[str(rel)] = path.read_bytes()
@@ -242,9 +243,12 @@ def kill_while_a_shard_is_written(workdir: Path, watch: list[Path], timeout: flo
 
 
 def test_a_killed_run_resumes_to_the_same_bytes(study, tmp_path):
-    """Determinism and atomicity: a second run of the same config, killed while writing a shard
-    and resumed, produces every image, activation, count and table byte for byte as the first."""
-    write_config(tmp_path / "config.yaml", shard_size=8)
+    """Determinism and atomicity: a second run of the same config (its untrained model only),
+    killed while writing a shard and resumed, produces every image, activation, threshold,
+    count and table of that model byte for byte as the first."""
+    config = write_config(tmp_path / "config.yaml", shard_size=8)
+    config["models"] = {"rand18": config["models"]["rand18"]}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     runs = tmp_path / "results" / "tiny" / "rand18"
     watch = [runs / attack / kind for attack in ("clean", "fgsm_2", "noise_2") for kind in ("images",)]
     watch += [runs / attack / "activations" / layer for attack in ("clean", "fgsm_2", "noise_2")
@@ -257,9 +261,9 @@ def test_a_killed_run_resumes_to_the_same_bytes(study, tmp_path):
     snakemake(tmp_path, "--unlock")
     snakemake(tmp_path, "--rerun-incomplete")
     assert not list((tmp_path / "results").rglob(f".{target.name}.*.tmp")), "leftover not cleared"
-    ours, theirs = result_files(study), result_files(tmp_path)
+    ours, theirs = result_files(study, "tiny/rand18"), result_files(tmp_path, "tiny/rand18")
     assert sorted(theirs) == sorted(ours)
     differ = [name for name in ours if ours[name] != theirs[name]]
     assert not differ, f"files differ between two runs of one config: {differ[:10]}"
-    for kind in ("images", "activations", "counts", "tally"):
+    for kind in ("images", "activations", "thresholds", "counts", "tally"):
         assert any(f"/{kind}/" in name for name in ours), kind
