@@ -592,6 +592,8 @@ def test_write_attack_shard_and_statistics(tmp_path, fake_inputs, model):
     assert row["linf_max"] == pytest.approx(max(data["linf"]))
     assert row["linf_max"] <= 2 / 255 + 1e-7
     assert row["l2_mean"] == pytest.approx(sum(data["l2"]) / n, rel=1e-6)
+    assert row["linf_mean"] == pytest.approx(sum(data["linf"]) / n, rel=1e-6)
+    assert row["l2_max"] == pytest.approx(max(data["l2"]), rel=1e-6)
     assert row["clean_accuracy"] == pytest.approx(clean_acc)
     assert row["adversarial_accuracy"] == pytest.approx(adv_acc)
     assert row["n_labelled"] == len(labelled)
