@@ -25,6 +25,15 @@ def test_an_error_leaves_the_old_file_and_no_temporary(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["a.txt"]
 
 
+def test_files_get_the_umask_permissions_not_private_ones(tmp_path):
+    old = os.umask(0o022)
+    try:
+        write_h5(tmp_path / "a.h5", "demo", {}, {"x": np.arange(3)})
+    finally:
+        os.umask(old)
+    assert (tmp_path / "a.h5").stat().st_mode & 0o777 == 0o644
+
+
 def test_a_leftover_temporary_is_removed_by_the_next_write(tmp_path):
     target = tmp_path / "shard[0].h5"  # glob characters in the name are taken literally
     leftover = tmp_path / ".shard[0].h5.abc123.tmp"
