@@ -164,6 +164,30 @@ def test_changing_the_iou_cut_reruns_only_summaries(study, tmp_path):
     assert jobs["units_table"] > 0 and jobs["table2"] == 1
 
 
+def test_changing_the_figure_style_reruns_only_figures(study, tmp_path):
+    config = yaml.safe_load((study / "config.yaml").read_text())
+    config["figures"]["style"]["dpi"] = 61
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    jobs = planned_jobs(snakemake(study, "--dry-run", config=changed))
+    figures = {"detector_figure", "eps_sweep", "unit_pictures", "concept_drift", "training_summary"}
+    assert set(jobs) - {"all"} <= figures and jobs["detector_figure"] == 4
+
+
+def test_adding_a_model_adds_only_its_chain(study, tmp_path):
+    config = yaml.safe_load((study / "config.yaml").read_text())
+    config["models"]["rand18b"] = dict(config["models"]["rand18"], weights={"source": "random", "seed": 4})
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    output = snakemake(study, "--dry-run", config=changed)
+    jobs = planned_jobs(output)
+    assert "train_model" not in jobs and "make_synthetic" not in jobs
+    assert jobs["attack_shard"] == 3 * 3  # its three attacks, 3 shards each
+    # The epsilon sweep of every layer reads table2.csv, which gains rows; nothing else is re-made.
+    others = {(rule, w["model"]) for rule, w in job_wildcards(output) if w.get("model", "rand18b") != "rand18b"}
+    assert {rule for rule, _ in others} <= {"eps_sweep"}, others
+
+
 def test_results_do_not_depend_on_the_shard_count(study, tmp_path):
     write_config(tmp_path / "config.yaml", shard_size=24)
     snakemake(tmp_path, "--until", "table2")
