@@ -24,6 +24,7 @@ _spec.loader.exec_module(_examples)
 CLEAN_UNITS, FGSM_CLEAN_UNITS, FGSM_SELF_UNITS = (_examples.CLEAN_UNITS, _examples.FGSM_CLEAN_UNITS,
                                                   _examples.FGSM_SELF_UNITS)
 training_inputs, write_units = _examples.training_inputs, _examples.write_units
+entries = _examples.entries  # the same three hand-built units tables, as a fixture
 STYLE = {"dpi": 60}
 
 
@@ -38,18 +39,6 @@ def assert_images(*paths):
             assert b"<svg" in p.read_bytes()[:2000]
     # Atomic writes leave no temporary files behind.
     assert not list(Path(paths[0]).parent.glob(".*.tmp"))
-
-
-@pytest.fixture
-def entries(tmp_path):
-    return [
-        {"dataset": "syn", "model": "r18", "layer": "layer3", "attack": "clean", "mode": "self",
-         "method": "clean", "path": write_units(tmp_path / "clean.csv", CLEAN_UNITS)},
-        {"dataset": "syn", "model": "r18", "layer": "layer3", "attack": "fgsm_2", "mode": "self",
-         "method": "fgsm", "path": write_units(tmp_path / "fgsm_self.csv", FGSM_SELF_UNITS)},
-        {"dataset": "syn", "model": "r18", "layer": "layer3", "attack": "fgsm_2", "mode": "clean",
-         "method": "fgsm", "path": write_units(tmp_path / "fgsm_clean.csv", FGSM_CLEAN_UNITS)},
-    ]
 
 
 # --------------------------------------------------------------------------- colours
