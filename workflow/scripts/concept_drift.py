@@ -1,10 +1,6 @@
 """Rule concept_drift: per-unit concept changes under each attack, their counts and a figure."""
 
-import matplotlib
-
 from advdissect.joblog import log_to
-
-matplotlib.use("Agg")
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])

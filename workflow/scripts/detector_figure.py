@@ -1,10 +1,6 @@
 """Rule detector_figure: detector units per concept for one dataset/model/layer (Fig. 5-7)."""
 
-import matplotlib
-
 from advdissect.joblog import log_to
-
-matplotlib.use("Agg")
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])

@@ -1,10 +1,6 @@
 """Rule eps_sweep: detector ratio and prediction agreement against ε for one dataset/model/layer."""
 
-import matplotlib
-
 from advdissect.joblog import log_to
-
-matplotlib.use("Agg")
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])

@@ -1,10 +1,6 @@
 """Rule training_summary: training.csv, the training-method figure and the learning curves."""
 
-import matplotlib
-
 from advdissect.joblog import log_to
-
-matplotlib.use("Agg")
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])

@@ -1,10 +1,6 @@
 """Rule unit_pictures: top-activating images with unit masks, clean vs one attack (Fig. 8)."""
 
-import matplotlib
-
 from advdissect.joblog import log_to
-
-matplotlib.use("Agg")
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])
