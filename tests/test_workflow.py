@@ -22,15 +22,18 @@ SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 pytestmark = pytest.mark.workflow
 
 
-def snakemake(workdir: Path, *args: str, config: Path | None = None, check: bool = True) -> str:
-    cmd = [
+def snakemake_command(workdir: Path, config: Path | None = None) -> list[str]:
+    return [
         *SNAKEMAKE,
         "--snakefile", str(ROOT / "Snakefile"),
         "--directory", str(workdir),
         "--configfile", str(config or workdir / "config.yaml"),
         "--cores", "2",
-        *args,
     ]
+
+
+def snakemake(workdir: Path, *args: str, config: Path | None = None, check: bool = True) -> str:
+    cmd = [*snakemake_command(workdir, config), *args]
     proc = subprocess.run(cmd, capture_output=True, text=True, cwd=workdir)
     output = proc.stdout + proc.stderr
     if check and proc.returncode != 0:
@@ -242,9 +245,7 @@ def result_files(workdir: Path, under: str = "") -> dict[str, bytes]:
 def kill_while_a_shard_is_written(workdir: Path, watch: list[Path], timeout: float = 900) -> Path:
     """Run the study and SIGKILL Snakemake and its jobs as soon as a shard's temporary file
     exists in one of the `watch` folders (a node dying mid-write); the shard's target path."""
-    cmd = [*SNAKEMAKE, "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir),
-           "--configfile", str(workdir / "config.yaml"), "--cores", "2"]
-    proc = subprocess.Popen(cmd, cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    proc = subprocess.Popen(snakemake_command(workdir), cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
     deadline = time.monotonic() + timeout
     try:
