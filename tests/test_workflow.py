@@ -4,6 +4,7 @@ the report, and the linter."""
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -255,15 +256,21 @@ def kill_while_a_shard_is_written(workdir: Path, watch: list[Path], timeout: flo
                     names = os.listdir(folder)
                 except FileNotFoundError:
                     continue
-                partial = [n for n in names if n.startswith(".") and n.endswith(".tmp")]
+                if not any(n.startswith(".") and n.endswith(".tmp") for n in names):
+                    continue
+                # Freeze every process first, then look again: a writer that finished its
+                # rename between the two looks is resumed and the watch goes on.
+                os.killpg(proc.pid, signal.SIGSTOP)
+                partial = [n for n in os.listdir(folder) if n.startswith(".") and n.endswith(".tmp")]
                 if partial:
-                    os.killpg(proc.pid, 9)
+                    os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
                     return folder / partial[0][1:].rsplit(".", 2)[0]
+                os.killpg(proc.pid, signal.SIGCONT)
         raise AssertionError("the run ended before any shard was caught mid-write")
     finally:
         if proc.poll() is None:
-            os.killpg(proc.pid, 9)
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
 
 
