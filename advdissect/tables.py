@@ -300,6 +300,13 @@ def _weights_source(weights: Any) -> tuple[str, str]:
     return str(weights), ""
 
 
+def _training_dataset(weights: Any) -> str:
+    """The config name of the dataset a model is trained on here; empty for other sources."""
+    if isinstance(weights, Mapping) and weights.get("source") == "train":
+        return str(weights.get("dataset", ""))
+    return ""
+
+
 def models_table(models: Mapping[str, Mapping[str, Any]], metrics: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
     """One row per configured model; accuracy columns only for models trained here."""
     unknown = sorted(set(metrics) - set(models))
@@ -315,7 +322,7 @@ def models_table(models: Mapping[str, Mapping[str, Any]], metrics: Mapping[str, 
             "model": name,
             "arch": spec["arch"],
             "weights": source,
-            "dataset": spec.get("dataset", m.get("dataset", "")) or "",
+            "dataset": _training_dataset(spec.get("weights")),
             "heldout_accuracy": m.get("heldout_accuracy", np.nan),
             "weights_detail": detail,
             "training_method": m.get("method", ""),

@@ -212,7 +212,7 @@ def test_concept_drift_without_clean_is_an_error(entries):
 def test_models_table():
     models = {
         "r18_imagenet": {"arch": "resnet18", "weights": {"source": "torchvision", "name": "IMAGENET1K_V1"}},
-        "r18_syn": {"arch": "resnet18", "weights": {"source": "train"}, "dataset": "syn"},
+        "r18_syn": {"arch": "resnet18", "weights": {"source": "train", "dataset": "syn"}},
         "alex_random": {"arch": "alexnet"},
     }
     metrics = {"r18_syn": {"heldout_accuracy": 0.63, "train_accuracy": 0.9, "method": "standard",
@@ -221,6 +221,7 @@ def test_models_table():
     assert list(df.columns[:5]) == ["model", "arch", "weights", "dataset", "heldout_accuracy"]
     assert list(df.model) == list(models)
     assert list(df.weights) == ["torchvision", "train", "random"]
+    assert list(df.dataset) == ["", "syn", ""]  # the config's dataset name, only for models trained here
     assert df.loc[0, "weights_detail"] == "name=IMAGENET1K_V1"
     assert np.isnan(df.loc[0, "heldout_accuracy"]) and df.loc[1, "heldout_accuracy"] == 0.63
     assert df.loc[1, "epochs"] == 8
