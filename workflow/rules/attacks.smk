@@ -41,6 +41,8 @@ rule attack_stats:
         stats="results/{dataset}/{model}/{attack}/attack_stats.csv",
     log:
         "results/logs/attack_stats/{dataset}/{model}/{attack}.log",
+    benchmark:
+        "results/benchmarks/attack_stats/{dataset}/{model}/{attack}.tsv"
     conda:
         "../../envs/advdissect.yaml"
     params:

@@ -21,6 +21,8 @@ rule download_broden:
         index="resources/broden/{variant}/index.csv",
     log:
         "results/logs/download_broden/{variant}.log",
+    benchmark:
+        "results/benchmarks/download_broden/{variant}.tsv"
     wildcard_constraints:
         variant="broden1_224|broden1_227",
     conda:

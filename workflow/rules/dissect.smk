@@ -102,6 +102,8 @@ rule merge_counts:
         tally="results/{dataset}/{model}/{attack}/{mode}/tally/{layer}.csv",
     log:
         "results/logs/merge_counts/{dataset}/{model}/{attack}/{mode}/{layer}.log",
+    benchmark:
+        "results/benchmarks/merge_counts/{dataset}/{model}/{attack}/{mode}/{layer}.tsv"
     conda:
         "../../envs/advdissect.yaml"
     params:
@@ -124,6 +126,8 @@ rule units_table:
         units="results/{dataset}/{model}/{attack}/{mode}/units/{layer}.csv",
     log:
         "results/logs/units_table/{dataset}/{model}/{attack}/{mode}/{layer}.log",
+    benchmark:
+        "results/benchmarks/units_table/{dataset}/{model}/{attack}/{mode}/{layer}.tsv"
     conda:
         "../../envs/advdissect.yaml"
     params:

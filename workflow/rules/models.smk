@@ -6,6 +6,8 @@ rule download_weights:
         weights="resources/weights/{arch}-{weights}.pt",
     log:
         "results/logs/download_weights/{arch}-{weights}.log",
+    benchmark:
+        "results/benchmarks/download_weights/{arch}-{weights}.tsv"
     wildcard_constraints:
         arch=r"[a-z0-9_]+",
         weights=r"[A-Z0-9_]+",

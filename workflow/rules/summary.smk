@@ -12,6 +12,8 @@ rule summary_models:
         ),
     log:
         "results/logs/summary_models.log",
+    benchmark:
+        "results/benchmarks/summary_models.tsv"
     conda:
         "../../envs/advdissect.yaml"
     params:
@@ -32,6 +34,8 @@ rule summary_attacks:
         ),
     log:
         "results/logs/summary_attacks.log",
+    benchmark:
+        "results/benchmarks/summary_attacks.tsv"
     conda:
         "../../envs/advdissect.yaml"
     script:
@@ -50,6 +54,8 @@ rule table2:
         md="results/summary/table2.md",
     log:
         "results/logs/table2.log",
+    benchmark:
+        "results/benchmarks/table2.tsv"
     conda:
         "../../envs/advdissect.yaml"
     params:
@@ -76,6 +82,8 @@ rule concept_drift:
         svg="results/figures/concept_drift.svg",
     log:
         "results/logs/concept_drift.log",
+    benchmark:
+        "results/benchmarks/concept_drift.tsv"
     conda:
         "../../envs/advdissect.yaml"
     params:
@@ -98,6 +106,8 @@ rule detector_figure:
         svg="results/figures/detectors/{dataset}/{model}/{layer}.svg",
     log:
         "results/logs/detector_figure/{dataset}/{model}/{layer}.log",
+    benchmark:
+        "results/benchmarks/detector_figure/{dataset}/{model}/{layer}.tsv"
     conda:
         "../../envs/advdissect.yaml"
     params:
@@ -122,6 +132,8 @@ rule eps_sweep:
         svg="results/figures/eps_sweep/{dataset}/{model}/{layer}.svg",
     log:
         "results/logs/eps_sweep/{dataset}/{model}/{layer}.log",
+    benchmark:
+        "results/benchmarks/eps_sweep/{dataset}/{model}/{layer}.tsv"
     conda:
         "../../envs/advdissect.yaml"
     params:
@@ -142,6 +154,8 @@ rule unit_pictures:
         ),
     log:
         "results/logs/unit_pictures/{dataset}/{model}/{layer}/{attack}.log",
+    benchmark:
+        "results/benchmarks/unit_pictures/{dataset}/{model}/{layer}/{attack}.tsv"
     conda:
         "../../envs/advdissect.yaml"
     params:
@@ -181,6 +195,8 @@ rule training_summary:
         curves_svg="results/figures/learning_curves.svg",
     log:
         "results/logs/training_summary.log",
+    benchmark:
+        "results/benchmarks/training_summary.tsv"
     conda:
         "../../envs/advdissect.yaml"
     params:
