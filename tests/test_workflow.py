@@ -243,6 +243,11 @@ def result_files(workdir: Path, under: str = "") -> dict[str, bytes]:
     return files
 
 
+def temporaries(folder: Path) -> list[str]:
+    """Names of the in-progress files (store.atomic_path's `.<name>.<random>.tmp`) in folder."""
+    return [n for n in os.listdir(folder) if n.startswith(".") and n.endswith(".tmp")]
+
+
 def kill_while_a_shard_is_written(workdir: Path, watch: list[Path], timeout: float = 900) -> Path:
     """Run the study and SIGKILL Snakemake and its jobs as soon as a shard's temporary file
     exists in one of the `watch` folders (a node dying mid-write); the shard's target path."""
@@ -253,15 +258,14 @@ def kill_while_a_shard_is_written(workdir: Path, watch: list[Path], timeout: flo
         while time.monotonic() < deadline and proc.poll() is None:
             for folder in watch:
                 try:
-                    names = os.listdir(folder)
+                    if not temporaries(folder):
+                        continue
                 except FileNotFoundError:
-                    continue
-                if not any(n.startswith(".") and n.endswith(".tmp") for n in names):
                     continue
                 # Freeze every process first, then look again: a writer that finished its
                 # rename between the two looks is resumed and the watch goes on.
                 os.killpg(proc.pid, signal.SIGSTOP)
-                partial = [n for n in os.listdir(folder) if n.startswith(".") and n.endswith(".tmp")]
+                partial = temporaries(folder)
                 if partial:
                     os.killpg(proc.pid, signal.SIGKILL)
                     proc.wait()
