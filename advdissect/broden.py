@@ -380,10 +380,25 @@ class BrodenDataset:
                 raise DatasetError(f"{_where(table.path, table.frame, int(rows[i]))}: label number "
                                    f"{values[i]} is not in {label_path}")
 
-        self._scene_classes = np.unique(table.scene[table.scene > 0])
+        label_of_row = self._class_labels(table)
+        self._classes = np.unique(label_of_row[label_of_row > 0])
         self._class_of_row = np.full(len(table), -1, dtype=np.int64)
-        has = table.scene > 0
-        self._class_of_row[has] = np.searchsorted(self._scene_classes, table.scene[has])
+        has = label_of_row > 0
+        self._class_of_row[has] = np.searchsorted(self._classes, label_of_row[has])
+
+    def _class_labels(self, table: IndexTable) -> np.ndarray:
+        """Each row's class label number (0 for none): the optional `class` column, else the scene."""
+        if "class" not in table.frame.columns:
+            return np.maximum(table.scene, 0)
+        path = table.path
+        cells = table.frame["class"].str.strip().replace("", "0").to_frame()
+        labels = _int_column(path, cells, "class")
+        bad = ~self._known[np.minimum(labels, self.n_labels)]
+        if bad.any():
+            row = int(np.flatnonzero(bad)[0])
+            raise DatasetError(f"{_where(path, table.frame, row)}: class {labels[row]} is not in "
+                               f"{self.root / 'label.csv'}")
+        return labels
 
     def __len__(self) -> int:
         return len(self._table)
@@ -403,12 +418,15 @@ class BrodenDataset:
             raise ConfigError(f"split must be one of all, train, val; got {split!r}")
         return np.flatnonzero(self._table.split == split).astype(np.int64)
 
-    def scene_classes(self) -> np.ndarray:
-        """Sorted scene label numbers present in the index; a class index is a position here."""
-        return self._scene_classes.copy()
+    def classes(self) -> np.ndarray:
+        """Sorted class label numbers present in the index; a class index is a position here.
+
+        A row's class is its `class` column where the index has one (the synthetic sets: the
+        main object's label), else its scene (the real Broden has no ImageNet labels)."""
+        return self._classes.copy()
 
     def class_index(self, row: int) -> int:
-        """Class index of the row's scene, -1 when the row has none (empty or `0`)."""
+        """Class index of the row, -1 when the row has none (no class, or a scene empty or `0`)."""
         return int(self._class_of_row[self._check_row(row)])
 
     def class_indices(self, rows: Sequence[int] | np.ndarray | None = None) -> np.ndarray:

@@ -212,11 +212,11 @@ def check_semantics(config: Mapping) -> None:
         parse_fraction(weights.get("eps", 0), f"models.{name}.weights.eps")
         train_set = datasets[weights["dataset"]]
         if train_set["source"] == "synthetic":
-            scenes = train_set.get("synthetic", {}).get("n_scenes", 24)
-            if spec["num_classes"] != scenes:
+            n_classes = train_set.get("synthetic", {}).get("n_classes", 16)
+            if spec["num_classes"] != n_classes:
                 raise ConfigError(
                     f"config: models.{name}.num_classes: {spec['num_classes']} but dataset "
-                    f"{weights['dataset']!r} has {scenes} scene classes"
+                    f"{weights['dataset']!r} has {n_classes} classes"
                 )
         _check_init_chain(models, name)
 

@@ -1,30 +1,37 @@
-"""A synthetic dataset in the Broden format, small enough to train and dissect on a CPU.
+"""A synthetic dataset in the Broden format whose task is object recognition, as ImageNet's is.
 
-Each scene image shows a few objects on a plain, unlabelled background. A scene is a
-signature (object shape, material, colour): three objects of the scene's shape, filled with
-the scene's material in the scene's colour, plus one or two distractor objects whose shapes
-never sign a scene and whose material and colour differ from the scene's. The (shape,
-material) pair alone identifies the scene; the colour, shared by two or three scenes, makes
-the scene quick to learn from scratch. The background carries no information. A tenth of
-the rows are pure texture images (one or two periodic patterns over the whole image, no
-scene), like the DTD rows of the real Broden.
+Every image shows one main object, whose identity is the image's class, in a scene that
+correlates with the class without defining it, with one or two small context objects:
 
+  class     16 object classes (the `class` column of index.csv holds the class's object
+            label). A class is a shape filled with a material and carrying its own parts;
+            every shape signs two classes that differ in material (and parts), so telling
+            objects apart needs the material as well as the shape. The colour is drawn from
+            the class's palette of three: informative, never decisive.
+  scene     the background: wall and floor tints and the horizon height. Half of the images
+            show the class's home scene, the rest a scene drawn from a long-tailed law.
+  texture   half of the backgrounds carry a faint periodic pattern (a quarter of those two),
+            drawn from a long-tailed law independent of the class.
+
+Every image is one the classifier is trained on; there are no out-of-distribution rows.
 Concept labels (Broden categories):
-  color    the colour of an object's body (never the background)
-  object   the object's shape; `knob` (a small black disc) is both an object and a part
-  part     layer 1: rim (light outline), knob (black centre disc);
-           layer 2: cap (top of the object, lighter), base (bottom, darker)
-  material the fill pattern of an object's body
-  scene    image-level, one per scene image; texture rows have scene `0` or none
-  texture  image-level, one or two per texture image
+  color     the colour of an object's body (never the background)
+  object    the main object's class and the context objects (bar, arrow, tee, knob);
+            `knob` (a small dark disc) is both a context object and a part
+  part      layer 1: rim (light outline), knob (dark centre disc);
+            layer 2: cap (lighter top), base (darker bottom)
+  material  the fill pattern of an object's body
+  scene     image-level, one per image
+  texture   image-level, none, one or two per image
 
-Every pixel concept stays small (each object covers 1-5 % of the image, a concept at most a
-few percent of all pixels), because a unit's mask covers about 0.5 % of the pixels and
-IoU against a concept covering a fraction c of all pixels is at most 0.005 / c.
+Frequencies are uneven in every category, as in the real Broden. That keeps every
+category reachable: a unit's mask covers about q = 0.5 % of the pixels, so IoU against a
+concept covering a share c of all pixels is at most q / c, and each category has concepts
+with c near q. `ideal_unit` tests measure that ceiling for every concept.
 
 Label numbers come in fixed blocks, so materials sit above 255 and their masks need the
 G channel (R + 256*G), as labels >= 256 do in the real Broden:
-  color 1-10, object 21-32, part 41-43 (+ knob 32), scene 101-148, texture 201-210,
+  color 1-10, object 21-40, part 41-43 (+ knob), scene 101-112, texture 201-210,
   material 301-306.
 """
 
@@ -54,33 +61,99 @@ COLORS = {
     "blue": (35, 70, 205), "purple": (120, 45, 175), "magenta": (225, 50, 190),
     "brown": (125, 70, 30),
 }
-SIGNATURE_SHAPES = ("circle", "square", "triangle", "star", "cross", "ring", "diamond", "crescent")
-DISTRACTOR_SHAPES = ("bar", "arrow", "tee", "knob")
-DISTRACTOR_WEIGHTS = np.array([1.0, 1.0, 1.0, 0.4])
-PARTS = ("rim", "cap", "base")  # plus knob, shared with the object category
 MATERIALS = ("wood", "brick", "fabric", "metal", "stone", "plastic")
+PARTS = ("rim", "cap", "base")  # plus knob, shared with the object category
+DISTRACTOR_SHAPES = ("bar", "arrow", "tee", "knob")
+DISTRACTOR_WEIGHTS = np.array([1.0, 1.0, 1.0, 0.5])
+DISTRACTOR_MATERIALS = ("wood", "metal", "plastic")
+DISTRACTOR_COLORS = ("red", "blue", "green", "yellow")
 TEXTURES = ("striped", "banded", "chequered", "dotted", "grid", "zigzagged", "wavy",
             "crosshatched", "spiralled", "lined")
 
+
+@dataclass(frozen=True)
+class ObjectClass:
+    name: str
+    shape: str
+    material: str
+    parts: tuple[str, ...]
+    colors: tuple[str, str, str]  # drawn with COLOR_WEIGHTS
+
+
+@dataclass(frozen=True)
+class Scene:
+    name: str
+    wall: tuple[int, int, int]
+    floor: tuple[int, int, int]
+    horizon: float  # share of the image height above the floor
+
+
+# Two classes per shape, told apart by material; material and part frequencies are uneven.
+CLASSES = (
+    ObjectClass("plate", "circle", "plastic", ("rim",), ("red", "blue", "yellow")),
+    ObjectClass("wheel", "circle", "metal", ("rim", "knob"), ("blue", "cyan", "brown")),
+    ObjectClass("crate", "square", "wood", ("knob",), ("brown", "orange", "green")),
+    ObjectClass("vault", "square", "stone", ("cap",), ("green", "blue", "purple")),
+    ObjectClass("tent", "triangle", "fabric", ("base",), ("green", "orange", "cyan")),
+    ObjectClass("sign", "triangle", "metal", ("rim",), ("yellow", "red", "lime")),
+    ObjectClass("badge", "star", "metal", ("knob",), ("yellow", "orange", "purple")),
+    ObjectClass("starfish", "star", "stone", (), ("orange", "purple", "red")),
+    ObjectClass("medkit", "cross", "plastic", ("rim",), ("red", "green", "lime")),
+    ObjectClass("signpost", "cross", "wood", ("cap",), ("brown", "yellow", "blue")),
+    ObjectClass("bangle", "ring", "metal", (), ("yellow", "cyan", "purple")),
+    ObjectClass("hoop", "ring", "plastic", ("rim",), ("lime", "blue", "red")),
+    ObjectClass("kite", "diamond", "fabric", ("knob",), ("purple", "magenta", "green")),
+    ObjectClass("tile", "diamond", "brick", ("rim", "cap"), ("magenta", "orange", "cyan")),
+    ObjectClass("sickle", "crescent", "metal", (), ("lime", "blue", "brown")),
+    ObjectClass("boomerang", "crescent", "wood", (), ("orange", "brown", "yellow")),
+)
+COLOR_WEIGHTS = np.array([0.6, 0.3, 0.1])
+
+SCENES = (
+    Scene("street", (150, 150, 160), (95, 95, 100), 0.55),
+    Scene("beach", (170, 190, 205), (205, 190, 150), 0.45),
+    Scene("kitchen", (200, 195, 180), (140, 120, 100), 0.6),
+    Scene("forest", (120, 140, 115), (95, 85, 65), 0.5),
+    Scene("office", (185, 185, 175), (115, 120, 135), 0.65),
+    Scene("desert", (200, 195, 185), (190, 165, 125), 0.35),
+    Scene("harbour", (160, 175, 190), (85, 105, 125), 0.5),
+    Scene("garden", (175, 195, 175), (110, 135, 95), 0.4),
+    Scene("attic", (150, 130, 115), (120, 100, 85), 0.7),
+    Scene("cave", (95, 90, 90), (70, 65, 60), 0.5),
+    Scene("stadium", (165, 175, 185), (100, 140, 100), 0.3),
+    Scene("library", (145, 120, 100), (170, 150, 125), 0.6),
+)
+HOME_SCENES = 8  # class i's home scene is SCENES[i % HOME_SCENES]
+P_HOME = 0.5
+SCENE_ZIPF, TEXTURE_ZIPF = 1.5, 1.3
+P_TEXTURED, P_TWO_TEXTURES = 0.5, 0.25
+TEXTURE_AMPLITUDE = 22.0  # grey levels either side of the background
+
 COLOR_START, OBJECT_START, PART_START = 1, 21, 41
 SCENE_START, TEXTURE_START, MATERIAL_START = 101, 201, 301
-MAX_SCENES = len(SIGNATURE_SHAPES) * len(MATERIALS)
-TEXTURE_FRACTION = 0.1
-SIGNATURE_OBJECTS = 3
+MAX_CLASSES = len(CLASSES)
+MAIN_RADIUS, CONTEXT_RADIUS, KNOB_CONTEXT_RADIUS = 24.0, 9.0, 5.0  # pixels at 112 px
 
+CAP_EDGE = -0.15  # cap: the object above 0.15 radius below its centre; base: below 0.15 above it
 RIM_RGB = np.array([238, 238, 232], dtype=np.float32)
 KNOB_RGB = np.array([22, 22, 22], dtype=np.float32)
 
 
+def zipf(n: int, exponent: float) -> np.ndarray:
+    """Probabilities proportional to 1 / rank**exponent over n ranks."""
+    w = 1.0 / np.arange(1, n + 1, dtype=np.float64) ** exponent
+    return w / w.sum()
+
+
 @dataclass(frozen=True)
 class Vocabulary:
-    """Label numbers and names of the synthetic dataset."""
+    """Label numbers of the synthetic dataset, name -> number per category."""
 
     color: dict
     object: dict
     part: dict
     material: dict
-    scene: dict  # number -> (shape, material, colour)
+    scene: dict
     texture: dict
 
     @property
@@ -88,8 +161,8 @@ class Vocabulary:
         return MATERIAL_START + len(MATERIALS)
 
 
-def vocabulary(n_scenes: int) -> Vocabulary:
-    objects = SIGNATURE_SHAPES + DISTRACTOR_SHAPES
+def vocabulary(n_classes: int) -> Vocabulary:
+    objects = [c.name for c in CLASSES[:n_classes]] + list(DISTRACTOR_SHAPES)
     obj = {name: OBJECT_START + i for i, name in enumerate(objects)}
     part = {name: PART_START + i for i, name in enumerate(PARTS)}
     part["knob"] = obj["knob"]
@@ -98,18 +171,9 @@ def vocabulary(n_scenes: int) -> Vocabulary:
         object=obj,
         part=part,
         material={name: MATERIAL_START + i for i, name in enumerate(MATERIALS)},
-        scene={SCENE_START + i: scene_signature(i) for i in range(n_scenes)},
+        scene={s.name: SCENE_START + i for i, s in enumerate(SCENES)},
         texture={name: TEXTURE_START + i for i, name in enumerate(TEXTURES)},
     )
-
-
-def scene_signature(i: int) -> tuple[str, str, str]:
-    """(shape, material, colour) of scene i. The (shape, material) pairs are unique for
-    i < 48; for 24 scenes every shape signs 3 scenes, every material 4, every colour 2-3,
-    and scenes that share a colour differ in shape."""
-    s, m = len(SIGNATURE_SHAPES), len(MATERIALS)
-    colors = list(COLORS)
-    return SIGNATURE_SHAPES[i % s], MATERIALS[(i // s + i % s) % m], colors[i % len(colors)]
 
 
 # Shapes: inside-tests in object coordinates (u, v), radius 1, v pointing down.
@@ -223,16 +287,14 @@ def _texture(name: str, x: np.ndarray, y: np.ndarray, period: float, angle: floa
 @dataclass
 class _Object:
     shape: str
+    label: str  # object label name
     cx: float
     cy: float
     radius: float
     angle: float
     color: str | None
     material: str | None
-    rim: bool
-    knob: bool
-    cap: bool
-    base: bool
+    parts: tuple[str, ...]
     salt: float
 
 
@@ -245,21 +307,22 @@ def _object_regions(obj: _Object, xs: np.ndarray, ys: np.ndarray, rim_px: float)
     u = (c * dx + s * dy) / obj.radius
     v = (-s * dx + c * dy) / obj.radius
     inside = _shape(obj.shape, u, v)
-    out = {"inside": inside, "u": u * obj.radius, "v": v * obj.radius, "dy": dy}
+    out = {"inside": inside, "u": u * obj.radius, "v": v * obj.radius}
     rim = np.zeros_like(inside)
-    if obj.rim:
+    if "rim" in obj.parts:
         w = rim_px / obj.radius
         eroded = inside.copy()
         for a in range(8):
             eroded &= _shape(obj.shape, u + w * math.cos(a * math.pi / 4), v + w * math.sin(a * math.pi / 4))
         rim = inside & ~eroded
     knob = np.zeros_like(inside)
-    if obj.knob:
+    if "knob" in obj.parts:
         knob = inside & (u * u + v * v <= 0.3**2) & ~rim
     out["rim"], out["knob"] = rim, knob
     out["body"] = inside & ~rim & ~knob
-    out["cap"] = inside & (dy < -0.35 * obj.radius) if obj.cap else np.zeros_like(inside)
-    out["base"] = inside & (dy > 0.35 * obj.radius) if obj.base else np.zeros_like(inside)
+    none = np.zeros_like(inside)
+    out["cap"] = inside & (dy < -CAP_EDGE * obj.radius) if "cap" in obj.parts else none
+    out["base"] = inside & (dy > CAP_EDGE * obj.radius) if "base" in obj.parts else none
     return out
 
 
@@ -273,27 +336,35 @@ class _Painter:
     def __init__(self, image_size: int, vocab: Vocabulary):
         self.size = image_size
         self.seg = image_size // 2
-        self.k = image_size / 112.0
+        self.k = image_size / 112.0  # shapes scale with the image
+        self.pattern_k = max(self.k, 1.0)  # patterns keep their pixel periods in small images
         self.vocab = vocab
         self.img_coords = np.arange(image_size, dtype=np.float32) + 0.5
         self.seg_coords = (np.arange(self.seg, dtype=np.float32) + 0.5) * (image_size / self.seg)
         self.rim_px = max(1.0, 2.0 * self.k)
 
-    def background(self, rng: np.random.Generator) -> np.ndarray:
-        # Low-saturation grey with a gentle gradient and grain: never a colour concept.
-        grey = rng.uniform(95, 165)
-        tint = rng.uniform(-12, 12, size=3)
-        ramp = np.linspace(-1, 1, self.size, dtype=np.float32) * rng.uniform(-15, 15)
-        img = np.empty((self.size, self.size, 3), dtype=np.float32)
-        img[...] = grey + tint
-        img += ramp[:, None, None] if rng.random() < 0.5 else ramp[None, :, None]
-        img += rng.normal(0, 3.0, size=img.shape).astype(np.float32)
-        return img
+    def background(self, rng: np.random.Generator, scene: Scene, textures: list[str]) -> np.ndarray:
+        """The scene's wall and floor, a faint pattern per texture, grain: never a colour concept."""
+        n = self.size
+        y = self.img_coords[:, None]
+        x = self.img_coords[None, :]
+        horizon = (scene.horizon + rng.uniform(-0.06, 0.06)) * n
+        floor = (y >= horizon).astype(np.float32)[..., None]
+        shade = 1.0 + rng.uniform(-0.08, 0.08) + 0.06 * (y / n - 0.5)[..., None]
+        wall, ground = np.array(scene.wall, np.float32), np.array(scene.floor, np.float32)
+        img = (wall * (1 - floor) + ground * floor) * shade
+        img = np.broadcast_to(img, (n, n, 3)).astype(np.float32)
+        for i, name in enumerate(textures):
+            p = _texture(name, x, y, period=float(rng.uniform(7, 12) * self.pattern_k),
+                         angle=float(rng.uniform(math.radians(25), math.radians(65))),
+                         cx=float(rng.uniform(0, n)), cy=float(rng.uniform(0, n)))
+            img = img + (TEXTURE_AMPLITUDE / (i + 1)) * (2.0 * p - 1.0)[..., None]
+        return img + rng.normal(0, 3.0, size=img.shape).astype(np.float32)
 
     def place(self, rng: np.random.Generator, specs: list[tuple], placed: list[_Object]) -> None:
         """Add objects without overlaps (rejection sampling on bounding circles; an object
         that finds no room after 200 tries is dropped)."""
-        for shape, radius, color, material, parts, angle_range in specs:
+        for shape, label, radius, color, material, parts, angle_range in specs:
             reach = EXTENT[shape] * radius
             for _ in range(200):
                 cx, cy = rng.uniform(reach + 1, self.size - reach - 1, size=2)
@@ -302,9 +373,9 @@ class _Painter:
                     break
             else:
                 continue
-            placed.append(_Object(shape, float(cx), float(cy), radius,
+            placed.append(_Object(shape, label, float(cx), float(cy), radius,
                                   float(rng.uniform(-angle_range, angle_range)), color, material,
-                                  *parts, salt=float(rng.uniform(0, 100))))
+                                  parts, salt=float(rng.uniform(0, 100))))
 
     def draw(self, img: np.ndarray, objects: list[_Object]) -> dict:
         seg = self.seg
@@ -320,7 +391,7 @@ class _Painter:
                 patch[reg["inside"]] = KNOB_RGB
             else:
                 rgb = np.array(COLORS[obj.color], dtype=np.float32)
-                p = _material(obj.material, reg["u"], reg["v"], self.k, obj.salt)
+                p = _material(obj.material, reg["u"], reg["v"], self.pattern_k, obj.salt)
                 shade = (0.5 + 0.5 * p)[..., None] * rgb
                 shade = np.where(reg["cap"][..., None], np.minimum(shade * 1.3 + 25, 255), shade)
                 shade = np.where(reg["base"][..., None], shade * 0.7, shade)
@@ -331,7 +402,7 @@ class _Painter:
 
             ys, xs = _span(obj.cy, reach, self.seg_coords), _span(obj.cx, reach, self.seg_coords)
             reg = _object_regions(obj, self.seg_coords[xs], self.seg_coords[ys], self.rim_px)
-            layers["object"][ys, xs][reg["inside"]] = v.object[obj.shape]
+            layers["object"][ys, xs][reg["inside"]] = v.object[obj.label]
             if obj.shape == "knob":
                 continue
             layers["color"][ys, xs][reg["body"]] = v.color[obj.color]
@@ -343,96 +414,71 @@ class _Painter:
         return layers
 
 
-def _object_parts(rng: np.random.Generator, shape: str) -> tuple[bool, bool, bool, bool]:
-    rim = rng.random() < 0.45
-    knob = shape not in ("ring", "crescent", "bar", "arrow", "tee") and rng.random() < 0.6
-    cap = rng.random() < 0.3
-    base = rng.random() < 0.3
-    return rim, knob, cap, base
+@dataclass(frozen=True)
+class _Row:
+    cls: int
+    scene: int
+    textures: tuple[str, ...]
 
 
-def _scene_image(painter: _Painter, rng: np.random.Generator, scene_number: int):
-    vocab = painter.vocab
-    shape, material, color = vocab.scene[scene_number]
+def _compose(painter: _Painter, rng: np.random.Generator, row: _Row):
+    """One image: the class's main object and one or two context objects on the scene."""
     k = painter.k
-    specs = []
-    for _ in range(SIGNATURE_OBJECTS):
-        specs.append((shape, 16.0 * k * rng.uniform(0.85, 1.15), color, material,
-                      _object_parts(rng, shape), math.radians(20)))
-    other_colors = [c for c in COLORS if c != color]
-    other_materials = [m for m in MATERIALS if m != material]
+    cls = CLASSES[row.cls]
+    color = cls.colors[rng.choice(3, p=COLOR_WEIGHTS)]
+    specs = [(cls.shape, cls.name, MAIN_RADIUS * k * rng.uniform(0.85, 1.15), color, cls.material,
+              cls.parts, math.radians(20))]
     weights = DISTRACTOR_WEIGHTS / DISTRACTOR_WEIGHTS.sum()
     for _ in range(int(rng.integers(1, 3))):
         d = DISTRACTOR_SHAPES[rng.choice(len(DISTRACTOR_SHAPES), p=weights)]
-        radius = (5.0 if d == "knob" else 11.0) * k * rng.uniform(0.85, 1.15)
-        parts = (False, False, False, False) if d == "knob" else _object_parts(rng, d)
-        specs.append((d, radius, other_colors[rng.integers(len(other_colors))],
-                      other_materials[rng.integers(len(other_materials))], parts, math.pi))
-    img = painter.background(rng)
+        radius = (KNOB_CONTEXT_RADIUS if d == "knob" else CONTEXT_RADIUS) * k * rng.uniform(0.85, 1.15)
+        specs.append((d, d, radius, DISTRACTOR_COLORS[rng.integers(len(DISTRACTOR_COLORS))],
+                      DISTRACTOR_MATERIALS[rng.integers(len(DISTRACTOR_MATERIALS))], (), math.pi))
+    img = painter.background(rng, SCENES[row.scene], list(row.textures))
     objects: list[_Object] = []
     painter.place(rng, specs, objects)
     layers = painter.draw(img, objects)
     return img, layers
 
 
-def _texture_image(painter: _Painter, rng: np.random.Generator, names: list[str]):
-    n = painter.size
-    x = painter.img_coords[None, :]
-    y = painter.img_coords[:, None]
-    k = painter.k
-
-    def pattern(name):
-        return _texture(name, x, y, period=float(rng.uniform(7, 12) * k),
-                        angle=float(rng.uniform(math.radians(25), math.radians(65))),
-                        cx=float(rng.uniform(0, n)), cy=float(rng.uniform(0, n)))
-
-    c1, c2, c3 = (rng.uniform(20, 235, size=3).astype(np.float32) for _ in range(3))
-    p = pattern(names[0])[..., None]
-    img = c1 * p + c2 * (1 - p)
-    if len(names) > 1:
-        q = pattern(names[1])[..., None] > 0.5
-        img = np.where(q, 0.35 * img + 0.65 * c3, img)
-    img = np.broadcast_to(img, (n, n, 3)).astype(np.float32)
-    img = img + rng.normal(0, 3.0, size=img.shape).astype(np.float32)
-    return img
-
-
-def _check_args(n_train, n_val, image_size, n_scenes, seed):
+def _check_args(n_train, n_val, image_size, n_classes, seed):
     for key, value, lo in (("n_train", n_train, 1), ("n_val", n_val, 1), ("image_size", image_size, 32),
-                           ("n_scenes", n_scenes, 1), ("seed", seed, 0)):
+                           ("n_classes", n_classes, 2), ("seed", seed, 0)):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
             raise ConfigError(f"synthetic.{key} must be a whole number >= {lo}, got {value!r}")
-    if n_scenes > MAX_SCENES:
-        raise ConfigError(f"synthetic.n_scenes must be at most {MAX_SCENES} "
-                          f"({len(SIGNATURE_SHAPES)} shapes x {len(MATERIALS)} materials), got {n_scenes}")
+    if n_classes > MAX_CLASSES:
+        raise ConfigError(f"synthetic.n_classes must be at most {MAX_CLASSES}, got {n_classes}")
 
 
-def _plan(n: int, n_scenes: int, rng: np.random.Generator) -> list:
-    """Per row of a split: ('scene', number) or ('texture', [names], scene cell)."""
-    n_texture = int(round(TEXTURE_FRACTION * n)) if n >= 10 else min(1, n - 1)
-    n_scene = n - n_texture
-    scenes = SCENE_START + np.arange(n_scene) % n_scenes  # balanced
-    rows = [("scene", int(s)) for s in scenes]
-    for t in range(n_texture):
-        count = 2 if t % 3 == 1 else 1  # a third of the texture rows carry two textures
-        names = [TEXTURES[i] for i in rng.choice(len(TEXTURES), size=count, replace=False)]
-        rows.append(("texture", names, "0" if t % 2 == 0 else ""))
-    order = rng.permutation(len(rows))
-    return [rows[i] for i in order]
+def _plan(n: int, n_classes: int, rng: np.random.Generator) -> list[_Row]:
+    """Per row of a split: its class (balanced), scene and background textures."""
+    classes = rng.permutation(np.arange(n) % n_classes)
+    scene_p, texture_p = zipf(len(SCENES), SCENE_ZIPF), zipf(len(TEXTURES), TEXTURE_ZIPF)
+    rows = []
+    for c in classes:
+        home = rng.random() < P_HOME
+        scene = int(c) % HOME_SCENES if home else int(rng.choice(len(SCENES), p=scene_p))
+        textures: tuple[str, ...] = ()
+        if rng.random() < P_TEXTURED:
+            count = 2 if rng.random() < P_TWO_TEXTURES else 1
+            picks = rng.choice(len(TEXTURES), size=count, replace=False, p=texture_p)
+            textures = tuple(TEXTURES[i] for i in picks)
+        rows.append(_Row(int(c), scene, textures))
+    return rows
 
 
 def generate(root: str | os.PathLike, *, n_train: int, n_val: int, image_size: int = 112,
-             n_scenes: int = 24, seed: int = 0) -> None:
+             n_classes: int = 16, seed: int = 0) -> None:
     """Write a synthetic Broden-format dataset to `root` (built beside it, then renamed into
     place, so an interrupted run leaves no partial dataset). Same arguments, same bytes."""
-    _check_args(n_train, n_val, image_size, n_scenes, seed)
+    _check_args(n_train, n_val, image_size, n_classes, seed)
     root = Path(root)
     check_dataset_dest(root)  # fail before the work, not after it
     root.parent.mkdir(parents=True, exist_ok=True)
     build = root.parent / f".{root.name}.building-{uuid.uuid4().hex[:8]}"
     build.mkdir()
     try:
-        _write(build, n_train, n_val, image_size, n_scenes, seed)
+        _write(build, n_train, n_val, image_size, n_classes, seed)
         install_dataset_dir(build, root)
     except BaseException:
         shutil.rmtree(build, ignore_errors=True)
@@ -440,8 +486,8 @@ def generate(root: str | os.PathLike, *, n_train: int, n_val: int, image_size: i
     log.info("synthetic dataset written to %s", root)
 
 
-def _write(build: Path, n_train: int, n_val: int, image_size: int, n_scenes: int, seed: int) -> None:
-    vocab = vocabulary(n_scenes)
+def _write(build: Path, n_train: int, n_val: int, image_size: int, n_classes: int, seed: int) -> None:
+    vocab = vocabulary(n_classes)
     painter = _Painter(image_size, vocab)
     seg = painter.seg
     n_labels = vocab.n_labels
@@ -452,51 +498,43 @@ def _write(build: Path, n_train: int, n_val: int, image_size: int, n_scenes: int
     records = []
     plan_rng = np.random.default_rng([seed, 0])
     splits = [("train", n_train, 1), ("val", n_val, 2)]
-    total = n_train + n_val
-    with tqdm(total=total, desc="synthetic images", unit="img", disable=None) as bar:
+    with tqdm(total=n_train + n_val, desc="synthetic images", unit="img", disable=None) as bar:
         for split, n, code in splits:
-            for i, item in enumerate(_plan(n, n_scenes, plan_rng)):
+            for i, row in enumerate(_plan(n, n_classes, plan_rng)):
                 rng = np.random.default_rng([seed, code, i])
                 stem = f"synthetic/{split}_{i:05d}"
                 rec = {"image": f"{stem}.jpg", "split": split, "ih": image_size, "iw": image_size,
                        "sh": seg, "sw": seg}
                 rec.update({cat: "" for cat in CATEGORIES})
-                if item[0] == "scene":
-                    img, layers = _scene_image(painter, rng, item[1])
-                    rec["scene"] = str(item[1])
-                    freq["scene"][item[1]] += 1
-                    cover["scene"][item[1]] += 1.0
-                    for name in ("color", "object", "part_1", "part_2", "material"):
-                        layer = layers[name]
-                        if not layer.any():
-                            continue
-                        cat = name.split("_")[0]
-                        path = f"{stem}_{name}.png"
-                        Image.fromarray(encode_mask(layer)).save(build / "images" / path)
-                        rec[cat] = f"{rec[cat]};{path}" if rec[cat] else path
-                    for cat in PIXEL_CATEGORIES:
-                        names = [n_ for n_ in layers if n_.split("_")[0] == cat]
-                        counts = sum(np.bincount(layers[n_].ravel(), minlength=n_labels) for n_ in names)
-                        counts[0] = 0
-                        freq[cat] += counts > 0
-                        cover[cat] += counts / float(seg * seg)
-                        category_images[cat] += bool(counts.any())
-                    category_images["scene"] += 1
-                else:
-                    _, names, scene_cell = item
-                    img = _texture_image(painter, rng, names)
-                    numbers = [vocab.texture[t] for t in names]
-                    rec["texture"] = ";".join(str(t) for t in numbers)
-                    rec["scene"] = scene_cell
-                    freq["texture"][numbers] += 1
-                    cover["texture"][numbers] += 1.0
-                    category_images["texture"] += 1
+                img, layers = _compose(painter, rng, row)
+                image_labels = {"scene": [vocab.scene[SCENES[row.scene].name]],
+                                "texture": [vocab.texture[t] for t in row.textures]}
+                for cat, numbers in image_labels.items():
+                    rec[cat] = ";".join(str(t) for t in numbers)
+                    freq[cat][numbers] += 1
+                    cover[cat][numbers] += 1.0
+                    category_images[cat] += bool(numbers)
+                for name, layer in layers.items():
+                    if not layer.any():
+                        continue
+                    cat = name.split("_")[0]
+                    path = f"{stem}_{name}.png"
+                    Image.fromarray(encode_mask(layer)).save(build / "images" / path)
+                    rec[cat] = f"{rec[cat]};{path}" if rec[cat] else path
+                for cat in PIXEL_CATEGORIES:
+                    names = [n_ for n_ in layers if n_.split("_")[0] == cat]
+                    counts = sum(np.bincount(layers[n_].ravel(), minlength=n_labels) for n_ in names)
+                    counts[0] = 0
+                    freq[cat] += counts > 0
+                    cover[cat] += counts / float(seg * seg)
+                    category_images[cat] += bool(counts.any())
+                rec["class"] = vocab.object[CLASSES[row.cls].name]
                 pixels = np.clip(np.rint(img), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(build / "images" / rec["image"], quality=95)
                 records.append(rec)
                 bar.update(1)
 
-    columns = ["image", "split", "ih", "iw", "sh", "sw", *CATEGORIES]
+    columns = ["image", "split", "ih", "iw", "sh", "sw", *CATEGORIES, "class"]
     pd.DataFrame(records, columns=columns).to_csv(build / "index.csv", index=False)
     _write_labels(build, vocab, freq, cover, category_images)
 
@@ -505,11 +543,8 @@ def _write_labels(build: Path, vocab: Vocabulary, freq: dict, cover: dict, categ
     names: dict[int, str] = {}
     members: dict[str, list[int]] = {}
     for cat in CATEGORIES:
-        mapping = getattr(vocab, cat)
-        if cat == "scene":
-            entries = {n: f"{shape}_{material}-s" for n, (shape, material, _) in mapping.items()}
-        else:
-            entries = {n: name for name, n in mapping.items()}
+        suffix = "-s" if cat == "scene" else ""  # Broden's scene names end in -s
+        entries = {n: f"{name}{suffix}" for name, n in getattr(vocab, cat).items()}
         members[cat] = sorted(entries)
         names.update(entries)
 

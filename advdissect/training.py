@@ -503,15 +503,15 @@ def write_history(path: str | Path, history: list[Mapping[str, Any]]) -> None:
 # ---------------------------------------------------------------- dataset files
 
 def load_split(dataset, split: str, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-    """(uint8 (N, 3, H, W), int64 (N,) class indices) of a split's rows that have a scene."""
+    """(uint8 (N, 3, H, W), int64 (N,) class indices) of a split's rows that have a class."""
     rows = dataset.rows(split)
     labels = np.array([dataset.class_index(r) for r in rows], dtype=np.int64)
     keep = labels >= 0
     rows, labels = rows[keep], labels[keep]
     if len(rows) == 0:
         raise DatasetError(
-            f"{dataset.root / 'index.csv'}: no '{split}' row has a scene label; training needs "
-            "scene-labelled rows in both the train and the val split"
+            f"{dataset.root / 'index.csv'}: no '{split}' row has a class (a `class` cell, or a scene "
+            "where the index has no class column); training needs labelled rows in both the train and the val split"
         )
     ih, iw = dataset.image_size
     images = np.empty((len(rows), 3, ih, iw), dtype=np.uint8)
@@ -520,13 +520,13 @@ def load_split(dataset, split: str, progress: bool = True) -> tuple[torch.Tensor
     return torch.from_numpy(images), torch.from_numpy(labels)
 
 
-def check_num_classes(model_spec: Mapping[str, Any], n_scenes: int, dataset_root: str | Path) -> None:
-    """ConfigError unless the model has one output per scene class of the dataset."""
+def check_num_classes(model_spec: Mapping[str, Any], n_classes: int, dataset_root: str | Path) -> None:
+    """ConfigError unless the model has one output per class of the dataset."""
     want = model_spec.get("num_classes")
-    if want != n_scenes:
+    if want != n_classes:
         raise ConfigError(
-            f"model num_classes is {want!r}, but the dataset {dataset_root} has {n_scenes} scene "
-            f"classes (the classification task); set num_classes: {n_scenes} for this {model_spec.get('arch')} model"
+            f"model num_classes is {want!r}, but the dataset {dataset_root} has {n_classes} "
+            f"classes (the classification task); set num_classes: {n_classes} for this {model_spec.get('arch')} model"
         )
 
 
@@ -556,7 +556,7 @@ def train_model_to_files(
 
     cfg = TrainConfig.from_dict(training)
     dataset = BrodenDataset(dataset_root)
-    check_num_classes(model_spec, len(dataset.scene_classes()), dataset.root)
+    check_num_classes(model_spec, len(dataset.classes()), dataset.root)
     device = select_device() if device is None else torch.device(device)
     train_x, train_y = load_split(dataset, "train", progress)
     val_x, val_y = load_split(dataset, "val", progress)

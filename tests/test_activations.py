@@ -135,7 +135,7 @@ def test_write_activation_shard(tmp_path):
 
 
 def test_aliases_resolve_through_the_model_registry():
-    models = pytest.importorskip("advdissect.models")
+    from advdissect import models
     model = models.load_model("resnet18", 10)
     assert find_layer(model, "last_conv") is model.net.layer4
     with pytest.raises(ModelError, match="nope"):

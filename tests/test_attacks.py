@@ -696,7 +696,7 @@ def test_scripts_on_synthetic_broden(tiny_broden, tmp_path, monkeypatch):
     stats = pd.read_csv(stats_path)
     assert list(stats[["dataset", "model", "attack", "method", "n_images"]].iloc[0]) == ["tiny", "r18", "pgd2", "pgd", 6]
     assert stats["linf_max"].iloc[0] <= 2 / 255 + 1e-7
-    assert 0 <= stats["clean_accuracy"].iloc[0] <= 1  # the synthetic scenes are class labels
+    assert 0 <= stats["clean_accuracy"].iloc[0] <= 1  # the synthetic classes are labels
 
 
 @pytest.mark.parametrize("config", BATCH_SPECS, ids=lambda c: c["method"] + ("_t" if "target" in c else ""))

@@ -119,7 +119,7 @@ def test_real_index_through_dataset(tmp_path):
     pd.DataFrame({"code": range(1, len(scenes) + 1), "number": scenes, "name": "", "frequency": 1,
                   "coverage": 1.0}).to_csv(tmp_path / "c_scene.csv", index=False)
     ds = BrodenDataset(tmp_path)
-    assert len(ds.scene_classes()) == 468
+    assert len(ds.classes()) == 468
     classes = ds.class_indices()
     assert (classes >= 0).sum() == 17_746
     assert (ds.label_category[scenes] == CATEGORIES.index("scene")).all()
@@ -164,15 +164,29 @@ def test_segmentation_layers_and_image_labels(handmade):
     assert ds.load_image(0).shape == (IH, IH, 3)
 
 
-def test_scene_classes_and_rows(handmade):
+def test_classes_and_rows(handmade):
     ds = BrodenDataset(handmade[0])
-    assert ds.scene_classes().tolist() == [5]
+    assert ds.classes().tolist() == [5]  # no class column: the scene is the class
     assert [ds.class_index(r) for r in range(3)] == [0, -1, -1]
     assert ds.rows("train").tolist() == [0, 2]
     assert ds.rows("val").tolist() == [1]
     assert ds.rows().tolist() == [0, 1, 2]
     with pytest.raises(ConfigError, match="split must be one of"):
         ds.rows("test")
+
+
+def test_class_column_gives_the_classes(handmade):
+    root = handmade[0]
+    index = pd.read_csv(root / "index.csv", dtype=str, keep_default_na=False)
+    index["class"] = ["300", "", "21"]  # object labels; the val row has no class
+    index.to_csv(root / "index.csv", index=False)
+    ds = BrodenDataset(root)
+    assert ds.classes().tolist() == [21, 300]
+    assert ds.class_indices().tolist() == [1, -1, 0]
+    index["class"] = ["300", "", "999"]
+    index.to_csv(root / "index.csv", index=False)
+    with pytest.raises(DatasetError, match="class 999 is not in"):
+        BrodenDataset(root)
 
 
 def test_primary_category_is_largest_coverage(handmade):

@@ -119,9 +119,9 @@ def test_bad_name():
     assert message == "config: attacks: name 'fgsm 2' may use only letters, digits, '_' and '-'"
 
 
-def test_num_classes_must_match_scenes():
+def test_num_classes_must_match_the_synthetic_classes():
     message = bad(lambda c: c["models"]["resnet18"].update(num_classes=10))
-    assert message == "config: models.resnet18.num_classes: 10 but dataset 'synthetic' has 24 scene classes"
+    assert message == "config: models.resnet18.num_classes: 10 but dataset 'synthetic' has 16 classes"
 
 
 def test_unknown_init_model():

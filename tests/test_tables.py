@@ -305,5 +305,5 @@ def test_training_table():
 
 
 def test_table_categories_are_the_broden_categories():
-    broden = pytest.importorskip("advdissect.broden")
+    from advdissect import broden
     assert set(tables.CATEGORY_ORDER) == set(broden.CATEGORIES)

@@ -453,7 +453,7 @@ def _run_script(name, snakemake):
 
 
 def test_chain_on_synthetic_broden_through_the_scripts(tiny_broden, tmp_path):
-    broden = pytest.importorskip("advdissect.broden")
+    from advdissect import broden
     data = broden.BrodenDataset(tiny_broden)
     rows = data.rows("all")[:12]
     rng = np.random.default_rng(7)

@@ -13,7 +13,6 @@ from advdissect import training
 from advdissect.errors import ConfigError
 from advdissect.training import TrainConfig
 
-pytest.importorskip("advdissect.attacks", reason="training's FGSM step comes from advdissect.attacks")
 
 N_CLASSES = 3
 SIZE = 12
@@ -194,7 +193,7 @@ def test_config_from_dict_and_errors():
 
 
 def test_num_classes_mismatch_message():
-    with pytest.raises(ConfigError, match=r"num_classes is 10.*has 24 scene classes.*set num_classes: 24"):
+    with pytest.raises(ConfigError, match=r"num_classes is 10.*has 24 classes.*set num_classes: 24"):
         training.check_num_classes({"arch": "resnet18", "num_classes": 10}, 24, "resources/synthetic/demo")
     training.check_num_classes({"arch": "resnet18", "num_classes": 24}, 24, "x")
 
@@ -208,9 +207,9 @@ def test_negative_labels_are_refused(tmp_path):
 
 @pytest.fixture(scope="module")
 def tiny_broden(tmp_path_factory):
-    synthetic = pytest.importorskip("advdissect.synthetic", reason="needs the synthetic Broden generator")
+    from advdissect import synthetic
     root = tmp_path_factory.mktemp("broden")
-    synthetic.generate(root, n_train=12, n_val=6, image_size=32, n_scenes=3, seed=0)
+    synthetic.generate(root, n_train=12, n_val=6, image_size=32, n_classes=3, seed=0)
     return root
 
 
@@ -235,7 +234,7 @@ def test_train_model_to_files(tiny_broden, tmp_path):
 
 def test_train_model_to_files_refuses_wrong_num_classes(tiny_broden, tmp_path):
     spec = {"arch": "resnet18", "num_classes": 5, "normalization": "imagenet", "seed": 0}
-    with pytest.raises(ConfigError, match="num_classes is 5.*3 scene classes"):
+    with pytest.raises(ConfigError, match="num_classes is 5.*3 classes"):
         training.train_model_to_files(
             dataset_root=tiny_broden, init_weights=None, model_spec=spec, training={},
             out_weights=tmp_path / "w.pt", out_metrics=tmp_path / "m.json", out_history=tmp_path / "h.csv",

@@ -152,6 +152,8 @@ def all_targets():
         "results/summary/attacks.csv",
         "results/summary/table2.csv",
         "results/summary/concept_drift.csv",
+        "results/summary/ceilings.csv",
+        "results/summary/demo_results.md",
     ]
     for dataset, model, layer in figure_layers():
         targets.append(f"results/figures/detectors/{dataset}/{model}/{layer}.png")
@@ -236,3 +238,31 @@ def unit_picture_inputs(wildcards):
         "clean_units": units_path(d, m, CLEAN, "self", layer),
         "adv_units": units_path(d, m, a, "self", layer),
     }
+
+
+def ceiling_datasets():
+    """Datasets with a dissected layer, in config order."""
+    return list(dict.fromkeys(d for d, _, _ in figure_layers()))
+
+
+def ceiling_layers():
+    """Every dissected (dataset, model, layer) with what its feature-map size depends on."""
+    return [
+        {
+            "dataset": d,
+            "model": m,
+            "layer": layer,
+            "arch": MODELS[m]["arch"],
+            "num_classes": MODELS[m]["num_classes"],
+        }
+        for d, m, layer in figure_layers()
+    ]
+
+
+def deepest_layers():
+    """(dataset, model, layer) of each model's deepest dissected layer (the last listed)."""
+    return [
+        {"dataset": d, "model": m, "layer": MODELS[m]["layers"][-1]}
+        for m in MODELS
+        for d in model_datasets(m)
+    ]

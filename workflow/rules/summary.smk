@@ -204,3 +204,59 @@ rule training_summary:
         style=STYLE,
     script:
         "../scripts/training_summary.py"
+
+
+rule ceilings:
+    input:
+        indexes=[dataset_index(d) for d in ceiling_datasets()],
+    output:
+        table=report(
+            "results/summary/ceilings.csv",
+            caption="../report/ceilings.rst",
+            category="Ceilings",
+        ),
+    log:
+        "results/logs/ceilings.log",
+    benchmark:
+        "results/benchmarks/ceilings.tsv"
+    conda:
+        "../../envs/advdissect.yaml"
+    params:
+        datasets=[
+            {"name": d, "split": shard_rows(d)["split"], "n_images": shard_rows(d)["n_images"]}
+            for d in ceiling_datasets()
+        ],
+        layers=ceiling_layers(),
+        quantile=DISSECTION["quantile"],
+        denominator=DISSECTION["denominator"],
+    script:
+        "../scripts/ceilings.py"
+
+
+rule demo_results:
+    input:
+        models="results/summary/models.csv",
+        attacks="results/summary/attacks.csv",
+        table2="results/summary/table2.csv",
+        ceilings="results/summary/ceilings.csv",
+        training=["results/summary/training.csv"] if training_methods() else [],
+        units=[
+            units_path(e["dataset"], e["model"], CLEAN, "self", e["layer"])
+            for e in deepest_layers()
+        ],
+    output:
+        md=report(
+            "results/summary/demo_results.md",
+            caption="../report/demo_results.rst",
+            category="Summary",
+        ),
+    log:
+        "results/logs/demo_results.log",
+    benchmark:
+        "results/benchmarks/demo_results.tsv"
+    conda:
+        "../../envs/advdissect.yaml"
+    params:
+        deepest=deepest_layers(),
+    script:
+        "../scripts/demo_results.py"

@@ -13,6 +13,6 @@ generate(
     n_train=params["n_train"],
     n_val=params["n_val"],
     image_size=params.get("image_size", 112),
-    n_scenes=params.get("n_scenes", 24),
+    n_classes=params.get("n_classes", 16),
     seed=params.get("seed", 0),
 )

@@ -1,0 +1,183 @@
+"""Ideal units: the best IoU any unit of a layer could reach for each concept of a dataset.
+
+An ideal unit for concept c fires exactly where c is: its activation map on an image is the
+share of each feature-map cell that c covers (area average of the concept's mask at the
+layer's resolution; an image-level concept covers every cell of its images). It is then
+scored by the real pipeline: exact threshold at the top quantile q, bilinear upsampling to
+the segmentation size, IoU counts with the chosen denominator. Its IoU is the ceiling that
+the data and the layer's resolution put on a detector of c: it falls when c covers much
+more than q of all pixels (IoU <= q / c), or when c is too small or thin for the cells.
+
+Equal map values would tie at the threshold (every image of a scene is all ones), so each
+map is scaled by 1 + 1e-3 * (a bump centred on the map): the threshold then keeps the
+central cells of the most covered images, as a real unit's peaked response does.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import pandas as pd
+
+from . import store
+from .broden import CATEGORIES, BrodenDataset
+from .errors import ArtifactError, ConfigError
+from .tally import count_shard, iou
+from .thresholds import threshold_from_top, top_count, top_values
+
+TIE_BREAK = 1e-3
+
+log = logging.getLogger(__name__)
+
+
+def area_weights(n_in: int, n_out: int) -> np.ndarray:
+    """(n_out, n_in) matrix averaging n_in cells into n_out equal intervals by overlap length."""
+    edges_out = np.arange(n_out + 1, dtype=np.float64) * (n_in / n_out)
+    lo = np.maximum(edges_out[:-1, None], np.arange(n_in)[None, :])
+    hi = np.minimum(edges_out[1:, None], np.arange(1, n_in + 1)[None, :])
+    return np.clip(hi - lo, 0.0, None) / (n_in / n_out)
+
+
+def _bump(size: tuple[int, int]) -> np.ndarray:
+    h, w = size
+    y = (np.arange(h) - (h - 1) / 2) / max(h, 1)
+    x = (np.arange(w) - (w - 1) / 2) / max(w, 1)
+    return 1.0 + TIE_BREAK * (1.0 - (y[:, None] ** 2 + x[None, :] ** 2))
+
+
+def ideal_maps(segmentations: Sequence, concepts: np.ndarray, seg_size: tuple[int, int],
+               map_size: tuple[int, int]) -> np.ndarray:
+    """(N, C, h, w) float32 activations of one ideal unit per concept number in `concepts`."""
+    wh, ww = area_weights(seg_size[0], map_size[0]), area_weights(seg_size[1], map_size[1])
+    bump = _bump(map_size)
+    column = {int(c): j for j, c in enumerate(concepts)}
+    out = np.zeros((len(segmentations), len(concepts), *map_size), np.float32)
+    for i, seg in enumerate(segmentations):
+        for number in np.unique(seg.pixel):
+            j = column.get(int(number))
+            if j is not None:
+                mask = (seg.pixel == number).any(axis=0).astype(np.float64)
+                out[i, j] = wh @ mask @ ww.T * bump
+        for number in seg.image_labels:
+            j = column.get(int(number))
+            if j is not None:
+                out[i, j] = bump
+    return out
+
+
+def ideal_unit_iou(dataset: BrodenDataset, rows: Sequence[int], map_size: tuple[int, int],
+                   quantile: float = 0.005, denominator: str = "lite") -> pd.DataFrame:
+    """One row per concept present in `rows`: label, name, category, iou of its ideal unit."""
+    segs = [dataset.load_segmentation(int(r)) for r in rows]
+    present = np.unique(np.concatenate([np.unique(s.pixel) for s in segs]
+                                       + [s.image_labels for s in segs]))
+    concepts = present[(present > 0) & (dataset.label_category[np.minimum(present, dataset.n_labels - 1)] >= 0)]
+    maps = ideal_maps(segs, concepts, dataset.seg_size, map_size)
+    n_total = maps.shape[0] * maps.shape[2] * maps.shape[3]
+    thresholds = threshold_from_top(top_values(maps, top_count(n_total, quantile)), n_total, quantile)
+    counts = count_shard(maps, thresholds, segs, dataset.label_category, dataset.n_labels, dataset.seg_size)
+    scores = iou(counts, denominator)[np.arange(len(concepts)), concepts]
+    return pd.DataFrame({
+        "label": concepts.astype(np.int64),
+        "name": [dataset.label_names[c] for c in concepts],
+        "category": [CATEGORIES[dataset.label_category[c]] for c in concepts],
+        "iou": scores,
+    })
+
+
+# --------------------------------------------------------------------------- ceilings.csv
+
+CEILINGS_COLUMNS = ["dataset", "model", "layer", "height", "width", "label", "name", "category", "iou"]
+
+
+def map_size(arch: str, num_classes: int, layer: str, image_size: int | Sequence[int]) -> tuple[int, int]:
+    """(h, w) of `layer`'s feature map for an input of `image_size`.
+
+    The network is built on the meta device: the shapes do not depend on the weights, so no
+    weights file, memory or init cost is needed.
+    """
+    # torch only for this shape probe; the ideal units themselves are numpy.
+    import torch
+
+    from .models import NormalizedModel, build_network, feature_shapes
+
+    with torch.device("meta"):
+        model = NormalizedModel(build_network(arch, num_classes), arch, "none")
+    model.eval()
+    shape = feature_shapes(model, [layer], image_size)[layer]
+    if len(shape) != 3:
+        raise ConfigError(f"{arch} layer {layer!r} gives a {len(shape)}-d output {shape}, not (C, h, w)")
+    return int(shape[1]), int(shape[2])
+
+
+def ceilings_table(datasets: Mapping[str, Mapping[str, Any]], layers: Sequence[Mapping[str, Any]],
+                   quantile: float = 0.005, denominator: str = "lite") -> pd.DataFrame:
+    """Ideal-unit IoU of every concept at every dissected layer's map size.
+
+    `datasets`: name -> {root, split, n_images}; the dissected rows are
+    `rows(split)[:n_images]`. `layers`: [{dataset, model, layer, arch, num_classes}].
+    Each distinct (dataset, h, w) is scored once; iou is rounded to 6 decimals so the
+    file is byte-stable.
+    """
+    loaded: dict[str, tuple[BrodenDataset, np.ndarray]] = {}
+    sizes: dict[tuple, tuple[int, int]] = {}
+    scores: dict[tuple[str, int, int], pd.DataFrame] = {}
+    frames = []
+    for item in layers:
+        name = item["dataset"]
+        if name not in datasets:
+            raise ConfigError(f"layer {dict(item)} names dataset {name!r}, which is not in {sorted(datasets)}")
+        if name not in loaded:
+            spec = datasets[name]
+            ds = BrodenDataset(spec["root"])
+            rows = ds.rows(spec.get("split", "all"))
+            if spec.get("n_images") is not None:
+                rows = rows[: int(spec["n_images"])]
+            loaded[name] = (ds, rows)
+        ds, rows = loaded[name]
+        size_key = (item["arch"], int(item["num_classes"]), item["layer"], tuple(ds.image_size))
+        if size_key not in sizes:
+            sizes[size_key] = map_size(item["arch"], int(item["num_classes"]), item["layer"], ds.image_size)
+        h, w = sizes[size_key]
+        if (name, h, w) not in scores:
+            log.info("ideal units: dataset %s, %d images, map %dx%d", name, len(rows), h, w)
+            scores[(name, h, w)] = ideal_unit_iou(ds, rows, (h, w), quantile, denominator)
+        frame = scores[(name, h, w)].copy()
+        frame.insert(0, "dataset", name)
+        frame.insert(1, "model", item["model"])
+        frame.insert(2, "layer", item["layer"])
+        frame.insert(3, "height", h)
+        frame.insert(4, "width", w)
+        frames.append(frame)
+    if not frames:
+        return pd.DataFrame(columns=CEILINGS_COLUMNS)
+    out = pd.concat(frames, ignore_index=True)[CEILINGS_COLUMNS]
+    out["iou"] = out["iou"].astype(float).round(6)
+    return out
+
+
+def write_ceilings(out: str | os.PathLike, datasets: Mapping[str, Mapping[str, Any]],
+                   layers: Sequence[Mapping[str, Any]], quantile: float = 0.005,
+                   denominator: str = "lite") -> pd.DataFrame:
+    """Write `ceilings_table(...)` as CSV (atomically) and return it."""
+    frame = ceilings_table(datasets, layers, quantile, denominator)
+    store.write_csv(out, frame)
+    log.info("ceilings: %d rows for %d layers", len(frame), len(layers))
+    return frame
+
+
+def read_ceilings(path: str | os.PathLike) -> pd.DataFrame:
+    """Read ceilings.csv with names kept as text (a concept may be called 'NA')."""
+    text = {c: str for c in ("dataset", "model", "layer", "name", "category")}
+    try:
+        frame = pd.read_csv(path, dtype=text, keep_default_na=False,
+                            na_values={c: ["", "nan", "NaN"] for c in ("height", "width", "label", "iou")})
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ArtifactError(f"{path}: cannot be read as ceilings CSV ({exc})") from None
+    missing = [c for c in CEILINGS_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ArtifactError(f"{path}: ceilings CSV lacks column(s) {missing}; expected {CEILINGS_COLUMNS}")
+    return frame

@@ -1,0 +1,24 @@
+"""Rule demo_results: results/summary/demo_results.md, the measured results the README embeds."""
+
+from advdissect.joblog import log_to
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+log_to(sm.log[0])
+
+from advdissect import results_md  # noqa: E402
+
+# params.deepest and input.units list the same (dataset, model, layer) in the same order.
+units = [
+    {**dict(item), "path": path}
+    for item, path in zip(sm.params.deepest, list(sm.input.units), strict=True)
+]
+training = list(getattr(sm.input, "training", []))
+results_md.write_demo_results(
+    sm.output.md,
+    models_csv=sm.input.models,
+    attacks_csv=sm.input.attacks,
+    table2_csv=sm.input.table2,
+    ceilings_csv=sm.input.ceilings,
+    units=units,
+    training_csv=training[0] if training else None,
+)
