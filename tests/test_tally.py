@@ -480,10 +480,9 @@ def test_chain_on_synthetic_broden_through_the_scripts(tiny_broden, tmp_path):
         counts.append(out)
     iou_path, tally_path, units_path = tmp_path / "iou.h5", tmp_path / "tally.csv", tmp_path / "units.csv"
     _run_script("merge_counts", FakeSnakemake(
-        log, input={"counts": counts, "dataset": index}, output={"iou": iou_path, "tally": tally_path},
-        params={"denominator": "original", "identity": cident}))
-    _run_script("units_table", FakeSnakemake(log, input={"iou": iou_path}, output={"units": units_path},
-                                             params={"iou_threshold": 0.04}))
+        log, input={"counts": counts, "dataset": index},
+        output={"iou": iou_path, "tally": tally_path, "units": units_path},
+        params={"denominator": "original", "iou_threshold": 0.04, "identity": cident}))
 
     with store.open_h5(thr, "thresholds", expect=ident) as f:
         thresholds = f["thresholds"][()]

@@ -157,15 +157,15 @@ def test_adding_a_layer_adds_only_its_jobs(study, tmp_path):
     assert layers == {"layer2"}
 
 
-def test_changing_the_iou_cut_reruns_only_summaries(study, tmp_path):
+def test_changing_the_iou_cut_reruns_only_merges_and_summaries(study, tmp_path):
     config = yaml.safe_load((study / "config.yaml").read_text())
     config["dissection"]["iou_threshold"] = 0.05
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(config))
     jobs = planned_jobs(snakemake(study, "--dry-run", config=changed))
-    heavy = {"attack_shard", "activations", "thresholds", "count_shard", "merge_counts", "train_model"}
+    heavy = {"attack_shard", "activations", "thresholds", "count_shard", "train_model"}
     assert not heavy & set(jobs)
-    assert jobs["units_table"] > 0 and jobs["table2"] == 1
+    assert jobs["merge_counts"] > 0 and jobs["table2"] == 1
 
 
 def test_changing_the_figure_style_reruns_only_figures(study, tmp_path):

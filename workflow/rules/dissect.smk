@@ -1,4 +1,4 @@
-# Network Dissection: activations -> exact thresholds -> IoU counts per shard -> IoU / tally.csv.
+# Network Dissection: activations -> exact thresholds -> IoU counts per shard -> IoU, tally.csv, units table.
 
 
 rule activations:
@@ -100,6 +100,7 @@ rule merge_counts:
     output:
         iou="results/{dataset}/{model}/{attack}/{mode}/iou/{layer}.h5",
         tally="results/{dataset}/{model}/{attack}/{mode}/tally/{layer}.csv",
+        units="results/{dataset}/{model}/{attack}/{mode}/units/{layer}.csv",
     log:
         "results/logs/merge_counts/{dataset}/{model}/{attack}/{mode}/{layer}.log",
     benchmark:
@@ -108,6 +109,7 @@ rule merge_counts:
         "../../envs/advdissect.yaml"
     params:
         denominator=DISSECTION["denominator"],
+        iou_threshold=DISSECTION["iou_threshold"],
         identity=lambda wc: {
             "dataset": wc.dataset,
             "model": wc.model,
@@ -118,19 +120,3 @@ rule merge_counts:
     script:
         "../scripts/merge_counts.py"
 
-
-rule units_table:
-    input:
-        iou="results/{dataset}/{model}/{attack}/{mode}/iou/{layer}.h5",
-    output:
-        units="results/{dataset}/{model}/{attack}/{mode}/units/{layer}.csv",
-    log:
-        "results/logs/units_table/{dataset}/{model}/{attack}/{mode}/{layer}.log",
-    benchmark:
-        "results/benchmarks/units_table/{dataset}/{model}/{attack}/{mode}/{layer}.tsv"
-    conda:
-        "../../envs/advdissect.yaml"
-    params:
-        iou_threshold=DISSECTION["iou_threshold"],
-    script:
-        "../scripts/units_table.py"
