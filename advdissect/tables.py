@@ -285,7 +285,7 @@ def write_table2(entries: Sequence[Mapping[str, Any]], csv_path: PathLike, md_pa
 
 MODELS_COLUMNS = [
     "model", "arch", "weights", "dataset", "heldout_accuracy", "weights_detail",
-    "training_method", "train_accuracy", "epochs", "training_seconds",
+    "training_method", "train_accuracy", "epochs",
 ]
 
 
@@ -328,7 +328,6 @@ def models_table(models: Mapping[str, Mapping[str, Any]], metrics: Mapping[str, 
             "training_method": m.get("method", ""),
             "train_accuracy": m.get("train_accuracy", np.nan),
             "epochs": m.get("epochs", np.nan),
-            "training_seconds": m.get("seconds", np.nan),
         })
     frame = pd.DataFrame(rows, columns=MODELS_COLUMNS)
     # Integers stay integers in the CSV even with empty cells.

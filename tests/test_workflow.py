@@ -108,6 +108,29 @@ def test_outputs_have_the_documented_columns(study):
     assert (attacks["linf_max"] <= attacks["eps"] + 1e-6).all()
 
 
+def _header_shape(markdown: str, names: set[str]) -> list[list[str]]:
+    """Each table's header cells, without the dataset column and the config's own names."""
+    from advdissect import results_md
+
+    return [[c for c in header.strip("|").split("|") if c.strip() not in names | {"dataset"}]
+            for header in results_md.table_headers(markdown)]
+
+
+def test_readme_block_has_the_format_the_workflow_writes(study):
+    """README's results block is demo_results.md of the demo config; the tiny study's file has
+    the same sections and table columns (its own models and attacks aside)."""
+    from advdissect import results_md
+
+    ours = (study / "results/summary/demo_results.md").read_text()
+    block = results_md.embedded_block((ROOT / "README.md").read_text())
+    assert results_md.section_titles(ours) == results_md.section_titles(block)
+    names = set()
+    for path in (TINY, ROOT / "config" / "config.yaml"):
+        config = yaml.safe_load(path.read_text())
+        names |= set(config["attacks"]) | set(config["models"])
+    assert _header_shape(ours, names) == _header_shape(block, names)
+
+
 def test_figures_exist(study):
     figures = study / "results" / "figures"
     for path in [
@@ -228,8 +251,8 @@ def test_lint_is_clean():
     assert "Lints for" not in proc.stdout + proc.stderr, proc.stdout + proc.stderr
 
 
-# Files that legitimately differ between two runs: wall-clock seconds and the run's directory.
-VOLATILE = {"models.csv", "metrics.json", "history.csv"}
+# Files that legitimately differ between two runs: they hold wall-clock seconds.
+VOLATILE = {"metrics.json", "history.csv"}
 
 
 def result_files(workdir: Path, under: str = "") -> dict[str, bytes]:
