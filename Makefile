@@ -32,8 +32,12 @@ report: install
 test: install-test
 	$(BIN)/python -m pytest
 
-lint: install
+# Style and workflow checks, run by CI before the tests.
+lint: install-test
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/snakefmt --check Snakefile workflow/
 	$(BIN)/snakemake --lint
 
 clean:
-	rm -rf results/* resources/datasets resources/weights .snakemake
+	rm -rf results/* resources/synthetic resources/broden resources/weights .snakemake

@@ -21,9 +21,10 @@ import contextlib
 import logging
 import math
 import sys
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from os import PathLike
-from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -79,9 +80,7 @@ def parse_fraction(value: Any, where: str = "value") -> float:
             else:
                 raise ValueError(value)
         except ValueError:
-            raise ConfigError(
-                f"{where}: expected a number or a fraction like '2/255', got {value!r}"
-            ) from None
+            raise ConfigError(f"{where}: expected a number or a fraction like '2/255', got {value!r}") from None
     else:
         raise ConfigError(f"{where}: expected a number or a fraction like '2/255', got {value!r}")
     if not math.isfinite(number) or number < 0:
@@ -116,26 +115,21 @@ class AttackSpec:
             if self.eps != 0:
                 raise ConfigError(f"{where}: key 'eps' must be 0 for method 'clean'")
         elif not 0 < self.eps <= 1:
-            raise ConfigError(
-                f"{where}: key 'eps' must be in (0, 1] (pixel units, e.g. 2/255), got {self.eps!r}"
-            )
+            raise ConfigError(f"{where}: key 'eps' must be in (0, 1] (pixel units, e.g. 2/255), got {self.eps!r}")
         if self.method in ("bim", "pgd"):
             if self.step is None or not 0 < self.step <= 1:
                 raise ConfigError(f"{where}: key 'step' must be in (0, 1] (pixel units), got {self.step!r}")
             if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
                 raise ConfigError(f"{where}: key 'steps' must be an integer >= 1, got {self.steps!r}")
         if self.labels not in LABEL_MODES:
-            raise ConfigError(
-                f"{where}: key 'labels' is {self.labels!r} (allowed: {', '.join(LABEL_MODES)})"
-            )
+            raise ConfigError(f"{where}: key 'labels' is {self.labels!r} (allowed: {', '.join(LABEL_MODES)})")
         if self.labels != "prediction" and self.method not in GRADIENT_METHODS:
             raise ConfigError(f"{where}: key 'labels' is not used by method '{self.method}'")
         if isinstance(self.target, bool) or not (
             self.target in TARGET_MODES or (isinstance(self.target, int) and self.target >= 0)
         ):
             raise ConfigError(
-                f"{where}: key 'target' is {self.target!r} (allowed: least_likely, random, "
-                "or a class index >= 0)"
+                f"{where}: key 'target' is {self.target!r} (allowed: least_likely, random, or a class index >= 0)"
             )
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
             raise ConfigError(f"{where}: key 'seed' must be an integer >= 0, got {self.seed!r}")
@@ -145,7 +139,7 @@ class AttackSpec:
         return self.labels == "target"
 
     @classmethod
-    def from_config(cls, name: str, config: Mapping[str, Any]) -> "AttackSpec":
+    def from_config(cls, name: str, config: Mapping[str, Any]) -> AttackSpec:
         """Build from an attack's config dict (with "method"); defaults as in the BIM paper.
 
         bim/pgd: step defaults to 1/255 and steps to min(255·ε + 4, 1.25·255·ε) (Kurakin
@@ -161,8 +155,7 @@ class AttackSpec:
         for key in config:
             if key not in allowed:
                 raise ConfigError(
-                    f"{where}: key '{key}' is not used by method '{method}' "
-                    f"(allowed: {', '.join(sorted(allowed))})"
+                    f"{where}: key '{key}' is not used by method '{method}' (allowed: {', '.join(sorted(allowed))})"
                 )
         if method == "clean":
             return cls(method="clean", name=name)
@@ -233,8 +226,9 @@ def _own_prediction(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
     return model(x).argmax(1)
 
 
-def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, eps: float,
-         targeted: bool = False) -> torch.Tensor:
+def fgsm(
+    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, eps: float, targeted: bool = False
+) -> torch.Tensor:
     """One signed gradient step of size ε (Eq. 5; Eq. 6 when targeted, y = target).
 
     y=None uses the model's own prediction on x (Eq. 10), from the same forward pass.
@@ -245,8 +239,16 @@ def fgsm(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, eps: f
     return _descend(model, x, x, None, eps, eps, 1, targeted, first_grad=grad)
 
 
-def bim(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, eps: float, step: float,
-        steps: int, targeted: bool = False, start: torch.Tensor | None = None) -> torch.Tensor:
+def bim(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    eps: float,
+    step: float,
+    steps: int,
+    targeted: bool = False,
+    start: torch.Tensor | None = None,
+) -> torch.Tensor:
     """`steps` signed gradient steps of size `step`, each projected to the ε-ball and [0, 1].
 
     Starts at x (or `start`); y=None uses the model's own prediction on x.
@@ -268,9 +270,17 @@ def uniform_start(x: torch.Tensor, eps: float, generator: torch.Generator | None
     return (x + delta.to(x.device)).clamp(0.0, 1.0)
 
 
-def pgd(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, eps: float, step: float,
-        steps: int, generator: torch.Generator | None = None, targeted: bool = False,
-        start: torch.Tensor | None = None) -> torch.Tensor:
+def pgd(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor | None,
+    eps: float,
+    step: float,
+    steps: int,
+    generator: torch.Generator | None = None,
+    targeted: bool = False,
+    start: torch.Tensor | None = None,
+) -> torch.Tensor:
     """BIM from a uniformly random start in the ε-ball (`uniform_start`) or from `start`."""
     if y is None:
         y = _own_prediction(model, x)
@@ -284,8 +294,9 @@ def random_signs(shape: Sequence[int], generator: torch.Generator | None = None)
     return torch.randint(0, 2, tuple(shape), generator=generator, dtype=torch.int8) * 2 - 1
 
 
-def noise(x: torch.Tensor, eps: float, generator: torch.Generator | None = None,
-          signs: torch.Tensor | None = None) -> torch.Tensor:
+def noise(
+    x: torch.Tensor, eps: float, generator: torch.Generator | None = None, signs: torch.Tensor | None = None
+) -> torch.Tensor:
     """x + ε·s with s = ±1 per pixel (`random_signs`, or the given `signs`), clipped to [0, 1]."""
     if signs is None:
         signs = random_signs(x.shape, generator)
@@ -303,7 +314,7 @@ def image_generator(seed: int, row: int) -> torch.Generator:
     return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
-def _per_image_draws(spec: "AttackSpec", shape: tuple[int, ...], rows: np.ndarray, k: int):
+def _per_image_draws(spec: AttackSpec, shape: tuple[int, ...], rows: np.ndarray, k: int):
     """Noise signs or PGD grid offsets (one tensor shaped like the images) and random-target
     uniforms (one per image), each image drawn from `image_generator(spec.seed, row)`."""
     per_pixel = spec.method in ("noise", "pgd")
@@ -358,8 +369,9 @@ def _model_dtype(model: torch.nn.Module) -> torch.dtype:
     return torch.float32
 
 
-def _choose_labels(spec: AttackSpec, logits: torch.Tensor, labels: torch.Tensor,
-                   target_u: torch.Tensor | None) -> torch.Tensor:
+def _choose_labels(
+    spec: AttackSpec, logits: torch.Tensor, labels: torch.Tensor, target_u: torch.Tensor | None
+) -> torch.Tensor:
     """The class each image's loss is taken against, from its clean logits."""
     n_classes = logits.shape[1]
     pred = logits.argmax(1)
@@ -381,8 +393,7 @@ def _choose_labels(spec: AttackSpec, logits: torch.Tensor, labels: torch.Tensor,
         return index + (index >= pred).long()
     if spec.target >= n_classes:
         raise AttackError(
-            f"attack '{spec.name}': target class {spec.target} is out of range for a model "
-            f"with {n_classes} classes"
+            f"attack '{spec.name}': target class {spec.target} is out of range for a model with {n_classes} classes"
         )
     return torch.full_like(pred, spec.target)
 
@@ -394,8 +405,7 @@ def _to_uint8(adv: torch.Tensor, spec: AttackSpec) -> torch.Tensor:
     off = float((scaled - rounded).abs().max()) if scaled.numel() else 0.0
     if off > _ROUND_TOL or (rounded.numel() and (rounded.min() < 0 or rounded.max() > 255)):
         raise AttackError(
-            f"attack '{spec.name}': result is off the uint8 grid by {off:.3g}/255; "
-            "it cannot be stored losslessly"
+            f"attack '{spec.name}': result is off the uint8 grid by {off:.3g}/255; it cannot be stored losslessly"
         )
     return rounded.to(torch.uint8)
 
@@ -438,9 +448,15 @@ def _attack_batch(model, spec, u, labels, pixel_random, target_u, device, dtype)
     }
 
 
-def run_attack(model: torch.nn.Module, images_uint8: np.ndarray, labels: np.ndarray,
-               spec: AttackSpec, batch_size: int, device: str | torch.device | None = None,
-               rows: np.ndarray | None = None) -> dict[str, np.ndarray]:
+def run_attack(
+    model: torch.nn.Module,
+    images_uint8: np.ndarray,
+    labels: np.ndarray,
+    spec: AttackSpec,
+    batch_size: int,
+    device: str | torch.device | None = None,
+    rows: np.ndarray | None = None,
+) -> dict[str, np.ndarray]:
     """Attack uint8 images (N, C, H, W) and return the arrays of an images shard.
 
     Returns images (uint8, lossless), clean_pred, clean_conf, adv_pred, adv_conf (softmax
@@ -450,13 +466,15 @@ def run_attack(model: torch.nn.Module, images_uint8: np.ndarray, labels: np.ndar
 
     All randomness (PGD start, noise signs, random targets) of image i is drawn up front from
     `image_generator(spec.seed, rows[i])` (rows: the images' dataset rows, default 0..N−1), so
-    results depend neither on batch_size nor on how a dataset is cut into shards. A batch that runs out of GPU memory is retried at half the size.
+    results depend neither on batch_size nor on how a dataset is cut into shards. A batch that runs
+    out of GPU memory is retried at half the size.
     The model is moved to `device` (default: where its parameters are) and run in eval mode.
     """
     images = np.asarray(images_uint8)
     if images.dtype != np.uint8 or images.ndim != 4:
-        raise AttackError(f"attack '{spec.name}': expected uint8 images (N, C, H, W), got "
-                          f"{images.dtype} {images.shape}")
+        raise AttackError(
+            f"attack '{spec.name}': expected uint8 images (N, C, H, W), got {images.dtype} {images.shape}"
+        )
     labels = np.asarray(labels, dtype=np.int64).reshape(-1)
     n = images.shape[0]
     if labels.shape[0] != n:
@@ -492,23 +510,26 @@ def run_attack(model: torch.nn.Module, images_uint8: np.ndarray, labels: np.ndar
     labels_all = torch.from_numpy(labels)
     parts: list[dict[str, np.ndarray]] = []
     size = batch_size
-    with _eval_mode(model), tqdm(total=n, desc=f"attack {spec.name}", unit="img",
-                                 disable=None, file=sys.stderr) as bar:
+    with _eval_mode(model), tqdm(total=n, desc=f"attack {spec.name}", unit="img", disable=None, file=sys.stderr) as bar:
         start = 0
         while start < n:
             stop = min(start + size, n)
             try:
                 part = _attack_batch(
-                    model, spec, u_all[start:stop], labels_all[start:stop],
+                    model,
+                    spec,
+                    u_all[start:stop],
+                    labels_all[start:stop],
                     None if pixel_random is None else pixel_random[start:stop],
-                    None if target_u is None else target_u[start:stop], device, dtype,
+                    None if target_u is None else target_u[start:stop],
+                    device,
+                    dtype,
                 )
             except Exception as exc:
                 if not _is_oom(exc) or stop - start == 1:
                     raise
                 size = max(1, (stop - start) // 2)
-                log.warning("out of memory on a batch of %d images; retrying with %d",
-                            stop - start, size)
+                log.warning("out of memory on a batch of %d images; retrying with %d", stop - start, size)
                 del exc
                 if torch.cuda.is_available():
                     torch.cuda.empty_cache()
@@ -526,7 +547,7 @@ def run_attack(model: torch.nn.Module, images_uint8: np.ndarray, labels: np.ndar
         )
     flat = diff.reshape(n, int(np.prod(images.shape[1:]))).astype(np.float64) / 255
     out["linf"] = (np.abs(flat).max(1) if flat.shape[1] else np.zeros(n)).astype(np.float32)
-    out["l2"] = np.sqrt((flat ** 2).sum(1)).astype(np.float32)
+    out["l2"] = np.sqrt((flat**2).sum(1)).astype(np.float32)
     return out
 
 
@@ -574,11 +595,22 @@ def _load_images(dataset, rows: np.ndarray) -> np.ndarray:
     return images
 
 
-def write_attack_shard(out_path: str | PathLike, *, dataset_root: str | PathLike, split: str,
-                       n_images: int, shard_size: int, shard: int, model_spec: Mapping[str, Any],
-                       weights_file: str | PathLike | None, attack_name: str,
-                       attack_spec: Mapping[str, Any], identity: Mapping[str, Any],
-                       batch_size: int, device: str | torch.device | None = None) -> dict[str, np.ndarray]:
+def write_attack_shard(
+    out_path: str | PathLike,
+    *,
+    dataset_root: str | PathLike,
+    split: str,
+    n_images: int,
+    shard_size: int,
+    shard: int,
+    model_spec: Mapping[str, Any],
+    weights_file: str | PathLike | None,
+    attack_name: str,
+    attack_spec: Mapping[str, Any],
+    identity: Mapping[str, Any],
+    batch_size: int,
+    device: str | torch.device | None = None,
+) -> dict[str, np.ndarray]:
     """Attack one shard of the dataset and write its images shard (kind "images")."""
     spec = AttackSpec.from_config(attack_name, attack_spec)
     dataset = _open_dataset(dataset_root)
@@ -594,8 +626,12 @@ def write_attack_shard(out_path: str | PathLike, *, dataset_root: str | PathLike
     arrays = {"rows": rows, "labels": labels, **result}
     attrs = dict(identity) | {"shard": int(shard), "attack_params": dict(attack_spec)}
     write_h5(out_path, "images", attrs, arrays)
-    log.info("%s: %d images, %d predictions changed", out_path, len(rows),
-             int((result["adv_pred"] != result["clean_pred"]).sum()))
+    log.info(
+        "%s: %d images, %d predictions changed",
+        out_path,
+        len(rows),
+        int((result["adv_pred"] != result["clean_pred"]).sum()),
+    )
     return arrays
 
 
@@ -674,8 +710,9 @@ def attack_statistics(shard_paths: Iterable[str | PathLike], identity: Mapping[s
     return pd.DataFrame([row])
 
 
-def write_attack_statistics(out_path: str | PathLike, shard_paths: Iterable[str | PathLike],
-                            identity: Mapping[str, Any]) -> pd.DataFrame:
+def write_attack_statistics(
+    out_path: str | PathLike, shard_paths: Iterable[str | PathLike], identity: Mapping[str, Any]
+) -> pd.DataFrame:
     """`attack_statistics` written as a one-row CSV."""
     frame = attack_statistics(shard_paths, identity)
     write_csv(out_path, frame)

@@ -21,9 +21,9 @@ import os
 import re
 import shutil
 import uuid
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 import pandas as pd
@@ -79,9 +79,7 @@ def _read_csv(path: Path, columns: Sequence[str]) -> pd.DataFrame:
         raise DatasetError(f"{path}: cannot be read as CSV ({exc})") from None
     missing = [c for c in columns if c not in frame.columns]
     if missing:
-        raise DatasetError(
-            f"{path}: missing column(s) {', '.join(missing)}; expected header {','.join(columns)}"
-        )
+        raise DatasetError(f"{path}: missing column(s) {', '.join(missing)}; expected header {','.join(columns)}")
     return frame
 
 
@@ -110,9 +108,7 @@ def _int_column(path: Path, frame: pd.DataFrame, column: str, *, minimum: int = 
     values = text.astype(np.int64)
     if (values < minimum).any():
         row = int(np.flatnonzero(values < minimum)[0])
-        raise DatasetError(
-            f"{_where(path, frame, row)}: column '{column}' must be >= {minimum}, got {values[row]}"
-        )
+        raise DatasetError(f"{_where(path, frame, row)}: column '{column}' must be >= {minimum}, got {values[row]}")
     return values
 
 
@@ -121,8 +117,9 @@ def _float_column(path: Path, frame: pd.DataFrame, column: str) -> np.ndarray:
     bad = ~np.isfinite(values)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise DatasetError(f"{path}: row {row} (line {row + 2}): column '{column}' must be a number, "
-                           f"got {frame[column].iat[row]!r}")
+        raise DatasetError(
+            f"{path}: row {row} (line {row + 2}): column '{column}' must be a number, got {frame[column].iat[row]!r}"
+        )
     return values
 
 
@@ -132,9 +129,13 @@ class _Column:
 
     def __init__(self, frame: pd.DataFrame, name: str):
         cells = _strings(frame, name)
-        messy = ((np.strings.find(cells, ";;") >= 0) | np.strings.startswith(cells, ";")
-                 | np.strings.endswith(cells, ";") | (np.strings.find(cells, " ;") >= 0)
-                 | (np.strings.find(cells, "; ") >= 0))
+        messy = (
+            (np.strings.find(cells, ";;") >= 0)
+            | np.strings.startswith(cells, ";")
+            | np.strings.endswith(cells, ";")
+            | (np.strings.find(cells, " ;") >= 0)
+            | (np.strings.find(cells, "; ") >= 0)
+        )
         if messy.any():
             cells = cells.astype(object)
             for row in np.flatnonzero(messy):
@@ -164,8 +165,7 @@ class _Column:
         """Row of the first item that is an absolute path or has a `..` component."""
         text = self.text
         # Substring tests first: a regex scan of a long column is slow and rarely needed.
-        absolute = (":" in text or text.startswith(("/", "\\"))
-                    or any(s in text for s in ("\n/", "\n\\", ";/", ";\\")))
+        absolute = ":" in text or text.startswith(("/", "\\")) or any(s in text for s in ("\n/", "\n\\", ";/", ";\\"))
         for pattern, needed in ((_ABSOLUTE, absolute), (_DOTDOT, ".." in text)):
             match = pattern.search(text) if needed else None
             if match:
@@ -205,8 +205,7 @@ class IndexTable:
         """(rows, values) of every image-level label number used (scene > 0, texture)."""
         has_scene = np.flatnonzero(self.scene > 0)
         texture_rows = np.repeat(np.arange(len(self)), np.diff(self.texture_ptr))
-        return (np.concatenate([has_scene, texture_rows]),
-                np.concatenate([self.scene[has_scene], self.texture_values]))
+        return (np.concatenate([has_scene, texture_rows]), np.concatenate([self.scene[has_scene], self.texture_values]))
 
 
 def parse_index(path: str | os.PathLike) -> IndexTable:
@@ -221,8 +220,9 @@ def parse_index(path: str | os.PathLike) -> IndexTable:
     bad = ~np.isin(split, SPLITS)
     if bad.any():
         row = int(np.flatnonzero(bad)[0])
-        raise DatasetError(f"{_where(path, frame, row)}: split must be one of {', '.join(SPLITS)}, "
-                           f"got {str(split[row])!r}")
+        raise DatasetError(
+            f"{_where(path, frame, row)}: split must be one of {', '.join(SPLITS)}, got {str(split[row])!r}"
+        )
 
     sizes = {c: _int_column(path, frame, c, minimum=1) for c in ("ih", "iw", "sh", "sw")}
     for a, b in (("ih", "iw"), ("sh", "sw")):
@@ -261,32 +261,49 @@ def parse_index(path: str | os.PathLike) -> IndexTable:
         match = _NOT_NUMBERS.search(col.text)
         if match:
             row = col.row_at(match.start())
-            raise DatasetError(f"{_where(path, frame, row)}: {cat} items must be label numbers, "
-                               f"got {str(col.cells[row])!r}")
+            raise DatasetError(
+                f"{_where(path, frame, row)}: {cat} items must be label numbers, got {str(col.cells[row])!r}"
+            )
 
     scene_col = columns["scene"]
     if (scene_col.counts > 1).any():
         row = int(np.flatnonzero(scene_col.counts > 1)[0])
-        raise DatasetError(f"{_where(path, frame, row)}: a scene cell holds at most one number, "
-                           f"got {frame['scene'].iat[row]!r}")
+        raise DatasetError(
+            f"{_where(path, frame, row)}: a scene cell holds at most one number, got {frame['scene'].iat[row]!r}"
+        )
     scene = np.where(scene_col.counts > 0, scene_col.cells, "-1").astype(np.int64)
 
     texture_col = columns["texture"]
     filled = texture_col.cells[texture_col.counts > 0]
-    values = (np.array(";".join(filled.tolist()).split(";")).astype(np.int64) if len(filled)
-              else np.zeros(0, np.int64))
+    values = np.array(";".join(filled.tolist()).split(";")).astype(np.int64) if len(filled) else np.zeros(0, np.int64)
     rows = np.repeat(np.arange(n), texture_col.counts)
     keep = values > 0  # a texture `0` is no label either
     texture_ptr = np.zeros(n + 1, dtype=np.int64)
     texture_ptr[1:] = np.cumsum(np.bincount(rows[keep], minlength=n))
     texture_values = values[keep]
 
-    return IndexTable(path, frame, split.astype(object), scene, texture_ptr, texture_values, n_layers,
-                      pixel_numbers, image_size, seg_size)
+    return IndexTable(
+        path,
+        frame,
+        split.astype(object),
+        scene,
+        texture_ptr,
+        texture_values,
+        n_layers,
+        pixel_numbers,
+        image_size,
+        seg_size,
+    )
 
 
-def _primary_categories(root: Path, n_labels: int, known: np.ndarray, label_frame: pd.DataFrame,
-                        label_numbers: np.ndarray, categories: list[str]) -> np.ndarray:
+def _primary_categories(
+    root: Path,
+    n_labels: int,
+    known: np.ndarray,
+    label_frame: pd.DataFrame,
+    label_numbers: np.ndarray,
+    categories: list[str],
+) -> np.ndarray:
     """Index into CATEGORIES of each label's primary category: the c_<cat>.csv that lists it
     with the largest coverage (ties go to the later category, as in NetDissect)."""
     best_cov = np.full(n_labels, -np.inf)
@@ -301,8 +318,9 @@ def _primary_categories(root: Path, n_labels: int, known: np.ndarray, label_fram
         unknown = (numbers >= n_labels) | ~known[np.minimum(numbers, n_labels - 1)]
         if unknown.any():
             row = int(np.flatnonzero(unknown)[0])
-            raise DatasetError(f"{path}: row {row} (line {row + 2}): label number {numbers[row]} "
-                               f"is not in {root / 'label.csv'}")
+            raise DatasetError(
+                f"{path}: row {row} (line {row + 2}): label number {numbers[row]} is not in {root / 'label.csv'}"
+            )
         better = coverage >= best_cov[numbers]
         best_cov[numbers[better]] = coverage[better]
         best_cat[numbers[better]] = CATEGORIES.index(cat)
@@ -350,8 +368,7 @@ class BrodenDataset:
         dup = pd.Series(numbers).duplicated().to_numpy()
         if dup.any():
             row = int(np.flatnonzero(dup)[0])
-            raise DatasetError(f"{label_path}: row {row} (line {row + 2}): label number {numbers[row]} "
-                               "is listed twice")
+            raise DatasetError(f"{label_path}: row {row} (line {row + 2}): label number {numbers[row]} is listed twice")
         self.n_labels = int(numbers.max()) + 1 if len(numbers) else 1
         known = np.zeros(self.n_labels, dtype=bool)
         known[numbers] = True
@@ -367,18 +384,20 @@ class BrodenDataset:
         cat_names = [c.strip() for c in cats["name"].astype(str)]
         for row, name in enumerate(cat_names):
             if name not in CATEGORIES:
-                raise DatasetError(f"{cat_path}: row {row} (line {row + 2}): unknown category {name!r}; "
-                                   f"allowed: {', '.join(CATEGORIES)}")
-        self.label_category = _primary_categories(self.root, self.n_labels, known, labels, numbers,
-                                                  cat_names)
+                raise DatasetError(
+                    f"{cat_path}: row {row} (line {row + 2}): unknown category {name!r}; "
+                    f"allowed: {', '.join(CATEGORIES)}"
+                )
+        self.label_category = _primary_categories(self.root, self.n_labels, known, labels, numbers, cat_names)
 
         checks = [table.image_numbers()] + [table.pixel_numbers[c] for c in PIXEL_CATEGORIES]
         for rows, values in checks:
             bad = ~self._known[np.minimum(values, self.n_labels)]
             if bad.any():
                 i = int(np.flatnonzero(bad)[0])
-                raise DatasetError(f"{_where(table.path, table.frame, int(rows[i]))}: label number "
-                                   f"{values[i]} is not in {label_path}")
+                raise DatasetError(
+                    f"{_where(table.path, table.frame, int(rows[i]))}: label number {values[i]} is not in {label_path}"
+                )
 
         label_of_row = self._class_labels(table)
         self._classes = np.unique(label_of_row[label_of_row > 0])
@@ -396,8 +415,9 @@ class BrodenDataset:
         bad = ~self._known[np.minimum(labels, self.n_labels)]
         if bad.any():
             row = int(np.flatnonzero(bad)[0])
-            raise DatasetError(f"{_where(path, table.frame, row)}: class {labels[row]} is not in "
-                               f"{self.root / 'label.csv'}")
+            raise DatasetError(
+                f"{_where(path, table.frame, row)}: class {labels[row]} is not in {self.root / 'label.csv'}"
+            )
         return labels
 
     def __len__(self) -> int:
@@ -456,8 +476,9 @@ class BrodenDataset:
                 im.load()
                 im = im.convert("RGB")
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise DatasetError(f"{_where(self._table.path, self.index, row)}: image {path} cannot be "
-                               f"read ({exc})") from None
+            raise DatasetError(
+                f"{_where(self._table.path, self.index, row)}: image {path} cannot be read ({exc})"
+            ) from None
         ih, iw = self.image_size
         if im.size != (iw, ih):
             im = im.resize((iw, ih), Image.BILINEAR)
@@ -474,8 +495,9 @@ class BrodenDataset:
                 elif im.mode in ("L", "I", "I;16", "I;16B", "I;16L"):
                     labels = np.asarray(im).astype(np.int32)
                 else:
-                    raise DatasetError(f"{where}: mask {path} has image mode {im.mode}; "
-                                       "expected RGB (R + 256*G) or grayscale")
+                    raise DatasetError(
+                        f"{where}: mask {path} has image mode {im.mode}; expected RGB (R + 256*G) or grayscale"
+                    )
         except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
             raise DatasetError(f"{where}: mask {path} cannot be read ({exc})") from None
         sh, sw = self.seg_size
@@ -489,8 +511,10 @@ class BrodenDataset:
             labels = _nearest(labels, (sh, sw))
         bad = ~self._known[np.minimum(labels, self.n_labels)]
         if bad.any():
-            raise DatasetError(f"{where}: mask {path} holds label number {int(labels[bad][0])}, "
-                               f"which is not in {self.root / 'label.csv'}")
+            raise DatasetError(
+                f"{where}: mask {path} holds label number {int(labels[bad][0])}, "
+                f"which is not in {self.root / 'label.csv'}"
+            )
         return labels
 
     def load_segmentation(self, row: int) -> Segmentation:
@@ -512,12 +536,13 @@ class BrodenDataset:
                 layer_cats.append(CATEGORIES.index(cat))
         pixel = np.stack(layers) if layers else np.zeros((0, sh, sw), dtype=np.int32)
         scene = self._table.scene[row]
-        image_labels = np.concatenate([
-            np.array([scene] if scene > 0 else [], dtype=np.int64),
-            self._table.textures(row),
-        ])
-        return Segmentation(pixel.astype(np.int32, copy=False),
-                            np.array(layer_cats, dtype=np.int64), image_labels)
+        image_labels = np.concatenate(
+            [
+                np.array([scene] if scene > 0 else [], dtype=np.int64),
+                self._table.textures(row),
+            ]
+        )
+        return Segmentation(pixel.astype(np.int32, copy=False), np.array(layer_cats, dtype=np.int64), image_labels)
 
 
 def _nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -528,18 +553,15 @@ def _nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return labels[ys[:, None], xs[None, :]]
 
 
-def n_shards(dataset_len_or_rows: int | Sequence[int] | np.ndarray, n_images: int | None,
-             shard_size: int) -> int:
+def n_shards(dataset_len_or_rows: int | Sequence[int] | np.ndarray, n_images: int | None, shard_size: int) -> int:
     """How many shards the first `n_images` of a split (length or row array) make."""
-    total = (int(dataset_len_or_rows) if np.isscalar(dataset_len_or_rows)
-             else len(dataset_len_or_rows))
+    total = int(dataset_len_or_rows) if np.isscalar(dataset_len_or_rows) else len(dataset_len_or_rows)
     _check_plan(n_images, shard_size)
     n = total if n_images is None else min(total, int(n_images))
     return math.ceil(n / shard_size)
 
 
-def shard_rows(dataset: BrodenDataset, split: str, n_images: int | None, shard_size: int,
-               shard: int) -> np.ndarray:
+def shard_rows(dataset: BrodenDataset, split: str, n_images: int | None, shard_size: int, shard: int) -> np.ndarray:
     """Rows of shard `shard` (0-based) of `dataset.rows(split)[:n_images]`."""
     _check_plan(n_images, shard_size)
     rows = dataset.rows(split)
@@ -547,8 +569,10 @@ def shard_rows(dataset: BrodenDataset, split: str, n_images: int | None, shard_s
         rows = rows[: int(n_images)]
     count = math.ceil(len(rows) / shard_size)
     if not 0 <= int(shard) < count:
-        raise ConfigError(f"shard {shard} does not exist: split {split!r} with n_images={n_images} "
-                          f"and shard_size={shard_size} has shards 0..{count - 1}")
+        raise ConfigError(
+            f"shard {shard} does not exist: split {split!r} with n_images={n_images} "
+            f"and shard_size={shard_size} has shards 0..{count - 1}"
+        )
     start = int(shard) * shard_size
     return rows[start : start + shard_size].copy()
 
@@ -556,8 +580,9 @@ def shard_rows(dataset: BrodenDataset, split: str, n_images: int | None, shard_s
 def _check_plan(n_images: int | None, shard_size: int) -> None:
     if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
         raise ConfigError(f"shard_size must be a whole number >= 1, got {shard_size!r}")
-    if n_images is not None and (isinstance(n_images, bool)
-                                 or not isinstance(n_images, (int, np.integer)) or n_images < 1):
+    if n_images is not None and (
+        isinstance(n_images, bool) or not isinstance(n_images, (int, np.integer)) or n_images < 1
+    ):
         raise ConfigError(f"n_images must be a whole number >= 1 (or absent for all), got {n_images!r}")
 
 

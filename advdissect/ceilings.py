@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -48,8 +49,9 @@ def _bump(size: tuple[int, int]) -> np.ndarray:
     return 1.0 + TIE_BREAK * (1.0 - (y[:, None] ** 2 + x[None, :] ** 2))
 
 
-def ideal_maps(segmentations: Sequence, concepts: np.ndarray, seg_size: tuple[int, int],
-               map_size: tuple[int, int]) -> np.ndarray:
+def ideal_maps(
+    segmentations: Sequence, concepts: np.ndarray, seg_size: tuple[int, int], map_size: tuple[int, int]
+) -> np.ndarray:
     """(N, C, h, w) float32 activations of one ideal unit per concept number in `concepts`."""
     wh, ww = area_weights(seg_size[0], map_size[0]), area_weights(seg_size[1], map_size[1])
     bump = _bump(map_size)
@@ -68,24 +70,30 @@ def ideal_maps(segmentations: Sequence, concepts: np.ndarray, seg_size: tuple[in
     return out
 
 
-def ideal_unit_iou(dataset: BrodenDataset, rows: Sequence[int], map_size: tuple[int, int],
-                   quantile: float = 0.005, denominator: str = "lite") -> pd.DataFrame:
+def ideal_unit_iou(
+    dataset: BrodenDataset,
+    rows: Sequence[int],
+    map_size: tuple[int, int],
+    quantile: float = 0.005,
+    denominator: str = "lite",
+) -> pd.DataFrame:
     """One row per concept present in `rows`: label, name, category, iou of its ideal unit."""
     segs = [dataset.load_segmentation(int(r)) for r in rows]
-    present = np.unique(np.concatenate([np.unique(s.pixel) for s in segs]
-                                       + [s.image_labels for s in segs]))
+    present = np.unique(np.concatenate([np.unique(s.pixel) for s in segs] + [s.image_labels for s in segs]))
     concepts = present[(present > 0) & (dataset.label_category[np.minimum(present, dataset.n_labels - 1)] >= 0)]
     maps = ideal_maps(segs, concepts, dataset.seg_size, map_size)
     n_total = maps.shape[0] * maps.shape[2] * maps.shape[3]
     thresholds = threshold_from_top(top_values(maps, top_count(n_total, quantile)), n_total, quantile)
     counts = count_shard(maps, thresholds, segs, dataset.label_category, dataset.n_labels, dataset.seg_size)
     scores = iou(counts, denominator)[np.arange(len(concepts)), concepts]
-    return pd.DataFrame({
-        "label": concepts.astype(np.int64),
-        "name": [dataset.label_names[c] for c in concepts],
-        "category": [CATEGORIES[dataset.label_category[c]] for c in concepts],
-        "iou": scores,
-    })
+    return pd.DataFrame(
+        {
+            "label": concepts.astype(np.int64),
+            "name": [dataset.label_names[c] for c in concepts],
+            "category": [CATEGORIES[dataset.label_category[c]] for c in concepts],
+            "iou": scores,
+        }
+    )
 
 
 # --------------------------------------------------------------------------- ceilings.csv
@@ -113,8 +121,12 @@ def map_size(arch: str, num_classes: int, layer: str, image_size: int | Sequence
     return int(shape[1]), int(shape[2])
 
 
-def ceilings_table(datasets: Mapping[str, Mapping[str, Any]], layers: Sequence[Mapping[str, Any]],
-                   quantile: float = 0.005, denominator: str = "lite") -> pd.DataFrame:
+def ceilings_table(
+    datasets: Mapping[str, Mapping[str, Any]],
+    layers: Sequence[Mapping[str, Any]],
+    quantile: float = 0.005,
+    denominator: str = "lite",
+) -> pd.DataFrame:
     """Ideal-unit IoU of every concept at every dissected layer's map size.
 
     `datasets`: name -> {root, split, n_images}; the dissected rows are
@@ -159,9 +171,13 @@ def ceilings_table(datasets: Mapping[str, Mapping[str, Any]], layers: Sequence[M
     return out
 
 
-def write_ceilings(out: str | os.PathLike, datasets: Mapping[str, Mapping[str, Any]],
-                   layers: Sequence[Mapping[str, Any]], quantile: float = 0.005,
-                   denominator: str = "lite") -> pd.DataFrame:
+def write_ceilings(
+    out: str | os.PathLike,
+    datasets: Mapping[str, Mapping[str, Any]],
+    layers: Sequence[Mapping[str, Any]],
+    quantile: float = 0.005,
+    denominator: str = "lite",
+) -> pd.DataFrame:
     """Write `ceilings_table(...)` as CSV (atomically) and return it."""
     frame = ceilings_table(datasets, layers, quantile, denominator)
     store.write_csv(out, frame)
@@ -173,8 +189,12 @@ def read_ceilings(path: str | os.PathLike) -> pd.DataFrame:
     """Read ceilings.csv with names kept as text (a concept may be called 'NA')."""
     text = {c: str for c in ("dataset", "model", "layer", "name", "category")}
     try:
-        frame = pd.read_csv(path, dtype=text, keep_default_na=False,
-                            na_values={c: ["", "nan", "NaN"] for c in ("height", "width", "label", "iou")})
+        frame = pd.read_csv(
+            path,
+            dtype=text,
+            keep_default_na=False,
+            na_values={c: ["", "nan", "NaN"] for c in ("height", "width", "label", "iou")},
+        )
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise ArtifactError(f"{path}: cannot be read as ceilings CSV ({exc})") from None
     missing = [c for c in CEILINGS_COLUMNS if c not in frame.columns]

@@ -7,9 +7,10 @@ defaults filled in), then `check_semantics` (cross-references, ε on the 1/255 g
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Mapping
 from fractions import Fraction
 from pathlib import Path
-from typing import Any, Iterable, Mapping
+from typing import Any
 
 import jsonschema
 import yaml
@@ -159,7 +160,9 @@ def dataset_size(name: str, spec: Mapping) -> int:
         return {"train": n_train, "val": n_val, "all": n_train + n_val}[spec.get("split", "all")]
     if source == "broden" and spec.get("split", "all") == "all":
         return BRODEN_IMAGES[spec["variant"]]
-    raise ConfigError(f"config: datasets.{name}.n_images: required for source {source!r} with split {spec.get('split', 'all')!r}")
+    raise ConfigError(
+        f"config: datasets.{name}.n_images: required for source {source!r} with split {spec.get('split', 'all')!r}"
+    )
 
 
 def n_shards(name: str, spec: Mapping) -> int:
@@ -172,7 +175,9 @@ def check_semantics(config: Mapping) -> None:
     for name, spec in datasets.items():
         source = spec["source"]
         if source == "broden" and "variant" not in spec:
-            raise ConfigError(f"config: datasets.{name}.variant: required for source 'broden' (broden1_224 or broden1_227)")
+            raise ConfigError(
+                f"config: datasets.{name}.variant: required for source 'broden' (broden1_224 or broden1_227)"
+            )
         if source == "local" and "path" not in spec:
             raise ConfigError(f"config: datasets.{name}.path: required for source 'local'")
         if source != "synthetic" and "synthetic" in spec:
@@ -194,21 +199,31 @@ def check_semantics(config: Mapping) -> None:
                         "(images are stored as uint8; use e.g. '2/255')"
                     )
         if spec.get("labels") == "target" and "target" not in spec:
-            raise ConfigError(f"config: attacks.{name}.target: required when labels is 'target' (least_likely, random or a class index)")
+            raise ConfigError(
+                f"config: attacks.{name}.target: required when labels is 'target' "
+                "(least_likely, random or a class index)"
+            )
         if method == "noise" and spec.get("labels", "prediction") != "prediction":
             raise ConfigError(f"config: attacks.{name}.labels: the noise control uses no labels")
     for name, spec in models.items():
         for attack in spec.get("attacks", []):
             if attack not in attacks:
-                raise ConfigError(f"config: models.{name}.attacks: unknown attack {attack!r} (defined: {', '.join(attacks)})")
+                raise ConfigError(
+                    f"config: models.{name}.attacks: unknown attack {attack!r} (defined: {', '.join(attacks)})"
+                )
         for dataset in spec.get("datasets", []):
             if dataset not in datasets:
-                raise ConfigError(f"config: models.{name}.datasets: unknown dataset {dataset!r} (defined: {', '.join(datasets)})")
+                raise ConfigError(
+                    f"config: models.{name}.datasets: unknown dataset {dataset!r} (defined: {', '.join(datasets)})"
+                )
         weights = spec["weights"]
         if weights["source"] != "train":
             continue
         if weights["dataset"] not in datasets:
-            raise ConfigError(f"config: models.{name}.weights.dataset: unknown dataset {weights['dataset']!r} (defined: {', '.join(datasets)})")
+            raise ConfigError(
+                f"config: models.{name}.weights.dataset: unknown dataset {weights['dataset']!r} "
+                f"(defined: {', '.join(datasets)})"
+            )
         parse_fraction(weights.get("eps", 0), f"models.{name}.weights.eps")
         train_set = datasets[weights["dataset"]]
         if train_set["source"] == "synthetic":
@@ -226,7 +241,9 @@ def _check_init_chain(models: Mapping, name: str) -> None:
     current = models[name]["weights"].get("init")
     while current is not None:
         if current not in models:
-            raise ConfigError(f"config: models.{seen[-1]}.weights.init: unknown model {current!r} (defined: {', '.join(models)})")
+            raise ConfigError(
+                f"config: models.{seen[-1]}.weights.init: unknown model {current!r} (defined: {', '.join(models)})"
+            )
         if models[current]["arch"] != models[seen[-1]]["arch"]:
             raise ConfigError(
                 f"config: models.{seen[-1]}.weights.init: {current!r} is a {models[current]['arch']}, "

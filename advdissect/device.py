@@ -129,7 +129,8 @@ def claim_gpu(
     if os.environ.get("SLURM_JOB_ID"):
         log.info(
             "inside SLURM job %s: using SLURM's CUDA_VISIBLE_DEVICES=%s, claiming no GPU",
-            os.environ["SLURM_JOB_ID"], os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"),
+            os.environ["SLURM_JOB_ID"],
+            os.environ.get("CUDA_VISIBLE_DEVICES", "<unset>"),
         )
         yield None
         return

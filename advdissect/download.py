@@ -60,8 +60,7 @@ def fetch(url: str, target: Path, *, timeout: float = 60.0) -> None:
                     out.write(chunk)
                     bar.update(len(chunk))
             if total is not None and out.tell() != total:
-                raise DatasetError(f"download of {url} stopped after {out.tell()} of {total} bytes; "
-                                   "run the rule again")
+                raise DatasetError(f"download of {url} stopped after {out.tell()} of {total} bytes; run the rule again")
     except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as exc:
         reason = getattr(exc, "reason", exc)
         raise DatasetError(
@@ -82,15 +81,16 @@ def install_zip(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
                 for name in zf.namelist():
                     parts = PurePosixPath(name.replace("\\", "/")).parts
                     if name.startswith(("/", "\\")) or ".." in parts or (parts and ":" in parts[0]):
-                        raise DatasetError(f"{archive}: member {name!r} would be written outside the "
-                                           "dataset folder; refusing to unpack")
+                        raise DatasetError(
+                            f"{archive}: member {name!r} would be written outside the "
+                            "dataset folder; refusing to unpack"
+                        )
                 zf.extractall(work)
         except zipfile.BadZipFile as exc:
             raise DatasetError(f"{archive}: not a valid zip file ({exc}); download it again") from None
         found = sorted(work.glob("index.csv")) + sorted(work.glob("*/index.csv"))
         if not found:
-            raise DatasetError(f"{archive}: holds no index.csv at its top or one folder down; "
-                               "not a Broden dataset")
+            raise DatasetError(f"{archive}: holds no index.csv at its top or one folder down; not a Broden dataset")
         install_dataset_dir(found[0].parent, dest)
     finally:
         shutil.rmtree(work, ignore_errors=True)

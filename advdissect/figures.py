@@ -43,10 +43,18 @@ CATEGORY_COLORS = {
 }
 NO_CATEGORY_COLOR = "#7F7F7F"
 STATUS_COLORS = {
-    "kept": "#029E73", "changed": "#DE8F05", "lost": "#D55E00", "gained": "#0173B2", "none": "#D9D9D9",
+    "kept": "#029E73",
+    "changed": "#DE8F05",
+    "lost": "#D55E00",
+    "gained": "#0173B2",
+    "none": "#D9D9D9",
 }
 METHOD_COLORS = {
-    "fgsm": "#0173B2", "bim": "#DE8F05", "pgd": "#029E73", "noise": "#7F7F7F", "clean": "#000000",
+    "fgsm": "#0173B2",
+    "bim": "#DE8F05",
+    "pgd": "#029E73",
+    "noise": "#7F7F7F",
+    "clean": "#000000",
 }
 MODE_LINESTYLES = {"self": "-", "clean": "--"}
 
@@ -72,6 +80,7 @@ def method_colors(methods: Sequence[str]) -> dict[str, str]:
 
 
 # --------------------------------------------------------------------------- style and saving
+
 
 def resolve_style(style: Mapping[str, Any] | None) -> dict[str, Any]:
     style = dict(style or {})
@@ -118,11 +127,11 @@ def _wrap(text: str, width: int) -> str:
 
 def _category_legend(fig: Figure, categories: Sequence[str] = CATEGORY_ORDER) -> None:
     handles = [Patch(facecolor=category_color(c), label=c) for c in categories]
-    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False,
-               title="concept category")
+    fig.legend(handles=handles, loc="outside lower center", ncols=len(handles), frameon=False, title="concept category")
 
 
 # --------------------------------------------------------------------------- detector figure
+
 
 def detector_counts(entries: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Detector units per concept for every (attack, mode) of the entries (clean in both modes)."""
@@ -135,14 +144,21 @@ def detector_counts(entries: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         units = cache[e["path"]]
         det = units.loc[units["detector"]]
         for (label, category), group in det.groupby(["label", "category"], sort=False):
-            rows.append({
-                "dataset": e["dataset"], "model": e["model"], "layer": e["layer"],
-                "attack": e["attack"], "threshold_mode": e["mode"], "clean": tables.is_clean_entry(e),
-                "label": label, "category": category, "detectors": int(len(group)),
-                "units": int(len(units)),
-            })
-    cols = ["dataset", "model", "layer", "attack", "threshold_mode", "clean", "label", "category",
-            "detectors", "units"]
+            rows.append(
+                {
+                    "dataset": e["dataset"],
+                    "model": e["model"],
+                    "layer": e["layer"],
+                    "attack": e["attack"],
+                    "threshold_mode": e["mode"],
+                    "clean": tables.is_clean_entry(e),
+                    "label": label,
+                    "category": category,
+                    "detectors": int(len(group)),
+                    "units": int(len(units)),
+                }
+            )
+    cols = ["dataset", "model", "layer", "attack", "threshold_mode", "clean", "label", "category", "detectors", "units"]
     return pd.DataFrame(rows, columns=cols)
 
 
@@ -160,9 +176,14 @@ def _concept_order(counts: pd.DataFrame, top_n: int | None) -> tuple[list[tuple[
     return list(zip(totals["label"], totals["category"])), n_all
 
 
-def detector_figure(entries: Sequence[Mapping[str, Any]], png: PathLike, svg: PathLike,
-                    style: Mapping[str, Any] | None = None, top_n: int | None = 40,
-                    title: str | None = None) -> pd.DataFrame:
+def detector_figure(
+    entries: Sequence[Mapping[str, Any]],
+    png: PathLike,
+    svg: PathLike,
+    style: Mapping[str, Any] | None = None,
+    top_n: int | None = 40,
+    title: str | None = None,
+) -> pd.DataFrame:
     """The study's Fig. 5-7 for one dataset/model/layer: detector units per concept.
 
     One row of panels per image set (clean first, then each attack), one column per threshold
@@ -202,14 +223,19 @@ def detector_figure(entries: Sequence[Mapping[str, Any]], png: PathLike, svg: Pa
                 ran = (attack, mode) in dissected
                 total = int(sel["detectors"].sum())
                 kind = "clean" if attack in clean_attacks else "attack"
-                ax.set_title(f"{attack} ({kind}), thresholds: {mode} — {total} detectors",
-                             fontsize="small", loc="left")
+                ax.set_title(f"{attack} ({kind}), thresholds: {mode} — {total} detectors", fontsize="small", loc="left")
                 if not ran:
-                    ax.text(0.5, 0.5, "not dissected with this threshold mode", transform=ax.transAxes,
-                            ha="center", va="center", color="0.4")
+                    ax.text(
+                        0.5,
+                        0.5,
+                        "not dissected with this threshold mode",
+                        transform=ax.transAxes,
+                        ha="center",
+                        va="center",
+                        color="0.4",
+                    )
                 elif not concepts or total == 0:
-                    ax.text(0.5, 0.5, "no detectors", transform=ax.transAxes, ha="center",
-                            va="center", color="0.4")
+                    ax.text(0.5, 0.5, "no detectors", transform=ax.transAxes, ha="center", va="center", color="0.4")
                 ax.set_ylim(0, ymax * 1.1)
                 ax.yaxis.get_major_locator().set_params(integer=True)
                 if j == 0:
@@ -233,6 +259,7 @@ def detector_figure(entries: Sequence[Mapping[str, Any]], png: PathLike, svg: Pa
 
 
 # --------------------------------------------------------------------------- unit pictures
+
 
 def upsample_bilinear(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """Resize the last two axes bilinearly like torch's interpolate(align_corners=False)."""
@@ -280,8 +307,9 @@ class _ShardSet:
             return np.asarray(f[self.dataset][(pos,) + index])
 
 
-def top_activating(activation_paths: Sequence[PathLike], units: Sequence[int], n: int,
-                   expect: Mapping[str, Any]) -> dict[int, list[tuple[int, float]]]:
+def top_activating(
+    activation_paths: Sequence[PathLike], units: Sequence[int], n: int, expect: Mapping[str, Any]
+) -> dict[int, list[tuple[int, float]]]:
     """For each unit (1-based): the n image rows with the largest max activation, best first."""
     channels = sorted({u - 1 for u in units})
     rows_all, maxima = [], []
@@ -310,8 +338,7 @@ def read_thresholds(path: PathLike, expect: Mapping[str, Any]) -> np.ndarray:
         return np.asarray(f["thresholds"][:], dtype=np.float64)
 
 
-def pick_units(clean_units: pd.DataFrame, adv_units: pd.DataFrame, k: int,
-               named: Sequence[int] = ()) -> list[int]:
+def pick_units(clean_units: pd.DataFrame, adv_units: pd.DataFrame, k: int, named: Sequence[int] = ()) -> list[int]:
     """Named units first (config order), then the k units whose best-concept IoU changed most."""
     n_units = int(clean_units["unit"].max()) if len(clean_units) else 0
     for u in named:
@@ -355,13 +382,28 @@ def _unit_caption(side: str, units: pd.DataFrame, unit: int) -> tuple[str, str]:
     return f"{side}: unit {unit} — {label}{cat}, IoU {iou}{det}", category_color(r["category"])
 
 
-def unit_pictures(*, clean_images: Sequence[PathLike], adv_images: Sequence[PathLike],
-                  clean_activations: Sequence[PathLike], adv_activations: Sequence[PathLike],
-                  clean_thresholds: PathLike, adv_thresholds: PathLike,
-                  clean_units: PathLike, adv_units: PathLike, png: PathLike,
-                  dataset: str, model: str, layer: str, attack: str, clean_attack: str,
-                  threshold_mode: str = "self", units: Sequence[int] = (), k: int = 4,
-                  n_images: int = 4, style: Mapping[str, Any] | None = None) -> list[int]:
+def unit_pictures(
+    *,
+    clean_images: Sequence[PathLike],
+    adv_images: Sequence[PathLike],
+    clean_activations: Sequence[PathLike],
+    adv_activations: Sequence[PathLike],
+    clean_thresholds: PathLike,
+    adv_thresholds: PathLike,
+    clean_units: PathLike,
+    adv_units: PathLike,
+    png: PathLike,
+    dataset: str,
+    model: str,
+    layer: str,
+    attack: str,
+    clean_attack: str,
+    threshold_mode: str = "self",
+    units: Sequence[int] = (),
+    k: int = 4,
+    n_images: int = 4,
+    style: Mapping[str, Any] | None = None,
+) -> list[int]:
     """The study's Fig. 8: per unit, top-activating images with the unit's mask, clean | attack.
 
     Masks are the layer's activation upsampled bilinearly (align_corners=False) to the image
@@ -421,22 +463,29 @@ def unit_pictures(*, clean_images: Sequence[PathLike], adv_images: Sequence[Path
 
 # --------------------------------------------------------------------------- ε sweep
 
-def eps_sweep_data(table2_df: pd.DataFrame, attacks_df: pd.DataFrame, dataset: str, model: str,
-                   layer: str) -> pd.DataFrame:
+
+def eps_sweep_data(
+    table2_df: pd.DataFrame, attacks_df: pd.DataFrame, dataset: str, model: str, layer: str
+) -> pd.DataFrame:
     """Rows per (family, attack, mode): eps, all-category detector ratio, agreement, accuracy.
 
     The clean set is ε = 0 of every attack family.
     """
-    t2 = table2_df.loc[(table2_df["dataset"] == dataset) & (table2_df["model"] == model)
-                       & (table2_df["layer"] == layer) & (table2_df["category"] == "all")]
+    t2 = table2_df.loc[
+        (table2_df["dataset"] == dataset)
+        & (table2_df["model"] == model)
+        & (table2_df["layer"] == layer)
+        & (table2_df["category"] == "all")
+    ]
     at = attacks_df.loc[(attacks_df["dataset"] == dataset) & (attacks_df["model"] == model)]
     if t2.empty:
         raise ArtifactError(f"table2 has no rows for dataset={dataset} model={model} layer={layer}")
     missing = sorted(set(t2["attack"]) - set(at["attack"]))
     if missing:
         raise ArtifactError(f"attacks table has no row for attack(s) {missing} of {dataset}/{model}")
-    merged = t2.merge(at[["attack", "method", "eps", "agreement", "clean_accuracy", "adversarial_accuracy"]],
-                      on="attack")
+    merged = t2.merge(
+        at[["attack", "method", "eps", "agreement", "clean_accuracy", "adversarial_accuracy"]], on="attack"
+    )
     families = sorted(set(merged["method"]) - {"clean"})
     parts = []
     clean = merged.loc[merged["method"] == "clean"]
@@ -450,9 +499,16 @@ def eps_sweep_data(table2_df: pd.DataFrame, attacks_df: pd.DataFrame, dataset: s
     return out.sort_values(["family", "threshold_mode", "eps", "attack"]).reset_index(drop=True)
 
 
-def eps_sweep_figure(table2_df: pd.DataFrame, attacks_df: pd.DataFrame, dataset: str, model: str,
-                     layer: str, png: PathLike, svg: PathLike,
-                     style: Mapping[str, Any] | None = None) -> pd.DataFrame:
+def eps_sweep_figure(
+    table2_df: pd.DataFrame,
+    attacks_df: pd.DataFrame,
+    dataset: str,
+    model: str,
+    layer: str,
+    png: PathLike,
+    svg: PathLike,
+    style: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
     """Detector ratio (both modes) and agreement/accuracy against ε, one line per attack family."""
     data = eps_sweep_data(table2_df, attacks_df, dataset, model, layer)
     colors = method_colors(list(data["family"].unique()))
@@ -482,11 +538,21 @@ def eps_sweep_figure(table2_df: pd.DataFrame, attacks_df: pd.DataFrame, dataset:
         for ax in (ax_ratio, ax_agree):
             ax.set_xticks(ticks)
             ax.set_xticklabels([f"{t:g}" for t in ticks])
-        ax_ratio.legend(handles=[Line2D([], [], color="0.3", ls=MODE_LINESTYLES[m], label=f"thresholds: {m}")
-                                 for m in THRESHOLD_MODES], frameon=False, fontsize="small")
-        ax_agree.legend(handles=[Line2D([], [], color="0.3", ls="-", marker="o", label="agreement with clean"),
-                                 Line2D([], [], color="0.3", ls=":", marker="s", label="accuracy")],
-                        frameon=False, fontsize="small")
+        ax_ratio.legend(
+            handles=[
+                Line2D([], [], color="0.3", ls=MODE_LINESTYLES[m], label=f"thresholds: {m}") for m in THRESHOLD_MODES
+            ],
+            frameon=False,
+            fontsize="small",
+        )
+        ax_agree.legend(
+            handles=[
+                Line2D([], [], color="0.3", ls="-", marker="o", label="agreement with clean"),
+                Line2D([], [], color="0.3", ls=":", marker="s", label="accuracy"),
+            ],
+            frameon=False,
+            fontsize="small",
+        )
         handles = [Line2D([], [], color=colors[f], marker="o", label=f) for f in sorted(colors)]
         fig.legend(handles=handles, loc="outside right center", frameon=False, title="attack family")
         fig.suptitle(f"ε sweep — {dataset} / {model} / {layer} (ε = 0: clean images)")
@@ -496,26 +562,37 @@ def eps_sweep_figure(table2_df: pd.DataFrame, attacks_df: pd.DataFrame, dataset:
 
 # --------------------------------------------------------------------------- concept drift
 
-def drift_figure(summary: pd.DataFrame, png: PathLike, svg: PathLike,
-                 style: Mapping[str, Any] | None = None) -> None:
+
+def drift_figure(summary: pd.DataFrame, png: PathLike, svg: PathLike, style: Mapping[str, Any] | None = None) -> None:
     """Stacked bars of unit fates (kept/changed/lost/gained) per attack, a panel per
     dataset/model/layer and threshold mode. Units that are detectors in neither are left out."""
     shown = [s for s in DRIFT_STATUSES if s != "none"]
     groups = list(dict.fromkeys(zip(summary["dataset"], summary["model"], summary["layer"])))
     modes = [m for m in THRESHOLD_MODES if m in set(summary["threshold_mode"])] or ["self"]
-    n_att = max([1] + [summary.loc[(summary["dataset"] == d) & (summary["model"] == m)
-                                   & (summary["layer"] == l), "attack"].nunique() for d, m, l in groups])
+    n_att = max(
+        [1]
+        + [
+            summary.loc[
+                (summary["dataset"] == d) & (summary["model"] == m) & (summary["layer"] == lay), "attack"
+            ].nunique()
+            for d, m, lay in groups
+        ]
+    )
     with style_context(style) as s:
         fig = new_figure(4.8 * len(modes) + 1.5, max(1, len(groups)) * (0.32 * n_att + 1.1) + 1.0)
         if not groups:
             fig.text(0.5, 0.5, "no adversarial dissections", ha="center", va="center")
         else:
             axes = fig.subplots(len(groups), len(modes), squeeze=False, sharex=True)
-            for i, (d, m, l) in enumerate(groups):
+            for i, (d, m, lay) in enumerate(groups):
                 for j, mode in enumerate(modes):
                     ax = axes[i][j]
-                    sel = summary.loc[(summary["dataset"] == d) & (summary["model"] == m)
-                                      & (summary["layer"] == l) & (summary["threshold_mode"] == mode)]
+                    sel = summary.loc[
+                        (summary["dataset"] == d)
+                        & (summary["model"] == m)
+                        & (summary["layer"] == lay)
+                        & (summary["threshold_mode"] == mode)
+                    ]
                     y = np.arange(len(sel))
                     left = np.zeros(len(sel))
                     for status in shown:
@@ -525,7 +602,7 @@ def drift_figure(summary: pd.DataFrame, png: PathLike, svg: PathLike,
                     ax.set_yticks(y)
                     ax.set_yticklabels([_wrap(a, 22) for a in sel["attack"]], fontsize="small")
                     ax.invert_yaxis()
-                    ax.set_title(_wrap(f"{d} / {m} / {l} — thresholds: {mode}", 60), fontsize="small", loc="left")
+                    ax.set_title(_wrap(f"{d} / {m} / {lay} — thresholds: {mode}", 60), fontsize="small", loc="left")
                     if sel.empty:
                         ax.text(0.5, 0.5, "not dissected", transform=ax.transAxes, ha="center", va="center")
                     ax.grid(axis="y", visible=False)
@@ -537,9 +614,14 @@ def drift_figure(summary: pd.DataFrame, png: PathLike, svg: PathLike,
         save_figure(fig, png, svg, dpi=int(s["dpi"]))
 
 
-def write_concept_drift(entries: Sequence[Mapping[str, Any]], units_csv: PathLike, summary_csv: PathLike,
-                        png: PathLike | None = None, svg: PathLike | None = None,
-                        style: Mapping[str, Any] | None = None) -> pd.DataFrame:
+def write_concept_drift(
+    entries: Sequence[Mapping[str, Any]],
+    units_csv: PathLike,
+    summary_csv: PathLike,
+    png: PathLike | None = None,
+    svg: PathLike | None = None,
+    style: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
     units, summary = tables.concept_drift_tables(entries)
     store.write_csv(units_csv, units)
     store.write_csv(summary_csv, summary)
@@ -550,19 +632,25 @@ def write_concept_drift(entries: Sequence[Mapping[str, Any]], units_csv: PathLik
 
 # --------------------------------------------------------------------------- training
 
+
 def _method_order(methods: Sequence[str]) -> list[str]:
     known = [m for m in TRAINING_METHODS if m in set(methods)]
     return known + sorted(set(methods) - set(known))
 
 
-def training_figure(training_df: pd.DataFrame, png: PathLike, svg: PathLike,
-                    style: Mapping[str, Any] | None = None) -> None:
+def training_figure(
+    training_df: pd.DataFrame, png: PathLike, svg: PathLike, style: Mapping[str, Any] | None = None
+) -> None:
     """Per architecture: accuracy (clean and under each attack) and detector ratio per method."""
     archs = list(dict.fromkeys(training_df["arch"])) or [""]
     attacks = list(dict.fromkeys(training_df["attack"]))
     conditions = ["clean"] + attacks
-    palette = dict(zip(conditions, ["#000000"] + [mpl.colors.to_hex(c) for c in
-                                                  sns.color_palette("colorblind", max(1, len(attacks)))]))
+    palette = dict(
+        zip(
+            conditions,
+            ["#000000"] + [mpl.colors.to_hex(c) for c in sns.color_palette("colorblind", max(1, len(attacks)))],
+        )
+    )
     with style_context(style) as s:
         n_methods = max(1, training_df["method"].nunique())
         width = max(9.0, 2 * (0.45 * n_methods * len(conditions) + 1.5))
@@ -573,12 +661,24 @@ def training_figure(training_df: pd.DataFrame, png: PathLike, svg: PathLike,
             order = _method_order(list(sub["method"]))
             acc = _long(sub, "clean_accuracy", "adversarial_accuracy", 100.0)
             ratio = _long(sub, "clean_detector_ratio", "adversarial_detector_ratio", 1.0)
-            for ax, data, ylabel in ((axes[i][0], acc, "accuracy (%)"),
-                                     (axes[i][1], ratio, "detector units, all categories (%)")):
+            for ax, data, ylabel in (
+                (axes[i][0], acc, "accuracy (%)"),
+                (axes[i][1], ratio, "detector units, all categories (%)"),
+            ):
                 if data["value"].notna().any():
-                    sns.barplot(data=data, x="method", y="value", hue="condition", order=order,
-                                hue_order=conditions, palette=palette, ax=ax, errorbar=None,
-                                legend=False, saturation=1.0)
+                    sns.barplot(
+                        data=data,
+                        x="method",
+                        y="value",
+                        hue="condition",
+                        order=order,
+                        hue_order=conditions,
+                        palette=palette,
+                        ax=ax,
+                        errorbar=None,
+                        legend=False,
+                        saturation=1.0,
+                    )
                 else:
                     ax.text(0.5, 0.5, "no data", transform=ax.transAxes, ha="center", va="center")
                 ax.set_ylabel(ylabel)
@@ -586,8 +686,9 @@ def training_figure(training_df: pd.DataFrame, png: PathLike, svg: PathLike,
                 ax.set_title(f"{arch}", loc="left")
             axes[i][0].set_ylim(0, 100)
         handles = [Patch(facecolor=palette[c], label=c) for c in conditions]
-        fig.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6), frameon=False,
-                   title="images")
+        fig.legend(
+            handles=handles, loc="outside lower center", ncols=min(len(handles), 6), frameon=False, title="images"
+        )
         fig.suptitle("Training methods: accuracy and interpretable units, clean vs attacked")
         save_figure(fig, png, svg, dpi=int(s["dpi"]))
 
@@ -595,11 +696,13 @@ def training_figure(training_df: pd.DataFrame, png: PathLike, svg: PathLike,
 def _long(frame: pd.DataFrame, clean_col: str, adv_col: str, scale: float) -> pd.DataFrame:
     rows = []
     for (model, method), g in frame.groupby(["model", "method"], sort=False):
-        rows.append({"model": model, "method": method, "condition": "clean",
-                     "value": float(g[clean_col].iloc[0]) * scale})
+        rows.append(
+            {"model": model, "method": method, "condition": "clean", "value": float(g[clean_col].iloc[0]) * scale}
+        )
         for _, r in g.iterrows():
-            rows.append({"model": model, "method": method, "condition": r["attack"],
-                         "value": float(r[adv_col]) * scale})
+            rows.append(
+                {"model": model, "method": method, "condition": r["attack"], "value": float(r[adv_col]) * scale}
+            )
     return pd.DataFrame(rows, columns=["model", "method", "condition", "value"])
 
 
@@ -607,8 +710,9 @@ LOSS_ORDER = ("loss", "ce_clean", "ce_adv", "coral", "mmd", "consistency")
 ACCURACY_ORDER = ("train_accuracy", "val_accuracy")
 
 
-def learning_curves_figure(histories: Mapping[str, pd.DataFrame], png: PathLike, svg: PathLike,
-                           style: Mapping[str, Any] | None = None) -> None:
+def learning_curves_figure(
+    histories: Mapping[str, pd.DataFrame], png: PathLike, svg: PathLike, style: Mapping[str, Any] | None = None
+) -> None:
     """Loss terms and accuracies per epoch, a panel per quantity, one line per model."""
     columns: list[str] = []
     for h in histories.values():
@@ -637,7 +741,7 @@ def learning_curves_figure(histories: Mapping[str, pd.DataFrame], png: PathLike,
             ax.xaxis.get_major_locator().set_params(integer=True)
             if col.endswith("accuracy"):
                 ax.set_ylim(-0.02, 1.02)
-        for ax in axes[max(1, len(ordered)):]:
+        for ax in axes[max(1, len(ordered)) :]:
             ax.axis("off")
         handles = [Line2D([], [], color=colors[n], marker=markers[n], label=n) for n in names]
         if handles:
@@ -646,10 +750,20 @@ def learning_curves_figure(histories: Mapping[str, pd.DataFrame], png: PathLike,
         save_figure(fig, png, svg, dpi=int(s["dpi"]))
 
 
-def write_training_summary(*, models_csv: PathLike, attacks_csv: PathLike, table2_csv: PathLike,
-                           training_models: Mapping[str, Mapping[str, Any]], histories: Sequence[PathLike],
-                           table: PathLike, png: PathLike, svg: PathLike, curves_png: PathLike,
-                           curves_svg: PathLike, style: Mapping[str, Any] | None = None) -> pd.DataFrame:
+def write_training_summary(
+    *,
+    models_csv: PathLike,
+    attacks_csv: PathLike,
+    table2_csv: PathLike,
+    training_models: Mapping[str, Mapping[str, Any]],
+    histories: Sequence[PathLike],
+    table: PathLike,
+    png: PathLike,
+    svg: PathLike,
+    curves_png: PathLike,
+    curves_svg: PathLike,
+    style: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
     """training.csv, the method comparison figure and the learning curves.
 
     `histories` are the history.csv files in the order of `training_models`.
@@ -666,13 +780,20 @@ def write_training_summary(*, models_csv: PathLike, attacks_csv: PathLike, table
     frame = tables.training_table(models_df, attacks_df, table2_df, training_models)
     store.write_csv(table, frame)
     training_figure(frame, png, svg, style)
-    learning_curves_figure({n: tables.read_history(p) for n, p in zip(names, histories)},
-                           curves_png, curves_svg, style)
+    learning_curves_figure({n: tables.read_history(p) for n, p in zip(names, histories)}, curves_png, curves_svg, style)
     return frame
 
 
-def write_eps_sweep(table2_csv: PathLike, attacks_csv: PathLike, dataset: str, model: str, layer: str,
-                    png: PathLike, svg: PathLike, style: Mapping[str, Any] | None = None) -> pd.DataFrame:
+def write_eps_sweep(
+    table2_csv: PathLike,
+    attacks_csv: PathLike,
+    dataset: str,
+    model: str,
+    layer: str,
+    png: PathLike,
+    svg: PathLike,
+    style: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
     table2_df = tables.read_summary_csv(table2_csv)
     attacks_df = tables.read_summary_csv(attacks_csv)
     return eps_sweep_figure(table2_df, attacks_df, str(dataset), str(model), str(layer), png, svg, style)

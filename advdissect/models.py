@@ -52,6 +52,7 @@ _SHOW_LAYERS = 40
 
 # ---------------------------------------------------------------- architectures
 
+
 def list_architectures() -> list[str]:
     """Names of torchvision's classification models (e.g. alexnet, vgg11, resnet18)."""
     return list(torchvision.models.list_models(module=torchvision.models))
@@ -67,7 +68,9 @@ def build_network(arch: str, num_classes: int) -> nn.Module:
     return torchvision.models.get_model(arch, weights=None, num_classes=int(num_classes))
 
 
-def resolve_normalization(normalization: str | Mapping[str, Sequence[float]]) -> tuple[tuple[float, ...], tuple[float, ...]]:
+def resolve_normalization(
+    normalization: str | Mapping[str, Sequence[float]],
+) -> tuple[tuple[float, ...], tuple[float, ...]]:
     """(mean, std) for a name in NORMALIZATIONS or a dict {"mean": [3 floats], "std": [3 floats]}."""
     allowed = f"allowed: {', '.join(NORMALIZATIONS)} or {{'mean': [3 floats], 'std': [3 floats > 0]}}"
     if isinstance(normalization, str):
@@ -99,8 +102,7 @@ class NormalizedModel(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if x.ndim != 4 or x.shape[1] != 3 or not x.is_floating_point():
             raise ModelError(
-                f"{self.arch} expects float images in [0, 1] shaped (N, 3, H, W); "
-                f"got {x.dtype} {tuple(x.shape)}"
+                f"{self.arch} expects float images in [0, 1] shaped (N, 3, H, W); got {x.dtype} {tuple(x.shape)}"
             )
         return self.net((x - self.mean) / self.std)
 
@@ -128,6 +130,7 @@ def load_model(
 
 
 # ---------------------------------------------------------------- weights files
+
 
 def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
     """Read a weights file as a state_dict of tensors, refusing anything else.
@@ -203,7 +206,7 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
             changed = False
             for prefix in _WRAPPER_PREFIXES:
                 if key.startswith(prefix):
-                    key, changed = key[len(prefix):], True
+                    key, changed = key[len(prefix) :], True
         return key
 
     state = {strip(k): v for k, v in state.items()}
@@ -211,7 +214,7 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     # which come from the model spec instead.
     rest = [k for k in state if k not in ("mean", "std")]
     if rest and all(k.startswith("net.") for k in rest):
-        state = {k[len("net."):]: state[k] for k in rest}
+        state = {k[len("net.") :]: state[k] for k in rest}
     return state
 
 
@@ -236,8 +239,11 @@ def load_into(
         if num_classes is not None:
             what += f" (num_classes={num_classes})"
         parts = []
-        for label, items in (("missing keys", missing), ("unexpected keys", unexpected),
-                             ("shape mismatches", mismatched)):
+        for label, items in (
+            ("missing keys", missing),
+            ("unexpected keys", unexpected),
+            ("shape mismatches", mismatched),
+        ):
             if items:
                 parts.append(f"{label} ({len(items)}): {_head(items, _SHOW_KEYS)}")
         raise ModelError(f"weights file {path} does not fit {what}: " + "; ".join(parts))
@@ -249,7 +255,9 @@ def _head(items: Sequence[str], n: int) -> str:
     return shown + (f", ... (+{len(items) - n} more)" if len(items) > n else "")
 
 
-def save_weights(path: str | Path, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None) -> None:
+def save_weights(
+    path: str | Path, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None
+) -> None:
     """Write {"state_dict": ..., "meta": {...}} atomically; loadable with weights_only=True."""
     if not isinstance(state_dict, Mapping) or not state_dict:
         raise ModelError(f"cannot save {path}: the state_dict is empty or not a mapping")
@@ -345,6 +353,7 @@ def torchvision_weights(arch: str, weights_name: str):
 
 # ---------------------------------------------------------------- layers
 
+
 def _bare(model: nn.Module) -> nn.Module:
     return model.net if isinstance(model, NormalizedModel) else model
 
@@ -375,7 +384,7 @@ def layer_aliases(model: nn.Module) -> dict[str, str]:
             n_conv += 1
             target = f"features.{name}"
             # The ReLU after this conv (after a BatchNorm in vgg*_bn), before the next conv.
-            for later_name, later in children[i + 1:]:
+            for later_name, later in children[i + 1 :]:
                 if isinstance(later, nn.Conv2d):
                     break
                 if isinstance(later, nn.ReLU):
@@ -441,7 +450,7 @@ class LayerCapture:
         self._records: dict[str, list[torch.Tensor]] = {}
         self._handles: list[Any] = []
 
-    def __enter__(self) -> "LayerCapture":
+    def __enter__(self) -> LayerCapture:
         for target in dict.fromkeys(self.resolved.values()):
             self._handles.append(self._modules[target].register_forward_hook(self._hook(target)))
         return self
@@ -472,7 +481,9 @@ class LayerCapture:
         for layer, target in self.resolved.items():
             calls = self._records.get(target, [])
             if not calls:
-                raise ModelError(f"layer {layer!r} ({target}) of {_arch_name(self.model)} did not run in the forward pass")
+                raise ModelError(
+                    f"layer {layer!r} ({target}) of {_arch_name(self.model)} did not run in the forward pass"
+                )
             if len(calls) > 1:
                 raise ModelError(
                     f"layer {layer!r} ({target}) of {_arch_name(self.model)} runs {len(calls)} times in one "
@@ -497,7 +508,9 @@ def _model_device(model: nn.Module) -> torch.device:
     return torch.device("cpu")
 
 
-def feature_shapes(model: nn.Module, layers: Sequence[str], image_size: int | Sequence[int]) -> dict[str, tuple[int, ...]]:
+def feature_shapes(
+    model: nn.Module, layers: Sequence[str], image_size: int | Sequence[int]
+) -> dict[str, tuple[int, ...]]:
     """{layer: (C, h, w)} for an input of `image_size` (int or (h, w)), from a dummy forward pass."""
     h, w = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else tuple(image_size)
     x = torch.zeros(1, 3, int(h), int(w), device=_model_device(model))
@@ -507,6 +520,7 @@ def feature_shapes(model: nn.Module, layers: Sequence[str], image_size: int | Se
 
 
 # ---------------------------------------------------------------- predictions
+
 
 def softmax_prediction(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """(argmax int64, its softmax probability float32) per row of `logits`."""
@@ -520,4 +534,3 @@ def predict(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     """(predicted class int64, softmax probability of that class float32) for images `x`."""
     with torch.no_grad():
         return softmax_prediction(model(x))
-

@@ -28,24 +28,24 @@ START_MARKER = "<!-- demo-results:start -->"
 END_MARKER = "<!-- demo-results:end -->"
 
 TITLES = {
-    "models": "**Models** (`models.csv`; held-out accuracy: share of the held-out split "
-              "classified correctly)",
+    "models": "**Models** (`models.csv`; held-out accuracy: share of the held-out split classified correctly)",
     "attacks": "**Attacks** (`attacks.csv`; % of predictions each attack changed, its "
-               "success_rate; – = not run on that model)",
+    "success_rate; – = not run on that model)",
     "table2": "**Table 2, deepest layer** (`table2.csv`; % of the layer's units that are "
-              "detectors, per category: C color, T texture, M material, S scene, P part, O object; "
-              "thresholds self = recomputed on each image set, clean = kept from the clean images)",
+    "detectors, per category: C color, T texture, M material, S scene, P part, O object; "
+    "thresholds self = recomputed on each image set, clean = kept from the clean images)",
     "concentration": "**Clean deepest layer, concentration** (clean `units/<layer>.csv`; a unit's "
-                     "best label is its highest-IoU concept, whether or not it is a detector)",
+    "best label is its highest-IoU concept, whether or not it is a detector)",
     "ceilings": "**Ideal-unit ceilings** (`ceilings.csv`; per category, the highest IoU an ideal "
-                "unit reaches at the layer's map size, and its concept)",
+    "unit reaches at the layer's map size, and its concept)",
     "training": "**Training comparison** (`training.csv`; acc.: accuracy on the labelled dissected "
-                "images; det. %: detectors of any category at the layer, thresholds recomputed)",
+    "images; det. %: detectors of any category at the layer, thresholds recomputed)",
 }
 SECTIONS = tuple(TITLES)
 
 
 # --------------------------------------------------------------------------- formatting
+
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Iterable[int]) -> str:
     """A Markdown table; columns whose index is in `right` are right-aligned."""
@@ -114,6 +114,7 @@ def _details(detail: Any) -> dict[str, str]:
 
 # --------------------------------------------------------------------------- sections
 
+
 def attack_columns(attacks: pd.DataFrame) -> list[str]:
     """The attacks (not the clean set) of attacks.csv, ordered by method, eps, name."""
     adv = attacks.loc[attacks["method"] != "clean", ["method", "eps", "attack"]]
@@ -132,8 +133,15 @@ def models_section(models: pd.DataFrame) -> str:
             method = "" if is_missing(r.get("weights")) else str(r["weights"])
         init = _details(r.get("weights_detail")).get("init")
         training = f"{method}, from {init}" if init else method
-        rows.append([text(r["model"]), text(r["arch"]), text(training) or DASH,
-                     fmt_int(r.get("epochs")), fmt_fixed(r.get("heldout_accuracy"), 3)])
+        rows.append(
+            [
+                text(r["model"]),
+                text(r["arch"]),
+                text(training) or DASH,
+                fmt_int(r.get("epochs")),
+                fmt_fixed(r.get("heldout_accuracy"), 3),
+            ]
+        )
     return _section("models", md_table(header, rows, right={3, 4}))
 
 
@@ -164,8 +172,7 @@ def table2_section(table2: pd.DataFrame, deepest: Sequence[tuple[str, str, str]]
     header += [tables.CATEGORY_ABBREV[c] for c in tables.CATEGORY_ORDER] + ["All"]
     rows = []
     for dataset, model, layer in deepest:
-        block = table2.loc[(table2["dataset"] == dataset) & (table2["model"] == model)
-                           & (table2["layer"] == layer)]
+        block = table2.loc[(table2["dataset"] == dataset) & (table2["model"] == model) & (table2["layer"] == layer)]
         for (mode, attack), group in block.groupby(["threshold_mode", "attack"], sort=False):
             ratio = dict(zip(group["category"], group["ratio_percent"]))
             row = ([text(dataset)] if multi else []) + [text(model), text(layer), text(mode), text(attack)]
@@ -193,7 +200,11 @@ def concentration_section(units: Mapping[tuple[str, str, str], pd.DataFrame]) ->
     and the most common best label with its share of all units."""
     multi = len({k[0] for k in units}) > 1
     header = (["dataset"] if multi else []) + [
-        "model", "layer", "units", "detectors %", "object detectors %",
+        "model",
+        "layer",
+        "units",
+        "detectors %",
+        "object detectors %",
         "most common best label (% of all units)",
     ]
     rows = []
@@ -206,8 +217,12 @@ def concentration_section(units: Mapping[tuple[str, str, str], pd.DataFrame]) ->
             det = frame["detector"].astype(bool)
             objects = det & (frame["category"] == "object")
             label, count = most_common_label(frame)
-            row += [str(n), fmt_percent(100.0 * det.sum() / n), fmt_percent(100.0 * objects.sum() / n),
-                    f"{text(label)} ({fmt_percent(100.0 * count / n)})" if label else DASH]
+            row += [
+                str(n),
+                fmt_percent(100.0 * det.sum() / n),
+                fmt_percent(100.0 * objects.sum() / n),
+                f"{text(label)} ({fmt_percent(100.0 * count / n)})" if label else DASH,
+            ]
         rows.append(row)
     n_key = len(header) - 4
     return _section("concentration", md_table(header, rows, right=range(n_key, len(header) - 1)))
@@ -229,8 +244,9 @@ def ceilings_section(ceilings: pd.DataFrame, deepest: Sequence[tuple[str, str, s
     header += [tables.CATEGORY_ABBREV[c] for c in tables.CATEGORY_ORDER]
     rows = []
     for dataset, model, layer in deepest:
-        sel = ceilings.loc[(ceilings["dataset"] == dataset) & (ceilings["model"] == model)
-                           & (ceilings["layer"] == layer)]
+        sel = ceilings.loc[
+            (ceilings["dataset"] == dataset) & (ceilings["model"] == model) & (ceilings["layer"] == layer)
+        ]
         row = ([text(dataset)] if multi else []) + [text(model), text(layer), _map_size(sel)]
         for category in tables.CATEGORY_ORDER:
             cat = sel.loc[(sel["category"] == category) & sel["iou"].notna()]
@@ -238,7 +254,8 @@ def ceilings_section(ceilings: pd.DataFrame, deepest: Sequence[tuple[str, str, s
                 row.append(DASH)
                 continue
             cat = cat.assign(_name=cat["name"].astype(str)).sort_values(
-                ["iou", "_name"], ascending=[False, True], kind="stable")
+                ["iou", "_name"], ascending=[False, True], kind="stable"
+            )
             best = cat.iloc[0]
             row.append(f"{fmt_fixed(best['iou'], 3)} ({text(best['name'])})")
         rows.append(row)
@@ -265,13 +282,14 @@ def training_section(training: pd.DataFrame, attack_order: Sequence[str] | None 
     for (dataset, model), group in training.groupby(["dataset", "model"], sort=False):
         by_attack = {r["attack"]: r for _, r in group.iterrows()}
         row = ([text(dataset)] if multi else []) + [
-            text(model), text(_first(group["method"])), text(_first(group["layer"])),
+            text(model),
+            text(_first(group["method"])),
+            text(_first(group["layer"])),
             fmt_fixed(_first(group["clean_accuracy"]), 3),
         ]
         row += [fmt_fixed(by_attack[a]["adversarial_accuracy"], 3) if a in by_attack else DASH for a in names]
         row.append(fmt_percent(_first(group["clean_detector_ratio"])))
-        row += [fmt_percent(by_attack[a]["adversarial_detector_ratio"]) if a in by_attack else DASH
-                for a in names]
+        row += [fmt_percent(by_attack[a]["adversarial_detector_ratio"]) if a in by_attack else DASH for a in names]
         rows.append(row)
     n_key = len(header) - 2 * len(names) - 2
     return _section("training", md_table(header, rows, right=range(n_key, len(header))))
@@ -279,9 +297,15 @@ def training_section(training: pd.DataFrame, attack_order: Sequence[str] | None 
 
 # --------------------------------------------------------------------------- the document
 
-def demo_results_markdown(models: pd.DataFrame, attacks: pd.DataFrame, table2: pd.DataFrame,
-                          ceilings: pd.DataFrame, units: Mapping[tuple[str, str, str], pd.DataFrame],
-                          training: pd.DataFrame | None = None) -> str:
+
+def demo_results_markdown(
+    models: pd.DataFrame,
+    attacks: pd.DataFrame,
+    table2: pd.DataFrame,
+    ceilings: pd.DataFrame,
+    units: Mapping[tuple[str, str, str], pd.DataFrame],
+    training: pd.DataFrame | None = None,
+) -> str:
     """Every section, in order, separated by blank lines; ends with one newline.
 
     `units`: {(dataset, model, deepest layer): clean units table}, in the order the rows
@@ -310,8 +334,9 @@ def section_titles(markdown: str) -> list[str]:
 def table_headers(markdown: str) -> list[str]:
     """The header row of every table of a demo-results text, in order."""
     lines = markdown.splitlines()
-    return [line for i, line in enumerate(lines)
-            if line.startswith("|") and (i == 0 or not lines[i - 1].startswith("|"))]
+    return [
+        line for i, line in enumerate(lines) if line.startswith("|") and (i == 0 or not lines[i - 1].startswith("|"))
+    ]
 
 
 def embedded_block(readme: str) -> str:
@@ -321,21 +346,25 @@ def embedded_block(readme: str) -> str:
     ends = [i for i, line in enumerate(lines) if line.rstrip("\n") == END_MARKER]
     if len(starts) != 1 or len(ends) != 1 or ends[0] < starts[0]:
         raise ValueError(f"expected one {START_MARKER} line followed by one {END_MARKER} line")
-    return "".join(lines[starts[0] + 1: ends[0]])
+    return "".join(lines[starts[0] + 1 : ends[0]])
 
 
-def write_demo_results(out: PathLike, *, models_csv: PathLike, attacks_csv: PathLike,
-                       table2_csv: PathLike, ceilings_csv: PathLike,
-                       units: Sequence[Mapping[str, Any]], training_csv: PathLike | None = None) -> str:
+def write_demo_results(
+    out: PathLike,
+    *,
+    models_csv: PathLike,
+    attacks_csv: PathLike,
+    table2_csv: PathLike,
+    ceilings_csv: PathLike,
+    units: Sequence[Mapping[str, Any]],
+    training_csv: PathLike | None = None,
+) -> str:
     """Read the summary tables and write `demo_results_markdown(...)` to `out`.
 
     `units`: [{dataset, model, layer, path}] of each model's deepest dissected layer (clean,
     thresholds self), in model order.
     """
-    frames = {
-        (str(u["dataset"]), str(u["model"]), str(u["layer"])): tables.read_units(u["path"])
-        for u in units
-    }
+    frames = {(str(u["dataset"]), str(u["model"]), str(u["layer"])): tables.read_units(u["path"]) for u in units}
     markdown = demo_results_markdown(
         models=tables.read_summary_csv(models_csv),
         attacks=tables.read_summary_csv(attacks_csv),

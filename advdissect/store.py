@@ -15,8 +15,9 @@ import glob
 import json
 import os
 import tempfile
+from collections.abc import Iterator, Mapping
 from pathlib import Path
-from typing import Any, Iterator, Mapping
+from typing import Any
 
 import h5py
 import numpy as np

@@ -56,9 +56,15 @@ from .errors import ConfigError
 log = logging.getLogger(__name__)
 
 COLORS = {
-    "red": (205, 30, 35), "orange": (245, 135, 20), "yellow": (240, 215, 35),
-    "lime": (150, 225, 45), "green": (30, 130, 50), "cyan": (40, 200, 215),
-    "blue": (35, 70, 205), "purple": (120, 45, 175), "magenta": (225, 50, 190),
+    "red": (205, 30, 35),
+    "orange": (245, 135, 20),
+    "yellow": (240, 215, 35),
+    "lime": (150, 225, 45),
+    "green": (30, 130, 50),
+    "cyan": (40, 200, 215),
+    "blue": (35, 70, 205),
+    "purple": (120, 45, 175),
+    "magenta": (225, 50, 190),
     "brown": (125, 70, 30),
 }
 MATERIALS = ("wood", "brick", "fabric", "metal", "stone", "plastic")
@@ -67,8 +73,18 @@ DISTRACTOR_SHAPES = ("bar", "arrow", "tee", "knob")
 DISTRACTOR_WEIGHTS = np.array([1.0, 1.0, 1.0, 0.5])
 DISTRACTOR_MATERIALS = ("wood", "metal", "plastic")
 DISTRACTOR_COLORS = ("red", "blue", "green", "yellow")
-TEXTURES = ("striped", "banded", "chequered", "dotted", "grid", "zigzagged", "wavy",
-            "crosshatched", "spiralled", "lined")
+TEXTURES = (
+    "striped",
+    "banded",
+    "chequered",
+    "dotted",
+    "grid",
+    "zigzagged",
+    "wavy",
+    "crosshatched",
+    "spiralled",
+    "lined",
+)
 
 
 @dataclass(frozen=True)
@@ -178,9 +194,20 @@ def vocabulary(n_classes: int) -> Vocabulary:
 
 # Shapes: inside-tests in object coordinates (u, v), radius 1, v pointing down.
 # Radius of each shape's bounding circle, in units of its radius.
-EXTENT = {"circle": 0.95, "knob": 0.95, "square": 1.14, "triangle": 1.2, "star": 1.15,
-          "cross": 1.05, "ring": 1.0, "diamond": 1.15, "crescent": 1.0, "bar": 1.18,
-          "arrow": 1.12, "tee": 1.35}
+EXTENT = {
+    "circle": 0.95,
+    "knob": 0.95,
+    "square": 1.14,
+    "triangle": 1.2,
+    "star": 1.15,
+    "cross": 1.05,
+    "ring": 1.0,
+    "diamond": 1.15,
+    "crescent": 1.0,
+    "bar": 1.18,
+    "arrow": 1.12,
+    "tee": 1.35,
+}
 
 
 def _shape(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
@@ -215,8 +242,7 @@ def _shape(name: str, u: np.ndarray, v: np.ndarray) -> np.ndarray:
         head = (u >= 0.25) & (u <= 1.1) & (np.abs(v) <= (1.1 - u) * 0.8)
         return shaft | head
     if name == "tee":
-        return (((np.abs(u) <= 0.95) & (v >= -0.95) & (v <= -0.55))
-                | ((np.abs(u) <= 0.22) & (v >= -0.55) & (v <= 0.95)))
+        return ((np.abs(u) <= 0.95) & (v >= -0.95) & (v <= -0.55)) | ((np.abs(u) <= 0.22) & (v >= -0.55) & (v <= 0.95))
     raise ValueError(f"unknown shape {name!r}")
 
 
@@ -250,8 +276,7 @@ def _material(name: str, x: np.ndarray, y: np.ndarray, k: float, salt: float) ->
     raise ValueError(f"unknown material {name!r}")
 
 
-def _texture(name: str, x: np.ndarray, y: np.ndarray, period: float, angle: float,
-             cx: float, cy: float) -> np.ndarray:
+def _texture(name: str, x: np.ndarray, y: np.ndarray, period: float, angle: float, cx: float, cy: float) -> np.ndarray:
     """A whole-image periodic pattern in [0, 1]."""
     p = period
     ca, sa = math.cos(angle), math.sin(angle)
@@ -355,9 +380,15 @@ class _Painter:
         img = (wall * (1 - floor) + ground * floor) * shade
         img = np.broadcast_to(img, (n, n, 3)).astype(np.float32)
         for i, name in enumerate(textures):
-            p = _texture(name, x, y, period=float(rng.uniform(7, 12) * self.pattern_k),
-                         angle=float(rng.uniform(math.radians(25), math.radians(65))),
-                         cx=float(rng.uniform(0, n)), cy=float(rng.uniform(0, n)))
+            p = _texture(
+                name,
+                x,
+                y,
+                period=float(rng.uniform(7, 12) * self.pattern_k),
+                angle=float(rng.uniform(math.radians(25), math.radians(65))),
+                cx=float(rng.uniform(0, n)),
+                cy=float(rng.uniform(0, n)),
+            )
             img = img + (TEXTURE_AMPLITUDE / (i + 1)) * (2.0 * p - 1.0)[..., None]
         return img + rng.normal(0, 3.0, size=img.shape).astype(np.float32)
 
@@ -368,19 +399,32 @@ class _Painter:
             reach = EXTENT[shape] * radius
             for _ in range(200):
                 cx, cy = rng.uniform(reach + 1, self.size - reach - 1, size=2)
-                if all(math.hypot(cx - o.cx, cy - o.cy) > reach + EXTENT[o.shape] * o.radius + 1.5 * self.k
-                       for o in placed):
+                if all(
+                    math.hypot(cx - o.cx, cy - o.cy) > reach + EXTENT[o.shape] * o.radius + 1.5 * self.k for o in placed
+                ):
                     break
             else:
                 continue
-            placed.append(_Object(shape, label, float(cx), float(cy), radius,
-                                  float(rng.uniform(-angle_range, angle_range)), color, material,
-                                  parts, salt=float(rng.uniform(0, 100))))
+            placed.append(
+                _Object(
+                    shape,
+                    label,
+                    float(cx),
+                    float(cy),
+                    radius,
+                    float(rng.uniform(-angle_range, angle_range)),
+                    color,
+                    material,
+                    parts,
+                    salt=float(rng.uniform(0, 100)),
+                )
+            )
 
     def draw(self, img: np.ndarray, objects: list[_Object]) -> dict:
         seg = self.seg
-        layers = {name: np.zeros((seg, seg), dtype=np.int32)
-                  for name in ("color", "object", "part_1", "part_2", "material")}
+        layers = {
+            name: np.zeros((seg, seg), dtype=np.int32) for name in ("color", "object", "part_1", "part_2", "material")
+        }
         v = self.vocab
         for obj in objects:
             reach = EXTENT[obj.shape] * obj.radius + 2.0
@@ -426,14 +470,32 @@ def _compose(painter: _Painter, rng: np.random.Generator, row: _Row):
     k = painter.k
     cls = CLASSES[row.cls]
     color = cls.colors[rng.choice(3, p=COLOR_WEIGHTS)]
-    specs = [(cls.shape, cls.name, MAIN_RADIUS * k * rng.uniform(0.85, 1.15), color, cls.material,
-              cls.parts, math.radians(20))]
+    specs = [
+        (
+            cls.shape,
+            cls.name,
+            MAIN_RADIUS * k * rng.uniform(0.85, 1.15),
+            color,
+            cls.material,
+            cls.parts,
+            math.radians(20),
+        )
+    ]
     weights = DISTRACTOR_WEIGHTS / DISTRACTOR_WEIGHTS.sum()
     for _ in range(int(rng.integers(1, 3))):
         d = DISTRACTOR_SHAPES[rng.choice(len(DISTRACTOR_SHAPES), p=weights)]
         radius = (KNOB_CONTEXT_RADIUS if d == "knob" else CONTEXT_RADIUS) * k * rng.uniform(0.85, 1.15)
-        specs.append((d, d, radius, DISTRACTOR_COLORS[rng.integers(len(DISTRACTOR_COLORS))],
-                      DISTRACTOR_MATERIALS[rng.integers(len(DISTRACTOR_MATERIALS))], (), math.pi))
+        specs.append(
+            (
+                d,
+                d,
+                radius,
+                DISTRACTOR_COLORS[rng.integers(len(DISTRACTOR_COLORS))],
+                DISTRACTOR_MATERIALS[rng.integers(len(DISTRACTOR_MATERIALS))],
+                (),
+                math.pi,
+            )
+        )
     img = painter.background(rng, SCENES[row.scene], list(row.textures))
     objects: list[_Object] = []
     painter.place(rng, specs, objects)
@@ -442,8 +504,13 @@ def _compose(painter: _Painter, rng: np.random.Generator, row: _Row):
 
 
 def _check_args(n_train, n_val, image_size, n_classes, seed):
-    for key, value, lo in (("n_train", n_train, 1), ("n_val", n_val, 1), ("image_size", image_size, 32),
-                           ("n_classes", n_classes, 2), ("seed", seed, 0)):
+    for key, value, lo in (
+        ("n_train", n_train, 1),
+        ("n_val", n_val, 1),
+        ("image_size", image_size, 32),
+        ("n_classes", n_classes, 2),
+        ("seed", seed, 0),
+    ):
         if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < lo:
             raise ConfigError(f"synthetic.{key} must be a whole number >= {lo}, got {value!r}")
     if n_classes > MAX_CLASSES:
@@ -467,8 +534,9 @@ def _plan(n: int, n_classes: int, rng: np.random.Generator) -> list[_Row]:
     return rows
 
 
-def generate(root: str | os.PathLike, *, n_train: int, n_val: int, image_size: int = 112,
-             n_classes: int = 16, seed: int = 0) -> None:
+def generate(
+    root: str | os.PathLike, *, n_train: int, n_val: int, image_size: int = 112, n_classes: int = 16, seed: int = 0
+) -> None:
     """Write a synthetic Broden-format dataset to `root` (built beside it, then renamed into
     place, so an interrupted run leaves no partial dataset). Same arguments, same bytes."""
     _check_args(n_train, n_val, image_size, n_classes, seed)
@@ -503,12 +571,13 @@ def _write(build: Path, n_train: int, n_val: int, image_size: int, n_classes: in
             for i, row in enumerate(_plan(n, n_classes, plan_rng)):
                 rng = np.random.default_rng([seed, code, i])
                 stem = f"synthetic/{split}_{i:05d}"
-                rec = {"image": f"{stem}.jpg", "split": split, "ih": image_size, "iw": image_size,
-                       "sh": seg, "sw": seg}
+                rec = {"image": f"{stem}.jpg", "split": split, "ih": image_size, "iw": image_size, "sh": seg, "sw": seg}
                 rec.update({cat: "" for cat in CATEGORIES})
                 img, layers = _compose(painter, rng, row)
-                image_labels = {"scene": [vocab.scene[SCENES[row.scene].name]],
-                                "texture": [vocab.texture[t] for t in row.textures]}
+                image_labels = {
+                    "scene": [vocab.scene[SCENES[row.scene].name]],
+                    "texture": [vocab.texture[t] for t in row.textures],
+                }
                 for cat, numbers in image_labels.items():
                     rec[cat] = ";".join(str(t) for t in numbers)
                     freq[cat][numbers] += 1
@@ -552,25 +621,37 @@ def _write_labels(build: Path, vocab: Vocabulary, freq: dict, cover: dict, categ
     for number in sorted(names):
         cats = [c for c in CATEGORIES if number in members[c]]
         cats.sort(key=lambda c: -freq[c][number])
-        label_rows.append({
-            "number": number, "name": names[number],
-            "category": ";".join(f"{c}({freq[c][number]})" for c in cats),
-            "frequency": int(sum(freq[c][number] for c in cats)),
-            "coverage": round(float(sum(cover[c][number] for c in cats)), 6),
-            "syns": "",
-        })
+        label_rows.append(
+            {
+                "number": number,
+                "name": names[number],
+                "category": ";".join(f"{c}({freq[c][number]})" for c in cats),
+                "frequency": int(sum(freq[c][number] for c in cats)),
+                "coverage": round(float(sum(cover[c][number] for c in cats)), 6),
+                "syns": "",
+            }
+        )
     pd.DataFrame(label_rows).to_csv(build / "label.csv", index=False)
 
     cat_rows = []
     for cat in CATEGORIES:
         numbers = members[cat]
-        pd.DataFrame({
-            "code": np.arange(1, len(numbers) + 1),
-            "number": numbers,
-            "name": [names[n] for n in numbers],
-            "frequency": [int(freq[cat][n]) for n in numbers],
-            "coverage": [round(float(cover[cat][n]), 6) for n in numbers],
-        }).to_csv(build / f"c_{cat}.csv", index=False)
-        cat_rows.append({"name": cat, "first": min(numbers), "last": max(numbers),
-                         "count": len(numbers), "frequency": category_images[cat]})
+        pd.DataFrame(
+            {
+                "code": np.arange(1, len(numbers) + 1),
+                "number": numbers,
+                "name": [names[n] for n in numbers],
+                "frequency": [int(freq[cat][n]) for n in numbers],
+                "coverage": [round(float(cover[cat][n]), 6) for n in numbers],
+            }
+        ).to_csv(build / f"c_{cat}.csv", index=False)
+        cat_rows.append(
+            {
+                "name": cat,
+                "first": min(numbers),
+                "last": max(numbers),
+                "count": len(numbers),
+                "frequency": category_images[cat],
+            }
+        )
     pd.DataFrame(cat_rows).to_csv(build / "category.csv", index=False)

@@ -28,13 +28,31 @@ TABLE2_CATEGORIES = CATEGORY_ORDER + ("all",)
 THRESHOLD_MODES = ("self", "clean")
 
 TABLE2_COLUMNS = [
-    "dataset", "model", "layer", "attack", "threshold_mode", "category",
-    "units", "detectors", "ratio_percent", "concepts",
+    "dataset",
+    "model",
+    "layer",
+    "attack",
+    "threshold_mode",
+    "category",
+    "units",
+    "detectors",
+    "ratio_percent",
+    "concepts",
 ]
 UNITS_COLUMNS = ["unit", "label", "category", "iou", "detector"]
 ATTACK_COLUMNS = [
-    "dataset", "model", "attack", "method", "eps", "n_images", "agreement", "success_rate",
-    "linf_max", "l2_mean", "clean_accuracy", "adversarial_accuracy",
+    "dataset",
+    "model",
+    "attack",
+    "method",
+    "eps",
+    "n_images",
+    "agreement",
+    "success_rate",
+    "linf_max",
+    "l2_mean",
+    "clean_accuracy",
+    "adversarial_accuracy",
 ]
 DRIFT_STATUSES = ("kept", "changed", "lost", "gained", "none")
 TRAINING_METHODS = ("standard", "at", "consistency", "atda")
@@ -43,6 +61,7 @@ PathLike = str | os.PathLike
 
 
 # --------------------------------------------------------------------------- units files
+
 
 def _parse_bool(value: Any, path: PathLike, unit: Any) -> bool:
     if isinstance(value, (bool, np.bool_)):
@@ -92,6 +111,7 @@ def read_units(path: PathLike) -> pd.DataFrame:
 
 # --------------------------------------------------------------------------- entries
 
+
 def is_clean_entry(entry: Mapping[str, Any]) -> bool:
     """The clean image set is the attack whose method is 'clean' (or, without a method, named 'clean')."""
     if entry.get("method") is not None:
@@ -108,9 +128,7 @@ def check_entries(entries: Sequence[Mapping[str, Any]], need_path: bool = True) 
         if missing:
             raise ConfigError(f"entry {i} ({dict(entry)}) lacks key(s) {missing}; each needs {keys}")
         if entry["mode"] not in THRESHOLD_MODES:
-            raise ConfigError(
-                f"entry {i}: mode {entry['mode']!r} unknown; allowed: {', '.join(THRESHOLD_MODES)}"
-            )
+            raise ConfigError(f"entry {i}: mode {entry['mode']!r} unknown; allowed: {', '.join(THRESHOLD_MODES)}")
         key = tuple(str(entry[k]) for k in ("dataset", "model", "layer", "attack", "mode"))
         if key in seen:
             raise ConfigError(f"entry {i}: {dict(zip(keys, key))} is listed twice")
@@ -177,6 +195,7 @@ def _sort_frame(frame: pd.DataFrame, clean_attacks: set[str], mode_col: str = "t
 
 # --------------------------------------------------------------------------- Table 2
 
+
 def table2_rows(units: pd.DataFrame) -> list[dict]:
     """Per category (and 'all'): units, detectors, ratio_percent, distinct concepts."""
     n_units = int(len(units))
@@ -185,13 +204,15 @@ def table2_rows(units: pd.DataFrame) -> list[dict]:
     for category in TABLE2_CATEGORIES:
         sel = det if category == "all" else det.loc[det["category"] == category]
         n_det = int(len(sel))
-        rows.append({
-            "category": category,
-            "units": n_units,
-            "detectors": n_det,
-            "ratio_percent": 100.0 * n_det / n_units if n_units else 0.0,
-            "concepts": int(sel["label"].nunique()),
-        })
+        rows.append(
+            {
+                "category": category,
+                "units": n_units,
+                "detectors": n_det,
+                "ratio_percent": 100.0 * n_det / n_units if n_units else 0.0,
+                "concepts": int(sel["label"].nunique()),
+            }
+        )
     return rows
 
 
@@ -206,10 +227,16 @@ def table2(entries: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     for e in entries:
         units = read_units(e["path"])
         for r in table2_rows(units):
-            rows.append({
-                "dataset": e["dataset"], "model": e["model"], "layer": e["layer"],
-                "attack": e["attack"], "threshold_mode": e["mode"], **r,
-            })
+            rows.append(
+                {
+                    "dataset": e["dataset"],
+                    "model": e["model"],
+                    "layer": e["layer"],
+                    "attack": e["attack"],
+                    "threshold_mode": e["mode"],
+                    **r,
+                }
+            )
     frame = pd.DataFrame(rows, columns=TABLE2_COLUMNS)
     clean = {e["attack"] for e in entries if is_clean_entry(e)}
     return _sort_frame(frame, clean)
@@ -284,8 +311,15 @@ def write_table2(entries: Sequence[Mapping[str, Any]], csv_path: PathLike, md_pa
 # --------------------------------------------------------------------------- models and attacks
 
 MODELS_COLUMNS = [
-    "model", "arch", "weights", "dataset", "heldout_accuracy", "weights_detail",
-    "training_method", "train_accuracy", "epochs",
+    "model",
+    "arch",
+    "weights",
+    "dataset",
+    "heldout_accuracy",
+    "weights_detail",
+    "training_method",
+    "train_accuracy",
+    "epochs",
 ]
 
 
@@ -318,17 +352,19 @@ def models_table(models: Mapping[str, Mapping[str, Any]], metrics: Mapping[str, 
             raise ConfigError(f"models.{name}: needs an 'arch' key")
         source, detail = _weights_source(spec.get("weights"))
         m = metrics.get(name, {})
-        rows.append({
-            "model": name,
-            "arch": spec["arch"],
-            "weights": source,
-            "dataset": _training_dataset(spec.get("weights")),
-            "heldout_accuracy": m.get("heldout_accuracy", np.nan),
-            "weights_detail": detail,
-            "training_method": m.get("method", ""),
-            "train_accuracy": m.get("train_accuracy", np.nan),
-            "epochs": m.get("epochs", np.nan),
-        })
+        rows.append(
+            {
+                "model": name,
+                "arch": spec["arch"],
+                "weights": source,
+                "dataset": _training_dataset(spec.get("weights")),
+                "heldout_accuracy": m.get("heldout_accuracy", np.nan),
+                "weights_detail": detail,
+                "training_method": m.get("method", ""),
+                "train_accuracy": m.get("train_accuracy", np.nan),
+                "epochs": m.get("epochs", np.nan),
+            }
+        )
     frame = pd.DataFrame(rows, columns=MODELS_COLUMNS)
     # Integers stay integers in the CSV even with empty cells.
     frame["epochs"] = frame["epochs"].astype("Int64")
@@ -345,8 +381,9 @@ def read_metrics(path: PathLike) -> dict:
     return data
 
 
-def write_models_table(models: Mapping[str, Mapping[str, Any]], trained: Sequence[str],
-                       metrics_paths: Sequence[PathLike], out: PathLike) -> pd.DataFrame:
+def write_models_table(
+    models: Mapping[str, Mapping[str, Any]], trained: Sequence[str], metrics_paths: Sequence[PathLike], out: PathLike
+) -> pd.DataFrame:
     trained = list(trained)
     if len(trained) != len(metrics_paths):
         raise ConfigError(
@@ -391,8 +428,16 @@ def write_attacks_table(stat_csv_paths: Sequence[PathLike], out: PathLike) -> pd
 # --------------------------------------------------------------------------- concept drift
 
 DRIFT_COLUMNS = [
-    "unit", "clean_label", "clean_category", "clean_iou", "adv_label", "adv_category", "adv_iou",
-    "clean_detector", "adv_detector", "status",
+    "unit",
+    "clean_label",
+    "clean_category",
+    "clean_iou",
+    "adv_label",
+    "adv_category",
+    "adv_iou",
+    "clean_detector",
+    "adv_detector",
+    "status",
 ]
 
 
@@ -417,15 +462,19 @@ def concept_drift(clean_units_df: pd.DataFrame, adv_units_df: pd.DataFrame) -> p
         )
     cols = ["unit", "label", "category", "iou", "detector"]
     merged = clean_units_df[cols].merge(adv_units_df[cols], on="unit", suffixes=("_c", "_a"))
-    out = pd.DataFrame({
-        "unit": merged["unit"].astype(np.int64),
-        "clean_label": merged["label_c"], "clean_category": merged["category_c"],
-        "clean_iou": merged["iou_c"],
-        "adv_label": merged["label_a"], "adv_category": merged["category_a"],
-        "adv_iou": merged["iou_a"],
-        "clean_detector": merged["detector_c"].astype(bool),
-        "adv_detector": merged["detector_a"].astype(bool),
-    })
+    out = pd.DataFrame(
+        {
+            "unit": merged["unit"].astype(np.int64),
+            "clean_label": merged["label_c"],
+            "clean_category": merged["category_c"],
+            "clean_iou": merged["iou_c"],
+            "adv_label": merged["label_a"],
+            "adv_category": merged["category_a"],
+            "adv_iou": merged["iou_a"],
+            "clean_detector": merged["detector_c"].astype(bool),
+            "adv_detector": merged["detector_a"].astype(bool),
+        }
+    )
     out["status"] = [
         _drift_status(c, a, cl, al)
         for c, a, cl, al in zip(out["clean_detector"], out["adv_detector"], out["clean_label"], out["adv_label"])
@@ -451,10 +500,7 @@ def concept_drift_tables(entries: Sequence[Mapping[str, Any]]) -> tuple[pd.DataF
     Returns (per-unit rows with the key columns, one summary row of status counts per key).
     """
     entries = check_entries(entries)
-    clean = {
-        (e["dataset"], e["model"], e["layer"]): e
-        for e in entries if is_clean_entry(e) and e["mode"] == "self"
-    }
+    clean = {(e["dataset"], e["model"], e["layer"]): e for e in entries if is_clean_entry(e) and e["mode"] == "self"}
     unit_frames, summaries = [], []
     clean_cache: dict[str, pd.DataFrame] = {}
     for e in entries:
@@ -469,12 +515,18 @@ def concept_drift_tables(entries: Sequence[Mapping[str, Any]]) -> tuple[pd.DataF
         if ref["path"] not in clean_cache:
             clean_cache[ref["path"]] = read_units(ref["path"])
         drift = concept_drift(clean_cache[ref["path"]], read_units(e["path"]))
-        key = {"dataset": e["dataset"], "model": e["model"], "layer": e["layer"],
-               "attack": e["attack"], "threshold_mode": e["mode"]}
+        key = {
+            "dataset": e["dataset"],
+            "model": e["model"],
+            "layer": e["layer"],
+            "attack": e["attack"],
+            "threshold_mode": e["mode"],
+        }
         unit_frames.append(drift.assign(**key))
         summaries.append({**key, **drift_summary(drift)})
-    units = (pd.concat(unit_frames, ignore_index=True) if unit_frames
-             else pd.DataFrame(columns=DRIFT_COLUMNS + DRIFT_KEYS))
+    units = (
+        pd.concat(unit_frames, ignore_index=True) if unit_frames else pd.DataFrame(columns=DRIFT_COLUMNS + DRIFT_KEYS)
+    )
     units = units[DRIFT_KEYS + DRIFT_COLUMNS]
     summary = pd.DataFrame(summaries, columns=DRIFT_KEYS + list(DRIFT_STATUSES) + ["units"])
     return _sort_frame(units, set()), _sort_frame(summary, set())
@@ -483,9 +535,19 @@ def concept_drift_tables(entries: Sequence[Mapping[str, Any]]) -> tuple[pd.DataF
 # --------------------------------------------------------------------------- training comparison
 
 TRAINING_COLUMNS = [
-    "arch", "method", "clean_accuracy", "attack", "adversarial_accuracy",
-    "model", "dataset", "eps", "agreement", "heldout_accuracy", "layer",
-    "clean_detector_ratio", "adversarial_detector_ratio",
+    "arch",
+    "method",
+    "clean_accuracy",
+    "attack",
+    "adversarial_accuracy",
+    "model",
+    "dataset",
+    "eps",
+    "agreement",
+    "heldout_accuracy",
+    "layer",
+    "clean_detector_ratio",
+    "adversarial_detector_ratio",
 ]
 
 
@@ -499,16 +561,23 @@ def _ratio(table2_df: pd.DataFrame, dataset: str, model: str, layer: str | None,
     if layer is None:
         return np.nan
     sel = table2_df.loc[
-        (table2_df["dataset"] == dataset) & (table2_df["model"] == model)
-        & (table2_df["layer"] == layer) & (table2_df["attack"] == attack)
-        & (table2_df["threshold_mode"] == "self") & (table2_df["category"] == "all"),
+        (table2_df["dataset"] == dataset)
+        & (table2_df["model"] == model)
+        & (table2_df["layer"] == layer)
+        & (table2_df["attack"] == attack)
+        & (table2_df["threshold_mode"] == "self")
+        & (table2_df["category"] == "all"),
         "ratio_percent",
     ]
     return float(sel.iloc[0]) if len(sel) else np.nan
 
 
-def training_table(models_df: pd.DataFrame, attacks_df: pd.DataFrame, table2_df: pd.DataFrame,
-                   training_models: Mapping[str, Mapping[str, Any]]) -> pd.DataFrame:
+def training_table(
+    models_df: pd.DataFrame,
+    attacks_df: pd.DataFrame,
+    table2_df: pd.DataFrame,
+    training_models: Mapping[str, Mapping[str, Any]],
+) -> pd.DataFrame:
     """One row per (trained model, dataset, adversarial attack): accuracy and detector ratios.
 
     Accuracies come from the attack stats (clean and adversarial on the same dissected images);
@@ -528,16 +597,25 @@ def training_table(models_df: pd.DataFrame, attacks_df: pd.DataFrame, table2_df:
             layer = spec.get("layer") or _deepest_layer(table2_df, dataset, name)
             clean_attack = clean_rows.loc[clean_rows["dataset"] == dataset, "attack"]
             clean_name = str(clean_attack.iloc[0]) if len(clean_attack) else None
-            rows.append({
-                "arch": spec["arch"], "method": spec["method"],
-                "clean_accuracy": st["clean_accuracy"], "attack": st["attack"],
-                "adversarial_accuracy": st["adversarial_accuracy"],
-                "model": name, "dataset": dataset, "eps": st["eps"], "agreement": st["agreement"],
-                "heldout_accuracy": heldout.get(name, np.nan), "layer": layer or "",
-                "clean_detector_ratio": (_ratio(table2_df, dataset, name, layer, clean_name)
-                                         if clean_name else np.nan),
-                "adversarial_detector_ratio": _ratio(table2_df, dataset, name, layer, st["attack"]),
-            })
+            rows.append(
+                {
+                    "arch": spec["arch"],
+                    "method": spec["method"],
+                    "clean_accuracy": st["clean_accuracy"],
+                    "attack": st["attack"],
+                    "adversarial_accuracy": st["adversarial_accuracy"],
+                    "model": name,
+                    "dataset": dataset,
+                    "eps": st["eps"],
+                    "agreement": st["agreement"],
+                    "heldout_accuracy": heldout.get(name, np.nan),
+                    "layer": layer or "",
+                    "clean_detector_ratio": (
+                        _ratio(table2_df, dataset, name, layer, clean_name) if clean_name else np.nan
+                    ),
+                    "adversarial_detector_ratio": _ratio(table2_df, dataset, name, layer, st["attack"]),
+                }
+            )
     frame = pd.DataFrame(rows, columns=TRAINING_COLUMNS)
     method_rank = {m: i for i, m in enumerate(TRAINING_METHODS)}
     if not frame.empty:
@@ -548,8 +626,7 @@ def training_table(models_df: pd.DataFrame, attacks_df: pd.DataFrame, table2_df:
 
 
 # Name columns stay text ("4" is a layer name, "NA" could be a model name).
-_NAME_COLUMNS = ("dataset", "model", "layer", "attack", "threshold_mode", "category", "method",
-                 "arch", "weights")
+_NAME_COLUMNS = ("dataset", "model", "layer", "attack", "threshold_mode", "category", "method", "arch", "weights")
 
 
 def read_summary_csv(path: PathLike) -> pd.DataFrame:

@@ -33,8 +33,9 @@ the denominator is 0 (NetDissect-Lite adds 1e-10 instead).
 from __future__ import annotations
 
 import os
+from collections.abc import Iterable, Mapping, Sequence
 from itertools import islice
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -217,9 +218,7 @@ def _active_bands(maps: np.ndarray, thresholds: np.ndarray, plan: UpsamplePlan):
         yield pair_cc[sl], base_cc[sl], np.arange(size) * sw, mask
 
 
-def active_pixels(
-    maps: np.ndarray, thresholds: np.ndarray, plan: UpsamplePlan
-) -> tuple[np.ndarray, np.ndarray]:
+def active_pixels(maps: np.ndarray, thresholds: np.ndarray, plan: UpsamplePlan) -> tuple[np.ndarray, np.ndarray]:
     """Active pixels of every (map, unit) of maps (n, C, h, w): (pair, pixel), pair = map·C + unit.
 
     pixel = i·sw + j in the (sh, sw) grid; in no particular order. Equals
@@ -258,8 +257,14 @@ class _Combos:
     Masks are piecewise constant, so combos are found on runs of equal pixels along rows.
     """
 
-    def __init__(self, segs: Sequence[tuple[np.ndarray, np.ndarray]], n_labels: int,
-                 label_category: np.ndarray, seg_size: tuple[int, int], first_image: int):
+    def __init__(
+        self,
+        segs: Sequence[tuple[np.ndarray, np.ndarray]],
+        n_labels: int,
+        label_category: np.ndarray,
+        seg_size: tuple[int, int],
+        first_image: int,
+    ):
         n = len(segs)
         sh, sw = seg_size
         p = sh * sw
@@ -267,8 +272,10 @@ class _Combos:
         image_labels = []
         for i, (pixel, labels) in enumerate(segs):
             if pixel.ndim != 3 or pixel.shape[1:] != (sh, sw):
-                raise DatasetError(f"segmentation of image {first_image + i} of the shard: pixel labels of "
-                                   f"shape {pixel.shape}, expected (n_layers, {sh}, {sw})")
+                raise DatasetError(
+                    f"segmentation of image {first_image + i} of the shard: pixel labels of "
+                    f"shape {pixel.shape}, expected (n_layers, {sh}, {sw})"
+                )
             labels = np.asarray(labels, dtype=np.int64).ravel()
             if labels.size > 1:
                 labels = np.unique(labels)
@@ -279,12 +286,16 @@ class _Combos:
             lab[i, : pixel.shape[0]] = pixel.reshape(pixel.shape[0], p)
         for i, labels in enumerate(image_labels):
             if labels.size and (labels.min() < 0 or labels.max() >= n_labels):
-                raise DatasetError(f"segmentation of image {first_image + i} of the shard: image-level label "
-                                   f"numbers must lie in 1..{n_labels - 1}, found {labels.tolist()}")
+                raise DatasetError(
+                    f"segmentation of image {first_image + i} of the shard: image-level label "
+                    f"numbers must lie in 1..{n_labels - 1}, found {labels.tolist()}"
+                )
         if lab.size and (lab.min() < 0 or lab.max() >= n_labels):
             bad = next(i for i in range(n) if lab[i].min() < 0 or lab[i].max() >= n_labels)
-            raise DatasetError(f"segmentation of image {first_image + bad} of the shard: pixel label numbers "
-                               f"must lie in 0..{n_labels - 1}, found {lab[bad].min()}..{lab[bad].max()}")
+            raise DatasetError(
+                f"segmentation of image {first_image + bad} of the shard: pixel label numbers "
+                f"must lie in 0..{n_labels - 1}, found {lab[bad].min()}..{lab[bad].max()}"
+            )
 
         # runs of pixels (in row-major order, per image) whose labels agree in every layer
         change = np.zeros((n, p), dtype=bool)
@@ -434,8 +445,9 @@ def _count_chunk(out, maps, thresholds, segs, plan, label_category, n_labels, se
     width = combos.table.shape[1]
     nl = len(combos.labels)
     if width:
-        area = np.bincount(combos.table.ravel(), weights=np.repeat(combos.area, width).astype(np.float64),
-                           minlength=nl + 1)
+        area = np.bincount(
+            combos.table.ravel(), weights=np.repeat(combos.area, width).astype(np.float64), minlength=nl + 1
+        )
         out["label_area"][combos.labels] += _as_int(area[:nl])
 
     # Per active pixel: key = (pair, combo) with pairs numbered densely among those with a
@@ -482,8 +494,9 @@ def _count_chunk(out, maps, thresholds, segs, plan, label_category, n_labels, se
         np.add.at(out["intersection"].reshape(-1), at, np.broadcast_to(cnt[:, None], labels.shape)[valid])
 
 
-def merge_counts(counts: Iterable[Mapping[str, np.ndarray]], names: Sequence[str] | None = None
-                 ) -> dict[str, np.ndarray]:
+def merge_counts(
+    counts: Iterable[Mapping[str, np.ndarray]], names: Sequence[str] | None = None
+) -> dict[str, np.ndarray]:
     """Sum of shard counts (label_category must agree); consumes `counts` one at a time.
 
     `names` (e.g. file paths) label the parts in error messages.
@@ -577,10 +590,16 @@ def write_count_shard(
                 f"{thresholds.shape[0]} thresholds"
             )
         segs = (dataset.load_segmentation(int(r)) for r in rows)
-        counts = count_shard(acts, thresholds, segs, dataset.label_category, dataset.n_labels,
-                             dataset.seg_size, progress=True)
-    attrs = dict(identity, n_images=int(counts["n_images"]), n_labels=int(dataset.n_labels),
-                 seg_size=list(dataset.seg_size), quantile=t_attrs.get("quantile"))
+        counts = count_shard(
+            acts, thresholds, segs, dataset.label_category, dataset.n_labels, dataset.seg_size, progress=True
+        )
+    attrs = dict(
+        identity,
+        n_images=int(counts["n_images"]),
+        n_labels=int(dataset.n_labels),
+        seg_size=list(dataset.seg_size),
+        quantile=t_attrs.get("quantile"),
+    )
     arrays = {k: counts[k] for k in COUNT_KEYS + ("label_category",)}
     store.write_h5(out, "counts", attrs, arrays, chunk_rows=False)
 
@@ -611,8 +630,9 @@ def _best_overall(best: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.n
     return np.where(top > 0, best[rows, ci], -1), np.where(top > 0, ci, -1), top
 
 
-def tally_frame(counts: Mapping[str, np.ndarray], scores: np.ndarray, label_names: Sequence[str],
-                denominator: str) -> pd.DataFrame:
+def tally_frame(
+    counts: Mapping[str, np.ndarray], scores: np.ndarray, label_names: Sequence[str], denominator: str
+) -> pd.DataFrame:
     """NetDissect-Lite's tally.csv table (rows by unit, units 1-based)."""
     act = category_activation(counts, denominator)
     cat = np.asarray(counts["label_category"], np.int64)
@@ -697,13 +717,15 @@ def units_table(iou_h5_path: str | os.PathLike, iou_threshold: float) -> pd.Data
     best, score = _best_per_category(scores, cat)
     label, ci, top = _best_overall(best, score)
     names_arr = np.asarray(names + [""], dtype=object)
-    return pd.DataFrame({
-        "unit": np.arange(scores.shape[0]) + 1,
-        "label": names_arr[label],
-        "category": np.asarray(list(CATEGORIES) + [""], dtype=object)[ci],
-        "iou": top,
-        "detector": top > float(iou_threshold),
-    })
+    return pd.DataFrame(
+        {
+            "unit": np.arange(scores.shape[0]) + 1,
+            "label": names_arr[label],
+            "category": np.asarray(list(CATEGORIES) + [""], dtype=object)[ci],
+            "iou": top,
+            "detector": top > float(iou_threshold),
+        }
+    )
 
 
 def write_units_table(out: str | os.PathLike, iou_path: str | os.PathLike, iou_threshold: float) -> None:

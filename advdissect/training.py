@@ -107,7 +107,7 @@ class TrainConfig:
             raise ConfigError(f"training.margin: only method 'atda' has a margin term (method is {self.method!r})")
 
     @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> "TrainConfig":
+    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
         """A config from a dict of field values; eps may be an "a/b" string such as "4/255"."""
         from .config import parse_fraction
 
@@ -128,6 +128,7 @@ class TrainConfig:
 
 
 # ---------------------------------------------------------------- batches
+
 
 def _epoch_generator(seed: int, epoch: int) -> torch.Generator:
     # Each epoch's order and flips depend only on (seed, epoch), so a resumed run repeats them.
@@ -161,6 +162,7 @@ def _as_tensors(images, labels, what: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 # ---------------------------------------------------------------- attack, features
 
+
 def _fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, eps: float) -> torch.Tensor:
     from .attacks import fgsm  # imported here: attacks pulls in more than training needs
 
@@ -188,6 +190,7 @@ def _forward(model: nn.Module, x: torch.Tensor, feature: str) -> tuple[torch.Ten
 
 
 # ---------------------------------------------------------------- one step
+
 
 def train_step(
     model: nn.Module,
@@ -255,6 +258,7 @@ def train_step(
 
 # ---------------------------------------------------------------- evaluation
 
+
 def accuracy(
     model: nn.Module,
     images: torch.Tensor,
@@ -275,8 +279,8 @@ def accuracy(
     model.eval()
     correct = 0
     for start in tqdm(range(0, len(labels), batch_size), desc=desc, disable=None if progress else True, leave=False):
-        x = _to_float(images[start:start + batch_size], device)
-        y = labels[start:start + batch_size].to(device)
+        x = _to_float(images[start : start + batch_size], device)
+        y = labels[start : start + batch_size].to(device)
         if eps > 0:
             x = _fgsm(model, x, y, eps)
         with torch.no_grad():
@@ -286,6 +290,7 @@ def accuracy(
 
 
 # ---------------------------------------------------------------- optimiser, schedule
+
 
 def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
@@ -310,6 +315,7 @@ def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_ste
 
 
 # ---------------------------------------------------------------- checkpoints
+
 
 def _fingerprint(model: nn.Module, cfg: TrainConfig, n_train: int, n_val: int) -> dict[str, Any]:
     # What a checkpoint must agree with to be resumed.
@@ -360,6 +366,7 @@ def load_checkpoint(path: str | Path) -> dict[str, Any] | None:
 
 # ---------------------------------------------------------------- the loop
 
+
 def _mean_or_nan(total: float | None, count: int) -> float:
     return float("nan") if total is None or count == 0 else total / count
 
@@ -409,8 +416,9 @@ def train(
     start_epoch = 0
     checkpoint = load_checkpoint(checkpoint_path)
     if checkpoint is not None and checkpoint.get("fingerprint") != fingerprint:
-        log.warning("checkpoint %s was made for another config, data or model; training from the start",
-                    checkpoint_path)
+        log.warning(
+            "checkpoint %s was made for another config, data or model; training from the start", checkpoint_path
+        )
         checkpoint = None
     if checkpoint is not None:
         model.load_state_dict(checkpoint["model"])
@@ -448,25 +456,40 @@ def train(
         for term in LOSS_TERMS:
             record[term] = _mean_or_nan(sums.get(term), seen)
         record["train_accuracy"] = correct / seen
-        record["val_accuracy"] = accuracy(model, val_images, val_labels, batch_size=2 * cfg.batch_size,
-                                          device=device, progress=progress, desc="held-out")
+        record["val_accuracy"] = accuracy(
+            model,
+            val_images,
+            val_labels,
+            batch_size=2 * cfg.batch_size,
+            device=device,
+            progress=progress,
+            desc="held-out",
+        )
         record["lr"] = lr
         record["seconds"] = time.perf_counter() - started
         history.append(record)
         log.info(
             "epoch %d/%d: loss %.4f, train acc %.3f, held-out acc %.3f, %.1f s",
-            epoch + 1, cfg.epochs, record["loss"], record["train_accuracy"], record["val_accuracy"], record["seconds"],
+            epoch + 1,
+            cfg.epochs,
+            record["loss"],
+            record["train_accuracy"],
+            record["val_accuracy"],
+            record["seconds"],
         )
-        save_checkpoint(checkpoint_path, {
-            "format": CHECKPOINT_FORMAT,
-            "epoch": epoch + 1,
-            "fingerprint": fingerprint,
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": _rng_state(),
-            "history": history,
-        })
+        save_checkpoint(
+            checkpoint_path,
+            {
+                "format": CHECKPOINT_FORMAT,
+                "epoch": epoch + 1,
+                "fingerprint": fingerprint,
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": _rng_state(),
+                "history": history,
+            },
+        )
         if history_path is not None:
             write_history(history_path, history)
         if on_epoch_end is not None:
@@ -486,8 +509,14 @@ def train(
     if cfg.eps > 0:
         metrics["eps"] = cfg.eps
         metrics["heldout_fgsm_accuracy"] = accuracy(
-            model, val_images, val_labels, batch_size=2 * cfg.batch_size, device=device, eps=cfg.eps,
-            progress=progress, desc="held-out FGSM",
+            model,
+            val_images,
+            val_labels,
+            batch_size=2 * cfg.batch_size,
+            device=device,
+            eps=cfg.eps,
+            progress=progress,
+            desc="held-out FGSM",
         )
     metrics["seconds"] = sum(r["seconds"] for r in history) + time.perf_counter() - started
     if history_path is not None:
@@ -501,6 +530,7 @@ def write_history(path: str | Path, history: list[Mapping[str, Any]]) -> None:
 
 
 # ---------------------------------------------------------------- dataset files
+
 
 def load_split(dataset, split: str, progress: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """(uint8 (N, 3, H, W), int64 (N,) class indices) of a split's rows that have a class."""
@@ -560,8 +590,16 @@ def train_model_to_files(
     device = select_device() if device is None else torch.device(device)
     train_x, train_y = load_split(dataset, "train", progress)
     val_x, val_y = load_split(dataset, "val", progress)
-    log.info("training %s (%s) on %s: %d train / %d held-out images, %s, device %s",
-             model_spec["arch"], cfg.method, dataset.root, len(train_y), len(val_y), cfg, device)
+    log.info(
+        "training %s (%s) on %s: %d train / %d held-out images, %s, device %s",
+        model_spec["arch"],
+        cfg.method,
+        dataset.root,
+        len(train_y),
+        len(val_y),
+        cfg,
+        device,
+    )
 
     model = load_model(
         model_spec["arch"],
@@ -570,8 +608,18 @@ def train_model_to_files(
         normalization=model_spec.get("normalization", "imagenet"),
         seed=model_spec.get("seed", 0),
     )
-    metrics = train(model, train_x, train_y, val_x, val_y, cfg, checkpoint_path=checkpoint_path,
-                    history_path=out_history, device=device, progress=progress)
+    metrics = train(
+        model,
+        train_x,
+        train_y,
+        val_x,
+        val_y,
+        cfg,
+        checkpoint_path=checkpoint_path,
+        history_path=out_history,
+        device=device,
+        progress=progress,
+    )
     history = metrics.pop("history")
     meta = {
         "arch": model_spec["arch"],
@@ -584,8 +632,13 @@ def train_model_to_files(
         "heldout_accuracy": metrics["heldout_accuracy"],
     }
     save_weights(out_weights, model.net.state_dict(), meta)
-    metrics.update(arch=model_spec["arch"], dataset=str(dataset.root), training=cfg.to_dict(),
-                   init=meta["init"], device=str(device))
+    metrics.update(
+        arch=model_spec["arch"],
+        dataset=str(dataset.root),
+        training=cfg.to_dict(),
+        init=meta["init"],
+        device=str(device),
+    )
     write_json(out_metrics, metrics)
     write_history(out_history, history)
     Path(checkpoint_path).unlink(missing_ok=True)

@@ -61,8 +61,10 @@ def main() -> None:
     images = rng.integers(0, 256, (n, 3, args.size, args.size), dtype=np.uint8)
     labels = np.full(n, -1, np.int64)
     batches = [torch.from_numpy(images[i : i + args.batch]) for i in range(0, n, args.batch)]
-    print(f"resnet18, {args.size} px, batch {args.batch}, {args.batches} batches ({n} images), "
-          f"torch threads {torch.get_num_threads()}, best of {args.reps}")
+    print(
+        f"resnet18, {args.size} px, batch {args.batch}, {args.batches} batches ({n} images), "
+        f"torch threads {torch.get_num_threads()}, best of {args.reps}"
+    )
 
     def bare_grad(extra_forward: bool = False) -> None:
         for u in batches:
@@ -82,8 +84,7 @@ def main() -> None:
         model.zero_grad(set_to_none=True)
 
     spec_fgsm = AttackSpec.from_config("fgsm2", {"method": "fgsm", "eps": "2/255"})
-    spec_pgd = AttackSpec.from_config(
-        "pgd", {"method": "pgd", "eps": "4/255", "step": "1/255", "steps": args.steps})
+    spec_pgd = AttackSpec.from_config("pgd", {"method": "pgd", "eps": "4/255", "step": "1/255", "steps": args.steps})
     tmp = Path(tempfile.mkdtemp(prefix="bench_attacks."))
 
     def shard(spec: AttackSpec) -> None:
@@ -94,14 +95,17 @@ def main() -> None:
     y = torch.zeros(x.shape[0], dtype=torch.long)
     k = args.steps
     bare_grad()  # warm-up: allocator, kernels
-    t = measure({
-        "bare": bare_grad,
-        "bare_params": bare_backward_params,
-        "bare_fwd": lambda: bare_grad(extra_forward=True),
-        "fgsm_shard": lambda: shard(spec_fgsm),
-        "fgsm_prim": lambda: fgsm(model, x, y, 4 / 255),
-        "pgd_prim": lambda: pgd(model, x, y, 4 / 255, 1 / 255, k, generator=torch.Generator().manual_seed(0)),
-    }, args.reps)
+    t = measure(
+        {
+            "bare": bare_grad,
+            "bare_params": bare_backward_params,
+            "bare_fwd": lambda: bare_grad(extra_forward=True),
+            "fgsm_shard": lambda: shard(spec_fgsm),
+            "fgsm_prim": lambda: fgsm(model, x, y, 4 / 255),
+            "pgd_prim": lambda: pgd(model, x, y, 4 / 255, 1 / 255, k, generator=torch.Generator().manual_seed(0)),
+        },
+        args.reps,
+    )
     t |= measure({"pgd_shard": lambda: shard(spec_pgd)}, 1)
 
     def line(label: str, name: str, images: int = n) -> None:
@@ -124,8 +128,9 @@ def main() -> None:
     ratio("  FGSM shard vs fwd+bwd+fwd", "bare_fwd", "fgsm_shard")
     print("cost ratios:")
     ratio(f"  PGD k={k} / FGSM, primitives", "pgd_prim", "fgsm_prim", f"(expected about k = {k})")
-    ratio(f"  PGD k={k} / FGSM, run_attack shards", "pgd_shard", "fgsm_shard",
-          "(k gradient steps + 2 forwards vs 1 + 1)")
+    ratio(
+        f"  PGD k={k} / FGSM, run_attack shards", "pgd_shard", "fgsm_shard", "(k gradient steps + 2 forwards vs 1 + 1)"
+    )
     shutil.rmtree(tmp, ignore_errors=True)
 
 

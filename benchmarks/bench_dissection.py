@@ -89,8 +89,9 @@ def naive_counts(acts, thresholds, segs, cat):
         for u in range(c):
             fm = acts[i, u]
             if fm.max() > thresholds[u]:
-                mask = F.interpolate(torch.from_numpy(fm)[None, None], size=SEG, mode="bilinear",
-                                     align_corners=False)[0, 0].numpy()
+                mask = F.interpolate(torch.from_numpy(fm)[None, None], size=SEG, mode="bilinear", align_corners=False)[
+                    0, 0
+                ].numpy()
                 idx = np.argwhere(mask > thresholds[u])
                 units[u] += len(idx)
                 bt = np.bincount(pixels[:, idx[:, 0], idx[:, 1]].ravel(), minlength=N_LABELS)
@@ -135,11 +136,15 @@ def bench_counting(n_images: int, naive_images: int) -> None:
     fast_total = count_shard(acts[:naive_images], thresholds, segs[:naive_images], cat, N_LABELS, SEG)
     naive_total = naive_counts(acts[:naive_images], thresholds, segs[:naive_images], cat)
     print("IoU counting, 512 units, 7x7 maps, 112x112 masks, q = 0.005")
-    print(f"  images {n_images}; (image, unit) pairs with a cell above T: {active:.1%}; "
-          f"mask pixels per pair: {counts['fast']['activation_total'].sum() / (n_images * 512):.1f}")
+    print(
+        f"  images {n_images}; (image, unit) pairs with a cell above T: {active:.1%}; "
+        f"mask pixels per pair: {counts['fast']['activation_total'].sum() / (n_images * 512):.1f}"
+    )
     print(f"  fast count_shard:          {t_fast:8.2f} us CPU per (image, unit)  (wall {wall_fast:.2f})")
-    print(f"  naive per-unit loop:       {t_naive:8.2f} us CPU per (image, unit)  (wall {wall_naive:.2f}; "
-          f"{naive_images} images)")
+    print(
+        f"  naive per-unit loop:       {t_naive:8.2f} us CPU per (image, unit)  (wall {wall_naive:.2f}; "
+        f"{naive_images} images)"
+    )
     print(f"  speed-up naive / fast:     {t_naive / t_fast:8.1f} x")
     agree = np.mean(fast_total["activation_total"] == naive_total)
     print(f"  mask sizes agree with F.interpolate(float32) > T on {agree:.1%} of units")
@@ -169,8 +174,10 @@ def bench_activations(n_images: int = 64, batch: int = 32, repeat: int = 3) -> N
     print(f"Activation extraction, ResNet-18 at 112 px, batch {batch}, {n_images} images (best of {repeat})")
     print(f"  bare forward pass:         {best['bare'] / n_images * 1e3:8.2f} ms per image")
     for layer in ("layer4", "layer3"):
-        print(f"  extract {layer}:            {best[layer] / n_images * 1e3:8.2f} ms per image  "
-              f"(ratio to bare forward {best[layer] / best['bare']:.2f})")
+        print(
+            f"  extract {layer}:            {best[layer] / n_images * 1e3:8.2f} ms per image  "
+            f"(ratio to bare forward {best[layer] / best['bare']:.2f})"
+        )
 
 
 def _peak(fn) -> float:
@@ -187,14 +194,20 @@ def bench_memory(tmp: Path, per_shard: int = 64) -> None:
     cat = label_category()
     rng = np.random.default_rng(1)
     shard_mb = per_shard * 512 * 49 * 4 / 2**20
-    print(f"Peak traced memory (one activation shard: {per_shard} images x 512 x 7 x 7 float32 = {shard_mb:.1f} MiB; "
-          f"one count shard: {512 * N_LABELS * 8 / 2**20:.1f} MiB)")
+    print(
+        f"Peak traced memory (one activation shard: {per_shard} images x 512 x 7 x 7 float32 = {shard_mb:.1f} MiB; "
+        f"one count shard: {512 * N_LABELS * 8 / 2**20:.1f} MiB)"
+    )
     for n_shards in (2, 8):
         act_paths, count_paths = [], []
         for s in range(n_shards):
             path = tmp / f"act{n_shards}_{s}.h5"
-            store.write_h5(path, "activations", dict(ident, shard=s),
-                           {"rows": np.arange(per_shard), "activations": activations(per_shard, seed=s)})
+            store.write_h5(
+                path,
+                "activations",
+                dict(ident, shard=s),
+                {"rows": np.arange(per_shard), "activations": activations(per_shard, seed=s)},
+            )
             act_paths.append(path)
             cpath = tmp / f"counts{n_shards}_{s}.h5"
             arrays = {
@@ -207,10 +220,12 @@ def bench_memory(tmp: Path, per_shard: int = 64) -> None:
             }
             store.write_h5(cpath, "counts", dict(ident, shard=s, n_images=per_shard), arrays, chunk_rows=False)
             count_paths.append(cpath)
-        t_mem = _peak(lambda: compute_thresholds(act_paths, 0.005, ident))
-        m_mem = _peak(lambda: merge_counts(read_counts(p, ident) for p in count_paths))
-        print(f"  {n_shards} shards ({n_shards * per_shard:4d} images): compute_thresholds {t_mem:6.1f} MiB, "
-              f"count merge {m_mem:6.1f} MiB")
+        t_mem = _peak(lambda paths=act_paths: compute_thresholds(paths, 0.005, ident))
+        m_mem = _peak(lambda paths=count_paths: merge_counts(read_counts(p, ident) for p in paths))
+        print(
+            f"  {n_shards} shards ({n_shards * per_shard:4d} images): compute_thresholds {t_mem:6.1f} MiB, "
+            f"count merge {m_mem:6.1f} MiB"
+        )
 
 
 def main() -> None:
@@ -220,8 +235,10 @@ def main() -> None:
     parser.add_argument("--naive-images", type=int, default=4)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    print(f"torch threads {torch.get_num_threads()}; numpy is single-threaded here; "
-          f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs")
+    print(
+        f"torch threads {torch.get_num_threads()}; numpy is single-threaded here; "
+        f"load average {os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs"
+    )
     bench_counting(args.images, args.naive_images)
     bench_activations()
     with tempfile.TemporaryDirectory() as tmp:

@@ -24,8 +24,9 @@ def rule_times(root: Path) -> pd.DataFrame:
     if not rows:
         raise SystemExit(f"no benchmark files under {root}")
     jobs = pd.DataFrame(rows)
-    table = jobs.groupby("rule").agg(jobs=("s", "size"), wall_s=("s", "sum"), longest_s=("s", "max"),
-                                     cpu_s=("cpu_time", "sum"))
+    table = jobs.groupby("rule").agg(
+        jobs=("s", "size"), wall_s=("s", "sum"), longest_s=("s", "max"), cpu_s=("cpu_time", "sum")
+    )
     table = table.sort_values("wall_s", ascending=False)
     table.loc["total"] = [table["jobs"].sum(), table["wall_s"].sum(), table["longest_s"].max(), table["cpu_s"].sum()]
     table["jobs"] = table["jobs"].astype(int)

@@ -114,13 +114,23 @@ def test_find_layer_by_module_name():
 def test_write_activation_shard(tmp_path):
     ident = {"dataset": "d", "model": "m", "attack": "fgsm", "shard": 3}
     imgs = images(n=4)
-    store.write_h5(tmp_path / "images.h5", "images", dict(ident, eps=2 / 255),
-                   {"images": imgs, "rows": np.array([10, 11, 12, 13])})
+    store.write_h5(
+        tmp_path / "images.h5", "images", dict(ident, eps=2 / 255), {"images": imgs, "rows": np.array([10, 11, 12, 13])}
+    )
     model = tiny_net()
     out = tmp_path / "acts.h5"
-    write_activation_shard(out, images_path=tmp_path / "images.h5", weights_file=None, model_spec={},
-                           layer="conv2", identity=ident, batch_size=3, dtype="float16", device="cpu",
-                           model=model)
+    write_activation_shard(
+        out,
+        images_path=tmp_path / "images.h5",
+        weights_file=None,
+        model_spec={},
+        layer="conv2",
+        identity=ident,
+        batch_size=3,
+        dtype="float16",
+        device="cpu",
+        model=model,
+    )
     with store.open_h5(out, "activations", expect=dict(ident, layer="conv2", dtype="float16")) as f:
         np.testing.assert_array_equal(f["rows"][()], [10, 11, 12, 13])
         assert f["activations"].dtype == np.float16
@@ -128,14 +138,23 @@ def test_write_activation_shard(tmp_path):
         want = extract_activations(model, imgs, "conv2", 3, "cpu", "float16")
         np.testing.assert_array_equal(f["activations"][()], want)
     with pytest.raises(ArtifactError, match="attack"):
-        write_activation_shard(tmp_path / "x.h5", images_path=tmp_path / "images.h5", weights_file=None,
-                               model_spec={}, layer="conv2", identity=dict(ident, attack="clean"), batch_size=3,
-                               device="cpu", model=model)
+        write_activation_shard(
+            tmp_path / "x.h5",
+            images_path=tmp_path / "images.h5",
+            weights_file=None,
+            model_spec={},
+            layer="conv2",
+            identity=dict(ident, attack="clean"),
+            batch_size=3,
+            device="cpu",
+            model=model,
+        )
     assert not (tmp_path / "x.h5").exists()
 
 
 def test_aliases_resolve_through_the_model_registry():
     from advdissect import models
+
     model = models.load_model("resnet18", 10)
     assert find_layer(model, "last_conv") is model.net.layer4
     with pytest.raises(ModelError, match="nope"):

@@ -27,12 +27,12 @@ from advdissect.attacks import (
     attack_statistics,
     bim,
     fgsm,
+    image_generator,
     noise,
     parse_fraction,
     pgd,
     random_signs,
     run_attack,
-    image_generator,
     write_attack_shard,
 )
 from advdissect.errors import ArtifactError, AttackError, ConfigError
@@ -54,8 +54,14 @@ class Tiny(nn.Module):
         layers = [nn.Conv2d(3, 6, 3, padding=1)]
         if batchnorm:
             layers.append(nn.BatchNorm2d(6))
-        layers += [nn.ReLU(), nn.Conv2d(6, 8, 3, stride=2, padding=1), nn.ReLU(),
-                   nn.AdaptiveAvgPool2d(2), nn.Flatten(), nn.Linear(32, N_CLASSES)]
+        layers += [
+            nn.ReLU(),
+            nn.Conv2d(6, 8, 3, stride=2, padding=1),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool2d(2),
+            nn.Flatten(),
+            nn.Linear(32, N_CLASSES),
+        ]
         self.net = nn.Sequential(*layers)
         self.double().eval()
 
@@ -137,15 +143,21 @@ def predictions(model, x):
 
 @pytest.mark.parametrize(
     "value, expected",
-    [(0, 0.0), (0.5, 0.5), (3, 3.0), ("2/255", 2 / 255), (" 8 / 255 ", 8 / 255), ("0.25", 0.25),
-     (np.float32(0.5), 0.5)],
+    [
+        (0, 0.0),
+        (0.5, 0.5),
+        (3, 3.0),
+        ("2/255", 2 / 255),
+        (" 8 / 255 ", 8 / 255),
+        ("0.25", 0.25),
+        (np.float32(0.5), 0.5),
+    ],
 )
 def test_parse_fraction_accepts(value, expected):
     assert parse_fraction(value) == pytest.approx(expected, rel=1e-12)
 
 
-@pytest.mark.parametrize("value", ["abc", "2/", "/255", "1/0", "1/2/3", "-2/255", -0.1, "nan", "inf",
-                                   True, None, [1]])
+@pytest.mark.parametrize("value", ["abc", "2/", "/255", "1/0", "1/2/3", "-2/255", -0.1, "nan", "inf", True, None, [1]])
 def test_parse_fraction_refuses(value):
     with pytest.raises(ConfigError, match="eps"):
         parse_fraction(value, "eps")
@@ -157,8 +169,18 @@ def test_spec_from_config_defaults():
     assert spec.eps == pytest.approx(2 / 255)
     b = AttackSpec.from_config("b", {"method": "bim", "eps": "4/255"})
     assert b.step == pytest.approx(1 / 255) and b.steps == int(min(4 + 4, 1.25 * 4))
-    p = AttackSpec.from_config("p", {"method": "pgd", "eps": "8/255", "step": "2/255", "steps": 7,
-                                     "seed": 3, "labels": "target", "target": "random"})
+    p = AttackSpec.from_config(
+        "p",
+        {
+            "method": "pgd",
+            "eps": "8/255",
+            "step": "2/255",
+            "steps": 7,
+            "seed": 3,
+            "labels": "target",
+            "target": "random",
+        },
+    )
     assert (p.steps, p.seed, p.target, p.targeted) == (7, 3, "random", True)
     t = AttackSpec.from_config("t", {"method": "fgsm", "eps": 0.1, "labels": "target", "target": "4"})
     assert t.target == 4
@@ -168,24 +190,26 @@ def test_spec_from_config_defaults():
 
 @pytest.mark.parametrize(
     "config, key",
-    [({"method": "laser"}, "method"),
-     ({"eps": 0.1}, "method"),
-     ({"method": "fgsm"}, "eps"),
-     ({"method": "fgsm", "eps": 0}, "eps"),
-     ({"method": "fgsm", "eps": 2}, "eps"),
-     ({"method": "fgsm", "eps": "x"}, "eps"),
-     ({"method": "fgsm", "eps": 0.1, "steps": 3}, "steps"),
-     ({"method": "fgsm", "eps": 0.1, "epsilon": 3}, "epsilon"),
-     ({"method": "fgsm", "eps": 0.1, "labels": "gold"}, "labels"),
-     ({"method": "fgsm", "eps": 0.1, "target": "random"}, "target"),
-     ({"method": "fgsm", "eps": 0.1, "labels": "target", "target": "nearest"}, "target"),
-     ({"method": "fgsm", "eps": 0.1, "labels": "target", "target": -1}, "target"),
-     ({"method": "bim", "eps": 0.1, "steps": 0}, "steps"),
-     ({"method": "bim", "eps": 0.1, "steps": 2.5}, "steps"),
-     ({"method": "pgd", "eps": 0.1, "step": "-1/255"}, "step"),
-     ({"method": "pgd", "eps": 0.1, "seed": -3}, "seed"),
-     ({"method": "noise", "eps": 0.1, "labels": "true"}, "labels"),
-     ({"method": "clean", "eps": 0.1}, "eps")],
+    [
+        ({"method": "laser"}, "method"),
+        ({"eps": 0.1}, "method"),
+        ({"method": "fgsm"}, "eps"),
+        ({"method": "fgsm", "eps": 0}, "eps"),
+        ({"method": "fgsm", "eps": 2}, "eps"),
+        ({"method": "fgsm", "eps": "x"}, "eps"),
+        ({"method": "fgsm", "eps": 0.1, "steps": 3}, "steps"),
+        ({"method": "fgsm", "eps": 0.1, "epsilon": 3}, "epsilon"),
+        ({"method": "fgsm", "eps": 0.1, "labels": "gold"}, "labels"),
+        ({"method": "fgsm", "eps": 0.1, "target": "random"}, "target"),
+        ({"method": "fgsm", "eps": 0.1, "labels": "target", "target": "nearest"}, "target"),
+        ({"method": "fgsm", "eps": 0.1, "labels": "target", "target": -1}, "target"),
+        ({"method": "bim", "eps": 0.1, "steps": 0}, "steps"),
+        ({"method": "bim", "eps": 0.1, "steps": 2.5}, "steps"),
+        ({"method": "pgd", "eps": 0.1, "step": "-1/255"}, "step"),
+        ({"method": "pgd", "eps": 0.1, "seed": -3}, "seed"),
+        ({"method": "noise", "eps": 0.1, "labels": "true"}, "labels"),
+        ({"method": "clean", "eps": 0.1}, "eps"),
+    ],
 )
 def test_spec_from_config_refuses(config, key):
     with pytest.raises(ConfigError) as info:
@@ -205,8 +229,9 @@ def test_fgsm_untargeted_eq5(model):
 def test_fgsm_targeted_eq6(model):
     x = as_float(make_images(6, seed=1))
     t = torch.tensor([4, 3, 2, 1, 0, 4])
-    torch.testing.assert_close(fgsm(model, x, t, 0.03, targeted=True),
-                               ref_fgsm(model, x, t, 0.03, targeted=True), rtol=0, atol=1e-12)
+    torch.testing.assert_close(
+        fgsm(model, x, t, 0.03, targeted=True), ref_fgsm(model, x, t, 0.03, targeted=True), rtol=0, atol=1e-12
+    )
 
 
 def test_fgsm_own_prediction_eq10(model):
@@ -220,8 +245,7 @@ def test_bim_matches_transcription(model, targeted):
     x = as_float(make_images(5, seed=3))
     y = torch.tensor([1, 2, 3, 4, 0])
     ours = bim(model, x, y, 0.05, 0.01, 6, targeted=targeted)
-    torch.testing.assert_close(ours, ref_bim(model, x, y, 0.05, 0.01, 6, targeted=targeted),
-                               rtol=0, atol=1e-12)
+    torch.testing.assert_close(ours, ref_bim(model, x, y, 0.05, 0.01, 6, targeted=targeted), rtol=0, atol=1e-12)
 
 
 def test_pgd_matches_transcription(model):
@@ -334,7 +358,7 @@ def test_run_attack_fgsm_uint8_lossless(model):
     for i in range(7):
         d = (out["images"][i].astype(float) - images[i].astype(float)) / 255
         assert out["linf"][i] == pytest.approx(np.abs(d).max(), abs=1e-7)
-        assert out["l2"][i] == pytest.approx(math.sqrt((d ** 2).sum()), rel=1e-6)
+        assert out["l2"][i] == pytest.approx(math.sqrt((d**2).sum()), rel=1e-6)
     assert float(out["linf"].max()) <= 3 / 255 + 1e-7
     np.testing.assert_array_equal(out["clean_pred"], predictions(model, x).numpy())
     adv_logits = model(torch.from_numpy(out["images"]).double() / 255).detach()
@@ -346,9 +370,14 @@ def test_run_attack_fgsm_uint8_lossless(model):
 def test_run_attack_bim_and_true_labels(model):
     images = make_images(5, seed=11)
     labels = np.array([0, 1, 2, 3, 4])
-    out = run_attack(model, images, labels,
-                     spec({"method": "bim", "eps": "4/255", "step": "1/255", "steps": 3, "labels": "true"}),
-                     2, "cpu")
+    out = run_attack(
+        model,
+        images,
+        labels,
+        spec({"method": "bim", "eps": "4/255", "step": "1/255", "steps": 3, "labels": "true"}),
+        2,
+        "cpu",
+    )
     x = as_float(images)
     expected = ref_bim(model, x, torch.from_numpy(labels), 4 / 255, 1 / 255, 3)
     np.testing.assert_array_equal(out["images"], (expected * 255).round().to(torch.uint8).numpy())
@@ -359,11 +388,21 @@ def test_run_attack_pgd_start_on_grid(model):
     # generator, then the clipped start (u + offsets)/255.
     images = make_images(4, seed=12)
     k = 4
-    out = run_attack(model, images, np.full(4, -1),
-                     spec({"method": "pgd", "eps": "4/255", "step": "1/255", "steps": 3, "seed": 5}), 3,
-                     "cpu", rows=np.arange(20, 24))
-    offsets = torch.stack([torch.randint(-k, k + 1, images.shape[1:], generator=image_generator(5, row),
-                                         dtype=torch.int16) for row in range(20, 24)])
+    out = run_attack(
+        model,
+        images,
+        np.full(4, -1),
+        spec({"method": "pgd", "eps": "4/255", "step": "1/255", "steps": 3, "seed": 5}),
+        3,
+        "cpu",
+        rows=np.arange(20, 24),
+    )
+    offsets = torch.stack(
+        [
+            torch.randint(-k, k + 1, images.shape[1:], generator=image_generator(5, row), dtype=torch.int16)
+            for row in range(20, 24)
+        ]
+    )
     u = torch.from_numpy(images).to(torch.int16)
     start = (u + offsets).clamp(0, 255).double() / 255
     x = as_float(images)
@@ -373,10 +412,12 @@ def test_run_attack_pgd_start_on_grid(model):
 
 def test_run_attack_noise_exact_on_grid(model):
     images = make_images(4, seed=13)
-    out = run_attack(model, images, np.full(4, -1), spec({"method": "noise", "eps": "2/255"}), 3, "cpu",
-                     rows=np.array([7, 3, 9, 1]))
-    signs = np.stack([random_signs(images.shape[1:], image_generator(0, row)).numpy()
-                      for row in (7, 3, 9, 1)]).astype(int)
+    out = run_attack(
+        model, images, np.full(4, -1), spec({"method": "noise", "eps": "2/255"}), 3, "cpu", rows=np.array([7, 3, 9, 1])
+    )
+    signs = np.stack([random_signs(images.shape[1:], image_generator(0, row)).numpy() for row in (7, 3, 9, 1)]).astype(
+        int
+    )
     expected = np.clip(images.astype(int) + 2 * signs, 0, 255)
     np.testing.assert_array_equal(out["images"], expected)
 
@@ -393,22 +434,39 @@ def test_eps_off_grid_refused(model):
     with pytest.raises(AttackError, match=r"eps=0\.01 is not a multiple of 1/255.*uint8"):
         run_attack(model, make_images(2), np.full(2, -1), spec({"method": "fgsm", "eps": 0.01}), 2, "cpu")
     with pytest.raises(AttackError, match=r"step=0\.005 is not a multiple of 1/255"):
-        run_attack(model, make_images(2), np.full(2, -1),
-                   spec({"method": "bim", "eps": "2/255", "step": 0.005, "steps": 2}), 2, "cpu")
+        run_attack(
+            model,
+            make_images(2),
+            np.full(2, -1),
+            spec({"method": "bim", "eps": "2/255", "step": 0.005, "steps": 2}),
+            2,
+            "cpu",
+        )
 
 
 def test_true_labels_missing_refused(model):
     with pytest.raises(AttackError, match=r"labels: true.*2 of 3 have none.*labels: prediction"):
-        run_attack(model, make_images(3), np.array([1, -1, -1]),
-                   spec({"method": "fgsm", "eps": "2/255", "labels": "true"}), 2, "cpu")
+        run_attack(
+            model,
+            make_images(3),
+            np.array([1, -1, -1]),
+            spec({"method": "fgsm", "eps": "2/255", "labels": "true"}),
+            2,
+            "cpu",
+        )
 
 
 def test_targeted_fgsm_moves_toward_target(model):
     images = make_images(8, seed=15)
     for target in ("least_likely", "random", 3):
-        out = run_attack(model, images, np.full(8, -1),
-                         spec({"method": "fgsm", "eps": "4/255", "labels": "target", "target": target}),
-                         8, "cpu")
+        out = run_attack(
+            model,
+            images,
+            np.full(8, -1),
+            spec({"method": "fgsm", "eps": "4/255", "labels": "target", "target": target}),
+            8,
+            "cpu",
+        )
         t = torch.from_numpy(out["target"])
         with torch.no_grad():
             before = F.cross_entropy(model(as_float(images)), t, reduction="none")
@@ -426,8 +484,14 @@ def test_targeted_fgsm_moves_toward_target(model):
 
 def test_fixed_target_out_of_range_refused(model):
     with pytest.raises(AttackError, match="target class 9"):
-        run_attack(model, make_images(2), np.full(2, -1),
-                   spec({"method": "fgsm", "eps": "2/255", "labels": "target", "target": 9}), 2, "cpu")
+        run_attack(
+            model,
+            make_images(2),
+            np.full(2, -1),
+            spec({"method": "fgsm", "eps": "2/255", "labels": "target", "target": 9}),
+            2,
+            "cpu",
+        )
 
 
 BATCH_SPECS = [
@@ -464,8 +528,9 @@ def test_out_of_memory_halves_batch(model, kind, config):
 
 def test_out_of_memory_at_batch_one_and_other_errors_propagate(model):
     with pytest.raises(torch.cuda.OutOfMemoryError):
-        run_attack(OOMAbove(model, limit=0), make_images(2), np.full(2, -1),
-                   spec({"method": "fgsm", "eps": "2/255"}), 4, "cpu")
+        run_attack(
+            OOMAbove(model, limit=0), make_images(2), np.full(2, -1), spec({"method": "fgsm", "eps": "2/255"}), 4, "cpu"
+        )
 
     class Broken(nn.Module):
         def forward(self, x):
@@ -494,13 +559,18 @@ def test_perturbation_guard_refuses_out_of_ball(model, monkeypatch):
 
     monkeypatch.setattr(attacks, "_to_uint8", widened)
     with pytest.raises(AttackError, match="exceeds eps"):
-        run_attack(model, make_images(2, seed=19), np.full(2, -1),
-                   spec({"method": "noise", "eps": "1/255"}), 2, "cpu")
+        run_attack(model, make_images(2, seed=19), np.full(2, -1), spec({"method": "noise", "eps": "1/255"}), 2, "cpu")
 
 
 def test_empty_input(model):
-    out = run_attack(model, np.zeros((0, 3, 16, 16), np.uint8), np.zeros(0, np.int64),
-                     spec({"method": "fgsm", "eps": "2/255"}), 4, "cpu")
+    out = run_attack(
+        model,
+        np.zeros((0, 3, 16, 16), np.uint8),
+        np.zeros(0, np.int64),
+        spec({"method": "fgsm", "eps": "2/255"}),
+        4,
+        "cpu",
+    )
     assert out["images"].shape == (0, 3, 16, 16) and out["linf"].shape == (0,)
 
 
@@ -544,9 +614,21 @@ def write_shards(tmp_path, attack_spec, n_images=11, shard_size=4):
     paths = []
     for shard in range(math.ceil(n_images / shard_size)):
         path = tmp_path / f"{shard:04d}.h5"
-        write_attack_shard(path, dataset_root="unused", split="all", n_images=n_images, shard_size=shard_size,
-                           shard=shard, model_spec={}, weights_file=None, attack_name=IDENTITY["attack"],
-                           attack_spec=attack_spec, identity=IDENTITY, batch_size=3, device="cpu")
+        write_attack_shard(
+            path,
+            dataset_root="unused",
+            split="all",
+            n_images=n_images,
+            shard_size=shard_size,
+            shard=shard,
+            model_spec={},
+            weights_file=None,
+            attack_name=IDENTITY["attack"],
+            attack_spec=attack_spec,
+            identity=IDENTITY,
+            batch_size=3,
+            device="cpu",
+        )
         paths.append(path)
     return paths
 
@@ -560,8 +642,14 @@ def test_write_attack_shard_and_statistics(tmp_path, fake_inputs, model):
         np.testing.assert_array_equal(f["labels"][()], fake_inputs.classes[4:8])
         images = f["images"][()]
         assert images.dtype == np.uint8 and images.shape == (4, 3, 16, 16)
-        for key, dtype in [("clean_pred", np.int64), ("clean_conf", np.float32), ("adv_pred", np.int64),
-                           ("adv_conf", np.float32), ("linf", np.float32), ("l2", np.float32)]:
+        for key, dtype in [
+            ("clean_pred", np.int64),
+            ("clean_conf", np.float32),
+            ("adv_pred", np.int64),
+            ("adv_conf", np.float32),
+            ("linf", np.float32),
+            ("l2", np.float32),
+        ]:
             assert f[key].dtype == dtype and f[key].shape == (4,)
     # The shard equals the attack of those rows done in one go.
     clean = fake_inputs.images[4:8].transpose(0, 3, 1, 2)
@@ -615,10 +703,15 @@ def test_shard_randomness_depends_on_shard_not_batches(tmp_path, fake_inputs):
 def test_statistics_targeted_success_and_no_labels(tmp_path):
     n = 6
     base = {
-        "rows": np.arange(n), "labels": np.full(n, -1), "images": np.zeros((n, 3, 2, 2), np.uint8),
-        "clean_pred": np.array([0, 1, 2, 3, 4, 0]), "adv_pred": np.array([3, 1, 3, 3, 2, 3]),
-        "target": np.array([3, 3, 3, 3, 3, 3]), "clean_conf": np.ones(n, np.float32),
-        "adv_conf": np.ones(n, np.float32), "linf": np.full(n, 4 / 255, np.float32),
+        "rows": np.arange(n),
+        "labels": np.full(n, -1),
+        "images": np.zeros((n, 3, 2, 2), np.uint8),
+        "clean_pred": np.array([0, 1, 2, 3, 4, 0]),
+        "adv_pred": np.array([3, 1, 3, 3, 2, 3]),
+        "target": np.array([3, 3, 3, 3, 3, 3]),
+        "clean_conf": np.ones(n, np.float32),
+        "adv_conf": np.ones(n, np.float32),
+        "linf": np.full(n, 4 / 255, np.float32),
         "l2": np.arange(n, dtype=np.float32),
     }
     params = {"method": "fgsm", "eps": "4/255", "labels": "target", "target": 3}
@@ -671,9 +764,17 @@ def test_scripts_on_synthetic_broden(tiny_broden, tmp_path, monkeypatch):
             "attack_shard.py",
             input={"dataset": str(tiny_broden / "index.csv")},
             output={"images": str(out)},
-            params={"model_spec": model_spec, "attack": attack, "rows": rows, "identity": identity,
-                    "batch_size": 3, "gpus": []},
-            wildcards={"shard": shard}, threads=1, log=[str(tmp_path / f"attack_{shard}.log")],
+            params={
+                "model_spec": model_spec,
+                "attack": attack,
+                "rows": rows,
+                "identity": identity,
+                "batch_size": 3,
+                "gpus": [],
+            },
+            wildcards={"shard": shard},
+            threads=1,
+            log=[str(tmp_path / f"attack_{shard}.log")],
         )
         shards.append(out)
     dataset = BrodenDataset(tiny_broden)
@@ -686,15 +787,33 @@ def test_scripts_on_synthetic_broden(tiny_broden, tmp_path, monkeypatch):
         assert stored.shape == (2, 3) + dataset.image_size
     # Same as attacking those rows directly: an image's randomness comes from its row.
     clean_images = np.stack([dataset.load_image(int(r)).transpose(2, 0, 1) for r in expected_rows[4:]])
-    direct = run_attack(load_model(**model_spec), clean_images, np.full(2, -1),
-                        AttackSpec.from_config("pgd2", attack), 2, "cpu", rows=expected_rows[4:])
+    direct = run_attack(
+        load_model(**model_spec),
+        clean_images,
+        np.full(2, -1),
+        AttackSpec.from_config("pgd2", attack),
+        2,
+        "cpu",
+        rows=expected_rows[4:],
+    )
     np.testing.assert_array_equal(stored, direct["images"])
 
     stats_path = tmp_path / "stats.csv"
-    run_script("attack_stats.py", input={"shards": [str(p) for p in shards]}, output={"stats": str(stats_path)},
-               params={"identity": identity, "attack": attack}, log=[str(tmp_path / "stats.log")])
+    run_script(
+        "attack_stats.py",
+        input={"shards": [str(p) for p in shards]},
+        output={"stats": str(stats_path)},
+        params={"identity": identity, "attack": attack},
+        log=[str(tmp_path / "stats.log")],
+    )
     stats = pd.read_csv(stats_path)
-    assert list(stats[["dataset", "model", "attack", "method", "n_images"]].iloc[0]) == ["tiny", "r18", "pgd2", "pgd", 6]
+    assert list(stats[["dataset", "model", "attack", "method", "n_images"]].iloc[0]) == [
+        "tiny",
+        "r18",
+        "pgd2",
+        "pgd",
+        6,
+    ]
     assert stats["linf_max"].iloc[0] <= 2 / 255 + 1e-7
     assert 0 <= stats["clean_accuracy"].iloc[0] <= 1  # the synthetic classes are labels
 
@@ -705,8 +824,10 @@ def test_results_do_not_depend_on_the_shard_split(model, config):
     # calls over the halves (as two shards would make them).
     images, rows = make_images(10, seed=17), np.arange(30, 40)
     whole = run_attack(model, images, np.full(10, -1), spec(config), 4, "cpu", rows=rows)
-    halves = [run_attack(model, images[s], np.full(5, -1), spec(config), 4, "cpu", rows=rows[s])
-              for s in (slice(0, 5), slice(5, 10))]
+    halves = [
+        run_attack(model, images[s], np.full(5, -1), spec(config), 4, "cpu", rows=rows[s])
+        for s in (slice(0, 5), slice(5, 10))
+    ]
     for key in whole:
         np.testing.assert_array_equal(np.concatenate([h[key] for h in halves]), whole[key], err_msg=key)
 

@@ -38,8 +38,16 @@ def _png(path: Path, labels: np.ndarray) -> str:
 
 
 def _labels(numbers_names: dict[int, str]) -> pd.DataFrame:
-    return pd.DataFrame({"number": list(numbers_names), "name": list(numbers_names.values()),
-                         "category": "", "frequency": 1, "coverage": 1.0, "syns": ""})
+    return pd.DataFrame(
+        {
+            "number": list(numbers_names),
+            "name": list(numbers_names.values()),
+            "category": "",
+            "frequency": 1,
+            "coverage": 1.0,
+            "syns": "",
+        }
+    )
 
 
 @pytest.fixture
@@ -52,37 +60,77 @@ def handmade(tmp_path) -> tuple[Path, dict]:
     rng = np.random.default_rng(0)
     for i in range(3):
         Image.fromarray(rng.integers(0, 255, (IH, IH, 3), dtype=np.uint8)).save(img_dir / f"im{i}.png")
-    color = np.zeros((SH, SH), int); color[0, :2] = 1
-    obj = np.zeros((SH, SH), int); obj[1:, 1:] = 300; obj[0, 3] = 21
-    part1 = np.zeros((SH, SH), int); part1[1, 1] = 20
-    part2 = np.zeros((SH, SH), int); part2[2, 2] = 41; part2[3, 3] = 20
-    material = np.zeros((IH, IH), int); material[:, :4] = 513  # image-size mask: resized to (SH, SH)
+    color = np.zeros((SH, SH), int)
+    color[0, :2] = 1
+    obj = np.zeros((SH, SH), int)
+    obj[1:, 1:] = 300
+    obj[0, 3] = 21
+    part1 = np.zeros((SH, SH), int)
+    part1[1, 1] = 20
+    part2 = np.zeros((SH, SH), int)
+    part2[2, 2] = 41
+    part2[3, 3] = 20
+    material = np.zeros((IH, IH), int)
+    material[:, :4] = 513  # image-size mask: resized to (SH, SH)
     for name, arr in (("c", color), ("o", obj), ("p1", part1), ("p2", part2), ("m", material)):
         _png(img_dir / f"im0_{name}.png", arr)
-    index = pd.DataFrame([
-        ["sub/im0.png", "train", IH, IH, SH, SH, "sub/im0_c.png", "sub/im0_o.png",
-         "sub/im0_p1.png;sub/im0_p2.png", "sub/im0_m.png", "5", "7;8"],
-        ["sub/im1.png", "val", IH, IH, SH, SH, "", "", "", "", "0", ""],
-        ["sub/im2.png", "train", IH, IH, SH, SH, "", "", "", "", "", "7"],
-    ], columns=["image", "split", "ih", "iw", "sh", "sw", *CATEGORIES])
+    index = pd.DataFrame(
+        [
+            [
+                "sub/im0.png",
+                "train",
+                IH,
+                IH,
+                SH,
+                SH,
+                "sub/im0_c.png",
+                "sub/im0_o.png",
+                "sub/im0_p1.png;sub/im0_p2.png",
+                "sub/im0_m.png",
+                "5",
+                "7;8",
+            ],
+            ["sub/im1.png", "val", IH, IH, SH, SH, "", "", "", "", "0", ""],
+            ["sub/im2.png", "train", IH, IH, SH, SH, "", "", "", "", "", "7"],
+        ],
+        columns=["image", "split", "ih", "iw", "sh", "sw", *CATEGORIES],
+    )
     index.to_csv(root / "index.csv", index=False)
-    labels = {1: "red", 5: "street", 7: "striped", 8: "dotted", 20: "wheel", 21: "door",
-              41: "leg", 300: "car", 513: "wood"}
+    labels = {
+        1: "red",
+        5: "street",
+        7: "striped",
+        8: "dotted",
+        20: "wheel",
+        21: "door",
+        41: "leg",
+        300: "car",
+        513: "wood",
+    }
     _labels(labels).to_csv(root / "label.csv", index=False)
     # wheel (20) is in object and part, mostly a part; door (21) mostly an object.
     c_files = {
-        "color": [(1, 0.3)], "object": [(20, 0.5), (21, 3.0), (300, 1.0)],
-        "part": [(20, 2.0), (21, 0.1), (41, 0.2)], "material": [(513, 0.7)],
-        "scene": [(5, 1.0)], "texture": [(7, 2.0), (8, 1.0)],
+        "color": [(1, 0.3)],
+        "object": [(20, 0.5), (21, 3.0), (300, 1.0)],
+        "part": [(20, 2.0), (21, 0.1), (41, 0.2)],
+        "material": [(513, 0.7)],
+        "scene": [(5, 1.0)],
+        "texture": [(7, 2.0), (8, 1.0)],
     }
     for cat, entries in c_files.items():
-        pd.DataFrame({"code": range(1, len(entries) + 1), "number": [n for n, _ in entries],
-                      "name": [labels[n] for n, _ in entries], "frequency": 1,
-                      "coverage": [c for _, c in entries]}).to_csv(root / f"c_{cat}.csv", index=False)
+        pd.DataFrame(
+            {
+                "code": range(1, len(entries) + 1),
+                "number": [n for n, _ in entries],
+                "name": [labels[n] for n, _ in entries],
+                "frequency": 1,
+                "coverage": [c for _, c in entries],
+            }
+        ).to_csv(root / f"c_{cat}.csv", index=False)
     pd.DataFrame({"name": list(c_files), "first": 0, "last": 0, "count": 1, "frequency": 1}).to_csv(
-        root / "category.csv", index=False)
-    truth = {"color": color, "object": obj, "part1": part1, "part2": part2,
-             "material": material[::2, ::2]}
+        root / "category.csv", index=False
+    )
+    truth = {"color": color, "object": obj, "part1": part1, "part2": part2, "material": material[::2, ::2]}
     return root, truth
 
 
@@ -115,9 +163,11 @@ def test_real_index_through_dataset(tmp_path):
     scenes = scenes[scenes > 0]
     _labels({int(n): f"s{n}" for n in scenes}).to_csv(tmp_path / "label.csv", index=False)
     pd.DataFrame({"name": ["scene"], "first": 0, "last": 0, "count": 1, "frequency": 1}).to_csv(
-        tmp_path / "category.csv", index=False)
-    pd.DataFrame({"code": range(1, len(scenes) + 1), "number": scenes, "name": "", "frequency": 1,
-                  "coverage": 1.0}).to_csv(tmp_path / "c_scene.csv", index=False)
+        tmp_path / "category.csv", index=False
+    )
+    pd.DataFrame(
+        {"code": range(1, len(scenes) + 1), "number": scenes, "name": "", "frequency": 1, "coverage": 1.0}
+    ).to_csv(tmp_path / "c_scene.csv", index=False)
     ds = BrodenDataset(tmp_path)
     assert len(ds.classes()) == 468
     classes = ds.class_indices()
@@ -251,14 +301,18 @@ def test_truncated_jpeg(handmade):
 def test_mask_of_wrong_size(handmade):
     root, _ = handmade
     _png(root / "images" / "sub" / "im0_c.png", np.zeros((SH, SH + 1), int))
-    with pytest.raises(DatasetError, match=r"im0_c.png is 5x4 .*expected the segmentation size 4x4 "
-                                           r"or the image size 8x8"):
+    with pytest.raises(
+        DatasetError,
+        match=r"im0_c.png is 5x4 .*expected the segmentation size 4x4 "
+        r"or the image size 8x8",
+    ):
         BrodenDataset(root).load_segmentation(0)
 
 
 def test_label_absent_from_label_csv(handmade):
     root, _ = handmade
-    obj = np.zeros((SH, SH), int); obj[0, 0] = 999
+    obj = np.zeros((SH, SH), int)
+    obj[0, 0] = 999
     _png(root / "images" / "sub" / "im0_o.png", obj)
     with pytest.raises(DatasetError, match=r"im0_o.png holds label number 999, which is not in .*label.csv"):
         BrodenDataset(root).load_segmentation(0)
@@ -274,12 +328,15 @@ def test_empty_index(handmade):
         BrodenDataset(root)
 
 
-@pytest.mark.parametrize("column,value", [
-    ("image", "../outside.png"),
-    ("image", "/etc/passwd"),
-    ("part", "sub/im0_p1.png;sub/../../x.png"),
-    ("color", "C:\\x.png"),
-])
+@pytest.mark.parametrize(
+    "column,value",
+    [
+        ("image", "../outside.png"),
+        ("image", "/etc/passwd"),
+        ("part", "sub/im0_p1.png;sub/../../x.png"),
+        ("color", "C:\\x.png"),
+    ],
+)
 def test_paths_that_escape_are_refused(handmade, column, value):
     root, _ = handmade
     _edit_index(root, 1, column, value)
@@ -351,10 +408,13 @@ def test_install_zip_moves_the_dataset_folder_into_place(tmp_path):
     assert sorted(p.name for p in dest.parent.iterdir()) == ["broden1_224"]  # no leftovers
 
 
-@pytest.mark.parametrize("members,message", [
-    ({"../evil.csv": "x", "d/index.csv": "x"}, "outside the dataset folder"),
-    ({"d/readme.txt": "x"}, "holds no index.csv"),
-])
+@pytest.mark.parametrize(
+    "members,message",
+    [
+        ({"../evil.csv": "x", "d/index.csv": "x"}, "outside the dataset folder"),
+        ({"d/readme.txt": "x"}, "holds no index.csv"),
+    ],
+)
 def test_install_zip_refuses_bad_archives(tmp_path, members, message):
     from advdissect.download import install_zip
 

@@ -43,7 +43,9 @@ def _brute_force_iou(ds: BrodenDataset, rows, map_size, q) -> dict[int, float]:
     """The original (Bau et al.) IoU of each ideal unit, one image and one concept at a time."""
     segs = [ds.load_segmentation(int(r)) for r in rows]
     result = {}
-    concepts = sorted({int(v) for s in segs for v in np.unique(s.pixel)} | {int(v) for s in segs for v in s.image_labels})
+    concepts = sorted(
+        {int(v) for s in segs for v in np.unique(s.pixel)} | {int(v) for s in segs for v in s.image_labels}
+    )
     concepts = [c for c in concepts if c > 0 and ds.label_category[c] >= 0]
     maps = ceilings.ideal_maps(segs, np.array(concepts), ds.seg_size, map_size)
     for j, c in enumerate(concepts):
@@ -80,8 +82,11 @@ DEMO = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 
 def _deepest_layers():
     """(model, dataset) of every model of the demo config, dissected at its deepest layer."""
-    return [(name, dataset) for name, spec in DEMO["models"].items()
-            for dataset in spec.get("datasets", list(DEMO["datasets"]))]
+    return [
+        (name, dataset)
+        for name, spec in DEMO["models"].items()
+        for dataset in spec.get("datasets", list(DEMO["datasets"]))
+    ]
 
 
 @pytest.fixture(scope="module")

@@ -89,8 +89,7 @@ def test_negative_eps():
 def test_eps_not_in_pixel_units():
     message = bad(lambda c: c["attacks"]["fgsm_2"].update(eps=0.01))
     assert message == (
-        "config: attacks.fgsm_2.eps: 0.01 is not a multiple of 1/255 "
-        "(images are stored as uint8; use e.g. '2/255')"
+        "config: attacks.fgsm_2.eps: 0.01 is not a multiple of 1/255 (images are stored as uint8; use e.g. '2/255')"
     )
 
 

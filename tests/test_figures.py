@@ -21,8 +21,11 @@ REPO = Path(__file__).resolve().parents[1]
 _spec = importlib.util.spec_from_file_location("_tables_examples", Path(__file__).with_name("test_tables.py"))
 _examples = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(_examples)
-CLEAN_UNITS, FGSM_CLEAN_UNITS, FGSM_SELF_UNITS = (_examples.CLEAN_UNITS, _examples.FGSM_CLEAN_UNITS,
-                                                  _examples.FGSM_SELF_UNITS)
+CLEAN_UNITS, FGSM_CLEAN_UNITS, FGSM_SELF_UNITS = (
+    _examples.CLEAN_UNITS,
+    _examples.FGSM_CLEAN_UNITS,
+    _examples.FGSM_SELF_UNITS,
+)
 training_inputs, write_units = _examples.training_inputs, _examples.write_units
 entries = _examples.entries  # the same three hand-built units tables, as a fixture
 STYLE = {"dpi": 60}
@@ -43,6 +46,7 @@ def assert_images(*paths):
 
 # --------------------------------------------------------------------------- colours
 
+
 def test_category_palette_covers_every_category_with_distinct_colours():
     assert set(figures.CATEGORY_COLORS) == set(tables.CATEGORY_ORDER)
     assert len(set(figures.CATEGORY_COLORS.values())) == 6
@@ -53,8 +57,11 @@ def test_every_category_colour_in_figures_comes_from_the_one_dict():
     # No figure code may spell a category colour itself: each goes through category_color().
     source = (REPO / "advdissect" / "figures.py").read_text()
     tree = ast.parse(source)
-    dicts = [n for n in ast.walk(tree) if isinstance(n, ast.Dict)
-             and {getattr(k, "value", None) for k in n.keys} >= {"object", "scene"}]
+    dicts = [
+        n
+        for n in ast.walk(tree)
+        if isinstance(n, ast.Dict) and {getattr(k, "value", None) for k in n.keys} >= {"object", "scene"}
+    ]
     assert len(dicts) == 1
     assert source.count("CATEGORY_COLORS.get(") == 1
 
@@ -74,12 +81,14 @@ def test_detector_bars_use_category_colours(entries, tmp_path):
         figures.save_figure = orig
     allowed = {figures.CATEGORY_COLORS[c].lower() for c in figures.CATEGORY_COLORS}
     import matplotlib.colors as mcolors
+
     bars = [p for ax in seen["fig"].axes for p in ax.patches]
     assert bars
     assert {mcolors.to_hex(p.get_facecolor()).lower() for p in bars} <= allowed
 
 
 # --------------------------------------------------------------------------- detector figure
+
 
 def test_detector_figure_writes_png_and_svg(entries, tmp_path):
     counts = figures.detector_figure(entries, tmp_path / "det.png", tmp_path / "det.svg", STYLE)
@@ -91,10 +100,19 @@ def test_detector_figure_writes_png_and_svg(entries, tmp_path):
 
 
 def test_detector_figure_top_concepts_and_many_labels(tmp_path):
-    rows = [(u, f"concept number {u:03d} with a long name", tables.CATEGORY_ORDER[u % 6], 0.1, True)
-            for u in range(1, 81)]
-    e = [{"dataset": "syn", "model": "m", "layer": "l", "attack": "clean", "mode": "self",
-          "path": write_units(tmp_path / "many.csv", rows)}]
+    rows = [
+        (u, f"concept number {u:03d} with a long name", tables.CATEGORY_ORDER[u % 6], 0.1, True) for u in range(1, 81)
+    ]
+    e = [
+        {
+            "dataset": "syn",
+            "model": "m",
+            "layer": "l",
+            "attack": "clean",
+            "mode": "self",
+            "path": write_units(tmp_path / "many.csv", rows),
+        }
+    ]
     order, n_all = figures._concept_order(figures.detector_counts(e), 40)
     assert n_all == 80 and len(order) == 40
     cats = [c for _, c in order]
@@ -105,8 +123,16 @@ def test_detector_figure_top_concepts_and_many_labels(tmp_path):
 
 
 def test_detector_figure_without_detectors(tmp_path):
-    e = [{"dataset": "syn", "model": "m", "layer": "l", "attack": "clean", "mode": "self",
-          "path": write_units(tmp_path / "none.csv", [(1, "", "", 0.0, False)])}]
+    e = [
+        {
+            "dataset": "syn",
+            "model": "m",
+            "layer": "l",
+            "attack": "clean",
+            "mode": "self",
+            "path": write_units(tmp_path / "none.csv", [(1, "", "", 0.0, False)]),
+        }
+    ]
     figures.detector_figure(e, tmp_path / "n.png", tmp_path / "n.svg", STYLE)
     assert_images(tmp_path / "n.png", tmp_path / "n.svg")
 
@@ -118,9 +144,11 @@ def test_style_keys_are_checked():
 
 # --------------------------------------------------------------------------- drift figure
 
+
 def test_concept_drift_outputs(entries, tmp_path):
-    summary = figures.write_concept_drift(entries, tmp_path / "u.csv", tmp_path / "s.csv",
-                                          tmp_path / "dr.png", tmp_path / "dr.svg", STYLE)
+    summary = figures.write_concept_drift(
+        entries, tmp_path / "u.csv", tmp_path / "s.csv", tmp_path / "dr.png", tmp_path / "dr.svg", STYLE
+    )
     assert len(summary) == 2
     assert_images(tmp_path / "dr.png", tmp_path / "dr.svg")
     assert len(pd.read_csv(tmp_path / "u.csv")) == 10
@@ -128,22 +156,51 @@ def test_concept_drift_outputs(entries, tmp_path):
 
 # --------------------------------------------------------------------------- ε sweep
 
+
 def sweep_inputs(tmp_path):
     stats = [
-        ("clean", "clean", 0.0, 1.0, 0.8), ("fgsm_2", "fgsm", 2 / 255, 0.3, 0.25),
-        ("fgsm_4", "fgsm", 4 / 255, 0.1, 0.1), ("noise_2", "noise", 2 / 255, 0.99, 0.79),
+        ("clean", "clean", 0.0, 1.0, 0.8),
+        ("fgsm_2", "fgsm", 2 / 255, 0.3, 0.25),
+        ("fgsm_4", "fgsm", 4 / 255, 0.1, 0.1),
+        ("noise_2", "noise", 2 / 255, 0.99, 0.79),
         ("noise_4", "noise", 4 / 255, 0.95, 0.77),
     ]
-    attacks = pd.DataFrame([{"dataset": "syn", "model": "r18", "attack": a, "method": m, "eps": e,
-                             "n_images": 10, "agreement": ag, "success_rate": 1 - ag, "linf_max": e,
-                             "l2_mean": e, "clean_accuracy": 0.8, "adversarial_accuracy": acc}
-                            for a, m, e, ag, acc in stats])
+    attacks = pd.DataFrame(
+        [
+            {
+                "dataset": "syn",
+                "model": "r18",
+                "attack": a,
+                "method": m,
+                "eps": e,
+                "n_images": 10,
+                "agreement": ag,
+                "success_rate": 1 - ag,
+                "linf_max": e,
+                "l2_mean": e,
+                "clean_accuracy": 0.8,
+                "adversarial_accuracy": acc,
+            }
+            for a, m, e, ag, acc in stats
+        ]
+    )
     t2 = []
     for i, (a, *_rest) in enumerate(stats):
         for mode in ("self", "clean"):
-            t2.append({"dataset": "syn", "model": "r18", "layer": "layer3", "attack": a,
-                       "threshold_mode": mode, "category": "all", "units": 10, "detectors": 5 - i,
-                       "ratio_percent": 10.0 * (5 - i), "concepts": 2})
+            t2.append(
+                {
+                    "dataset": "syn",
+                    "model": "r18",
+                    "layer": "layer3",
+                    "attack": a,
+                    "threshold_mode": mode,
+                    "category": "all",
+                    "units": 10,
+                    "detectors": 5 - i,
+                    "ratio_percent": 10.0 * (5 - i),
+                    "concepts": 2,
+                }
+            )
     attacks.to_csv(tmp_path / "attacks.csv", index=False)
     pd.DataFrame(t2).to_csv(tmp_path / "table2.csv", index=False)
     return pd.DataFrame(t2), attacks
@@ -163,12 +220,21 @@ def test_eps_sweep_data_puts_clean_at_zero_in_every_family(tmp_path):
 
 def test_eps_sweep_figure(tmp_path):
     sweep_inputs(tmp_path)
-    figures.write_eps_sweep(tmp_path / "table2.csv", tmp_path / "attacks.csv", "syn", "r18", "layer3",
-                            tmp_path / "eps.png", tmp_path / "eps.svg", STYLE)
+    figures.write_eps_sweep(
+        tmp_path / "table2.csv",
+        tmp_path / "attacks.csv",
+        "syn",
+        "r18",
+        "layer3",
+        tmp_path / "eps.png",
+        tmp_path / "eps.svg",
+        STYLE,
+    )
     assert_images(tmp_path / "eps.png", tmp_path / "eps.svg")
 
 
 # --------------------------------------------------------------------------- training figures
+
 
 def test_training_summary_outputs(tmp_path):
     models_df, attacks_df, t2 = training_inputs()
@@ -188,10 +254,18 @@ def test_training_summary_outputs(tmp_path):
     spec = {"std": {"arch": "resnet18", "method": "standard"}, "atda": {"arch": "resnet18", "method": "atda"}}
     out = {k: tmp_path / f"{k}" for k in ("table.csv", "cmp.png", "cmp.svg", "lc.png", "lc.svg")}
     frame = figures.write_training_summary(
-        models_csv=tmp_path / "models.csv", attacks_csv=tmp_path / "attacks.csv",
-        table2_csv=tmp_path / "table2.csv", training_models=spec, histories=hist,
-        table=out["table.csv"], png=out["cmp.png"], svg=out["cmp.svg"],
-        curves_png=out["lc.png"], curves_svg=out["lc.svg"], style=STYLE)
+        models_csv=tmp_path / "models.csv",
+        attacks_csv=tmp_path / "attacks.csv",
+        table2_csv=tmp_path / "table2.csv",
+        training_models=spec,
+        histories=hist,
+        table=out["table.csv"],
+        png=out["cmp.png"],
+        svg=out["cmp.svg"],
+        curves_png=out["lc.png"],
+        curves_svg=out["lc.svg"],
+        style=STYLE,
+    )
     assert len(frame) == 2
     assert_images(out["cmp.png"], out["cmp.svg"], out["lc.png"], out["lc.svg"])
     back = pd.read_csv(out["table.csv"])
@@ -199,10 +273,17 @@ def test_training_summary_outputs(tmp_path):
     assert "coral" in out["lc.svg"].read_text()
     with pytest.raises(ConfigError, match="order"):
         figures.write_training_summary(
-            models_csv=tmp_path / "models.csv", attacks_csv=tmp_path / "attacks.csv",
-            table2_csv=tmp_path / "table2.csv", training_models=spec, histories=hist[:1],
-            table=out["table.csv"], png=out["cmp.png"], svg=out["cmp.svg"],
-            curves_png=out["lc.png"], curves_svg=out["lc.svg"])
+            models_csv=tmp_path / "models.csv",
+            attacks_csv=tmp_path / "attacks.csv",
+            table2_csv=tmp_path / "table2.csv",
+            training_models=spec,
+            histories=hist[:1],
+            table=out["table.csv"],
+            png=out["cmp.png"],
+            svg=out["cmp.svg"],
+            curves_png=out["lc.png"],
+            curves_svg=out["lc.svg"],
+        )
 
 
 def test_training_figure_without_rows(tmp_path):
@@ -213,6 +294,7 @@ def test_training_figure_without_rows(tmp_path):
 
 
 # --------------------------------------------------------------------------- upsampling and masks
+
 
 def _bilinear_reference(a, out_h, out_w):
     """Per-pixel loop of PyTorch's bilinear rule with align_corners=False."""
@@ -228,8 +310,9 @@ def _bilinear_reference(a, out_h, out_w):
             x0 = min(int(np.floor(sx)), w - 1)
             x1 = min(x0 + 1, w - 1)
             lx = sx - x0
-            out[y, x] = ((1 - ly) * ((1 - lx) * a[y0, x0] + lx * a[y0, x1])
-                         + ly * ((1 - lx) * a[y1, x0] + lx * a[y1, x1]))
+            out[y, x] = (1 - ly) * ((1 - lx) * a[y0, x0] + lx * a[y0, x1]) + ly * (
+                (1 - lx) * a[y1, x0] + lx * a[y1, x1]
+            )
     return out
 
 
@@ -243,8 +326,9 @@ def test_upsample_matches_brute_force(shape, size):
 def test_upsample_matches_torch():
     torch = pytest.importorskip("torch")
     a = np.random.default_rng(2).normal(size=(2, 3, 4, 5))
-    want = torch.nn.functional.interpolate(torch.from_numpy(a), size=(13, 11), mode="bilinear",
-                                           align_corners=False).numpy()
+    want = torch.nn.functional.interpolate(
+        torch.from_numpy(a), size=(13, 11), mode="bilinear", align_corners=False
+    ).numpy()
     np.testing.assert_allclose(figures.upsample_bilinear(a, (13, 11)), want, atol=1e-10)
 
 
@@ -269,17 +353,28 @@ def make_shards(tmp_path, attack, seed):
         rows = rows_all[sl]
         ident = {"dataset": "syn", "model": "r18", "attack": attack, "shard": s}
         img = base / f"images/{s:04d}.h5"
-        store.write_h5(img, "images", ident, {
-            "images": rng.integers(0, 256, size=(len(rows), 3, H, W), dtype=np.uint8), "rows": rows,
-            "labels": np.zeros(len(rows), np.int64)})
+        store.write_h5(
+            img,
+            "images",
+            ident,
+            {
+                "images": rng.integers(0, 256, size=(len(rows), 3, H, W), dtype=np.uint8),
+                "rows": rows,
+                "labels": np.zeros(len(rows), np.int64),
+            },
+        )
         act = base / f"activations/layer3/{s:04d}.h5"
-        store.write_h5(act, "activations", {**ident, "layer": "layer3"},
-                       {"activations": acts_all[sl], "rows": rows})
+        store.write_h5(act, "activations", {**ident, "layer": "layer3"}, {"activations": acts_all[sl], "rows": rows})
         img_paths.append(str(img))
         act_paths.append(str(act))
     thr = base / "thresholds/layer3.h5"
-    store.write_h5(thr, "thresholds", {"dataset": "syn", "model": "r18", "attack": attack, "layer": "layer3"},
-                   {"thresholds": np.full(C, 0.5, np.float32)}, chunk_rows=False)
+    store.write_h5(
+        thr,
+        "thresholds",
+        {"dataset": "syn", "model": "r18", "attack": attack, "layer": "layer3"},
+        {"thresholds": np.full(C, 0.5, np.float32)},
+        chunk_rows=False,
+    )
     return img_paths, act_paths, str(thr), rows_all, acts_all
 
 
@@ -310,30 +405,60 @@ def test_unit_pictures_on_tiny_shards(tmp_path, mode):
     au = write_units(tmp_path / "au.csv", FGSM_SELF_UNITS)
     png = tmp_path / f"units_{mode}.png"
     chosen = figures.unit_pictures(
-        clean_images=ci, adv_images=ai, clean_activations=ca, adv_activations=aa,
-        clean_thresholds=ct, adv_thresholds=at, clean_units=cu, adv_units=au, png=png,
-        dataset="syn", model="r18", layer="layer3", attack="fgsm_2", clean_attack="clean",
-        threshold_mode=mode, units=[5], k=2, n_images=3, style=STYLE)
+        clean_images=ci,
+        adv_images=ai,
+        clean_activations=ca,
+        adv_activations=aa,
+        clean_thresholds=ct,
+        adv_thresholds=at,
+        clean_units=cu,
+        adv_units=au,
+        png=png,
+        dataset="syn",
+        model="r18",
+        layer="layer3",
+        attack="fgsm_2",
+        clean_attack="clean",
+        threshold_mode=mode,
+        units=[5],
+        k=2,
+        n_images=3,
+        style=STYLE,
+    )
     assert chosen[0] == 5 and len(chosen) == 3
     assert_images(png)
 
 
 def test_unit_pictures_check_shard_identity(tmp_path):
     from advdissect.errors import ArtifactError
+
     ci, ca, ct, _, _ = make_shards(tmp_path, "clean", 0)
     cu = write_units(tmp_path / "cu.csv", CLEAN_UNITS)
     with pytest.raises(ArtifactError, match="attack"):
         figures.unit_pictures(
-            clean_images=ci, adv_images=ci, clean_activations=ca, adv_activations=ca,
-            clean_thresholds=ct, adv_thresholds=ct, clean_units=cu, adv_units=cu,
-            png=tmp_path / "x.png", dataset="syn", model="r18", layer="layer3", attack="fgsm_2",
-            clean_attack="clean", k=1, n_images=2, style=STYLE)
+            clean_images=ci,
+            adv_images=ci,
+            clean_activations=ca,
+            adv_activations=ca,
+            clean_thresholds=ct,
+            adv_thresholds=ct,
+            clean_units=cu,
+            adv_units=cu,
+            png=tmp_path / "x.png",
+            dataset="syn",
+            model="r18",
+            layer="layer3",
+            attack="fgsm_2",
+            clean_attack="clean",
+            k=1,
+            n_images=2,
+            style=STYLE,
+        )
 
 
 # --------------------------------------------------------------------------- report captions
 
-CAPTIONS = ("table2", "attacks", "models", "detectors", "eps_sweep", "units", "drift", "training",
-            "learning_curves")
+CAPTIONS = ("table2", "attacks", "models", "detectors", "eps_sweep", "units", "drift", "training", "learning_curves")
 
 
 @pytest.mark.parametrize("name", CAPTIONS)
@@ -355,6 +480,7 @@ def test_report_caption_renders(name):
     with warnings.catch_warnings():
         # Snakemake renders captions with this (older) docutils call; keep the same one.
         warnings.simplefilter("ignore", PendingDeprecationWarning)
-        html = docutils_core.publish_parts(rendered, writer_name="html",
-                                           settings_overrides={"report_level": 2, "halt_level": 2})["body"]
+        html = docutils_core.publish_parts(
+            rendered, writer_name="html", settings_overrides={"report_level": 2, "halt_level": 2}
+        )["body"]
     assert not re.search(r"system-message", html)

@@ -19,8 +19,28 @@ DEFAULT = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 
 cell = st.one_of(
     st.just(""),
-    st.sampled_from(["0", "1", "17", "-3", "300;301", "a.png", "x/b.png;x/c.png", "../up.png", "/abs.png",
-                     "train", "val", "test", "112", "224", "nan", "1e3", ";", " ; "]),
+    st.sampled_from(
+        [
+            "0",
+            "1",
+            "17",
+            "-3",
+            "300;301",
+            "a.png",
+            "x/b.png;x/c.png",
+            "../up.png",
+            "/abs.png",
+            "train",
+            "val",
+            "test",
+            "112",
+            "224",
+            "nan",
+            "1e3",
+            ";",
+            " ; ",
+        ]
+    ),
     st.text(alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=12),
 )
 row = st.fixed_dictionaries({column: cell for column in INDEX_COLUMNS})
@@ -43,20 +63,42 @@ def test_index_rows_parse_or_raise_a_dataset_error(tmp_path, rows):
 
 
 json_value = st.recursive(
-    st.one_of(st.none(), st.booleans(), st.integers(-5, 300), st.floats(allow_nan=True),
-              st.sampled_from(["", "2/255", "x", "resnet18", "layer4", "self", "clean", "fgsm", "1/0"])),
-    lambda children: st.one_of(st.lists(children, max_size=3),
-                               st.dictionaries(st.sampled_from(["method", "eps", "arch", "layers", "source",
-                                                                "quantile", "x", "seed"]), children, max_size=3)),
+    st.one_of(
+        st.none(),
+        st.booleans(),
+        st.integers(-5, 300),
+        st.floats(allow_nan=True),
+        st.sampled_from(["", "2/255", "x", "resnet18", "layer4", "self", "clean", "fgsm", "1/0"]),
+    ),
+    lambda children: st.one_of(
+        st.lists(children, max_size=3),
+        st.dictionaries(
+            st.sampled_from(["method", "eps", "arch", "layers", "source", "quantile", "x", "seed"]),
+            children,
+            max_size=3,
+        ),
+    ),
     max_leaves=8,
 )
-paths = st.sampled_from([
-    ("seed",), ("datasets", "synthetic", "shard_size"), ("datasets", "synthetic", "split"),
-    ("datasets", "synthetic", "synthetic"), ("models", "resnet18", "layers"), ("models", "resnet18", "weights"),
-    ("models", "resnet18", "num_classes"), ("attacks", "fgsm_2"), ("attacks", "fgsm_2", "eps"),
-    ("attacks", "pgd_8", "steps"), ("dissection", "quantile"), ("dissection",), ("figures", "style"),
-    ("compute", "gpus"), ("unknown",),
-])
+paths = st.sampled_from(
+    [
+        ("seed",),
+        ("datasets", "synthetic", "shard_size"),
+        ("datasets", "synthetic", "split"),
+        ("datasets", "synthetic", "synthetic"),
+        ("models", "resnet18", "layers"),
+        ("models", "resnet18", "weights"),
+        ("models", "resnet18", "num_classes"),
+        ("attacks", "fgsm_2"),
+        ("attacks", "fgsm_2", "eps"),
+        ("attacks", "pgd_8", "steps"),
+        ("dissection", "quantile"),
+        ("dissection",),
+        ("figures", "style"),
+        ("compute", "gpus"),
+        ("unknown",),
+    ]
+)
 
 
 @settings(max_examples=300, deadline=None)

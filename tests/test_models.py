@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import re
 import runpy
 import types
 from pathlib import Path
@@ -69,6 +68,7 @@ def _model(request, arch):
 
 # ---------------------------------------------------------------- building
 
+
 def test_list_architectures_has_the_papers_models():
     names = models.list_architectures()
     assert {"alexnet", "vgg11", "resnet18"} <= set(names)
@@ -120,6 +120,7 @@ def test_seeded_init_is_deterministic_and_leaves_global_rng_alone():
 
 # ---------------------------------------------------------------- normalisation
 
+
 def test_normalisation_inside_equals_normalising_outside(resnet18, images):
     with torch.no_grad():
         inside = resnet18(images)
@@ -144,17 +145,23 @@ def test_bad_normalisation(bad):
 
 
 def test_uint8_images_are_refused(resnet18):
-    with pytest.raises(ModelError, match=r"resnet18 expects float images in \[0, 1\] shaped \(N, 3, H, W\); got torch.uint8"):
+    with pytest.raises(
+        ModelError, match=r"resnet18 expects float images in \[0, 1\] shaped \(N, 3, H, W\); got torch.uint8"
+    ):
         resnet18(torch.zeros(1, 3, SIZE, SIZE, dtype=torch.uint8))
 
 
 # ---------------------------------------------------------------- weights files
 
+
 def test_weights_round_trip(tmp_path, images):
     trained = load_model("resnet18", N_CLASSES, seed=1)
     path = tmp_path / "w" / "resnet18.pt"
-    save_weights(path, trained.net.state_dict(), {"arch": "resnet18", "epochs": np.int64(3), "lr": 0.1,
-                                                  "tags": ("a", "b"), "note": None})
+    save_weights(
+        path,
+        trained.net.state_dict(),
+        {"arch": "resnet18", "epochs": np.int64(3), "lr": 0.1, "tags": ("a", "b"), "note": None},
+    )
     assert [p.name for p in path.parent.iterdir()] == ["resnet18.pt"]  # no temp file left
     loaded = load_model("resnet18", N_CLASSES, weights_file=path, seed=2)
     fresh = load_model("resnet18", N_CLASSES, seed=2)
@@ -166,8 +173,11 @@ def test_weights_round_trip(tmp_path, images):
     assert set(raw) == {"state_dict", "meta"}
     # the same weights give the same bytes, whatever temporary name the write went through
     again = tmp_path / "again.pt"
-    save_weights(again, trained.net.state_dict(), {"arch": "resnet18", "epochs": np.int64(3), "lr": 0.1,
-                                                   "tags": ("a", "b"), "note": None})
+    save_weights(
+        again,
+        trained.net.state_dict(),
+        {"arch": "resnet18", "epochs": np.int64(3), "lr": 0.1, "tags": ("a", "b"), "note": None},
+    )
     assert again.read_bytes() == path.read_bytes()
 
 
@@ -223,8 +233,10 @@ def test_checkpoint_of_another_architecture_names_file_and_keys(tmp_path, resnet
         load_model("alexnet", N_CLASSES, weights_file=path)
     msg = str(err.value)
     assert msg.startswith(f"weights file {path} does not fit alexnet (num_classes={N_CLASSES}): ")
-    assert ("missing keys (16): features.0.weight, features.0.bias, features.3.weight, "
-            "features.3.bias, features.6.weight, ... (+11 more)") in msg
+    assert (
+        "missing keys (16): features.0.weight, features.0.bias, features.3.weight, "
+        "features.3.bias, features.6.weight, ... (+11 more)"
+    ) in msg
     assert "unexpected keys (122): conv1.weight, bn1.weight, bn1.bias, bn1.running_mean, bn1.running_var, " in msg
 
 
@@ -279,6 +291,7 @@ def test_save_weights_does_not_store_a_views_whole_storage(tmp_path):
 
 # ---------------------------------------------------------------- torchvision weights (no network)
 
+
 def test_unknown_torchvision_weights_name(tmp_path):
     with pytest.raises(ModelError) as err:
         models.download_torchvision_weights("alexnet", "IMAGENET9K", tmp_path / "w.pt")
@@ -302,7 +315,11 @@ def test_download_saves_state_dict_and_meta(tmp_path, monkeypatch, images):
     assert calls == [{"progress": True, "check_hash": True, "weights_only": True}]
     meta = read_weights_meta(dest)
     assert {k: meta[k] for k in ("arch", "weights", "weights_requested", "num_classes")} == {
-        "arch": "resnet18", "weights": "IMAGENET1K_V1", "weights_requested": "DEFAULT", "num_classes": 1000}
+        "arch": "resnet18",
+        "weights": "IMAGENET1K_V1",
+        "weights_requested": "DEFAULT",
+        "num_classes": 1000,
+    }
     assert meta["categories"][:2] == ["tench", "goldfish"]
     model = load_model("resnet18", 1000, weights_file=dest)
     with torch.no_grad():
@@ -330,9 +347,16 @@ def test_download_script_passes_its_snakemake_names(tmp_path, monkeypatch):
 
 # ---------------------------------------------------------------- layer names
 
+
 def test_alexnet_aliases(alexnet):
-    expected = {"conv1": "features.1", "conv2": "features.4", "conv3": "features.7",
-                "conv4": "features.9", "conv5": "features.11", "last_conv": "features.11"}
+    expected = {
+        "conv1": "features.1",
+        "conv2": "features.4",
+        "conv3": "features.7",
+        "conv4": "features.9",
+        "conv5": "features.11",
+        "last_conv": "features.11",
+    }
     assert models.layer_aliases(alexnet) == expected
     for alias, name in expected.items():
         assert resolve_layer(alexnet, alias) == name
@@ -380,8 +404,10 @@ def test_unknown_layer_lists_dissectable_names(resnet18, alexnet):
     with pytest.raises(ModelError) as err:
         resolve_layer(alexnet, "conv6")
     msg = str(err.value)
-    assert msg.startswith("unknown layer 'conv6' for alexnet; top-level blocks: features, avgpool, classifier; "
-                          "aliases: conv1=features.1, conv2=features.4, ")
+    assert msg.startswith(
+        "unknown layer 'conv6' for alexnet; top-level blocks: features, avgpool, classifier; "
+        "aliases: conv1=features.1, conv2=features.4, "
+    )
     assert msg.endswith("classifier.5, classifier.6")
 
 
@@ -395,6 +421,7 @@ def test_check_layer_names_for_config():
 
 
 # ---------------------------------------------------------------- hooks
+
 
 def _no_hooks(model):
     return all(not m._forward_hooks for m in model.modules())
@@ -468,6 +495,7 @@ def test_feature_shapes(alexnet, vgg11, resnet18):
 
 
 # ---------------------------------------------------------------- predictions
+
 
 def test_predict_against_numpy_softmax(resnet18, images):
     pred, conf = predict(resnet18, images)

@@ -20,12 +20,14 @@ NAN = float("nan")
 
 # --------------------------------------------------------------------------- hand-made frames
 
+
 def small_models() -> pd.DataFrame:
     specs = {
-        "base": {"arch": "resnet18", "weights": {"source": "train", "dataset": "d", "method": "standard",
-                                                  "epochs": 6}},
-        "tuned": {"arch": "resnet18", "weights": {"source": "train", "dataset": "d", "method": "at",
-                                                   "epochs": 2, "init": "base"}},
+        "base": {"arch": "resnet18", "weights": {"source": "train", "dataset": "d", "method": "standard", "epochs": 6}},
+        "tuned": {
+            "arch": "resnet18",
+            "weights": {"source": "train", "dataset": "d", "method": "at", "epochs": 2, "init": "base"},
+        },
         "net": {"arch": "alexnet", "weights": {"source": "torchvision", "name": "IMAGENET1K_V1"}},
     }
     metrics = {
@@ -46,9 +48,18 @@ def small_attacks() -> pd.DataFrame:
         ("d", "net", "clean", "clean", 0.0, 0.0),
         ("d", "net", "noise_8", "noise", 8 / 255, 0.01),
     ]
-    records = [{**{c: NAN for c in tables.ATTACK_COLUMNS}, "dataset": d, "model": m, "attack": a,
-                "method": method, "eps": eps, "success_rate": rate}
-               for d, m, a, method, eps, rate in rows]
+    records = [
+        {
+            **{c: NAN for c in tables.ATTACK_COLUMNS},
+            "dataset": d,
+            "model": m,
+            "attack": a,
+            "method": method,
+            "eps": eps,
+            "success_rate": rate,
+        }
+        for d, m, a, method, eps, rate in rows
+    ]
     frame = pd.DataFrame(records, columns=tables.ATTACK_COLUMNS)
     return frame
 
@@ -61,20 +72,33 @@ def small_table2() -> pd.DataFrame:
                 for attack in attacks:
                     for k, category in enumerate(tables.TABLE2_CATEGORIES):
                         ratio = 12.34 + k if attack == "clean" else 1.04 * k
-                        rows.append({"dataset": "d", "model": model, "layer": layer, "attack": attack,
-                                     "threshold_mode": mode, "category": category, "units": 10,
-                                     "detectors": 1, "ratio_percent": ratio, "concepts": 1})
+                        rows.append(
+                            {
+                                "dataset": "d",
+                                "model": model,
+                                "layer": layer,
+                                "attack": attack,
+                                "threshold_mode": mode,
+                                "category": category,
+                                "units": 10,
+                                "detectors": 1,
+                                "ratio_percent": ratio,
+                                "concepts": 1,
+                            }
+                        )
     return pd.DataFrame(rows, columns=tables.TABLE2_COLUMNS)
 
 
 def small_units() -> dict[tuple[str, str, str], pd.DataFrame]:
-    base = pd.DataFrame({
-        "unit": [1, 2, 3, 4, 5, 6, 7, 8],
-        "label": ["red", "red", "dog", "dog", "sky", "", "cat", "grass"],
-        "category": ["color", "color", "object", "object", "scene", "", "object", "texture"],
-        "iou": [0.1, 0.2, 0.3, 0.01, 0.05, 0.0, 0.06, 0.07],
-        "detector": [True, True, True, False, True, False, True, True],
-    })
+    base = pd.DataFrame(
+        {
+            "unit": [1, 2, 3, 4, 5, 6, 7, 8],
+            "label": ["red", "red", "dog", "dog", "sky", "", "cat", "grass"],
+            "category": ["color", "color", "object", "object", "scene", "", "object", "texture"],
+            "iou": [0.1, 0.2, 0.3, 0.01, 0.05, 0.0, 0.06, 0.07],
+            "detector": [True, True, True, False, True, False, True, True],
+        }
+    )
     return {
         ("d", "base", "layer4"): base,
         ("d", "tuned", "layer4"): base.assign(label=""),
@@ -97,25 +121,62 @@ def small_ceilings() -> pd.DataFrame:
 
 def small_training() -> pd.DataFrame:
     rows = [
-        {"arch": "resnet18", "method": "standard", "clean_accuracy": 0.975, "attack": "fgsm_8",
-         "adversarial_accuracy": 0.38333, "model": "base", "dataset": "d", "eps": 8 / 255,
-         "agreement": 0.3, "heldout_accuracy": 0.97512, "layer": "layer4",
-         "clean_detector_ratio": 87.9, "adversarial_detector_ratio": 85.4},
-        {"arch": "resnet18", "method": "standard", "clean_accuracy": 0.975, "attack": "fgsm_2",
-         "adversarial_accuracy": 0.9, "model": "base", "dataset": "d", "eps": 2 / 255,
-         "agreement": 0.9, "heldout_accuracy": 0.97512, "layer": "layer4",
-         "clean_detector_ratio": 87.9, "adversarial_detector_ratio": 86.94},
-        {"arch": "resnet18", "method": "at", "clean_accuracy": 0.5, "attack": "fgsm_2",
-         "adversarial_accuracy": NAN, "model": "tuned", "dataset": "d", "eps": 2 / 255,
-         "agreement": 1.0, "heldout_accuracy": 0.5, "layer": "layer4",
-         "clean_detector_ratio": 50.0, "adversarial_detector_ratio": 50.0},
+        {
+            "arch": "resnet18",
+            "method": "standard",
+            "clean_accuracy": 0.975,
+            "attack": "fgsm_8",
+            "adversarial_accuracy": 0.38333,
+            "model": "base",
+            "dataset": "d",
+            "eps": 8 / 255,
+            "agreement": 0.3,
+            "heldout_accuracy": 0.97512,
+            "layer": "layer4",
+            "clean_detector_ratio": 87.9,
+            "adversarial_detector_ratio": 85.4,
+        },
+        {
+            "arch": "resnet18",
+            "method": "standard",
+            "clean_accuracy": 0.975,
+            "attack": "fgsm_2",
+            "adversarial_accuracy": 0.9,
+            "model": "base",
+            "dataset": "d",
+            "eps": 2 / 255,
+            "agreement": 0.9,
+            "heldout_accuracy": 0.97512,
+            "layer": "layer4",
+            "clean_detector_ratio": 87.9,
+            "adversarial_detector_ratio": 86.94,
+        },
+        {
+            "arch": "resnet18",
+            "method": "at",
+            "clean_accuracy": 0.5,
+            "attack": "fgsm_2",
+            "adversarial_accuracy": NAN,
+            "model": "tuned",
+            "dataset": "d",
+            "eps": 2 / 255,
+            "agreement": 1.0,
+            "heldout_accuracy": 0.5,
+            "layer": "layer4",
+            "clean_detector_ratio": 50.0,
+            "adversarial_detector_ratio": 50.0,
+        },
     ]
     return pd.DataFrame(rows, columns=tables.TRAINING_COLUMNS)
 
 
 def small_markdown(training: bool = True) -> str:
     return results_md.demo_results_markdown(
-        small_models(), small_attacks(), small_table2(), small_ceilings(), small_units(),
+        small_models(),
+        small_attacks(),
+        small_table2(),
+        small_ceilings(),
+        small_units(),
         small_training() if training else None,
     )
 
@@ -133,6 +194,7 @@ def table_rows(markdown: str, key: str) -> list[list[str]]:
 
 
 # --------------------------------------------------------------------------- formatting
+
 
 def test_every_section_in_order():
     md = small_markdown()
@@ -172,8 +234,10 @@ def test_table2_section_deepest_layer_only():
     assert rows[0] == ["model", "layer", "thresholds", "attack", "C", "T", "M", "S", "P", "O", "All"]
     body = rows[1:]
     assert [r[:4] for r in body[:4]] == [
-        ["base", "layer4", "self", "clean"], ["base", "layer4", "self", "fgsm_2"],
-        ["base", "layer4", "clean", "clean"], ["base", "layer4", "clean", "fgsm_2"],
+        ["base", "layer4", "self", "clean"],
+        ["base", "layer4", "self", "fgsm_2"],
+        ["base", "layer4", "clean", "clean"],
+        ["base", "layer4", "clean", "fgsm_2"],
     ]
     assert {r[1] for r in body} == {"layer4", "conv5"}
     # TABLE2_CATEGORIES order is color, texture, material, scene, part, object, all.
@@ -184,8 +248,14 @@ def test_table2_section_deepest_layer_only():
 
 def test_concentration_section():
     rows = table_rows(small_markdown(), "concentration")
-    assert rows[0] == ["model", "layer", "units", "detectors %", "object detectors %",
-                       "most common best label (% of all units)"]
+    assert rows[0] == [
+        "model",
+        "layer",
+        "units",
+        "detectors %",
+        "object detectors %",
+        "most common best label (% of all units)",
+    ]
     # red and dog are both the best label of 2 of 8 units: the first alphabetically wins.
     assert rows[1] == ["base", "layer4", "8", "75.0", "25.0", "dog (25.0)"]
     assert rows[2] == ["tuned", "layer4", "8", "75.0", "25.0", "–"]
@@ -202,16 +272,24 @@ def test_ceilings_section():
     rows = table_rows(small_markdown(), "ceilings")
     assert rows[0] == ["model", "layer", "map", "C", "T", "M", "S", "P", "O"]
     # layer3's higher ceiling is not the deepest layer's; a tie goes to the first name.
-    assert rows[1] == ["base", "layer4", "4×4", "0.540 (magenta)", "0.012 (striped)", "–",
-                       "0.310 (beach)", "–", "–"]
+    assert rows[1] == ["base", "layer4", "4×4", "0.540 (magenta)", "0.012 (striped)", "–", "0.310 (beach)", "–", "–"]
     assert rows[2] == ["tuned", "layer4", "–", "–", "–", "–", "–", "–", "–"]
     assert rows[3] == ["net", "conv5", "6×6", "0.700 (magenta)", "–", "–", "–", "–", "–"]
 
 
 def test_training_section():
     rows = table_rows(small_markdown(), "training")
-    assert rows[0] == ["model", "method", "layer", "acc. clean", "acc. fgsm_2", "acc. fgsm_8",
-                       "det. % clean", "det. % fgsm_2", "det. % fgsm_8"]
+    assert rows[0] == [
+        "model",
+        "method",
+        "layer",
+        "acc. clean",
+        "acc. fgsm_2",
+        "acc. fgsm_8",
+        "det. % clean",
+        "det. % fgsm_2",
+        "det. % fgsm_8",
+    ]
     assert rows[1] == ["base", "standard", "layer4", "0.975", "0.900", "0.383", "87.9", "86.9", "85.4"]
     assert rows[2] == ["tuned", "at", "layer4", "0.500", "–", "–", "50.0", "50.0", "–"]
 
@@ -235,17 +313,25 @@ def test_write_demo_results_from_csvs_is_byte_stable(tmp_path):
         store.write_csv(path, frame)
         units.append({"dataset": d, "model": m, "layer": layer, "path": path})
     paths = {}
-    for name, frame in (("models", small_models()), ("attacks", small_attacks()),
-                        ("table2", small_table2()), ("ceilings", small_ceilings()),
-                        ("training", small_training())):
+    for name, frame in (
+        ("models", small_models()),
+        ("attacks", small_attacks()),
+        ("table2", small_table2()),
+        ("ceilings", small_ceilings()),
+        ("training", small_training()),
+    ):
         paths[name] = tmp_path / f"{name}.csv"
         store.write_csv(paths[name], frame)
     outs = []
     for i in range(2):
         out = tmp_path / f"demo_results_{i}.md"
         results_md.write_demo_results(
-            out, models_csv=paths["models"], attacks_csv=paths["attacks"],
-            table2_csv=paths["table2"], ceilings_csv=paths["ceilings"], units=units,
+            out,
+            models_csv=paths["models"],
+            attacks_csv=paths["attacks"],
+            table2_csv=paths["table2"],
+            ceilings_csv=paths["ceilings"],
+            units=units,
             training_csv=paths["training"],
         )
         outs.append(out.read_bytes())
@@ -255,6 +341,7 @@ def test_write_demo_results_from_csvs_is_byte_stable(tmp_path):
 
 
 # --------------------------------------------------------------------------- the README block
+
 
 def config_frames(cfg: dict) -> dict:
     """Frames with the demo config's models, attacks and layers; every measured value missing."""
@@ -267,8 +354,9 @@ def config_frames(cfg: dict) -> dict:
         wanted = models[m].get("attacks", list(attacks))
         return [clean] + [a for a in attacks if a in wanted and a != clean]
 
-    deepest = [(d, m, models[m]["layers"][-1]) for m in models
-               for d in models[m].get("datasets", list(cfg["datasets"]))]
+    deepest = [
+        (d, m, models[m]["layers"][-1]) for m in models for d in models[m].get("datasets", list(cfg["datasets"]))
+    ]
     models_df = tables.models_table(models, {})
     for i, m in enumerate(models_df["model"]):
         weights = models[m]["weights"]
@@ -278,19 +366,43 @@ def config_frames(cfg: dict) -> dict:
     attack_rows, table2_rows, training_rows = [], [], []
     for d, m, layer in deepest:
         for a in model_attacks(m):
-            attack_rows.append({**{c: NAN for c in tables.ATTACK_COLUMNS}, "dataset": d, "model": m,
-                                "attack": a, "method": attacks[a]["method"],
-                                "eps": 0.0 if a == clean else NAN})
+            attack_rows.append(
+                {
+                    **{c: NAN for c in tables.ATTACK_COLUMNS},
+                    "dataset": d,
+                    "model": m,
+                    "attack": a,
+                    "method": attacks[a]["method"],
+                    "eps": 0.0 if a == clean else NAN,
+                }
+            )
             if a != clean and models[m]["weights"]["source"] == "train":
-                training_rows.append({**{c: NAN for c in tables.TRAINING_COLUMNS}, "dataset": d,
-                                      "model": m, "attack": a, "arch": models[m]["arch"],
-                                      "method": models[m]["weights"]["method"], "layer": layer})
+                training_rows.append(
+                    {
+                        **{c: NAN for c in tables.TRAINING_COLUMNS},
+                        "dataset": d,
+                        "model": m,
+                        "attack": a,
+                        "arch": models[m]["arch"],
+                        "method": models[m]["weights"]["method"],
+                        "layer": layer,
+                    }
+                )
         # table2.csv lists the clean set under every mode, as each attack.
         for mode in modes:
             for a in model_attacks(m):
-                table2_rows += [{"dataset": d, "model": m, "layer": layer, "attack": a,
-                                 "threshold_mode": mode, "category": c, "ratio_percent": NAN}
-                                for c in tables.TABLE2_CATEGORIES]
+                table2_rows += [
+                    {
+                        "dataset": d,
+                        "model": m,
+                        "layer": layer,
+                        "attack": a,
+                        "threshold_mode": mode,
+                        "category": c,
+                        "ratio_percent": NAN,
+                    }
+                    for c in tables.TABLE2_CATEGORIES
+                ]
     return {
         "models": models_df,
         "attacks": pd.DataFrame(attack_rows, columns=tables.ATTACK_COLUMNS),
@@ -324,11 +436,11 @@ def test_readme_embeds_the_demo_results_block():
 def test_embedded_block_needs_both_markers():
     with pytest.raises(ValueError):
         results_md.embedded_block(f"a\n{results_md.START_MARKER}\nb\n")
-    assert results_md.embedded_block(
-        f"a\n{results_md.START_MARKER}\nb\n{results_md.END_MARKER}\n") == "b\n"
+    assert results_md.embedded_block(f"a\n{results_md.START_MARKER}\nb\n{results_md.END_MARKER}\n") == "b\n"
 
 
 # --------------------------------------------------------------------------- ceilings.csv
+
 
 def test_write_ceilings_scores_each_map_size_once(tiny_broden, tmp_path, monkeypatch):
     calls = []
@@ -340,8 +452,11 @@ def test_write_ceilings_scores_each_map_size_once(tiny_broden, tmp_path, monkeyp
 
     monkeypatch.setattr(ceilings, "ideal_unit_iou", counted)
     datasets = {"tiny": {"root": tiny_broden, "split": "val", "n_images": 8}}
-    layers = [{"dataset": "tiny", "model": m, "layer": layer, "arch": "resnet18", "num_classes": 16}
-              for m in ("a", "b") for layer in ("layer3", "layer4")]
+    layers = [
+        {"dataset": "tiny", "model": m, "layer": layer, "arch": "resnet18", "num_classes": 16}
+        for m in ("a", "b")
+        for layer in ("layer3", "layer4")
+    ]
     out = tmp_path / "ceilings.csv"
     frame = ceilings.write_ceilings(out, datasets, layers, quantile=0.02, denominator="lite")
     ds = BrodenDataset(tiny_broden)
@@ -350,7 +465,11 @@ def test_write_ceilings_scores_each_map_size_once(tiny_broden, tmp_path, monkeyp
     assert sorted(calls) == sorted({(h3, w3), (h4, w4)})
     assert list(frame.columns) == ceilings.CEILINGS_COLUMNS
     assert list(dict.fromkeys(zip(frame["model"], frame["layer"]))) == [
-        ("a", "layer3"), ("a", "layer4"), ("b", "layer3"), ("b", "layer4")]
+        ("a", "layer3"),
+        ("a", "layer4"),
+        ("b", "layer3"),
+        ("b", "layer4"),
+    ]
     sel = frame.loc[frame["layer"] == "layer4"]
     assert set(zip(sel["height"], sel["width"])) == {(h4, w4)}
     assert np.allclose(frame["iou"], frame["iou"].round(6))

@@ -168,9 +168,7 @@ def cluster(tmp_path_factory):
     except subprocess.TimeoutExpired as exc:
         rc, err = None, f"cluster.sh start ran over {exc.timeout} s"
     if rc != 0:
-        subprocess.run(
-            ["bash", str(CLUSTER_SH), "stop", str(state)], capture_output=True, timeout=120
-        )
+        subprocess.run(["bash", str(CLUSTER_SH), "stop", str(state)], capture_output=True, timeout=120)
         lines = [line for line in (err or "").splitlines() if line.strip()]
         why = next((line for line in reversed(lines) if line.startswith("cluster.sh:")), "")
         reason = f"SLURM test cluster cannot start ({CANNOT_RUN.get(rc, f'exit {rc}')}): {why}"
@@ -182,9 +180,7 @@ def cluster(tmp_path_factory):
     print(f"cluster up in {time.monotonic() - start:.1f} s ({state})")
     env = job_env(
         SLURM_CONF=str(state / "slurm.conf"),
-        PATH=os.pathsep.join(
-            [str(state / "bin"), str(Path(sys.executable).parent), os.environ["PATH"]]
-        ),
+        PATH=os.pathsep.join([str(state / "bin"), str(Path(sys.executable).parent), os.environ["PATH"]]),
     )
     try:
         yield Cluster(state, env)
@@ -239,9 +235,7 @@ class Snakemake:
             self.kill()
             rc = None
         text = self.log.read_text()
-        print(
-            f"{self.name}: snakemake rc {rc} after {time.monotonic() - self.start:.0f} s ({self.log})"
-        )
+        print(f"{self.name}: snakemake rc {rc} after {time.monotonic() - self.start:.0f} s ({self.log})")
         if rc != 0:
             tail = "\n".join(text.splitlines()[-60:])
             what = f"ran over {timeout} s" if rc is None else f"exited {rc}"
@@ -290,8 +284,9 @@ def check_every_job_submitted(cluster: Cluster, output: str) -> dict[str, SlurmJ
     return jobs
 
 
-def check_gpu_jobs(cluster: Cluster, jobs: dict[str, SlurmJob], gpu_rules, partitions,
-                   require_overlap: bool = True) -> str:
+def check_gpu_jobs(
+    cluster: Cluster, jobs: dict[str, SlurmJob], gpu_rules, partitions, require_overlap: bool = True
+) -> str:
     """GPU jobs asked for a GPU in their partition, saw exactly one, and overlapping ones differed
     (`require_overlap`: some did overlap; the toy workflow's sleeping jobs always do)."""
     gpu_jobs = [j for j in jobs.values() if j.rule in gpu_rules]
@@ -302,9 +297,7 @@ def check_gpu_jobs(cluster: Cluster, jobs: dict[str, SlurmJob], gpu_rules, parti
         assert "gpu" in job.gres, f"job {job.job_id} ({job.rule}) requested no GPU: {job.gres}"
         assert job.partition == partitions[job.rule], (job.job_id, job.rule, job.partition)
         got = devices.get(job.job_id, set())
-        why = (
-            f"job {job.job_id} ({job.rule}): tasks saw CUDA_VISIBLE_DEVICES {got}, want one of 0, 1"
-        )
+        why = f"job {job.job_id} ({job.rule}): tasks saw CUDA_VISIBLE_DEVICES {got}, want one of 0, 1"
         assert len(got) == 1 and got <= {"0", "1"}, why
         seen[job.job_id] = got.pop()
     overlapping = [
@@ -455,9 +448,5 @@ def test_tiny_workflow_through_slurm(cluster, tmp_path):
     assert sorted(got) == sorted(want)
     differ = [name for name in want if got[name] != want[name]]
     print(f"{len(want) - len(differ)} of {len(want)} tables byte-identical; normalised: {differ}")
-    unequal = [
-        name
-        for name in differ
-        if not comparable(got[name], remote).equals(comparable(want[name], local))
-    ]
+    unequal = [name for name in differ if not comparable(got[name], remote).equals(comparable(want[name], local))]
     assert not unequal, f"tables differ between the local and the SLURM run: {unequal}"

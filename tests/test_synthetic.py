@@ -14,8 +14,14 @@ from advdissect.broden import CATEGORIES, PIXEL_CATEGORIES, BrodenDataset
 from advdissect.errors import ConfigError
 from advdissect.synthetic import generate
 
-SAMPLES = ["index.csv", "label.csv", "c_part.csv", "images/synthetic/train_00000.jpg",
-           "images/synthetic/train_00003_object.png", "images/synthetic/val_00002_material.png"]
+SAMPLES = [
+    "index.csv",
+    "label.csv",
+    "c_part.csv",
+    "images/synthetic/train_00000.jpg",
+    "images/synthetic/train_00003_object.png",
+    "images/synthetic/val_00002_material.png",
+]
 
 
 def _digest(root: Path) -> dict:
@@ -74,8 +80,7 @@ def test_label_numbers_and_dual_category(tiny_broden, tiny_broden_spec):
     assert (ds.index["part"].str.count(";") == 1).any()
     assert (ds.index["texture"].str.count(";") == 1).any()
     # knob is an object and a part; its primary category is the c_ file with more coverage.
-    coverage = {cat: pd.read_csv(tiny_broden / f"c_{cat}.csv").set_index("number")["coverage"]
-                for cat in CATEGORIES}
+    coverage = {cat: pd.read_csv(tiny_broden / f"c_{cat}.csv").set_index("number")["coverage"] for cat in CATEGORIES}
     knob = synthetic.vocabulary(tiny_broden_spec["n_classes"]).object["knob"]
     holders = {cat: float(cov[knob]) for cat, cov in coverage.items() if knob in cov.index}
     assert set(holders) == {"object", "part"} and holders["object"] != holders["part"]
@@ -169,7 +174,9 @@ def test_regenerate_replaces_and_failure_leaves_nothing(tmp_path, monkeypatch):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]
 
 
-@pytest.mark.parametrize("key,value", [("n_train", 0), ("image_size", 16), ("n_classes", 17), ("n_classes", 1), ("seed", -1)])
+@pytest.mark.parametrize(
+    "key,value", [("n_train", 0), ("image_size", 16), ("n_classes", 17), ("n_classes", 1), ("seed", -1)]
+)
 def test_bad_arguments(tmp_path, tiny_broden_spec, key, value):
     with pytest.raises(ConfigError, match=f"synthetic.{key}"):
         generate(tmp_path / "x", **{**tiny_broden_spec, key: value})

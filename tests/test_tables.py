@@ -46,12 +46,33 @@ def write_units(path, rows):
 @pytest.fixture
 def entries(tmp_path):
     return [
-        {"dataset": "syn", "model": "r18", "layer": "layer3", "attack": "clean", "mode": "self",
-         "method": "clean", "path": write_units(tmp_path / "clean.csv", CLEAN_UNITS)},
-        {"dataset": "syn", "model": "r18", "layer": "layer3", "attack": "fgsm_2", "mode": "self",
-         "method": "fgsm", "path": write_units(tmp_path / "fgsm_self.csv", FGSM_SELF_UNITS)},
-        {"dataset": "syn", "model": "r18", "layer": "layer3", "attack": "fgsm_2", "mode": "clean",
-         "method": "fgsm", "path": write_units(tmp_path / "fgsm_clean.csv", FGSM_CLEAN_UNITS)},
+        {
+            "dataset": "syn",
+            "model": "r18",
+            "layer": "layer3",
+            "attack": "clean",
+            "mode": "self",
+            "method": "clean",
+            "path": write_units(tmp_path / "clean.csv", CLEAN_UNITS),
+        },
+        {
+            "dataset": "syn",
+            "model": "r18",
+            "layer": "layer3",
+            "attack": "fgsm_2",
+            "mode": "self",
+            "method": "fgsm",
+            "path": write_units(tmp_path / "fgsm_self.csv", FGSM_SELF_UNITS),
+        },
+        {
+            "dataset": "syn",
+            "model": "r18",
+            "layer": "layer3",
+            "attack": "fgsm_2",
+            "mode": "clean",
+            "method": "fgsm",
+            "path": write_units(tmp_path / "fgsm_clean.csv", FGSM_CLEAN_UNITS),
+        },
     ]
 
 
@@ -66,8 +87,15 @@ def test_table2_counts_hand_built(entries):
     assert list(df.columns) == tables.TABLE2_COLUMNS
     # 3 dissections + clean repeated under mode clean, 7 categories each.
     assert len(df) == 4 * 7
-    expect = {"color": (1, 20.0, 1), "texture": (0, 0.0, 0), "material": (0, 0.0, 0),
-              "scene": (0, 0.0, 0), "part": (0, 0.0, 0), "object": (2, 40.0, 1), "all": (3, 60.0, 2)}
+    expect = {
+        "color": (1, 20.0, 1),
+        "texture": (0, 0.0, 0),
+        "material": (0, 0.0, 0),
+        "scene": (0, 0.0, 0),
+        "part": (0, 0.0, 0),
+        "object": (2, 40.0, 1),
+        "all": (3, 60.0, 2),
+    }
     for mode in ("self", "clean"):
         for cat, (det, ratio, concepts) in expect.items():
             r = cell(df, "clean", mode, cat)
@@ -112,8 +140,14 @@ def _brute_table2(rows):
 
 def test_table2_rows_match_brute_force_on_random_layers(tmp_path):
     rng = random.Random(0)
-    labels = {"color": ["red-c", "blue-c"], "texture": ["dotted"], "material": ["wood", "glass"],
-              "scene": ["street-s"], "part": ["leg", "wheel"], "object": ["dog", "car", "tree"]}
+    labels = {
+        "color": ["red-c", "blue-c"],
+        "texture": ["dotted"],
+        "material": ["wood", "glass"],
+        "scene": ["street-s"],
+        "part": ["leg", "wheel"],
+        "object": ["dog", "car", "tree"],
+    }
     for trial in range(20):
         rows = []
         for u in range(1, rng.randint(1, 30) + 1):
@@ -135,11 +169,20 @@ def test_table2_markdown_has_the_numbers(entries):
     self_block, clean_block = md.split("threshold_mode = clean")
     header = "| Model | Layer | Attack | C | T | M | S | P | O | All | Units | Concepts |"
     assert header in self_block and header in clean_block
-    assert "| r18 | layer3 | clean | 20.0 (1) | 0.0 (0) | 0.0 (0) | 0.0 (0) | 0.0 (0) | 40.0 (2) | 60.0 (3) | 5 | 2 |" in self_block
-    assert "| r18 | layer3 | fgsm_2 | 20.0 (1) | 0.0 (0) | 20.0 (1) | 0.0 (0) | 0.0 (0) | 20.0 (1) | 60.0 (3) | 5 | 3 |" in self_block
+    assert (
+        "| r18 | layer3 | clean | 20.0 (1) | 0.0 (0) | 0.0 (0) | 0.0 (0) | 0.0 (0) | 40.0 (2) | 60.0 (3) | 5 | 2 |"
+        in self_block
+    )
+    assert (
+        "| r18 | layer3 | fgsm_2 | 20.0 (1) | 0.0 (0) | 20.0 (1) | 0.0 (0) | 0.0 (0) | 20.0 (1) | 60.0 (3) | 5 | 3 |"
+        in self_block
+    )
     # The clean row appears under the clean-threshold block too.
     assert "| r18 | layer3 | clean | 20.0 (1) |" in clean_block
-    assert "| r18 | layer3 | fgsm_2 | 0.0 (0) | 20.0 (1) | 0.0 (0) | 60.0 (3) | 0.0 (0) | 0.0 (0) | 80.0 (4) | 5 | 2 |" in clean_block
+    assert (
+        "| r18 | layer3 | fgsm_2 | 0.0 (0) | 20.0 (1) | 0.0 (0) | 60.0 (3) | 0.0 (0) | 0.0 (0) | 80.0 (4) | 5 | 2 |"
+        in clean_block
+    )
 
 
 def test_write_table2_writes_csv_and_md(entries, tmp_path):
@@ -175,6 +218,7 @@ def test_labels_stay_text(tmp_path):
 
 # --------------------------------------------------------------------------- drift
 
+
 def test_concept_drift_statuses(entries):
     clean = tables.read_units(entries[0]["path"])
     adv = tables.read_units(entries[1]["path"])
@@ -209,14 +253,23 @@ def test_concept_drift_without_clean_is_an_error(entries):
 
 # --------------------------------------------------------------------------- models, attacks
 
+
 def test_models_table():
     models = {
         "r18_imagenet": {"arch": "resnet18", "weights": {"source": "torchvision", "name": "IMAGENET1K_V1"}},
         "r18_syn": {"arch": "resnet18", "weights": {"source": "train", "dataset": "syn"}},
         "alex_random": {"arch": "alexnet"},
     }
-    metrics = {"r18_syn": {"heldout_accuracy": 0.63, "train_accuracy": 0.9, "method": "standard",
-                           "arch": "resnet18", "epochs": 8, "seconds": 12.5}}
+    metrics = {
+        "r18_syn": {
+            "heldout_accuracy": 0.63,
+            "train_accuracy": 0.9,
+            "method": "standard",
+            "arch": "resnet18",
+            "epochs": 8,
+            "seconds": 12.5,
+        }
+    }
     df = tables.models_table(models, metrics)
     assert list(df.columns[:5]) == ["model", "arch", "weights", "dataset", "heldout_accuracy"]
     assert list(df.model) == list(models)
@@ -242,17 +295,32 @@ def test_write_models_table(tmp_path):
 
 
 def _stats_row(attack, method, eps, agreement, adv_acc, model="r18", clean_acc=0.8):
-    return {"dataset": "syn", "model": model, "attack": attack, "method": method, "eps": eps,
-            "n_images": 10, "agreement": agreement, "success_rate": 1 - agreement, "linf_max": eps,
-            "l2_mean": eps * 10, "clean_accuracy": clean_acc, "adversarial_accuracy": adv_acc}
+    return {
+        "dataset": "syn",
+        "model": model,
+        "attack": attack,
+        "method": method,
+        "eps": eps,
+        "n_images": 10,
+        "agreement": agreement,
+        "success_rate": 1 - agreement,
+        "linf_max": eps,
+        "l2_mean": eps * 10,
+        "clean_accuracy": clean_acc,
+        "adversarial_accuracy": adv_acc,
+    }
 
 
 def test_attacks_table_concatenates_sorted(tmp_path):
     paths = []
-    for i, row in enumerate([_stats_row("fgsm_4", "fgsm", 4 / 255, 0.1, 0.1),
-                             _stats_row("noise_2", "noise", 2 / 255, 0.99, 0.8),
-                             _stats_row("fgsm_2", "fgsm", 2 / 255, 0.3, 0.3),
-                             _stats_row("clean", "clean", 0.0, 1.0, 0.8)]):
+    for i, row in enumerate(
+        [
+            _stats_row("fgsm_4", "fgsm", 4 / 255, 0.1, 0.1),
+            _stats_row("noise_2", "noise", 2 / 255, 0.99, 0.8),
+            _stats_row("fgsm_2", "fgsm", 2 / 255, 0.3, 0.3),
+            _stats_row("clean", "clean", 0.0, 1.0, 0.8),
+        ]
+    ):
         p = tmp_path / f"s{i}.csv"
         pd.DataFrame([row]).to_csv(p, index=False)
         paths.append(p)
@@ -267,23 +335,36 @@ def test_attacks_table_concatenates_sorted(tmp_path):
 
 # --------------------------------------------------------------------------- training
 
+
 def training_inputs():
-    models_df = pd.DataFrame({"model": ["std", "atda"], "arch": ["resnet18"] * 2,
-                              "heldout_accuracy": [0.7, 0.65]})
-    attacks_df = pd.DataFrame([
-        _stats_row("clean", "clean", 0.0, 1.0, 0.8, model="std"),
-        _stats_row("fgsm_2", "fgsm", 2 / 255, 0.2, 0.1, model="std"),
-        _stats_row("clean", "clean", 0.0, 1.0, 0.75, model="atda", clean_acc=0.75),
-        _stats_row("fgsm_2", "fgsm", 2 / 255, 0.7, 0.6, model="atda", clean_acc=0.75),
-    ])
+    models_df = pd.DataFrame({"model": ["std", "atda"], "arch": ["resnet18"] * 2, "heldout_accuracy": [0.7, 0.65]})
+    attacks_df = pd.DataFrame(
+        [
+            _stats_row("clean", "clean", 0.0, 1.0, 0.8, model="std"),
+            _stats_row("fgsm_2", "fgsm", 2 / 255, 0.2, 0.1, model="std"),
+            _stats_row("clean", "clean", 0.0, 1.0, 0.75, model="atda", clean_acc=0.75),
+            _stats_row("fgsm_2", "fgsm", 2 / 255, 0.7, 0.6, model="atda", clean_acc=0.75),
+        ]
+    )
     t2 = []
     for model, ratios in (("std", {"clean": 10.0, "fgsm_2": 4.0}), ("atda", {"clean": 12.0, "fgsm_2": 11.0})):
         for layer, scale in (("layer3", 1.0), ("layer4", 2.0)):
             for attack, ratio in ratios.items():
                 for mode in ("self", "clean"):
-                    t2.append({"dataset": "syn", "model": model, "layer": layer, "attack": attack,
-                               "threshold_mode": mode, "category": "all", "units": 10, "detectors": 1,
-                               "ratio_percent": ratio * scale + (0 if mode == "self" else 100), "concepts": 1})
+                    t2.append(
+                        {
+                            "dataset": "syn",
+                            "model": model,
+                            "layer": layer,
+                            "attack": attack,
+                            "threshold_mode": mode,
+                            "category": "all",
+                            "units": 10,
+                            "detectors": 1,
+                            "ratio_percent": ratio * scale + (0 if mode == "self" else 100),
+                            "concepts": 1,
+                        }
+                    )
     return models_df, attacks_df, pd.DataFrame(t2)
 
 
@@ -297,8 +378,9 @@ def test_training_table():
     assert (r.clean_accuracy, r.adversarial_accuracy, r.heldout_accuracy) == (0.8, 0.1, 0.7)
     # Deepest layer (last in config order), mode self, all categories.
     assert r.layer == "layer4" and r.clean_detector_ratio == 20.0 and r.adversarial_detector_ratio == 8.0
-    df3 = tables.training_table(models_df, attacks_df, t2,
-                                {"atda": {"arch": "resnet18", "method": "atda", "layer": "layer3"}})
+    df3 = tables.training_table(
+        models_df, attacks_df, t2, {"atda": {"arch": "resnet18", "method": "atda", "layer": "layer3"}}
+    )
     assert df3.loc[0, "adversarial_detector_ratio"] == 11.0
     with pytest.raises(ConfigError, match="method"):
         tables.training_table(models_df, attacks_df, t2, {"std": {"arch": "resnet18"}})
@@ -306,4 +388,5 @@ def test_training_table():
 
 def test_table_categories_are_the_broden_categories():
     from advdissect import broden
+
     assert set(tables.CATEGORY_ORDER) == set(broden.CATEGORIES)

@@ -94,8 +94,9 @@ def ref_counts(acts, thresholds, segs, label_category, n_labels, seg_size):
                 lite[u, cat] += len(mask)
             for cat in annotated:
                 orig[u, cat] += len(mask)
-    return dict(intersection=inter, label_area=area, activation_lite=lite, activation_original=orig,
-                activation_total=total)
+    return dict(
+        intersection=inter, label_area=area, activation_lite=lite, activation_original=orig, activation_total=total
+    )
 
 
 def ref_iou(counts, label_category, denominator):
@@ -155,15 +156,25 @@ def assert_counts_equal(got, want):
 # ---------------------------------------------------------------- upsampling
 
 
-@pytest.mark.parametrize("map_size,seg_size", [((3, 3), (8, 8)), ((4, 5), (7, 9)), ((5, 5), (3, 3)),
-                                               ((1, 1), (4, 4)), ((7, 7), (112, 112)), ((6, 6), (6, 6)),
-                                               ((2, 3), (113, 113))])
+@pytest.mark.parametrize(
+    "map_size,seg_size",
+    [
+        ((3, 3), (8, 8)),
+        ((4, 5), (7, 9)),
+        ((5, 5), (3, 3)),
+        ((1, 1), (4, 4)),
+        ((7, 7), (112, 112)),
+        ((6, 6), (6, 6)),
+        ((2, 3), (113, 113)),
+    ],
+)
 def test_upsample_matches_reference_and_torch(map_size, seg_size):
     rng = np.random.default_rng(1)
     maps = rng.normal(size=(2, 3) + map_size).astype(np.float32)
     got = upsample(maps, seg_size)
-    torch64 = F.interpolate(torch.from_numpy(maps).double(), size=seg_size, mode="bilinear",
-                            align_corners=False).numpy()
+    torch64 = F.interpolate(
+        torch.from_numpy(maps).double(), size=seg_size, mode="bilinear", align_corners=False
+    ).numpy()
     np.testing.assert_allclose(got, torch64, rtol=1e-6, atol=1e-6)
     torch32 = F.interpolate(torch.from_numpy(maps), size=seg_size, mode="bilinear", align_corners=False).numpy()
     np.testing.assert_allclose(got, torch32, rtol=1e-5, atol=1e-5)
@@ -181,9 +192,18 @@ def test_upsample_keeps_constant_maps_exact():
     assert (upsample(maps, (113, 113)) == np.float32(0.1)).all()
 
 
-@pytest.mark.parametrize("map_size,seg_size", [((3, 3), (8, 8)), ((4, 5), (7, 9)), ((5, 5), (3, 3)),
-                                               ((1, 1), (4, 4)), ((7, 7), (112, 112)), ((6, 6), (6, 6)),
-                                               ((14, 14), (113, 113))])
+@pytest.mark.parametrize(
+    "map_size,seg_size",
+    [
+        ((3, 3), (8, 8)),
+        ((4, 5), (7, 9)),
+        ((5, 5), (3, 3)),
+        ((1, 1), (4, 4)),
+        ((7, 7), (112, 112)),
+        ((6, 6), (6, 6)),
+        ((14, 14), (113, 113)),
+    ],
+)
 def test_active_pixels_equal_dense_mask(map_size, seg_size):
     rng = np.random.default_rng(2)
     maps = (rng.integers(-8, 9, size=(3, 4) + map_size) / 8).astype(np.float32)
@@ -198,15 +218,28 @@ def test_active_pixels_equal_dense_mask(map_size, seg_size):
 
 def test_rounded_threshold_matches_float32_rounding():
     rng = np.random.default_rng(3)
-    t = np.concatenate([rng.normal(size=200), rng.normal(size=100).astype(np.float32).astype(np.float64),
-                        [0.0, -0.0, 1e-45, -1e-45, 1e-40, 3.0, -3.0, 1e38]])
+    t = np.concatenate(
+        [
+            rng.normal(size=200),
+            rng.normal(size=100).astype(np.float32).astype(np.float64),
+            [0.0, -0.0, 1e-45, -1e-45, 1e-40, 3.0, -3.0, 1e38],
+        ]
+    )
     eff = rounded_threshold(t)
     for ti, ei in zip(t, eff):
         t32 = np.float32(ti) if np.float32(ti) > ti else np.nextafter(np.float32(ti), np.float32(np.inf))
         p32 = np.nextafter(t32, np.float32(-np.inf))
         mid = (float(t32) + float(p32)) / 2
-        candidates = [mid, np.nextafter(mid, np.inf), np.nextafter(mid, -np.inf), float(t32), float(p32), ti,
-                      np.nextafter(ti, np.inf), np.nextafter(ti, -np.inf)]
+        candidates = [
+            mid,
+            np.nextafter(mid, np.inf),
+            np.nextafter(mid, -np.inf),
+            float(t32),
+            float(p32),
+            ti,
+            np.nextafter(ti, np.inf),
+            np.nextafter(ti, -np.inf),
+        ]
         for s in candidates:
             assert (np.float32(s) > ti) == (s > ei), (ti, s)
 
@@ -279,8 +312,10 @@ def test_hand_computed_iou_2x2():
     # IoU original: l1 1,             l2 1/(3+5-1) = 1/7,  l3 0.5
     cat = np.array([-1, 1, 0, 4])
     acts = np.array([[[[5, 4], [0, 0]]], [[[0, 0], [0, 9]]]], np.float32)
-    segs = [(np.array([[[1, 1], [2, 0]]], np.int32), np.array([3])),
-            (np.full((1, 2, 2), 2, np.int32), np.array([], np.int64))]
+    segs = [
+        (np.array([[[1, 1], [2, 0]]], np.int32), np.array([3])),
+        (np.full((1, 2, 2), 2, np.int32), np.array([], np.int64)),
+    ]
     counts = count_shard(acts, np.array([1.0]), segs, cat, 4, (2, 2))
     np.testing.assert_array_equal(counts["intersection"], [[0, 2, 1, 2]])
     np.testing.assert_array_equal(counts["label_area"], [0, 2, 5, 4])
@@ -355,8 +390,12 @@ def _write_inputs(tmp_path, acts, thresholds, rows):
     paths = []
     for s, (a, b) in enumerate(rows):
         path = tmp_path / f"act{s}.h5"
-        store.write_h5(path, "activations", dict(ident, shard=s, dtype="float32"),
-                       {"rows": np.arange(a, b), "activations": acts[a:b]})
+        store.write_h5(
+            path,
+            "activations",
+            dict(ident, shard=s, dtype="float32"),
+            {"rows": np.arange(a, b), "activations": acts[a:b]},
+        )
         paths.append(path)
     return ident, paths
 
@@ -369,12 +408,26 @@ def test_files_tally_and_units(tmp_path):
     cident = dict(ident, mode="self")
     for s, path in enumerate(act_paths):
         out = tmp_path / f"counts{s}.h5"
-        write_count_shard(out, activations_path=path, thresholds_path=tmp_path / "thr.h5", dataset_root=None,
-                          identity=dict(cident, shard=s), expect_activations=dict(ident, shard=s),
-                          expect_thresholds=ident, dataset=data)
+        write_count_shard(
+            out,
+            activations_path=path,
+            thresholds_path=tmp_path / "thr.h5",
+            dataset_root=None,
+            identity=dict(cident, shard=s),
+            expect_activations=dict(ident, shard=s),
+            expect_thresholds=ident,
+            dataset=data,
+        )
         count_paths.append(out)
-    write_iou(tmp_path / "iou.h5", tmp_path / "tally.csv", count_paths=count_paths, dataset_root=None,
-              denominator="lite", identity=cident, dataset=data)
+    write_iou(
+        tmp_path / "iou.h5",
+        tmp_path / "tally.csv",
+        count_paths=count_paths,
+        dataset_root=None,
+        denominator="lite",
+        identity=cident,
+        dataset=data,
+    )
     want = ref_counts(acts, thresholds, segs, LABEL_CATEGORY, N_LABELS, (8, 8))
     with store.open_h5(tmp_path / "iou.h5", "iou", expect=cident) as f:
         for key in COUNT_KEYS:
@@ -416,8 +469,15 @@ def test_files_tally_and_units(tmp_path):
 
     # a counts file from another attack is refused
     with pytest.raises(ArtifactError, match="attack"):
-        write_iou(tmp_path / "x.h5", tmp_path / "x.csv", count_paths=count_paths, dataset_root=None,
-                  denominator="lite", identity=dict(cident, attack="fgsm"), dataset=data)
+        write_iou(
+            tmp_path / "x.h5",
+            tmp_path / "x.csv",
+            count_paths=count_paths,
+            dataset_root=None,
+            denominator="lite",
+            identity=dict(cident, attack="fgsm"),
+            dataset=data,
+        )
 
 
 def test_tally_header_equals_netdissect_lite():
@@ -454,6 +514,7 @@ def _run_script(name, snakemake):
 
 def test_chain_on_synthetic_broden_through_the_scripts(tiny_broden, tmp_path):
     from advdissect import broden
+
     data = broden.BrodenDataset(tiny_broden)
     rows = data.rows("all")[:12]
     rng = np.random.default_rng(7)
@@ -462,27 +523,43 @@ def test_chain_on_synthetic_broden_through_the_scripts(tiny_broden, tmp_path):
     paths = []
     for s, (a, b) in enumerate([(0, 5), (5, 12)]):
         path = tmp_path / "acts" / f"{s:04d}.h5"
-        store.write_h5(path, "activations", dict(ident, shard=s, dtype="float32"),
-                       {"rows": rows[a:b], "activations": acts[a:b]})
+        store.write_h5(
+            path, "activations", dict(ident, shard=s, dtype="float32"), {"rows": rows[a:b], "activations": acts[a:b]}
+        )
         paths.append(path)
     index = tiny_broden / "index.csv"
     log = tmp_path / "log.txt"
     thr = tmp_path / "thr.h5"
-    _run_script("thresholds", FakeSnakemake(log, input={"shards": paths}, output={"thresholds": thr},
-                                            params={"quantile": 0.05, "identity": ident}))
+    _run_script(
+        "thresholds",
+        FakeSnakemake(
+            log, input={"shards": paths}, output={"thresholds": thr}, params={"quantile": 0.05, "identity": ident}
+        ),
+    )
     cident = dict(ident, mode="self")
     counts = []
     for s, path in enumerate(paths):
         out = tmp_path / "counts" / f"{s:04d}.h5"
-        _run_script("count_shard", FakeSnakemake(
-            log, input={"activations": path, "thresholds": thr, "dataset": index}, output={"counts": out},
-            params={"identity": dict(cident, shard=s), "threshold_identity": ident}))
+        _run_script(
+            "count_shard",
+            FakeSnakemake(
+                log,
+                input={"activations": path, "thresholds": thr, "dataset": index},
+                output={"counts": out},
+                params={"identity": dict(cident, shard=s), "threshold_identity": ident},
+            ),
+        )
         counts.append(out)
     iou_path, tally_path, units_path = tmp_path / "iou.h5", tmp_path / "tally.csv", tmp_path / "units.csv"
-    _run_script("merge_counts", FakeSnakemake(
-        log, input={"counts": counts, "dataset": index},
-        output={"iou": iou_path, "tally": tally_path, "units": units_path},
-        params={"denominator": "original", "iou_threshold": 0.04, "identity": cident}))
+    _run_script(
+        "merge_counts",
+        FakeSnakemake(
+            log,
+            input={"counts": counts, "dataset": index},
+            output={"iou": iou_path, "tally": tally_path, "units": units_path},
+            params={"denominator": "original", "iou_threshold": 0.04, "identity": cident},
+        ),
+    )
 
     with store.open_h5(thr, "thresholds", expect=ident) as f:
         thresholds = f["thresholds"][()]

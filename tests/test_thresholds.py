@@ -109,8 +109,12 @@ def _write_shards(tmp_path, acts, cuts, ident, dtype=np.float32):
     paths = []
     for s, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
         path = tmp_path / f"{s:04d}.h5"
-        store.write_h5(path, "activations", dict(ident, shard=s, dtype=np.dtype(dtype).name),
-                       {"rows": np.arange(a, b), "activations": acts[a:b].astype(dtype)})
+        store.write_h5(
+            path,
+            "activations",
+            dict(ident, shard=s, dtype=np.dtype(dtype).name),
+            {"rows": np.arange(a, b), "activations": acts[a:b].astype(dtype)},
+        )
         paths.append(path)
     return paths
 

@@ -13,7 +13,6 @@ from advdissect import training
 from advdissect.errors import ConfigError
 from advdissect.training import TrainConfig
 
-
 N_CLASSES = 3
 SIZE = 12
 
@@ -53,8 +52,9 @@ def run(tmp_path, config, model=None, name="ckpt.pt", **kw):
     xt, yt = toy_data(24, 0)
     xv, yv = toy_data(12, 1)
     model = TinyNet() if model is None else model
-    metrics = training.train(model, xt, yt, xv, yv, config, checkpoint_path=tmp_path / name,
-                             device="cpu", progress=False, **kw)
+    metrics = training.train(
+        model, xt, yt, xv, yv, config, checkpoint_path=tmp_path / name, device="cpu", progress=False, **kw
+    )
     return model, metrics
 
 
@@ -208,6 +208,7 @@ def test_negative_labels_are_refused(tmp_path):
 @pytest.fixture(scope="module")
 def tiny_broden(tmp_path_factory):
     from advdissect import synthetic
+
     root = tmp_path_factory.mktemp("broden")
     synthetic.generate(root, n_train=12, n_val=6, image_size=32, n_classes=3, seed=0)
     return root
@@ -219,10 +220,16 @@ def test_train_model_to_files(tiny_broden, tmp_path):
     out = tmp_path / "model"
     spec = {"arch": "resnet18", "num_classes": 3, "normalization": "imagenet", "seed": 0}
     metrics = training.train_model_to_files(
-        dataset_root=tiny_broden, init_weights=None, model_spec=spec,
+        dataset_root=tiny_broden,
+        init_weights=None,
+        model_spec=spec,
         training={"method": "at", "epochs": 1, "batch_size": 4, "eps": "4/255"},
-        out_weights=out / "weights.pt", out_metrics=out / "metrics.json", out_history=out / "history.csv",
-        checkpoint_path=out / "checkpoint.pt", device="cpu", progress=False,
+        out_weights=out / "weights.pt",
+        out_metrics=out / "metrics.json",
+        out_history=out / "history.csv",
+        checkpoint_path=out / "checkpoint.pt",
+        device="cpu",
+        progress=False,
     )
     assert 0 <= metrics["heldout_accuracy"] <= 1
     assert not (out / "checkpoint.pt").exists()
@@ -236,7 +243,14 @@ def test_train_model_to_files_refuses_wrong_num_classes(tiny_broden, tmp_path):
     spec = {"arch": "resnet18", "num_classes": 5, "normalization": "imagenet", "seed": 0}
     with pytest.raises(ConfigError, match="num_classes is 5.*3 classes"):
         training.train_model_to_files(
-            dataset_root=tiny_broden, init_weights=None, model_spec=spec, training={},
-            out_weights=tmp_path / "w.pt", out_metrics=tmp_path / "m.json", out_history=tmp_path / "h.csv",
-            checkpoint_path=tmp_path / "c.pt", device="cpu", progress=False,
+            dataset_root=tiny_broden,
+            init_weights=None,
+            model_spec=spec,
+            training={},
+            out_weights=tmp_path / "w.pt",
+            out_metrics=tmp_path / "m.json",
+            out_history=tmp_path / "h.csv",
+            checkpoint_path=tmp_path / "c.pt",
+            device="cpu",
+            progress=False,
         )

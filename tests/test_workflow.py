@@ -3,7 +3,6 @@ the report, and the linter."""
 
 import os
 import re
-import shutil
 import signal
 import subprocess
 import sys
@@ -26,10 +25,14 @@ pytestmark = pytest.mark.workflow
 def snakemake_command(workdir: Path, config: Path | None = None) -> list[str]:
     return [
         *SNAKEMAKE,
-        "--snakefile", str(ROOT / "Snakefile"),
-        "--directory", str(workdir),
-        "--configfile", str(config or workdir / "config.yaml"),
-        "--cores", "2",
+        "--snakefile",
+        str(ROOT / "Snakefile"),
+        "--directory",
+        str(workdir),
+        "--configfile",
+        str(config or workdir / "config.yaml"),
+        "--cores",
+        "2",
     ]
 
 
@@ -79,7 +82,7 @@ def job_wildcards(output: str) -> list[tuple[str, dict[str, str]]]:
         if line.startswith("rule ") and line.endswith(":"):
             rule = line[5:-1]
         elif line.startswith("wildcards:"):
-            pairs = line[len("wildcards:"):].strip().split(", ")
+            pairs = line[len("wildcards:") :].strip().split(", ")
             found.append((rule, dict(part.split("=", 1) for part in pairs)))
     return found
 
@@ -88,10 +91,29 @@ def test_outputs_have_the_documented_columns(study):
     summary = study / "results" / "summary"
     expected = {
         "models.csv": ["model", "arch", "weights", "dataset", "heldout_accuracy"],
-        "attacks.csv": ["dataset", "model", "attack", "method", "eps", "n_images", "agreement",
-                        "success_rate", "linf_max", "l2_mean"],
-        "table2.csv": ["dataset", "model", "layer", "attack", "threshold_mode", "category", "units",
-                       "detectors", "ratio_percent"],
+        "attacks.csv": [
+            "dataset",
+            "model",
+            "attack",
+            "method",
+            "eps",
+            "n_images",
+            "agreement",
+            "success_rate",
+            "linf_max",
+            "l2_mean",
+        ],
+        "table2.csv": [
+            "dataset",
+            "model",
+            "layer",
+            "attack",
+            "threshold_mode",
+            "category",
+            "units",
+            "detectors",
+            "ratio_percent",
+        ],
         "training.csv": ["arch", "method", "clean_accuracy", "attack", "adversarial_accuracy"],
     }
     for name, columns in expected.items():
@@ -112,8 +134,10 @@ def _header_shape(markdown: str, names: set[str]) -> list[list[str]]:
     """Each table's header cells, without the dataset column and the config's own names."""
     from advdissect import results_md
 
-    return [[c for c in header.strip("|").split("|") if not set(c.split()) & (names | {"dataset"})]
-            for header in results_md.table_headers(markdown)]
+    return [
+        [c for c in header.strip("|").split("|") if not set(c.split()) & (names | {"dataset"})]
+        for header in results_md.table_headers(markdown)
+    ]
 
 
 def test_readme_block_has_the_format_the_workflow_writes(study):
@@ -134,9 +158,13 @@ def test_readme_block_has_the_format_the_workflow_writes(study):
 def test_figures_exist(study):
     figures = study / "results" / "figures"
     for path in [
-        "detectors/tiny/rand18/layer3.png", "detectors/tiny/rand18/layer3.svg",
-        "eps_sweep/tiny/rand18/layer4.png", "units/tiny/rand18/layer4/fgsm_2.png",
-        "concept_drift.png", "training.png", "learning_curves.png",
+        "detectors/tiny/rand18/layer3.png",
+        "detectors/tiny/rand18/layer3.svg",
+        "eps_sweep/tiny/rand18/layer4.png",
+        "units/tiny/rand18/layer4/fgsm_2.png",
+        "concept_drift.png",
+        "training.png",
+        "learning_curves.png",
     ]:
         assert (figures / path).stat().st_size > 1000, path
 
@@ -232,8 +260,16 @@ def test_report_holds_every_figure_and_table(study):
     snakemake(study, "--report", str(report))
     with zipfile.ZipFile(report) as archive:
         names = archive.namelist()
-    for needle in ["table2.csv", "models.csv", "attacks.csv", "training.csv", "concept_drift_summary.csv",
-                   "concept_drift.png", "training.png", "learning_curves.png"]:
+    for needle in [
+        "table2.csv",
+        "models.csv",
+        "attacks.csv",
+        "training.csv",
+        "concept_drift_summary.csv",
+        "concept_drift.png",
+        "training.png",
+        "learning_curves.png",
+    ]:
         assert any(name.endswith(needle) for name in names), needle
     # The archive keeps file names under hashed folders: a detector and an epsilon-sweep figure
     # per dissected layer (4 layers), a unit picture per layer and attack (3 + 3).
@@ -275,8 +311,13 @@ def temporaries(folder: Path) -> list[str]:
 def kill_while_a_shard_is_written(workdir: Path, watch: list[Path], timeout: float = 900) -> Path:
     """Run the study and SIGKILL Snakemake and its jobs as soon as a shard's temporary file
     exists in one of the `watch` folders (a node dying mid-write); the shard's target path."""
-    proc = subprocess.Popen(snakemake_command(workdir), cwd=workdir, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        snakemake_command(workdir),
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + timeout
     try:
         while time.monotonic() < deadline and proc.poll() is None:
@@ -311,8 +352,11 @@ def test_a_killed_run_resumes_to_the_same_bytes(study, tmp_path):
     (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
     runs = tmp_path / "results" / "tiny" / "rand18"
     watch = [runs / attack / kind for attack in ("clean", "fgsm_2", "noise_2") for kind in ("images",)]
-    watch += [runs / attack / "activations" / layer for attack in ("clean", "fgsm_2", "noise_2")
-              for layer in ("layer3", "layer4")]
+    watch += [
+        runs / attack / "activations" / layer
+        for attack in ("clean", "fgsm_2", "noise_2")
+        for layer in ("layer3", "layer4")
+    ]
     target = kill_while_a_shard_is_written(tmp_path, watch)
     assert not target.exists(), f"{target} exists although its writer was killed mid-write"
     for path in (tmp_path / "results").rglob("*.h5"):  # every file under a final name is whole

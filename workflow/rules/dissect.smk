@@ -119,4 +119,3 @@ rule merge_counts:
         },
     script:
         "../scripts/merge_counts.py"
-

@@ -223,7 +223,11 @@ rule ceilings:
         "../../envs/advdissect.yaml"
     params:
         datasets=[
-            {"name": d, "split": shard_rows(d)["split"], "n_images": shard_rows(d)["n_images"]}
+            {
+                "name": d,
+                "split": shard_rows(d)["split"],
+                "n_images": shard_rows(d)["n_images"],
+            }
             for d in ceiling_datasets()
         ],
         layers=ceiling_layers(),

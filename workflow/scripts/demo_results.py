@@ -8,10 +8,7 @@ log_to(sm.log[0])
 from advdissect import results_md  # noqa: E402
 
 # params.deepest and input.units list the same (dataset, model, layer) in the same order.
-units = [
-    {**dict(item), "path": path}
-    for item, path in zip(sm.params.deepest, list(sm.input.units), strict=True)
-]
+units = [{**dict(item), "path": path} for item, path in zip(sm.params.deepest, list(sm.input.units), strict=True)]
 training = list(getattr(sm.input, "training", []))
 results_md.write_demo_results(
     sm.output.md,
