@@ -6,6 +6,7 @@ defaults filled in), then `check_semantics` (cross-references, ε on the 1/255 g
 
 from __future__ import annotations
 
+import csv
 import math
 from collections.abc import Iterable, Mapping
 from fractions import Fraction
@@ -165,6 +166,24 @@ def dataset_size(name: str, spec: Mapping) -> int:
     )
 
 
+def available_images(spec: Mapping) -> int | None:
+    """How many rows the dataset's split holds, where that is known before any job runs."""
+    split = spec.get("split", "all")
+    source = spec["source"]
+    if source == "synthetic":
+        synthetic = spec.get("synthetic", {})
+        n_train, n_val = synthetic.get("n_train", 2000), synthetic.get("n_val", 500)
+        return {"train": n_train, "val": n_val, "all": n_train + n_val}[split]
+    if source == "broden":
+        return BRODEN_IMAGES[spec["variant"]] if split == "all" else None
+    index = Path(spec["path"]) / "index.csv"
+    if not index.is_file():
+        return None
+    with open(index, newline="") as f:
+        rows = list(csv.DictReader(f))
+    return len(rows) if split == "all" else sum(1 for row in rows if row.get("split") == split)
+
+
 def n_shards(name: str, spec: Mapping) -> int:
     return math.ceil(dataset_size(name, spec) / spec["shard_size"])
 
@@ -182,7 +201,12 @@ def check_semantics(config: Mapping) -> None:
             raise ConfigError(f"config: datasets.{name}.path: required for source 'local'")
         if source != "synthetic" and "synthetic" in spec:
             raise ConfigError(f"config: datasets.{name}.synthetic: only for source 'synthetic'")
-        dataset_size(name, spec)
+        wanted, available = dataset_size(name, spec), available_images(spec)
+        if available is not None and wanted > available:
+            raise ConfigError(
+                f"config: datasets.{name}.n_images: {wanted} images asked for, but split "
+                f"{spec.get('split', 'all')!r} of the dataset holds {available}"
+            )
     clean_attack(config)
     for name, spec in attacks.items():
         method = spec["method"]

@@ -179,3 +179,38 @@ def test_sort_keys_is_recursive_and_in_place():
     adconfig.sort_keys(cfg)
     assert list(cfg) == ["a", "b"] and cfg["b"] is inner
     assert list(inner) == ["x", "y"] and list(inner["x"][0]) == ["c", "d"]
+
+
+def test_n_images_beyond_the_split_is_refused_before_any_job():
+    message = bad(lambda c: c["datasets"]["synthetic"].update(n_images=401))
+    assert message == (
+        "config: datasets.synthetic.n_images: 401 images asked for, but split 'val' of the dataset holds 400"
+    )
+
+
+def local_dataset(root: Path, splits: list[str]) -> Path:
+    root.mkdir()
+    lines = ["image,split,ih,iw,sh,sw,color,object,part,material,scene,texture"]
+    lines += [f"i{i}.jpg,{s},8,8,8,8,,,,,," for i, s in enumerate(splits)]
+    (root / "index.csv").write_text("\n".join(lines) + "\n")
+    return root
+
+
+def local_config(path: Path, **spec) -> dict:
+    cfg = copy.deepcopy(DEFAULT)
+    cfg["datasets"] = {"mine": {"source": "local", "path": str(path), **spec}}
+    for model in cfg["models"].values():
+        model["datasets"] = ["mine"]
+        model["weights"] = {"source": "random"}
+    return cfg
+
+
+def test_local_dataset_needs_n_images_within_its_split(tmp_path):
+    root = local_dataset(tmp_path / "mine", ["train", "val", "val", "train", "val"])
+    with pytest.raises(ConfigError, match=r"datasets\.mine\.n_images: required for source 'local'"):
+        checked(local_config(root, split="val"))
+    with pytest.raises(ConfigError, match=r"datasets\.mine\.n_images: 4 images asked for, but split 'val' .* holds 3"):
+        checked(local_config(root, split="val", n_images=4))
+    with pytest.raises(ConfigError, match=r"holds 5"):
+        checked(local_config(root, n_images=6))
+    checked(local_config(root, split="val", n_images=3))

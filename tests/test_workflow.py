@@ -230,6 +230,16 @@ def test_changing_the_figure_style_reruns_only_figures(study, tmp_path):
     assert set(jobs) - {"all", "demo_results"} <= figures and jobs["detector_figure"] == 4
 
 
+def test_changing_batch_size_or_device_ids_reruns_nothing(study, tmp_path):
+    config = yaml.safe_load((study / "config.yaml").read_text())
+    config.setdefault("dissection", {})["batch_size"] = 3
+    config.setdefault("compute", {})["gpus"] = [5, 6]
+    changed = tmp_path / "changed.yaml"
+    changed.write_text(yaml.safe_dump(config))
+    output = snakemake(study, "--dry-run", config=changed)
+    assert "Nothing to be done" in output, output[-3000:]
+
+
 def test_adding_a_model_adds_only_its_chain(study, tmp_path):
     config = yaml.safe_load((study / "config.yaml").read_text())
     config["models"]["rand18b"] = dict(config["models"]["rand18"], weights={"source": "random", "seed": 4})

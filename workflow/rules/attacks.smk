@@ -25,8 +25,6 @@ rule attack_shard:
             "model": wc.model,
             "attack": wc.attack,
         },
-        batch_size=DISSECTION["batch_size"],
-        gpus=GPUS,
     script:
         "../scripts/attack_shard.py"
 

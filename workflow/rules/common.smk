@@ -24,7 +24,6 @@ DISSECTION = config["dissection"]
 FIGURES = config["figures"]
 COMPUTE = config["compute"]
 CLEAN = adconfig.clean_attack(config)
-GPUS = COMPUTE["gpus"]
 STYLE = FIGURES["style"]
 
 

@@ -25,9 +25,7 @@ rule activations:
             "attack": wc.attack,
             "shard": int(wc.shard),
         },
-        batch_size=DISSECTION["batch_size"],
         dtype=DISSECTION["activation_dtype"],
-        gpus=GPUS,
     script:
         "../scripts/activations.py"
 

@@ -45,6 +45,5 @@ rule train_model:
         },
         # The checkpoint lives outside the outputs so a killed training resumes from it.
         checkpoint=lambda wc: f"results/models/{wc.model}/checkpoint.pt",
-        gpus=GPUS,
     script:
         "../scripts/train_model.py"

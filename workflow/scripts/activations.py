@@ -7,7 +7,9 @@ log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
 from advdissect.device import claim_gpu  # noqa: E402
 
 # The GPU is claimed before anything touches CUDA, so the claim decides which device is seen.
-with claim_gpu(snakemake.params.gpus, lock_dir=".snakemake/gpu-locks"):  # noqa: F821
+# Device ids and batch size come from the config, not params: no result depends on them, so
+# changing either re-runs nothing.
+with claim_gpu(snakemake.config["compute"]["gpus"], lock_dir=".snakemake/gpu-locks"):  # noqa: F821
     import torch
 
     from advdissect.activations import write_activation_shard
@@ -21,7 +23,7 @@ with claim_gpu(snakemake.params.gpus, lock_dir=".snakemake/gpu-locks"):  # noqa:
         model_spec=dict(snakemake.params.model_spec),  # noqa: F821
         layer=snakemake.params.layer,  # noqa: F821
         identity=dict(snakemake.params.identity),  # noqa: F821
-        batch_size=int(snakemake.params.batch_size),  # noqa: F821
+        batch_size=int(snakemake.config["dissection"]["batch_size"]),  # noqa: F821
         dtype=snakemake.params.dtype,  # noqa: F821
         device=select_device(),
     )

@@ -9,7 +9,9 @@ log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
 from advdissect.device import claim_gpu  # noqa: E402
 
 # The GPU is claimed before anything touches CUDA, so the claim decides which device is seen.
-with claim_gpu(snakemake.params.gpus, lock_dir=".snakemake/gpu-locks"):  # noqa: F821
+# Device ids and batch size come from the config, not params: no result depends on them, so
+# changing either re-runs nothing.
+with claim_gpu(snakemake.config["compute"]["gpus"], lock_dir=".snakemake/gpu-locks"):  # noqa: F821
     from advdissect.attacks import write_attack_shard
     from advdissect.device import configure_threads, select_device
 
@@ -29,6 +31,6 @@ with claim_gpu(snakemake.params.gpus, lock_dir=".snakemake/gpu-locks"):  # noqa:
         attack_name=identity["attack"],
         attack_spec=attack,
         identity=identity,
-        batch_size=int(snakemake.params.batch_size),  # noqa: F821
+        batch_size=int(snakemake.config["dissection"]["batch_size"]),  # noqa: F821
         device=select_device(),
     )

@@ -9,7 +9,8 @@ from advdissect.training import train_model_to_files
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])
 configure_threads(sm.threads)
-with claim_gpu(sm.params.gpus, lock_dir=".snakemake/gpu-locks"):
+# Device ids come from the config, not params: changing them re-runs nothing.
+with claim_gpu(sm.config["compute"]["gpus"], lock_dir=".snakemake/gpu-locks"):
     train_model_to_files(
         dataset_root=Path(sm.input.dataset).parent,
         init_weights=sm.input.get("init"),
