@@ -624,7 +624,8 @@ def _best_per_category(scores: np.ndarray, cat: np.ndarray) -> tuple[np.ndarray,
 
 def _best_overall(best: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(label, category index, IoU) of each unit's best concept; label -1 and category -1 at IoU 0."""
-    ci = score.argmax(axis=1)  # ties: the first category in CATEGORIES order
+    # Ties: the last category in CATEGORIES order, as NetDissect-Lite's reversed argsort picks.
+    ci = N_CAT - 1 - score[:, ::-1].argmax(axis=1)
     rows = np.arange(score.shape[0])
     top = score[rows, ci]
     return np.where(top > 0, best[rows, ci], -1), np.where(top > 0, ci, -1), top
@@ -645,7 +646,8 @@ def tally_frame(
     rows = np.arange(n_units)
     frame = {
         "unit": rows + 1,
-        "category": np.asarray(list(CATEGORIES) + [""], dtype=object)[ci],
+        # A unit whose IoUs are all 0 has no concept; Lite still names a category, the last one.
+        "category": np.asarray(CATEGORIES, dtype=object)[np.where(ci >= 0, ci, N_CAT - 1)],
         "label": names[label],
         "score": top,
     }

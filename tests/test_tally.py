@@ -15,7 +15,9 @@ from advdissect import store
 from advdissect.errors import ArtifactError, ConfigError, DatasetError
 from advdissect.tally import (
     CATEGORIES,
+    N_CAT,
     UpsamplePlan,
+    _best_overall,
     active_pixels,
     count_shard,
     iou,
@@ -455,14 +457,17 @@ def test_files_tally_and_units(tmp_path):
                 assert row[f"{cat}-label"] == ""
             best_score = max(best_score, top)
         assert row["score"] == pytest.approx(best_score, abs=0)
-    # the dead unit has no concept
+    # the dead unit has no concept; tally.csv still names a category, the last, as NetDissect-Lite does
     assert tally.iloc[1]["label"] == "" and tally.iloc[1]["score"] == 0
+    assert tally.iloc[1]["category"] == CATEGORIES[-1]
 
     write_units_table(tmp_path / "units.csv", tmp_path / "iou.h5", 0.04)
     units = pd.read_csv(tmp_path / "units.csv", keep_default_na=False)
     assert list(units.columns) == ["unit", "label", "category", "iou", "detector"]
     assert units["label"].tolist() == tally["label"].tolist()
-    assert units["category"].tolist() == tally["category"].tolist()
+    alive = tally["score"] > 0
+    assert units["category"][alive].tolist() == tally["category"][alive].tolist()
+    assert (units["category"][~alive] == "").all()  # the tidy table says "no concept"
     np.testing.assert_array_equal(units["iou"], tally["score"])
     np.testing.assert_array_equal(units["detector"], tally["score"] > 0.04)
     assert units_table(tmp_path / "iou.h5", 0.5)["detector"].sum() == (tally["score"] > 0.5).sum()
@@ -478,6 +483,22 @@ def test_files_tally_and_units(tmp_path):
             identity=dict(cident, attack="fgsm"),
             dataset=data,
         )
+
+
+def test_best_category_breaks_ties_as_netdissect_lite():
+    # NetDissect-Lite: bestcat = score_pciou.argsort(axis=0)[::-1][0] over (category, unit) scores.
+    rng = np.random.default_rng(3)
+    score = rng.choice([0.0, 0.05, 0.1], size=(200, N_CAT))
+    score[:4] = 0.0
+    score[4:8] = 0.1
+    best = np.tile(np.arange(N_CAT), (200, 1))
+    label, ci, top = _best_overall(best, score)
+    lite = score.T.argsort(axis=0, kind="stable")[::-1][0]
+    alive = top > 0
+    np.testing.assert_array_equal(ci[alive], lite[alive])
+    np.testing.assert_array_equal(top, score.max(axis=1))
+    assert (ci[~alive] == -1).all() and (label[~alive] == -1).all()
+    assert (lite[~alive] == N_CAT - 1).all()  # what tally.csv names for a unit without a concept
 
 
 def test_tally_header_equals_netdissect_lite():
