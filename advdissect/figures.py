@@ -27,6 +27,7 @@ from matplotlib.patches import Patch
 from . import store, tables
 from .errors import ArtifactError, ConfigError
 from .tables import CATEGORY_ORDER, DRIFT_STATUSES, THRESHOLD_MODES, TRAINING_METHODS
+from .tally import upsample
 
 log = logging.getLogger(__name__)
 
@@ -261,28 +262,10 @@ def detector_figure(
 # --------------------------------------------------------------------------- unit pictures
 
 
-def upsample_bilinear(a: np.ndarray, size: tuple[int, int]) -> np.ndarray:
-    """Resize the last two axes bilinearly like torch's interpolate(align_corners=False)."""
-    a = np.asarray(a, dtype=np.float64)
-    h, w = a.shape[-2:]
-    out_h, out_w = size
-
-    def coords(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        src = (np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5
-        src = np.maximum(src, 0.0)
-        i0 = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-        i1 = np.minimum(i0 + 1, n_in - 1)
-        return i0, i1, src - i0
-
-    y0, y1, fy = coords(h, out_h)
-    x0, x1, fx = coords(w, out_w)
-    top = a[..., y0, :] * (1 - fy)[:, None] + a[..., y1, :] * fy[:, None]
-    return top[..., x0] * (1 - fx) + top[..., x1] * fx
-
-
 def unit_mask(activation: np.ndarray, threshold: float, size: tuple[int, int]) -> np.ndarray:
-    """The unit's binary mask at image size: upsampled activation above its threshold."""
-    return upsample_bilinear(activation, size) > threshold
+    """The unit's binary mask at image size: the mask the IoU counts used (tally.upsample > threshold)."""
+    # float64: against a Python float, NumPy would compare the float32 values in float32.
+    return upsample(activation, size) > np.float64(threshold)
 
 
 class _ShardSet:

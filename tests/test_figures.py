@@ -316,26 +316,34 @@ def _bilinear_reference(a, out_h, out_w):
     return out
 
 
-@pytest.mark.parametrize("shape,size", [((3, 4), (7, 9)), ((4, 4), (16, 16)), ((5, 3), (5, 3)), ((6, 6), (4, 5))])
-def test_upsample_matches_brute_force(shape, size):
-    rng = np.random.default_rng(1)
-    a = rng.normal(size=shape)
-    np.testing.assert_allclose(figures.upsample_bilinear(a, size), _bilinear_reference(a, *size), atol=1e-12)
-
-
-def test_upsample_matches_torch():
-    torch = pytest.importorskip("torch")
-    a = np.random.default_rng(2).normal(size=(2, 3, 4, 5))
-    want = torch.nn.functional.interpolate(
-        torch.from_numpy(a), size=(13, 11), mode="bilinear", align_corners=False
-    ).numpy()
-    np.testing.assert_allclose(figures.upsample_bilinear(a, (13, 11)), want, atol=1e-10)
-
-
 def test_unit_mask_is_thresholded_upsample():
     a = np.array([[0.0, 1.0], [2.0, 3.0]])
     mask = figures.unit_mask(a, 1.5, (4, 4))
     np.testing.assert_array_equal(mask, _bilinear_reference(a, 4, 4) > 1.5)
+
+
+def test_unit_mask_is_the_counted_mask():
+    # The pictures show the pixels the IoU counts used, to the last pixel.
+    from advdissect.tally import UpsamplePlan, active_pixels
+
+    rng = np.random.default_rng(4)
+    maps = rng.normal(size=(6, 5, 7, 7)).astype(np.float32)
+    thresholds = np.quantile(maps, 0.8, axis=(0, 2, 3)).astype(np.float64)
+    # Thresholds just under an upsampled value: float64 says active, the float32 count may not.
+    from advdissect.tally import axis_weights
+
+    i0, i1, l0, l1 = axis_weights(7, 112)
+    for u in range(5):
+        row = l0[50] * maps[0, u, i0[50]] + l1[50] * maps[0, u, i1[50]]
+        thresholds[u] = l0[61] * row[i0[61]] + l1[61] * row[i1[61]] - 1e-12
+    plan = UpsamplePlan((7, 7), (112, 112))
+    pairs, pixels = active_pixels(maps, thresholds, plan)
+    counted = np.zeros((6 * 5, 112 * 112), bool)
+    counted[pairs, pixels] = True
+    for i in range(6):
+        for u in range(5):
+            shown = figures.unit_mask(maps[i, u], float(thresholds[u]), (112, 112))
+            np.testing.assert_array_equal(shown.ravel(), counted[i * 5 + u], err_msg=f"image {i}, unit {u}")
 
 
 # --------------------------------------------------------------------------- unit pictures
