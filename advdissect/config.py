@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from fractions import Fraction
 from pathlib import Path
 from typing import Any
@@ -293,3 +293,58 @@ def check_layers(config: Mapping) -> None:
 
     for name, spec in config["models"].items():
         check_layer_names(spec["arch"], spec["num_classes"], spec["layers"], where=f"models.{name}.layers")
+
+
+# ---------------------------------------------------------------- the study's plan
+
+
+def load_config(paths: Iterable[str | Path], schema_path: str | Path) -> dict:
+    """The config as the workflow sees it: the files merged in order, validated, defaults filled in."""
+    from snakemake.utils import update_config
+    from snakemake.utils import validate as fill_defaults
+
+    paths = list(paths)
+    check_config_files(paths)
+    config: dict = {}
+    for path in paths:
+        update_config(config, load_yaml(path) or {})
+    validate(config, load_schema(schema_path))
+    fill_defaults(config, str(schema_path))
+    check_semantics(config)
+    check_attacks(config)
+    sort_keys(config)
+    return config
+
+
+def model_datasets(config: Mapping, model: str) -> list[str]:
+    return list(config["models"][model].get("datasets", list(config["datasets"])))
+
+
+def model_attacks(config: Mapping, model: str) -> list[str]:
+    """The clean attack first, then the model's attacks in config order."""
+    clean = clean_attack(config)
+    wanted = config["models"][model].get("attacks", list(config["attacks"]))
+    return [clean] + [a for a in config["attacks"] if a in wanted and a != clean]
+
+
+def attack_modes(config: Mapping, attack: str) -> list[str]:
+    """Threshold modes computed for an attack: the clean attack's `self` already is `clean`."""
+    if attack == clean_attack(config):
+        return ["self"]
+    return list(config["dissection"]["threshold_modes"])
+
+
+def chains(config: Mapping) -> Iterator[tuple[str, str, str]]:
+    """Every (dataset, model, attack) chain of the study."""
+    for model in config["models"]:
+        for dataset in model_datasets(config, model):
+            for attack in model_attacks(config, model):
+                yield dataset, model, attack
+
+
+def layer_entries(config: Mapping) -> Iterator[tuple[str, str, str, str, str]]:
+    """Every (dataset, model, attack, mode, layer) dissected."""
+    for dataset, model, attack in chains(config):
+        for mode in attack_modes(config, attack):
+            for layer in config["models"][model]["layers"]:
+                yield dataset, model, attack, mode, layer

@@ -51,12 +51,11 @@ def shards(dataset):
 
 
 def model_datasets(model):
-    return MODELS[model].get("datasets", list(DATASETS))
+    return adconfig.model_datasets(config, model)
 
 
 def model_attacks(model):
-    wanted = MODELS[model].get("attacks", list(ATTACKS))
-    return [CLEAN] + [a for a in ATTACKS if a in wanted and a != CLEAN]
+    return adconfig.model_attacks(config, model)
 
 
 def model_weights(model):
@@ -103,10 +102,7 @@ def shard_rows(dataset):
 
 
 def attack_modes(attack):
-    """Threshold modes computed for an attack: the clean attack's `self` already is `clean`."""
-    if attack == CLEAN:
-        return ["self"]
-    return DISSECTION["threshold_modes"]
+    return adconfig.attack_modes(config, attack)
 
 
 def threshold_attack(attack, mode):
@@ -114,19 +110,11 @@ def threshold_attack(attack, mode):
 
 
 def chains():
-    """Every (dataset, model, attack) chain of the study."""
-    for model in MODELS:
-        for dataset in model_datasets(model):
-            for attack in model_attacks(model):
-                yield dataset, model, attack
+    return adconfig.chains(config)
 
 
 def layer_entries():
-    """Every (dataset, model, attack, mode, layer) dissected."""
-    for dataset, model, attack in chains():
-        for mode in attack_modes(attack):
-            for layer in MODELS[model]["layers"]:
-                yield dataset, model, attack, mode, layer
+    return adconfig.layer_entries(config)
 
 
 def units_path(dataset, model, attack, mode, layer):
