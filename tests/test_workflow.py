@@ -15,6 +15,9 @@ import pandas as pd
 import pytest
 import yaml
 
+from advdissect import config as adconfig
+from advdissect import disk
+
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "tiny_config.yaml"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
@@ -263,6 +266,30 @@ def test_results_do_not_depend_on_the_shard_count(study, tmp_path):
     for tally in (study / "results/tiny/rand18/fgsm_2/clean/tally").glob("*.csv"):
         other = tmp_path / tally.relative_to(study)
         assert tally.read_bytes() == other.read_bytes(), tally.name
+
+
+def test_disk_estimate_matches_the_files(study):
+    config = adconfig.load_config([study / "config.yaml"], ROOT / "workflow" / "schemas" / "config.schema.yaml")
+    estimated, real = disk.by_kind(disk.estimate(config)), disk.measured(study)
+    for kind in [*disk.KINDS, "total"]:
+        assert estimated.loc[kind, "files"] == real.loc[kind, "files"], kind
+        assert estimated.loc[kind, "bytes"] == pytest.approx(real.loc[kind, "bytes"], rel=0.05), kind
+
+
+def test_temporary_images_and_activations_are_removed_after_use(tmp_path):
+    config = yaml.safe_load(TINY.read_text())
+    config["models"] = {"rand18": dict(config["models"]["rand18"], layers=["layer4"])}
+    config["attacks"] = {name: config["attacks"][name] for name in ("clean", "fgsm_2")}
+    config["storage"] = {"temporary": ["images", "activations"]}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    snakemake(tmp_path)
+    real = disk.measured(tmp_path)
+    assert real.loc["images", "files"] == real.loc["activations", "files"] == 0
+    assert real.loc["thresholds", "files"] == 2 and real.loc["iou", "files"] == 3  # clean; fgsm_2 self + clean
+    for table in ["table2.csv", "attacks.csv", "demo_results.md"]:
+        assert (tmp_path / "results/summary" / table).is_file(), table
+    assert len(list((tmp_path / "results/figures/units").rglob("*.png"))) == 1
+    assert "Nothing to be done" in snakemake(tmp_path, "--dry-run")
 
 
 def test_report_holds_every_figure_and_table(study):

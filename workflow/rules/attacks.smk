@@ -6,7 +6,7 @@ rule attack_shard:
         unpack(weights_input),
         dataset=lambda wc: dataset_index(wc.dataset),
     output:
-        images="results/{dataset}/{model}/{attack}/images/{shard}.h5",
+        images=stored("images", "results/{dataset}/{model}/{attack}/images/{shard}.h5"),
     log:
         "results/logs/attack_shard/{dataset}/{model}/{attack}/{shard}.log",
     benchmark:

@@ -25,6 +25,7 @@ FIGURES = config["figures"]
 COMPUTE = config["compute"]
 CLEAN = adconfig.clean_attack(config)
 STYLE = FIGURES["style"]
+TEMPORARY = config["storage"]["temporary"]
 
 
 wildcard_constraints:
@@ -34,6 +35,11 @@ wildcard_constraints:
     layer=r"[A-Za-z0-9_.]+",
     shard=r"\d{4}",
     mode="self|clean",
+
+
+def stored(kind, path):
+    """An output path of an artifact kind, temp() when storage.temporary names the kind."""
+    return temp(path) if kind in TEMPORARY else path
 
 
 def dataset_index(name):

@@ -6,7 +6,10 @@ rule activations:
         unpack(weights_input),
         images="results/{dataset}/{model}/{attack}/images/{shard}.h5",
     output:
-        activations="results/{dataset}/{model}/{attack}/activations/{layer}/{shard}.h5",
+        activations=stored(
+            "activations",
+            "results/{dataset}/{model}/{attack}/activations/{layer}/{shard}.h5",
+        ),
     log:
         "results/logs/activations/{dataset}/{model}/{attack}/{layer}/{shard}.log",
     benchmark:

@@ -1,0 +1,173 @@
+"""The disk a config's run keeps, per artifact kind, known before any job runs.
+
+    python -m advdissect.disk [--configfile config/paper.yaml ...]
+
+Sizes follow from the image counts and sizes, the dissected layers' shapes (one dummy forward
+pass of each architecture, random weights) and the datasets' label counts. The HDF5 files are
+uncompressed, so a file is its arrays' bytes plus a small header; tables, figures and model
+weights are small next to them and are not counted.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import math
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import pandas as pd
+
+from . import config as adconfig
+from .errors import AdvDissectError
+
+BRODEN_IMAGE_SIZE = {"broden1_224": 224, "broden1_227": 227}
+BRODEN_LABELS = 1198  # label numbers 0..1197 of broden1_224/227's label.csv
+N_CATEGORIES = 6
+# Per-image arrays of an images shard besides the pixels: rows, labels, clean_pred, adv_pred,
+# target (int64) and clean_conf, adv_conf, linf, l2 (float32).
+IMAGE_EXTRAS = 5 * 8 + 4 * 4
+DTYPE_BYTES = {"float32": 4, "float16": 2}
+# HDF5 bookkeeping, measured on h5py's files: a file header with the identity attributes, one
+# object header per array, and the chunk index of the array chunked one image per chunk.
+FILE_OVERHEAD = 5632
+ARRAY_OVERHEAD = 448
+CHUNK_INDEX = 4096
+CHUNK_OVERHEAD = 32
+KINDS = ("images", "activations", "thresholds", "counts", "iou")
+
+
+def dataset_facts(spec: Mapping) -> tuple[tuple[int, int], int]:
+    """((height, width) of the images, number of label numbers) of a dataset."""
+    source = spec["source"]
+    if source == "synthetic":
+        from .synthetic import vocabulary
+
+        synthetic = spec.get("synthetic", {})
+        size = int(synthetic.get("image_size", 112))
+        vocab = vocabulary(int(synthetic.get("n_classes", 16)))
+        categories = ("color", "object", "part", "material", "scene", "texture")
+        numbers = [n for cat in categories for n in getattr(vocab, cat).values()]
+        return (size, size), max(numbers) + 1
+    if source == "broden":
+        size = BRODEN_IMAGE_SIZE[spec["variant"]]
+        return (size, size), BRODEN_LABELS
+    root = Path(spec["path"])
+    with open(root / "index.csv", newline="") as f:
+        first = next(csv.DictReader(f))
+    with open(root / "label.csv", newline="") as f:
+        n_labels = max(int(row["number"]) for row in csv.DictReader(f)) + 1
+    return (int(first["ih"]), int(first["iw"])), n_labels
+
+
+def layer_shapes(model_spec: Mapping, image_size: tuple[int, int]) -> dict[str, tuple[int, int, int]]:
+    """{layer: (units, h, w)} of a model's dissected layers at an image size."""
+    from .models import feature_shapes, load_model
+
+    model = load_model(model_spec["arch"], model_spec["num_classes"], weights_file=None)
+    return feature_shapes(model.eval(), model_spec["layers"], image_size)
+
+
+def _file(array_bytes: int, n_arrays: int, chunked_rows: int = 0) -> int:
+    index = CHUNK_INDEX + chunked_rows * CHUNK_OVERHEAD if chunked_rows else 0
+    return FILE_OVERHEAD + n_arrays * ARRAY_OVERHEAD + index + array_bytes
+
+
+def _shard_sizes(n_images: int, shard_size: int) -> list[int]:
+    n = math.ceil(n_images / shard_size)
+    return [min(shard_size, n_images - i * shard_size) for i in range(n)]
+
+
+def estimate(config: Mapping) -> pd.DataFrame:
+    """One row per artifact file group: kind, dataset, model, files, bytes."""
+    facts = {name: dataset_facts(spec) for name, spec in config["datasets"].items()}
+    dtype_bytes = DTYPE_BYTES[config["dissection"]["activation_dtype"]]
+    shapes: dict[tuple[str, str], dict[str, tuple[int, int, int]]] = {}
+    rows = []
+
+    def add(kind: str, dataset: str, model: str, files: int, size: int) -> None:
+        rows.append({"kind": kind, "dataset": dataset, "model": model, "files": files, "bytes": size})
+
+    for dataset, model, attack in adconfig.chains(config):
+        spec = config["datasets"][dataset]
+        (ih, iw), n_labels = facts[dataset]
+        shards = _shard_sizes(adconfig.dataset_size(dataset, spec), spec["shard_size"])
+        if (dataset, model) not in shapes:
+            shapes[dataset, model] = layer_shapes(config["models"][model], (ih, iw))
+        add("images", dataset, model, len(shards), sum(_file(n * (3 * ih * iw + IMAGE_EXTRAS), 10, n) for n in shards))
+        modes = adconfig.attack_modes(config, attack)
+        for c, h, w in shapes[dataset, model].values():
+            activations = sum(_file(n * (8 + c * h * w * dtype_bytes), 2, n) for n in shards)
+            add("activations", dataset, model, len(shards), activations)
+            add("thresholds", dataset, model, 1, _file(8 * c, 1))
+            counts = 8 * (c * n_labels + 2 * n_labels + c * (2 * N_CATEGORIES + 1))
+            add("counts", dataset, model, len(modes) * len(shards), len(modes) * len(shards) * _file(counts, 6))
+            iou = counts + 8 * c * n_labels + 16 * n_labels + 8 * N_CATEGORIES  # + iou, label and category names
+            add("iou", dataset, model, len(modes), len(modes) * _file(iou, 9))
+    frame = pd.DataFrame(rows, columns=["kind", "dataset", "model", "files", "bytes"])
+    return frame.groupby(["kind", "dataset", "model"], sort=False, as_index=False).sum()
+
+
+# Where each kind lives under a workdir: results/<dataset>/<model>/<attack>/...
+PATTERNS = {
+    "images": "results/*/*/*/images/*.h5",
+    "activations": "results/*/*/*/activations/*/*.h5",
+    "thresholds": "results/*/*/*/thresholds/*.h5",
+    "counts": "results/*/*/*/*/counts/*/*.h5",
+    "iou": "results/*/*/*/*/iou/*.h5",
+}
+
+
+def measured(workdir: str | Path) -> pd.DataFrame:
+    """files and bytes per artifact kind that a run's workdir holds now (same shape as by_kind)."""
+    rows = []
+    for kind, pattern in PATTERNS.items():
+        paths = list(Path(workdir).glob(pattern))
+        rows.append({"kind": kind, "files": len(paths), "bytes": sum(p.stat().st_size for p in paths)})
+    table = pd.DataFrame(rows).set_index("kind")
+    table.loc["total"] = table.sum()
+    return table
+
+
+def by_kind(frame: pd.DataFrame) -> pd.DataFrame:
+    """files and bytes per artifact kind, in chain order, with a total row."""
+    table = frame.groupby("kind", sort=False)[["files", "bytes"]].sum().reindex(list(KINDS)).fillna(0).astype("int64")
+    table.loc["total"] = table.sum()
+    return table
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB", "TB"):
+        if abs(n) < 1000 or unit == "TB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1000
+    raise AssertionError("unreachable")
+
+
+def main(argv: list[str] | None = None) -> int:
+    root = Path(__file__).resolve().parents[1]
+    parser = argparse.ArgumentParser(description="Print the disk a config's run keeps, per artifact kind.")
+    parser.add_argument(
+        "--configfile", nargs="+", default=[str(root / "config" / "config.yaml")], help="config files, merged in order"
+    )
+    parser.add_argument("--by-model", action="store_true", help="one row per kind, dataset and model")
+    args = parser.parse_args(argv)
+    try:
+        config = adconfig.load_config(args.configfile, root / "workflow" / "schemas" / "config.schema.yaml")
+        frame = estimate(config)
+    except (AdvDissectError, OSError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    table = frame if args.by_model else by_kind(frame).reset_index()
+    table = table.assign(size=table["bytes"].map(human))
+    print(table.to_string(index=False))
+    temporary = config.get("storage", {}).get("temporary", [])
+    if temporary:
+        kept = frame[~frame["kind"].isin(temporary)]["bytes"].sum()
+        print(f"\nkept after the run (storage.temporary: {', '.join(temporary)}): {human(kept)}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""The disk estimate: the files it counts are the jobs the workflow plans; the command line."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from advdissect import config as adconfig
+from advdissect import disk
+
+ROOT = Path(__file__).resolve().parents[1]
+SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
+TINY = ROOT / "tests" / "data" / "tiny_config.yaml"
+
+
+def planned_jobs(config_path: Path, workdir: Path) -> dict[str, int]:
+    out = subprocess.run(
+        [sys.executable, "-m", "snakemake", "--snakefile", str(ROOT / "Snakefile"), "--directory", str(workdir)]
+        + ["--configfile", str(config_path), "--dry-run", "--cores", "1"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    counts = {}
+    table = out.split("Job stats:")[1].split("\n\n")[0]
+    for line in table.splitlines()[3:]:
+        name, number = line.split()
+        counts[name] = int(number)
+    return counts
+
+
+def test_files_counted_are_the_jobs_planned(tmp_path):
+    estimated = disk.by_kind(disk.estimate(adconfig.load_config([TINY], SCHEMA)))
+    jobs = planned_jobs(TINY, tmp_path)
+    assert estimated.loc["images", "files"] == jobs["attack_shard"]
+    assert estimated.loc["activations", "files"] == jobs["activations"]
+    assert estimated.loc["thresholds", "files"] == jobs["thresholds"]
+    assert estimated.loc["counts", "files"] == jobs["count_shard"]
+    assert estimated.loc["iou", "files"] == jobs["merge_counts"]
+
+
+def test_sizes_follow_the_arrays():
+    config = adconfig.load_config([TINY], SCHEMA)
+    frame = disk.estimate(config).set_index(["kind", "model"])
+    # rand18: 3 attacks x 2 shards of 12 images of 3 x 64 x 64 bytes and 56 bytes of per-image values
+    images = frame.loc[("images", "rand18"), "bytes"]
+    assert images == 6 * disk._file(12 * (3 * 64 * 64 + 56), 10, 12)
+    # layer3 (256 x 4 x 4) and layer4 (512 x 2 x 2) float32 activations, as float16 half the array bytes
+    config["dissection"]["activation_dtype"] = "float16"
+    half = disk.estimate(config).set_index(["kind", "model"]).loc[("activations", "rand18"), "bytes"]
+    full = frame.loc[("activations", "rand18"), "bytes"]
+    overhead = 12 * disk._file(12 * 8, 2, 12)
+    assert full - overhead == 3 * 2 * 12 * (256 * 16 + 512 * 4) * 4
+    assert half - overhead == (full - overhead) // 2
+
+
+def test_command_prints_every_kind_and_the_total():
+    proc = subprocess.run(
+        [sys.executable, "-m", "advdissect.disk", "--configfile", str(TINY)], capture_output=True, text=True
+    )
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    assert lines[0].split() == ["kind", "files", "bytes", "size"]
+    assert [line.split()[0] for line in lines[1:]] == [*disk.KINDS, "total"]
+
+
+def test_command_reports_a_bad_config(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(TINY.read_text().replace("shard_size: 12", "shard_size: 0"))
+    proc = subprocess.run(
+        [sys.executable, "-m", "advdissect.disk", "--configfile", str(bad)], capture_output=True, text=True
+    )
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: config: datasets.tiny.shard_size")
+
+
+@pytest.mark.parametrize("n,text", [(999, "999 B"), (1500, "1.5 KB"), (2.5e9, "2.5 GB")])
+def test_human_sizes(n, text):
+    assert disk.human(n) == text
