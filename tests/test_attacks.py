@@ -738,7 +738,10 @@ class _Names(dict):
 
 
 def run_script(name: str, **fields) -> None:
-    snakemake = SimpleNamespace(**{k: _Names(v) if isinstance(v, dict) else v for k, v in fields.items()})
+    # `config` stays a dict, as Snakemake passes it; the other sections are attribute namespaces.
+    snakemake = SimpleNamespace(
+        **{k: _Names(v) if isinstance(v, dict) and k != "config" else v for k, v in fields.items()}
+    )
     source = (SCRIPTS / name).read_text()
     saved = sys.stdout, sys.stderr
     try:
@@ -769,9 +772,8 @@ def test_scripts_on_synthetic_broden(tiny_broden, tmp_path, monkeypatch):
                 "attack": attack,
                 "rows": rows,
                 "identity": identity,
-                "batch_size": 3,
-                "gpus": [],
             },
+            config={"dissection": {"batch_size": 3}, "compute": {"gpus": []}},
             wildcards={"shard": shard},
             threads=1,
             log=[str(tmp_path / f"attack_{shard}.log")],
