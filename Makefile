@@ -40,4 +40,5 @@ lint: install-test
 	$(BIN)/snakemake --lint
 
 clean:
-	rm -rf results/* resources/synthetic resources/broden resources/weights .snakemake
+	find results -mindepth 1 -maxdepth 1 ! -name README.md -exec rm -rf {} +
+	rm -rf resources/synthetic resources/broden resources/weights .snakemake
