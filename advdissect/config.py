@@ -155,12 +155,10 @@ def dataset_size(name: str, spec: Mapping) -> int:
     if "n_images" in spec:
         return int(spec["n_images"])
     source = spec["source"]
-    if source == "synthetic":
-        synthetic = spec.get("synthetic", {})
-        n_train, n_val = synthetic.get("n_train", 2000), synthetic.get("n_val", 500)
-        return {"train": n_train, "val": n_val, "all": n_train + n_val}[spec.get("split", "all")]
-    if source == "broden" and spec.get("split", "all") == "all":
-        return BRODEN_IMAGES[spec["variant"]]
+    # n_images is required for a local directory, whatever its index.csv holds.
+    available = None if source == "local" else available_images(spec)
+    if available is not None:
+        return available
     raise ConfigError(
         f"config: datasets.{name}.n_images: required for source {source!r} with split {spec.get('split', 'all')!r}"
     )

@@ -20,11 +20,11 @@ from pathlib import Path
 import pandas as pd
 
 from . import config as adconfig
+from .broden import CATEGORIES
 from .errors import AdvDissectError
 
 BRODEN_IMAGE_SIZE = {"broden1_224": 224, "broden1_227": 227}
 BRODEN_LABELS = 1198  # label numbers 0..1197 of broden1_224/227's label.csv
-N_CATEGORIES = 6
 # Per-image arrays of an images shard besides the pixels: rows, labels, clean_pred, adv_pred,
 # target (int64) and clean_conf, adv_conf, linf, l2 (float32).
 IMAGE_EXTRAS = 5 * 8 + 4 * 4
@@ -47,8 +47,7 @@ def dataset_facts(spec: Mapping) -> tuple[tuple[int, int], int]:
         synthetic = spec.get("synthetic", {})
         size = int(synthetic.get("image_size", 112))
         vocab = vocabulary(int(synthetic.get("n_classes", 16)))
-        categories = ("color", "object", "part", "material", "scene", "texture")
-        numbers = [n for cat in categories for n in getattr(vocab, cat).values()]
+        numbers = [n for cat in CATEGORIES for n in getattr(vocab, cat).values()]
         return (size, size), max(numbers) + 1
     if source == "broden":
         size = BRODEN_IMAGE_SIZE[spec["variant"]]
@@ -101,9 +100,9 @@ def estimate(config: Mapping) -> pd.DataFrame:
             activations = sum(_file(n * (8 + c * h * w * dtype_bytes), 2, n) for n in shards)
             add("activations", dataset, model, len(shards), activations)
             add("thresholds", dataset, model, 1, _file(8 * c, 1))
-            counts = 8 * (c * n_labels + 2 * n_labels + c * (2 * N_CATEGORIES + 1))
+            counts = 8 * (c * n_labels + 2 * n_labels + c * (2 * len(CATEGORIES) + 1))
             add("counts", dataset, model, len(modes) * len(shards), len(modes) * len(shards) * _file(counts, 6))
-            iou = counts + 8 * c * n_labels + 16 * n_labels + 8 * N_CATEGORIES  # + iou, label and category names
+            iou = counts + 8 * c * n_labels + 16 * n_labels + 8 * len(CATEGORIES)  # + iou, label and category names
             add("iou", dataset, model, len(modes), len(modes) * _file(iou, 9))
     frame = pd.DataFrame(rows, columns=["kind", "dataset", "model", "files", "bytes"])
     return frame.groupby(["kind", "dataset", "model"], sort=False, as_index=False).sum()
