@@ -504,6 +504,9 @@ def eps_sweep_figure(
                 mean = mdf.groupby("eps_255")["ratio_percent"].mean()
                 ax_ratio.plot(mean.index, mean.values, MODE_LINESTYLES.get(mode, ":"), color=c, marker="o")
                 ax_ratio.scatter(mdf["eps_255"], mdf["ratio_percent"], color=c, s=12, zorder=3)
+                ci = mdf.dropna(subset=["ci_low_percent", "ci_high_percent"]) if "ci_low_percent" in mdf else mdf[:0]
+                if len(ci):
+                    ax_ratio.vlines(ci["eps_255"], ci["ci_low_percent"], ci["ci_high_percent"], color=c, lw=1.2)
             one = fam_df.drop_duplicates("attack")
             agree = one.groupby("eps_255")["agreement"].mean() * 100
             ax_agree.plot(agree.index, agree.values, "-", color=c, marker="o")
@@ -512,7 +515,8 @@ def eps_sweep_figure(
                 ax_agree.plot(acc.index, acc.values, ":", color=c, marker="s")
         ax_ratio.set_xlabel("ε (× 1/255)")
         ax_ratio.set_ylabel("detector units, all categories (% of units)")
-        ax_ratio.set_title("Interpretable units", loc="left")
+        has_ci = "ci_low_percent" in data and data["ci_low_percent"].notna().any()
+        ax_ratio.set_title("Interpretable units" + (" (bars: bootstrap interval)" if has_ci else ""), loc="left")
         ax_agree.set_xlabel("ε (× 1/255)")
         ax_agree.set_ylabel("%")
         ax_agree.set_ylim(-2, 102)

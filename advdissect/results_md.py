@@ -35,7 +35,11 @@ TITLES = {
     "detectors, per category: C color, T texture, M material, S scene, P part, O object; "
     "thresholds self = recomputed on each image set, clean = kept from the clean images)",
     "concentration": "**Clean deepest layer, concentration** (clean `units/<layer>.csv`; a unit's "
-    "best label is its highest-IoU concept, whether or not it is a detector)",
+    "best label is its highest-IoU concept, whether or not it is a detector; in brackets the "
+    "bootstrap interval from `table2.csv`)",
+    "effects": "**Attack effects, deepest layer** (`attack_effects.csv`; change of the detector "
+    "share, attack − clean, in points of % of units, with its paired bootstrap interval; "
+    "* = the interval excludes 0)",
     "ceilings": "**Ideal-unit ceilings** (`ceilings.csv`; per category, the highest IoU an ideal "
     "unit reaches at the layer's map size, and its concept)",
     "training": "**Training comparison** (`training.csv`; acc.: accuracy on the labelled dissected "
@@ -195,9 +199,35 @@ def most_common_label(units: pd.DataFrame) -> tuple[str, int]:
     return str(label), int(count)
 
 
-def concentration_section(units: Mapping[tuple[str, str, str], pd.DataFrame]) -> str:
-    """Per (dataset, model, layer) clean units table: units, detectors %, object detectors %,
-    and the most common best label with its share of all units."""
+def fmt_interval(lo: Any, hi: Any, signed: bool = False) -> str:
+    """' [lo, hi]' with one decimal ('+'/'-' signs when `signed`); '' when missing."""
+    if is_missing(lo) or is_missing(hi):
+        return ""
+    f = "{:+.1f}" if signed else "{:.1f}"
+    return f" [{f.format(float(lo))}, {f.format(float(hi))}]"
+
+
+def clean_intervals(table2: pd.DataFrame, clean_attacks: Iterable[str]) -> dict[tuple[str, str, str, str], tuple]:
+    """(dataset, model, layer, category) -> (ci_low, ci_high) of the clean set (thresholds self)."""
+    if "ci_low_percent" not in table2.columns:
+        return {}
+    rows = table2.loc[table2["attack"].isin(set(clean_attacks)) & (table2["threshold_mode"] == "self")]
+    return {
+        (str(r["dataset"]), str(r["model"]), str(r["layer"]), str(r["category"])): (
+            r["ci_low_percent"],
+            r["ci_high_percent"],
+        )
+        for _, r in rows.iterrows()
+    }
+
+
+def concentration_section(
+    units: Mapping[tuple[str, str, str], pd.DataFrame], intervals: Mapping[tuple, tuple] | None = None
+) -> str:
+    """Per (dataset, model, layer) clean units table: units, detectors %, object detectors %
+    (with their intervals from `clean_intervals`, where given), and the most common best label
+    with its share of all units."""
+    intervals = intervals or {}
     multi = len({k[0] for k in units}) > 1
     header = (["dataset"] if multi else []) + [
         "model",
@@ -217,15 +247,43 @@ def concentration_section(units: Mapping[tuple[str, str, str], pd.DataFrame]) ->
             det = frame["detector"].astype(bool)
             objects = det & (frame["category"] == "object")
             label, count = most_common_label(frame)
+            ci_all = intervals.get((dataset, model, layer, "all"), (None, None))
+            ci_obj = intervals.get((dataset, model, layer, "object"), (None, None))
             row += [
                 str(n),
-                fmt_percent(100.0 * det.sum() / n),
-                fmt_percent(100.0 * objects.sum() / n),
+                fmt_percent(100.0 * det.sum() / n) + fmt_interval(*ci_all),
+                fmt_percent(100.0 * objects.sum() / n) + fmt_interval(*ci_obj),
                 f"{text(label)} ({fmt_percent(100.0 * count / n)})" if label else DASH,
             ]
         rows.append(row)
     n_key = len(header) - 4
     return _section("concentration", md_table(header, rows, right=range(n_key, len(header) - 1)))
+
+
+def effects_section(effects: pd.DataFrame, deepest: Sequence[tuple[str, str, str]]) -> str:
+    """Rows (model, layer, thresholds, attack) of each deepest layer; per category C T M S P O
+    All: the change in points with its interval, '*' where the interval excludes 0."""
+    multi = _multi_dataset(effects)
+    header = (["dataset"] if multi else []) + ["model", "layer", "thresholds", "attack"]
+    header += [tables.CATEGORY_ABBREV[c] for c in tables.CATEGORY_ORDER] + ["All"]
+    rows = []
+    for dataset, model, layer in deepest:
+        block = effects.loc[
+            (effects["dataset"] == dataset) & (effects["model"] == model) & (effects["layer"] == layer)
+        ]
+        for (mode, attack), group in block.groupby(["threshold_mode", "attack"], sort=False):
+            by_cat = {r["category"]: r for _, r in group.iterrows()}
+            row = ([text(dataset)] if multi else []) + [text(model), text(layer), text(mode), text(attack)]
+            for category in tables.TABLE2_CATEGORIES:
+                r = by_cat.get(category)
+                if r is None:
+                    row.append(DASH)
+                    continue
+                shown = "*" if str(r["shown"]).lower() == "true" else ""
+                row.append(f"{float(r['difference']):+.1f}{fmt_interval(r['ci_low'], r['ci_high'], signed=True)}{shown}")
+            rows.append(row)
+    n_key = len(header) - len(tables.TABLE2_CATEGORIES)
+    return _section("effects", md_table(header, rows, right=range(n_key, len(header))))
 
 
 def _map_size(frame: pd.DataFrame) -> str:
@@ -305,22 +363,27 @@ def demo_results_markdown(
     ceilings: pd.DataFrame,
     units: Mapping[tuple[str, str, str], pd.DataFrame],
     training: pd.DataFrame | None = None,
+    effects: pd.DataFrame | None = None,
 ) -> str:
     """Every section, in order, separated by blank lines; ends with one newline.
 
     `units`: {(dataset, model, deepest layer): clean units table}, in the order the rows
     should appear; its keys name the deepest layers for Table 2 and the ceilings as well.
-    The training section is written only when `training` is given.
+    The effects section is written only when `effects` has rows (the bootstrap is on), the
+    training section only when `training` is given.
     """
     deepest = list(units)
     model_order = [str(m) for m in models["model"]]
+    clean = attacks.loc[attacks["method"] == "clean", "attack"].astype(str)
     parts = [
         models_section(models),
         attacks_section(attacks, model_order),
         table2_section(table2, deepest),
-        concentration_section(units),
-        ceilings_section(ceilings, deepest),
+        concentration_section(units, clean_intervals(table2, clean)),
     ]
+    if effects is not None and not effects.empty:
+        parts.append(effects_section(effects, deepest))
+    parts.append(ceilings_section(ceilings, deepest))
     if training is not None:
         parts.append(training_section(training, attack_columns(attacks)))
     return "\n\n".join(parts) + "\n"
@@ -358,6 +421,7 @@ def write_demo_results(
     ceilings_csv: PathLike,
     units: Sequence[Mapping[str, Any]],
     training_csv: PathLike | None = None,
+    effects_csv: PathLike | None = None,
 ) -> str:
     """Read the summary tables and write `demo_results_markdown(...)` to `out`.
 
@@ -372,6 +436,7 @@ def write_demo_results(
         ceilings=read_ceilings(ceilings_csv),
         units=frames,
         training=tables.read_summary_csv(training_csv) if training_csv else None,
+        effects=tables.read_summary_csv(effects_csv) if effects_csv else None,
     )
     store.write_text(out, markdown)
     log.info("demo results: %d sections, %d units tables", len(section_titles(markdown)), len(frames))

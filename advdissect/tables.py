@@ -38,6 +38,23 @@ TABLE2_COLUMNS = [
     "detectors",
     "ratio_percent",
     "concepts",
+    "ci_low_percent",
+    "ci_high_percent",
+]
+EFFECT_COLUMNS = [
+    "dataset",
+    "model",
+    "layer",
+    "threshold_mode",
+    "attack",
+    "category",
+    "units",
+    "clean_percent",
+    "attack_percent",
+    "difference",
+    "ci_low",
+    "ci_high",
+    "shown",
 ]
 UNITS_COLUMNS = ["unit", "label", "category", "iou", "detector"]
 ATTACK_COLUMNS = [
@@ -137,15 +154,17 @@ def check_entries(entries: Sequence[Mapping[str, Any]], need_path: bool = True) 
     return out
 
 
-def zip_entries(entries: Sequence[Mapping[str, Any]], paths: Sequence[PathLike]) -> list[dict]:
-    """Attach the input paths (same order) to entries given without them."""
+def zip_entries(
+    entries: Sequence[Mapping[str, Any]], paths: Sequence[PathLike], key: str = "path", what: str = "units"
+) -> list[dict]:
+    """Attach the input paths (same order) to entries given without them, under `key`."""
     entries, paths = list(entries), [str(p) for p in paths]
     if len(entries) != len(paths):
         raise ConfigError(
-            f"{len(entries)} entries but {len(paths)} units files: params.entries and input.units "
+            f"{len(entries)} entries but {len(paths)} {what} files: params.entries and input.{what} "
             "must list the same dissections in the same order"
         )
-    return [{**dict(e), "path": p} for e, p in zip(entries, paths)]
+    return [{**dict(e), key: p} for e, p in zip(entries, paths)]
 
 
 def with_clean_in_both_modes(entries: Sequence[Mapping[str, Any]]) -> list[dict]:
@@ -216,17 +235,32 @@ def table2_rows(units: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def table2(entries: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
+def _resampled_percent(path: PathLike, category: str) -> np.ndarray:
+    from .bootstrap import read_bootstrap
+
+    frame = read_bootstrap(path)
+    return 100.0 * frame[category].to_numpy(np.float64) / frame["units"].to_numpy(np.float64)
+
+
+def table2(entries: Sequence[Mapping[str, Any]], level: float = 0.95) -> pd.DataFrame:
     """Tidy Table 2: one row per dataset/model/layer/attack/threshold_mode/category.
 
-    `entries`: dicts {dataset, model, layer, attack, mode, path[, method]}. The clean set, run
-    only with mode 'self', is repeated under mode 'clean' (its thresholds are the clean ones).
+    `entries`: dicts {dataset, model, layer, attack, mode, path[, method][, bootstrap]}. The
+    clean set, run only with mode 'self', is repeated under mode 'clean' (its thresholds are
+    the clean ones). With a bootstrap table, ci_*_percent is the `level` percentile interval
+    of the ratio over the resamples; without, they are empty.
     """
+    from .bootstrap import percentile_interval
+
     entries = with_clean_in_both_modes(check_entries(entries))
     rows = []
     for e in entries:
         units = read_units(e["path"])
         for r in table2_rows(units):
+            lo = hi = float("nan")
+            if e.get("bootstrap"):
+                lo, hi = percentile_interval(_resampled_percent(e["bootstrap"], r["category"]), level)
+            r.update(ci_low_percent=lo, ci_high_percent=hi)
             rows.append(
                 {
                     "dataset": e["dataset"],
@@ -259,9 +293,9 @@ def _md_table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
     return "\n".join(lines)
 
 
-def table2_markdown(df: pd.DataFrame) -> str:
+def table2_markdown(df: pd.DataFrame, level: float = 0.95) -> str:
     """The study's Table 2 layout: a block per threshold mode; rows model/layer/attack;
-    columns C T M S P O and All as 'percent (detectors)', then units and distinct concepts."""
+    columns C T M S P O and All as 'percent (detectors) [interval]', then units and distinct concepts."""
     missing = [c for c in TABLE2_COLUMNS if c not in df.columns]
     if missing:
         raise ArtifactError(f"table2 frame lacks column(s) {missing}")
@@ -270,7 +304,12 @@ def table2_markdown(df: pd.DataFrame) -> str:
         "",
         "Each cell: percentage of the layer's units that are detectors of a concept in that "
         "category, with the number of detectors in parentheses. C color, T texture, M material, "
-        "S scene, P part, O object; Concepts = distinct concepts detected.",
+        "S scene, P part, O object; Concepts = distinct concepts detected."
+        + (
+            f" In brackets: {100 * level:g} % bootstrap interval over the dissected images."
+            if df["ci_low_percent"].notna().any()
+            else ""
+        ),
     ]
     multi_dataset = df["dataset"].nunique() > 1
     modes = [m for m in THRESHOLD_MODES if m in set(df["threshold_mode"])]
@@ -287,7 +326,10 @@ def table2_markdown(df: pd.DataFrame) -> str:
             for cat in TABLE2_CATEGORIES:
                 if cat in by_cat.index:
                     r = by_cat.loc[cat]
-                    row.append(f"{float(r['ratio_percent']):.1f} ({int(r['detectors'])})")
+                    cell = f"{float(r['ratio_percent']):.1f} ({int(r['detectors'])})"
+                    if pd.notna(r["ci_low_percent"]):
+                        cell += f" [{float(r['ci_low_percent']):.1f}, {float(r['ci_high_percent']):.1f}]"
+                    row.append(cell)
                 else:
                     row.append("")
             all_row = by_cat.loc["all"] if "all" in by_cat.index else None
@@ -300,10 +342,60 @@ def table2_markdown(df: pd.DataFrame) -> str:
     return "\n".join(parts) + "\n"
 
 
-def write_table2(entries: Sequence[Mapping[str, Any]], csv_path: PathLike, md_path: PathLike) -> pd.DataFrame:
-    frame = table2(entries)
+def attack_effects(entries: Sequence[Mapping[str, Any]], level: float = 0.95) -> pd.DataFrame:
+    """Attack minus clean detector ratio (points of %), per category, with a paired interval.
+
+    Each attack entry with a bootstrap table is paired with its clean set (same dataset, model
+    and layer): the difference is taken resample by resample (the resamples draw the same
+    images), and `shown` says whether the `level` interval excludes 0.
+    """
+    from .bootstrap import percentile_interval
+
+    entries = check_entries(entries)
+    clean = {(e["dataset"], e["model"], e["layer"]): e for e in entries if is_clean_entry(e) and e["mode"] == "self"}
+    rows = []
+    for e in entries:
+        base = clean.get((e["dataset"], e["model"], e["layer"]))
+        if is_clean_entry(e) or base is None or not e.get("bootstrap") or not base.get("bootstrap"):
+            continue
+        attacked, reference = read_units(e["path"]), read_units(base["path"])
+        for r_att, r_ref in zip(table2_rows(attacked), table2_rows(reference)):
+            category = r_att["category"]
+            diff = _resampled_percent(e["bootstrap"], category) - _resampled_percent(base["bootstrap"], category)
+            lo, hi = percentile_interval(diff, level)
+            rows.append(
+                {
+                    "dataset": e["dataset"],
+                    "model": e["model"],
+                    "layer": e["layer"],
+                    "threshold_mode": e["mode"],
+                    "attack": e["attack"],
+                    "category": category,
+                    "units": r_att["units"],
+                    "clean_percent": r_ref["ratio_percent"],
+                    "attack_percent": r_att["ratio_percent"],
+                    "difference": r_att["ratio_percent"] - r_ref["ratio_percent"],
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "shown": bool(lo > 0 or hi < 0),
+                }
+            )
+    frame = pd.DataFrame(rows, columns=EFFECT_COLUMNS)
+    return _sort_frame(frame, {e["attack"] for e in entries if is_clean_entry(e)})
+
+
+def write_table2(
+    entries: Sequence[Mapping[str, Any]],
+    csv_path: PathLike,
+    md_path: PathLike,
+    effects_path: PathLike | None = None,
+    level: float = 0.95,
+) -> pd.DataFrame:
+    frame = table2(entries, level)
     store.write_csv(csv_path, frame)
-    store.write_text(md_path, table2_markdown(frame))
+    store.write_text(md_path, table2_markdown(frame, level))
+    if effects_path is not None:
+        store.write_csv(effects_path, attack_effects(entries, level))
     log.info("table2: %d rows from %d units files", len(frame), len(entries))
     return frame
 

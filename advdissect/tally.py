@@ -28,6 +28,12 @@ Counts (each a sum over images; merging shards is a plain sum):
     activation_total[u]       |M_u|
 IoU[u, l] = intersection / (activation[u, cat(l)] + label_area[l] - intersection), 0 where
 the denominator is 0 (NetDissect-Lite adds 1e-10 instead).
+
+With `per_image=True` count_shard also returns the same counts image by image, as sparse
+records (IMAGE_RECORDS), so that a resample of the images (advdissect.bootstrap) gets its
+exact counts as weighted sums: intersection (image, unit, label, count), label area (image,
+label, area), mask size (image, unit, size, the Lite category bits inside the mask) and each
+image's annotated categories (bits).
 """
 
 from __future__ import annotations
@@ -47,6 +53,13 @@ CATEGORIES = ("color", "object", "part", "material", "scene", "texture")
 N_CAT = len(CATEGORIES)
 DENOMINATORS = ("lite", "original")
 COUNT_KEYS = ("intersection", "label_area", "activation_lite", "activation_original", "activation_total")
+# Per-image records (advdissect.bootstrap): name -> columns, every column one 1-D array.
+IMAGE_RECORDS = {
+    "intersection": ("image", "unit", "label", "count"),
+    "label_area": ("image", "label", "area"),
+    "activation": ("image", "unit", "size", "inside"),
+    "image_categories": ("image", "bits"),
+}
 
 
 # ---------------------------------------------------------------- bilinear upsampling
@@ -392,6 +405,7 @@ def count_shard(
     seg_size: tuple[int, int],
     chunk: int = 16,
     progress: bool = False,
+    per_image: bool = False,
 ) -> dict[str, np.ndarray]:
     """IoU counts of one shard (see the module doc).
 
@@ -399,7 +413,8 @@ def count_shard(
     thresholds: (C,) float64; segmentations: N items, each (pixel int (n_layers, sh, sw),
     image_labels int) or an object with `.pixel` and `.image_labels`; label_category:
     (n_labels,) index into CATEGORIES, -1 for none. Returns the count arrays, `n_images`
-    and `label_category`.
+    and `label_category`; with `per_image`, also "per_image/<record>/<column>" arrays
+    (IMAGE_RECORDS; image = position in the shard).
     """
     shape = tuple(activations.shape)
     if len(shape) != 4:
@@ -414,6 +429,7 @@ def count_shard(
     seg_size = (int(seg_size[0]), int(seg_size[1]))
     plan = UpsamplePlan((h, w), seg_size)
     out = empty_counts(n_units, n_labels, label_category)
+    records = _ImageRecords() if per_image else None
     segs = iter(segmentations)
     starts = range(0, n_images, chunk)
     if progress:
@@ -426,11 +442,38 @@ def count_shard(
         batch = [_unpack_segmentation(s) for s in islice(segs, stop - start)]
         if len(batch) != stop - start:
             raise DatasetError(f"{n_images} activation maps but only {start + len(batch)} segmentations")
-        _count_chunk(out, maps, thresholds, batch, plan, label_category, n_labels, seg_size, start)
+        _count_chunk(out, maps, thresholds, batch, plan, label_category, n_labels, seg_size, start, records)
     if next(segs, None) is not None:
         raise DatasetError(f"more segmentations than the {n_images} activation maps")
     out["n_images"] = np.array(n_images, np.int64)
+    if records is not None:
+        out.update(records.arrays())
     return out
+
+
+class _ImageRecords:
+    """Per-image count records of a shard, gathered chunk by chunk (see IMAGE_RECORDS)."""
+
+    def __init__(self):
+        self.parts = {name: [] for name in IMAGE_RECORDS}
+
+    def add(self, name: str, *columns: np.ndarray) -> None:
+        self.parts[name].append([np.asarray(c, np.int64) for c in columns])
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        out = {}
+        for name, columns in IMAGE_RECORDS.items():
+            parts = self.parts[name]
+            for i, column in enumerate(columns):
+                values = np.concatenate([p[i] for p in parts]) if parts else np.empty(0, np.int64)
+                out[f"per_image/{name}/{column}"] = values
+        return out
+
+
+def _sum_by_key(key: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Distinct keys (sorted) and the sum of `values` over each."""
+    uniq, inverse = np.unique(key, return_inverse=True)
+    return uniq, _as_int(np.bincount(inverse.ravel(), weights=values.astype(np.float64), minlength=len(uniq)))
 
 
 def _dense_bins(n_bins: int, n_keys: int) -> bool:
@@ -438,7 +481,7 @@ def _dense_bins(n_bins: int, n_keys: int) -> bool:
     return n_bins <= max(1 << 22, 4 * n_keys)
 
 
-def _count_chunk(out, maps, thresholds, segs, plan, label_category, n_labels, seg_size, first_image):
+def _count_chunk(out, maps, thresholds, segs, plan, label_category, n_labels, seg_size, first_image, records=None):
     n, c = maps.shape[:2]
     p = seg_size[0] * seg_size[1]
     combos = _Combos(segs, n_labels, label_category, seg_size, first_image)
@@ -449,6 +492,14 @@ def _count_chunk(out, maps, thresholds, segs, plan, label_category, n_labels, se
             combos.table.ravel(), weights=np.repeat(combos.area, width).astype(np.float64), minlength=nl + 1
         )
         out["label_area"][combos.labels] += _as_int(area[:nl])
+    if records is not None:
+        records.add("image_categories", first_image + np.arange(n), combos.image_catbits)
+        if width:
+            present = combos.table < nl
+            label = combos.labels[combos.table[present]]
+            img = np.broadcast_to(combos.image[:, None], combos.table.shape)[present]
+            key, area = _sum_by_key(img * n_labels + label, np.broadcast_to(combos.area[:, None], present.shape)[present])
+            records.add("label_area", first_image + key // n_labels, key % n_labels, area)
 
     # Per active pixel: key = (pair, combo) with pairs numbered densely among those with a
     # candidate column and combos numbered within their image, so the bins stay few.
@@ -487,11 +538,20 @@ def _count_chunk(out, maps, thresholds, segs, plan, label_category, n_labels, se
     inside = np.zeros(n * c, np.uint8)
     np.bitwise_or.at(inside, pair_key, combos.catbits[k])
     out["activation_lite"] += np.einsum("nu,nuc->uc", msize, _bits_to_matrix(inside).reshape(n, c, N_CAT))
+    if records is not None:
+        active = np.flatnonzero(msize)
+        records.add("activation", first_image + active // c, active % c, msize.ravel()[active], inside[active])
     if width:
         labels = np.append(combos.labels, -1)[combos.table[k]]  # (hits, width), -1 = none
         valid = labels >= 0
         at = (u[:, None] * n_labels + labels)[valid]
-        np.add.at(out["intersection"].reshape(-1), at, np.broadcast_to(cnt[:, None], labels.shape)[valid])
+        hit_count = np.broadcast_to(cnt[:, None], labels.shape)[valid]
+        np.add.at(out["intersection"].reshape(-1), at, hit_count)
+        if records is not None:
+            image_of = np.broadcast_to(img[:, None], labels.shape)[valid]
+            key, count = _sum_by_key(image_of * (c * n_labels) + at, hit_count)
+            image, cell = np.divmod(key, c * n_labels)
+            records.add("intersection", first_image + image, cell // n_labels, cell % n_labels, count)
 
 
 def merge_counts(
@@ -558,26 +618,19 @@ def read_counts(path: str | os.PathLike, expect: Mapping[str, Any]) -> dict[str,
     return out
 
 
-def write_count_shard(
-    out: str | os.PathLike,
-    *,
+def count_file(
     activations_path: str | os.PathLike,
     thresholds_path: str | os.PathLike,
-    dataset_root: str | os.PathLike,
-    identity: Mapping[str, Any],
+    dataset: Any,
+    *,
     expect_activations: Mapping[str, Any],
     expect_thresholds: Mapping[str, Any],
-    dataset: Any = None,
-) -> None:
-    """Count one activation shard against its rows' segmentations; write kind "counts".
+    per_image: bool = False,
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """count_shard of an activation file against its rows' segmentations; also the thresholds' attrs.
 
-    `dataset` (default: BrodenDataset(dataset_root)) needs load_segmentation(row),
-    label_category, n_labels and seg_size.
+    `dataset` needs load_segmentation(row), label_category, n_labels and seg_size.
     """
-    if dataset is None:
-        from .broden import BrodenDataset
-
-        dataset = BrodenDataset(dataset_root)
     with store.open_h5(thresholds_path, "thresholds", expect=expect_thresholds) as f:
         thresholds = f["thresholds"][()].astype(np.float64)
         t_attrs = store.read_attrs(f)
@@ -591,8 +644,44 @@ def write_count_shard(
             )
         segs = (dataset.load_segmentation(int(r)) for r in rows)
         counts = count_shard(
-            acts, thresholds, segs, dataset.label_category, dataset.n_labels, dataset.seg_size, progress=True
+            acts,
+            thresholds,
+            segs,
+            dataset.label_category,
+            dataset.n_labels,
+            dataset.seg_size,
+            progress=True,
+            per_image=per_image,
         )
+    return counts, t_attrs
+
+
+def write_count_shard(
+    out: str | os.PathLike,
+    *,
+    activations_path: str | os.PathLike,
+    thresholds_path: str | os.PathLike,
+    dataset_root: str | os.PathLike,
+    identity: Mapping[str, Any],
+    expect_activations: Mapping[str, Any],
+    expect_thresholds: Mapping[str, Any],
+    dataset: Any = None,
+) -> None:
+    """Count one activation shard against its rows' segmentations; write kind "counts".
+
+    `dataset` defaults to BrodenDataset(dataset_root).
+    """
+    if dataset is None:
+        from .broden import BrodenDataset
+
+        dataset = BrodenDataset(dataset_root)
+    counts, t_attrs = count_file(
+        activations_path,
+        thresholds_path,
+        dataset,
+        expect_activations=expect_activations,
+        expect_thresholds=expect_thresholds,
+    )
     attrs = dict(
         identity,
         n_images=int(counts["n_images"]),

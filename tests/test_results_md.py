@@ -84,9 +84,37 @@ def small_table2() -> pd.DataFrame:
                                 "detectors": 1,
                                 "ratio_percent": ratio,
                                 "concepts": 1,
+                                # intervals on the base model's clean set only
+                                "ci_low_percent": ratio - 2.0 if (model, attack) == ("base", "clean") else None,
+                                "ci_high_percent": ratio + 1.04 if (model, attack) == ("base", "clean") else None,
                             }
                         )
     return pd.DataFrame(rows, columns=tables.TABLE2_COLUMNS)
+
+
+def small_effects() -> pd.DataFrame:
+    rows = []
+    for mode in ("self", "clean"):
+        for k, category in enumerate(tables.TABLE2_CATEGORIES):
+            diff = -12.34 + 0.5 * k
+            rows.append(
+                {
+                    "dataset": "d",
+                    "model": "base",
+                    "layer": "layer4",
+                    "threshold_mode": mode,
+                    "attack": "fgsm_2",
+                    "category": category,
+                    "units": 10,
+                    "clean_percent": 12.34 + k,
+                    "attack_percent": 12.34 + k + diff,
+                    "difference": diff,
+                    "ci_low": diff - 1.0,
+                    "ci_high": diff + 12.0,
+                    "shown": diff + 12.0 < 0,
+                }
+            )
+    return pd.DataFrame(rows, columns=tables.EFFECT_COLUMNS)
 
 
 def small_units() -> dict[tuple[str, str, str], pd.DataFrame]:
@@ -178,6 +206,7 @@ def small_markdown(training: bool = True) -> str:
         small_ceilings(),
         small_units(),
         small_training() if training else None,
+        small_effects(),
     )
 
 
@@ -257,9 +286,27 @@ def test_concentration_section():
         "most common best label (% of all units)",
     ]
     # red and dog are both the best label of 2 of 8 units: the first alphabetically wins.
-    assert rows[1] == ["base", "layer4", "8", "75.0", "25.0", "dog (25.0)"]
+    # intervals come from table2.csv's clean rows (here: base only, categories all and object)
+    assert rows[1] == ["base", "layer4", "8", "75.0 [16.3, 19.4]", "25.0 [15.3, 18.4]", "dog (25.0)"]
     assert rows[2] == ["tuned", "layer4", "8", "75.0", "25.0", "–"]
     assert rows[3] == ["net", "conv5", "–", "–", "–", "–"]
+
+
+def test_effects_section():
+    rows = table_rows(small_markdown(), "effects")
+    assert rows[0] == ["model", "layer", "thresholds", "attack", "C", "T", "M", "S", "P", "O", "All"]
+    assert [r[:4] for r in rows[1:]] == [["base", "layer4", "self", "fgsm_2"], ["base", "layer4", "clean", "fgsm_2"]]
+    # C is category 0 (-12.34, interval excludes 0), All is category 6 (-9.34, interval holds 0)
+    assert rows[1][4] == "-12.3 [-13.3, -0.3]*"
+    assert rows[1][10] == "-9.3 [-10.3, +2.7]"
+
+
+def test_no_effects_section_without_intervals():
+    md = results_md.demo_results_markdown(
+        small_models(), small_attacks(), small_table2(), small_ceilings(), small_units(), small_training()
+    )
+    assert results_md.TITLES["effects"] not in md
+    assert results_md.TITLES["ceilings"] in md
 
 
 def test_most_common_label_ignores_empty_labels():
@@ -319,6 +366,7 @@ def test_write_demo_results_from_csvs_is_byte_stable(tmp_path):
         ("table2", small_table2()),
         ("ceilings", small_ceilings()),
         ("training", small_training()),
+        ("effects", small_effects()),
     ):
         paths[name] = tmp_path / f"{name}.csv"
         store.write_csv(paths[name], frame)
@@ -333,6 +381,7 @@ def test_write_demo_results_from_csvs_is_byte_stable(tmp_path):
             ceilings_csv=paths["ceilings"],
             units=units,
             training_csv=paths["training"],
+            effects_csv=paths["effects"],
         )
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]

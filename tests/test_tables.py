@@ -390,3 +390,51 @@ def test_table_categories_are_the_broden_categories():
     from advdissect import broden
 
     assert set(tables.CATEGORY_ORDER) == set(broden.CATEGORIES)
+
+
+def write_bootstrap_table(path, all_detectors, object_detectors, units=5):
+    frame = pd.DataFrame({"resample": np.arange(1, len(all_detectors) + 1), "units": units})
+    for category in ("color", "object", "part", "material", "scene", "texture"):
+        frame[category] = 0
+    frame["object"] = object_detectors
+    frame["all"] = all_detectors
+    frame.to_csv(path, index=False)
+    return str(path)
+
+
+def test_intervals_and_paired_attack_effects(entries, tmp_path):
+    rng = np.random.default_rng(0)
+    clean_all = rng.integers(1, 5, 200)
+    # the attack removes exactly one detector in every resample: its paired interval is [-20, -20]
+    # although the two sets' own intervals overlap
+    attack_all = clean_all - 1
+    entries[0]["bootstrap"] = write_bootstrap_table(tmp_path / "b0.csv", clean_all, clean_all // 2)
+    entries[1]["bootstrap"] = write_bootstrap_table(tmp_path / "b1.csv", attack_all, clean_all // 2)
+    entries[2]["bootstrap"] = write_bootstrap_table(tmp_path / "b2.csv", rng.integers(0, 6, 200), clean_all // 2)
+    df = tables.table2(entries, level=0.9)
+    r = cell(df, "clean", "self", "all")
+    want = np.percentile(100 * clean_all / 5, [5, 95])
+    assert (r.ci_low_percent, r.ci_high_percent) == pytest.approx(tuple(want))
+    r = cell(df, "clean", "clean", "all")  # the clean set repeated under mode clean keeps its interval
+    assert (r.ci_low_percent, r.ci_high_percent) == pytest.approx(tuple(want))
+    clean_lo, clean_hi = want
+    att_lo, att_hi = np.percentile(100 * attack_all / 5, [5, 95])
+    assert att_hi > clean_lo  # the unpaired intervals overlap
+
+    effects = tables.attack_effects(entries, level=0.9)
+    assert list(effects.columns) == tables.EFFECT_COLUMNS
+    assert len(effects) == 2 * 7  # fgsm_2 self and clean, 7 categories
+    e = effects[(effects.threshold_mode == "self") & (effects.category == "all")].iloc[0]
+    assert (e.clean_percent, e.attack_percent, e.difference) == (60.0, 60.0, 0.0)  # from the units tables
+    assert (e.ci_low, e.ci_high, e.shown) == (-20.0, -20.0, True)
+    o = effects[(effects.threshold_mode == "self") & (effects.category == "object")].iloc[0]
+    assert (o.ci_low, o.ci_high, o.shown) == (0.0, 0.0, False)
+    md = tables.table2_markdown(df, level=0.9)
+    assert "90 % bootstrap interval" in md and f"[{clean_lo:.1f}, {clean_hi:.1f}]" in md
+
+
+def test_no_intervals_without_bootstrap(entries):
+    df = tables.table2(entries)
+    assert df["ci_low_percent"].isna().all() and df["ci_high_percent"].isna().all()
+    assert "bootstrap" not in tables.table2_markdown(df)
+    assert tables.attack_effects(entries).empty

@@ -21,6 +21,7 @@ DATASETS = config["datasets"]
 MODELS = config["models"]
 ATTACKS = config["attacks"]
 DISSECTION = config["dissection"]
+BOOTSTRAP = DISSECTION["bootstrap"]
 FIGURES = config["figures"]
 COMPUTE = config["compute"]
 CLEAN = adconfig.clean_attack(config)
@@ -191,6 +192,16 @@ def entries(dataset=None, model=None, layer=None):
 def entry_paths(items):
     return [
         units_path(e["dataset"], e["model"], e["attack"], e["mode"], e["layer"])
+        for e in items
+    ]
+
+
+def bootstrap_paths(items):
+    """The entries' bootstrap tables; none when the intervals are off."""
+    if not BOOTSTRAP["resamples"]:
+        return []
+    return [
+        f"results/{e['dataset']}/{e['model']}/{e['attack']}/{e['mode']}/bootstrap/{e['layer']}.csv"
         for e in items
     ]
 

@@ -120,3 +120,45 @@ rule merge_counts:
         },
     script:
         "../scripts/merge_counts.py"
+
+
+rule bootstrap:
+    input:
+        activations=lambda wc: expand(
+            "results/{{dataset}}/{{model}}/{{attack}}/activations/{{layer}}/{shard}.h5",
+            shard=shards(wc.dataset),
+        ),
+        thresholds=lambda wc: f"results/{wc.dataset}/{wc.model}/{threshold_attack(wc.attack, wc.mode)}/thresholds/{wc.layer}.h5",
+        counts=lambda wc: expand(
+            "results/{{dataset}}/{{model}}/{{attack}}/{{mode}}/counts/{{layer}}/{shard}.h5",
+            shard=shards(wc.dataset),
+        ),
+        dataset=lambda wc: dataset_index(wc.dataset),
+    output:
+        table="results/{dataset}/{model}/{attack}/{mode}/bootstrap/{layer}.csv",
+    log:
+        "results/logs/bootstrap/{dataset}/{model}/{attack}/{mode}/{layer}.log",
+    benchmark:
+        "results/benchmarks/bootstrap/{dataset}/{model}/{attack}/{mode}/{layer}.tsv"
+    conda:
+        "../../envs/advdissect.yaml"
+    params:
+        resamples=BOOTSTRAP["resamples"],
+        seed=BOOTSTRAP["seed"],
+        denominator=DISSECTION["denominator"],
+        iou_threshold=DISSECTION["iou_threshold"],
+        identity=lambda wc: {
+            "dataset": wc.dataset,
+            "model": wc.model,
+            "attack": wc.attack,
+            "mode": wc.mode,
+            "layer": wc.layer,
+        },
+        threshold_identity=lambda wc: {
+            "dataset": wc.dataset,
+            "model": wc.model,
+            "attack": threshold_attack(wc.attack, wc.mode),
+            "layer": wc.layer,
+        },
+    script:
+        "../scripts/bootstrap.py"

@@ -45,6 +45,7 @@ rule summary_attacks:
 rule table2:
     input:
         units=entry_paths(entries()),
+        bootstrap=bootstrap_paths(entries()),
     output:
         csv=report(
             "results/summary/table2.csv",
@@ -52,6 +53,11 @@ rule table2:
             category="Table 2",
         ),
         md="results/summary/table2.md",
+        effects=report(
+            "results/summary/attack_effects.csv",
+            caption="../report/attack_effects.rst",
+            category="Table 2",
+        ),
     log:
         "results/logs/table2.log",
     benchmark:
@@ -60,6 +66,7 @@ rule table2:
         "../../envs/advdissect.yaml"
     params:
         entries=entries(),
+        level=BOOTSTRAP["level"],
     script:
         "../scripts/table2.py"
 
@@ -242,6 +249,7 @@ rule demo_results:
         models="results/summary/models.csv",
         attacks="results/summary/attacks.csv",
         table2="results/summary/table2.csv",
+        effects="results/summary/attack_effects.csv",
         ceilings="results/summary/ceilings.csv",
         training=["results/summary/training.csv"] if training_methods() else [],
         units=[

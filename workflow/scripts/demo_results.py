@@ -18,4 +18,5 @@ results_md.write_demo_results(
     ceilings_csv=sm.input.ceilings,
     units=units,
     training_csv=training[0] if training else None,
+    effects_csv=sm.input.effects,
 )

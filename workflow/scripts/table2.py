@@ -1,4 +1,4 @@
-"""Rule table2: results/summary/table2.csv and table2.md from every units/{layer}.csv."""
+"""Rule table2: results/summary/table2.csv, table2.md and attack_effects.csv from every units/{layer}.csv."""
 
 from advdissect.joblog import log_to
 
@@ -7,8 +7,13 @@ log_to(sm.log[0])
 
 from advdissect import tables  # noqa: E402
 
+entries = tables.zip_entries(sm.params.entries, list(sm.input.units))
+if sm.input.bootstrap:
+    entries = tables.zip_entries(entries, list(sm.input.bootstrap), key="bootstrap", what="bootstrap")
 tables.write_table2(
-    tables.zip_entries(sm.params.entries, list(sm.input.units)),
+    entries,
     csv_path=sm.output.csv,
     md_path=sm.output.md,
+    effects_path=sm.output.effects,
+    level=float(sm.params.level),
 )

@@ -1,0 +1,190 @@
+"""Bootstrap over images: each resample's counts against counting the resampled image list itself."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from advdissect.bootstrap import (
+    DETECTOR_COLUMNS,
+    ImageCounts,
+    bootstrap_detectors,
+    detectors,
+    percentile_interval,
+    resample_weights,
+    write_bootstrap,
+)
+from advdissect.errors import ArtifactError
+from advdissect.tally import COUNT_KEYS, count_shard, iou, merge_counts, write_count_shard
+
+N_LABELS = 12
+LABEL_CATEGORY = np.array([-1, 0, 0, 1, 1, 1, 2, 3, 4, 4, 5, -1], np.int64)
+SEG = (6, 6)
+
+
+def random_shard(seed: int, n: int = 7, c: int = 5):
+    rng = np.random.default_rng(seed)
+    acts = (rng.integers(-4, 12, size=(n, c, 3, 3)) / 4).astype(np.float32)
+    acts[:, 0] = -5.0  # dead unit
+    thresholds = np.quantile(acts.transpose(1, 0, 2, 3).reshape(c, -1).astype(np.float64), 0.8, axis=1)
+    segs = []
+    for i in range(n):
+        pixel = rng.choice([0, 1, 2, 3, 4, 5, 6, 7, 11], size=(1 + i % 3, *SEG)).astype(np.int32)
+        image_labels = np.array([[8], [9, 10], [], [0, 8]][i % 4], np.int64)
+        segs.append((pixel, image_labels))
+    return acts, thresholds, segs
+
+
+def counted(acts, thresholds, segs, per_image=True):
+    return count_shard(acts, thresholds, segs, LABEL_CATEGORY, N_LABELS, SEG, chunk=3, per_image=per_image)
+
+
+def test_records_add_up_to_the_counts():
+    acts, thresholds, segs = random_shard(0)
+    got = counted(acts, thresholds, segs)
+    plain = counted(acts, thresholds, segs, per_image=False)
+    for key in COUNT_KEYS:
+        np.testing.assert_array_equal(got[key], plain[key], err_msg=key)
+    ImageCounts.from_shards([got])  # raises when the records do not add up
+    inter = got["per_image/intersection/count"]
+    assert inter.sum() == plain["intersection"].sum() and inter.size > 0
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_resample_counts_equal_counting_the_resampled_images(seed):
+    """The reference: duplicate each image as often as it is drawn and count that list."""
+    acts, thresholds, segs = random_shard(seed)
+    parts = [counted(acts[:4], thresholds, segs[:4]), counted(acts[4:], thresholds, segs[4:])]
+    image_counts = ImageCounts.from_shards(parts)
+    weights = resample_weights(len(segs), 5, seed)
+    for w, got in zip(weights, image_counts.counts(weights)):
+        order = np.repeat(np.arange(len(segs)), w)
+        want = counted(acts[order], thresholds, [segs[i] for i in order], per_image=False)
+        for key in COUNT_KEYS:
+            np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+        for denominator in ("lite", "original"):
+            np.testing.assert_array_equal(iou(got, denominator), iou(want, denominator))
+
+
+def test_all_ones_reproduce_the_full_set():
+    acts, thresholds, segs = random_shard(3)
+    parts = [counted(acts[:2], thresholds, segs[:2]), counted(acts[2:], thresholds, segs[2:])]
+    merged = merge_counts(parts)
+    (got,) = ImageCounts.from_shards(parts).counts(np.ones((1, len(segs)), np.int64))
+    for key in COUNT_KEYS:
+        np.testing.assert_array_equal(got[key], merged[key], err_msg=key)
+
+
+def test_detectors_follow_the_units_table_rules():
+    acts, thresholds, segs = random_shard(4, n=12, c=8)
+    counts = counted(acts, thresholds, segs, per_image=False)
+    scores = iou(counts, "lite")
+    # brute force: best label over labels with a category; ties to the lowest label within a
+    # category and to the last category across categories
+    want = dict.fromkeys(DETECTOR_COLUMNS, 0)
+    for u in range(scores.shape[0]):
+        best_cat, best = None, 0.0
+        for c in range(6):
+            labels = [lab for lab in range(1, N_LABELS) if LABEL_CATEGORY[lab] == c]
+            top = max((scores[u, lab] for lab in labels), default=0.0)
+            if top > 0 and top >= best:
+                best_cat, best = c, top
+        if best > 0.1:
+            want[("color", "object", "part", "material", "scene", "texture")[best_cat]] += 1
+            want["all"] += 1
+    assert detectors(counts, "lite", 0.1) == want
+
+
+def test_weights_are_seeded_and_shared():
+    a = resample_weights(10, 4, seed=7)
+    assert a.shape == (4, 10) and (a.sum(axis=1) == 10).all() and (a >= 0).all()
+    np.testing.assert_array_equal(a, resample_weights(10, 4, seed=7))
+    assert not np.array_equal(a, resample_weights(10, 4, seed=8))
+    # resample k does not depend on how many are drawn
+    np.testing.assert_array_equal(resample_weights(10, 9, seed=7)[:4], a)
+
+
+def test_bootstrap_table_and_intervals():
+    acts, thresholds, segs = random_shard(5, n=10)
+    image_counts = ImageCounts.from_shards([counted(acts, thresholds, segs)])
+    frame = bootstrap_detectors(image_counts, 20, 0, "lite", 0.05)
+    assert list(frame.columns) == ["resample", "units", *DETECTOR_COLUMNS]
+    assert frame["resample"].tolist() == list(range(1, 21))
+    assert (frame[list(DETECTOR_COLUMNS[:-1])].sum(axis=1) == frame["all"]).all()
+    pd.testing.assert_frame_equal(frame, bootstrap_detectors(image_counts, 20, 0, "lite", 0.05))
+    lo, hi = percentile_interval(np.arange(101.0), 0.9)
+    assert (lo, hi) == (5.0, 95.0)
+    assert percentile_interval(np.arange(1001.0), 0.95) == (25.0, 975.0)
+
+
+def test_counts_without_records_are_refused(tmp_path):
+    acts, thresholds, segs = random_shard(6)
+    with pytest.raises(ArtifactError, match="per-image records"):
+        ImageCounts.from_shards([counted(acts, thresholds, segs, per_image=False)])
+    with pytest.raises(ArtifactError, match="no count shards"):
+        ImageCounts.from_shards([])
+
+
+def test_write_bootstrap_recounts_the_shards(tmp_path):
+    from advdissect import store
+
+    acts, thresholds, segs = random_shard(7, n=9)
+    dataset = FakeDataset(segs)
+    identity = {"dataset": "d", "model": "m", "attack": "fgsm_8", "mode": "clean", "layer": "l"}
+    t_identity = {"dataset": "d", "model": "m", "attack": "clean", "layer": "l"}
+    store.write_h5(tmp_path / "t.h5", "thresholds", t_identity, {"thresholds": thresholds})
+    acts_paths, count_paths = [], []
+    for shard, (a, b) in enumerate(((0, 5), (5, 9))):
+        a_identity = dict(identity, shard=shard)
+        del a_identity["mode"]
+        rows = np.arange(a, b)
+        store.write_h5(tmp_path / f"a{shard}.h5", "activations", a_identity, {"activations": acts[a:b], "rows": rows})
+        write_count_shard(
+            tmp_path / f"c{shard}.h5",
+            activations_path=tmp_path / f"a{shard}.h5",
+            thresholds_path=tmp_path / "t.h5",
+            dataset_root=tmp_path,
+            identity=dict(identity, shard=shard),
+            expect_activations=a_identity,
+            expect_thresholds=t_identity,
+            dataset=dataset,
+        )
+        acts_paths.append(tmp_path / f"a{shard}.h5")
+        count_paths.append(tmp_path / f"c{shard}.h5")
+    kwargs = dict(
+        activation_paths=acts_paths,
+        thresholds_path=tmp_path / "t.h5",
+        count_paths=count_paths,
+        dataset_root=tmp_path,
+        identity=identity,
+        threshold_identity=t_identity,
+        resamples=6,
+        seed=1,
+        denominator="lite",
+        iou_threshold=0.05,
+        dataset=dataset,
+    )
+    write_bootstrap(tmp_path / "boot.csv", **kwargs)
+    whole = ImageCounts.from_shards([counted(acts, thresholds, segs)])
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "boot.csv"), bootstrap_detectors(whole, 6, 1, "lite", 0.05))
+    # counts that no longer match their activations are refused
+    store.write_h5(
+        tmp_path / "a1.h5", "activations", dict(t_identity, attack="fgsm_8", shard=1),
+        {"activations": acts[5:9] + 1.0, "rows": np.arange(5, 9)},
+    )  # fmt: skip
+    with pytest.raises(ArtifactError, match="differs from a recount"):
+        write_bootstrap(tmp_path / "boot2.csv", **kwargs)
+    assert not (tmp_path / "boot2.csv").exists()
+
+
+class FakeDataset:
+    label_category = LABEL_CATEGORY
+    n_labels = N_LABELS
+    seg_size = SEG
+
+    def __init__(self, segs):
+        self.segs = segs
+
+    def load_segmentation(self, row):
+        return self.segs[row]
