@@ -547,6 +547,110 @@ def eps_sweep_figure(
     return data
 
 
+# --------------------------------------------------------------------------- IoU-cut sweep
+
+
+def iou_sweep_figure(
+    sweep: pd.DataFrame,
+    png: PathLike,
+    svg: PathLike,
+    iou_threshold: float,
+    style: Mapping[str, Any] | None = None,
+) -> None:
+    """Detector share (any category) against the IoU cut, a line per attack, a panel per threshold mode."""
+    if sweep.empty:
+        raise ArtifactError("no IoU-sweep rows to draw")
+    modes = [m for m in THRESHOLD_MODES if m in set(sweep["threshold_mode"])]
+    attacks = list(dict.fromkeys(sweep["attack"]))
+    palette = dict(zip(attacks, [mpl.colors.to_hex(c) for c in sns.color_palette("colorblind", len(attacks))]))
+    dataset, model, layer = (str(sweep[c].iloc[0]) for c in ("dataset", "model", "layer"))
+    with style_context(style) as s:
+        fig = new_figure(4.2 * len(modes) + 1.6, 3.8)
+        axes = np.atleast_1d(fig.subplots(1, len(modes), sharey=True))
+        for ax, mode in zip(axes, modes):
+            for attack, frame in sweep.loc[sweep["threshold_mode"] == mode].groupby("attack", sort=False):
+                ax.plot(frame["cut"], frame["ratio_percent"], "-", color=palette[attack], marker=".", label=attack)
+            ax.axvline(float(iou_threshold), color="0.5", ls=":", lw=1)
+            ax.set_xlabel("IoU cut")
+            ax.set_title(f"thresholds: {mode}", loc="left")
+        axes[0].set_ylabel("detector units, all categories (% of units)")
+        handles = [Line2D([], [], color=palette[a], marker=".", label=a) for a in attacks]
+        handles.append(Line2D([], [], color="0.5", ls=":", label=f"cut in use ({float(iou_threshold):g})"))
+        fig.legend(handles=handles, loc="outside right center", frameon=False, title="image set")
+        fig.suptitle(f"IoU-cut sweep — {dataset} / {model} / {layer}")
+        save_figure(fig, png, svg, dpi=int(s["dpi"]))
+
+
+def write_iou_sweep(
+    entries: Sequence[Mapping[str, Any]],
+    csv: PathLike,
+    png: PathLike,
+    svg: PathLike,
+    iou_threshold: float,
+    style: Mapping[str, Any] | None = None,
+) -> pd.DataFrame:
+    sweep = tables.iou_sweep(entries)
+    store.write_csv(csv, sweep)
+    iou_sweep_figure(sweep, png, svg, iou_threshold, style)
+    return sweep
+
+
+# --------------------------------------------------------------------------- ablation
+
+
+ABLATION_COLORS = {"drifted": "#d55e00", "random": "#999999"}
+
+
+def ablation_figure(
+    table: pd.DataFrame, png: PathLike, svg: PathLike, style: Mapping[str, Any] | None = None
+) -> None:
+    """Restored share of flipped predictions: drifted units against random sets (mean, min-max), a panel per mode."""
+    if table.empty:
+        raise ArtifactError("no ablation rows to draw")
+    modes = [m for m in THRESHOLD_MODES if m in set(table["threshold_mode"])]
+    groups = list(dict.fromkeys(zip(table["dataset"], table["model"], table["layer"], table["attack"])))
+    multi = len({g[0] for g in groups}) > 1
+    names = [f"{'/'.join(g[:1]) + '/' if multi else ''}{g[1]} {g[2]}\n{g[3]}" for g in groups]
+    with style_context(style) as s:
+        fig = new_figure(max(5.0, 0.55 * len(groups) * len(modes) + 2.0), 4.4)
+        axes = np.atleast_1d(fig.subplots(1, len(modes), sharey=True))
+        x = np.arange(len(groups))
+        for ax, mode in zip(axes, modes):
+            sel = table.loc[table["threshold_mode"] == mode]
+            for offset, units_set in ((-0.2, "drifted"), (0.2, "random")):
+                part = sel.loc[sel["units_set"] == units_set]
+                by = part.groupby(["dataset", "model", "layer", "attack"], sort=False)["restored_percent"]
+                mean, low, high = by.mean(), by.min(), by.max()
+                keys = [g for g in groups if g in mean.index]
+                pos = x[[groups.index(g) for g in keys]] + offset
+                ax.bar(pos, [mean[g] for g in keys], width=0.4, color=ABLATION_COLORS[units_set], label=units_set)
+                if units_set == "random":
+                    ax.vlines(pos, [low[g] for g in keys], [high[g] for g in keys], color="0.2", lw=1.2)
+            ax.set_xticks(x)
+            ax.set_xticklabels(names, rotation=90, fontsize="x-small")
+            ax.set_title(f"units from thresholds: {mode}", loc="left")
+        axes[0].set_ylabel("flipped predictions restored (%)")
+        handles = [Patch(facecolor=ABLATION_COLORS[k], label=f"{k} units") for k in ABLATION_COLORS]
+        fig.legend(handles=handles, loc="outside right center", frameon=False)
+        fig.suptitle("Mean ablation on attacked images: drifted units vs random units of the same number")
+        save_figure(fig, png, svg, dpi=int(s["dpi"]))
+
+
+def write_ablation_summary(
+    paths: Sequence[PathLike], csv: PathLike, png: PathLike, svg: PathLike, style: Mapping[str, Any] | None = None
+) -> pd.DataFrame:
+    if not paths:
+        raise ArtifactError("no ablation tables given")
+    table = pd.concat([tables.read_summary_csv(p) for p in paths], ignore_index=True)
+    missing = [c for c in tables.ABLATION_COLUMNS if c not in table.columns]
+    if missing:
+        raise ArtifactError(f"ablation tables lack column(s) {missing}")
+    table = table[tables.ABLATION_COLUMNS].astype({"seed": "Int64"})
+    store.write_csv(csv, table)
+    ablation_figure(table, png, svg, style)
+    return table
+
+
 # --------------------------------------------------------------------------- concept drift
 
 

@@ -17,6 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import store
+from .bootstrap import basic_interval, read_bootstrap
 from .errors import ArtifactError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -57,6 +58,9 @@ EFFECT_COLUMNS = [
     "shown",
 ]
 UNITS_COLUMNS = ["unit", "label", "category", "iou", "detector"]
+IOU_SWEEP_COLUMNS = ["dataset", "model", "layer", "attack", "threshold_mode", "cut", "units", "detectors", "ratio_percent"]
+# The IoU cuts of the sweep: 0.02 to 0.20 in steps of 0.01 (Network Dissection's 0.04 among them).
+IOU_CUTS = tuple(round(0.02 + 0.01 * i, 2) for i in range(19))
 ATTACK_COLUMNS = [
     "dataset",
     "model",
@@ -72,6 +76,22 @@ ATTACK_COLUMNS = [
     "adversarial_accuracy",
 ]
 DRIFT_STATUSES = ("kept", "changed", "lost", "gained", "none")
+ABLATION_COLUMNS = [
+    "dataset",
+    "model",
+    "layer",
+    "attack",
+    "threshold_mode",
+    "units_set",
+    "seed",
+    "ablated",
+    "units",
+    "images",
+    "flipped",
+    "restored",
+    "restored_percent",
+    "kept_percent",
+]
 TRAINING_METHODS = ("standard", "at", "consistency", "atda")
 
 PathLike = str | os.PathLike
@@ -236,8 +256,6 @@ def table2_rows(units: pd.DataFrame) -> list[dict]:
 
 
 def _resampled_percent(path: PathLike, category: str) -> np.ndarray:
-    from .bootstrap import read_bootstrap
-
     frame = read_bootstrap(path)
     return 100.0 * frame[category].to_numpy(np.float64) / frame["units"].to_numpy(np.float64)
 
@@ -247,11 +265,9 @@ def table2(entries: Sequence[Mapping[str, Any]], level: float = 0.95) -> pd.Data
 
     `entries`: dicts {dataset, model, layer, attack, mode, path[, method][, bootstrap]}. The
     clean set, run only with mode 'self', is repeated under mode 'clean' (its thresholds are
-    the clean ones). With a bootstrap table, ci_*_percent is the `level` percentile interval
-    of the ratio over the resamples; without, they are empty.
+    the clean ones). With a bootstrap table, ci_*_percent is the ratio's `level` basic
+    bootstrap interval (advdissect.bootstrap); without, they are empty.
     """
-    from .bootstrap import percentile_interval
-
     entries = with_clean_in_both_modes(check_entries(entries))
     rows = []
     for e in entries:
@@ -259,7 +275,8 @@ def table2(entries: Sequence[Mapping[str, Any]], level: float = 0.95) -> pd.Data
         for r in table2_rows(units):
             lo = hi = float("nan")
             if e.get("bootstrap"):
-                lo, hi = percentile_interval(_resampled_percent(e["bootstrap"], r["category"]), level)
+                resampled = _resampled_percent(e["bootstrap"], r["category"])
+                lo, hi = basic_interval(r["ratio_percent"], resampled, level, bounds=(0.0, 100.0))
             r.update(ci_low_percent=lo, ci_high_percent=hi)
             rows.append(
                 {
@@ -347,10 +364,9 @@ def attack_effects(entries: Sequence[Mapping[str, Any]], level: float = 0.95) ->
 
     Each attack entry with a bootstrap table is paired with its clean set (same dataset, model
     and layer): the difference is taken resample by resample (the resamples draw the same
-    images), and `shown` says whether the `level` interval excludes 0.
+    images), its `level` basic bootstrap interval computed, and `shown` says whether the
+    interval excludes 0.
     """
-    from .bootstrap import percentile_interval
-
     entries = check_entries(entries)
     clean = {(e["dataset"], e["model"], e["layer"]): e for e in entries if is_clean_entry(e) and e["mode"] == "self"}
     rows = []
@@ -362,7 +378,8 @@ def attack_effects(entries: Sequence[Mapping[str, Any]], level: float = 0.95) ->
         for r_att, r_ref in zip(table2_rows(attacked), table2_rows(reference)):
             category = r_att["category"]
             diff = _resampled_percent(e["bootstrap"], category) - _resampled_percent(base["bootstrap"], category)
-            lo, hi = percentile_interval(diff, level)
+            point = r_att["ratio_percent"] - r_ref["ratio_percent"]
+            lo, hi = basic_interval(point, diff, level)
             rows.append(
                 {
                     "dataset": e["dataset"],
@@ -374,13 +391,40 @@ def attack_effects(entries: Sequence[Mapping[str, Any]], level: float = 0.95) ->
                     "units": r_att["units"],
                     "clean_percent": r_ref["ratio_percent"],
                     "attack_percent": r_att["ratio_percent"],
-                    "difference": r_att["ratio_percent"] - r_ref["ratio_percent"],
+                    "difference": point,
                     "ci_low": lo,
                     "ci_high": hi,
                     "shown": bool(lo > 0 or hi < 0),
                 }
             )
     frame = pd.DataFrame(rows, columns=EFFECT_COLUMNS)
+    return _sort_frame(frame, {e["attack"] for e in entries if is_clean_entry(e)})
+
+
+def iou_sweep(entries: Sequence[Mapping[str, Any]], cuts: Sequence[float] = IOU_CUTS) -> pd.DataFrame:
+    """Detectors of any category at each IoU cut (a unit counts when its best IoU exceeds the cut),
+    per dissection entry; the clean set appears under both threshold modes."""
+    entries = with_clean_in_both_modes(check_entries(entries))
+    rows = []
+    for e in entries:
+        units = read_units(e["path"])
+        best = units["iou"].to_numpy(np.float64)
+        for cut in cuts:
+            n_det = int(np.sum(best > float(cut)))  # NaN (no concept) is never above a cut
+            rows.append(
+                {
+                    "dataset": e["dataset"],
+                    "model": e["model"],
+                    "layer": e["layer"],
+                    "attack": e["attack"],
+                    "threshold_mode": e["mode"],
+                    "cut": float(cut),
+                    "units": int(len(units)),
+                    "detectors": n_det,
+                    "ratio_percent": 100.0 * n_det / len(units) if len(units) else 0.0,
+                }
+            )
+    frame = pd.DataFrame(rows, columns=IOU_SWEEP_COLUMNS)
     return _sort_frame(frame, {e["attack"] for e in entries if is_clean_entry(e)})
 
 

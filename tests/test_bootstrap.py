@@ -9,6 +9,7 @@ import pytest
 from advdissect.bootstrap import (
     DETECTOR_COLUMNS,
     ImageCounts,
+    basic_interval,
     bootstrap_detectors,
     detectors,
     percentile_interval,
@@ -116,6 +117,17 @@ def test_bootstrap_table_and_intervals():
     lo, hi = percentile_interval(np.arange(101.0), 0.9)
     assert (lo, hi) == (5.0, 95.0)
     assert percentile_interval(np.arange(1001.0), 0.95) == (25.0, 975.0)
+
+
+def test_basic_interval_reflects_the_resamples_around_the_point():
+    values = np.arange(1001.0)  # 2.5 % and 97.5 % quantiles: 25 and 975
+    assert basic_interval(500.0, values, 0.95) == (25.0, 975.0)  # symmetric: the percentile interval
+    assert basic_interval(100.0, values, 0.95) == (-775.0, 175.0)
+    assert basic_interval(100.0, values, 0.95, bounds=(0.0, 100.0)) == (0.0, 100.0)
+    # resamples all above the point (a max over noisy IoUs inflates): the interval moves below it
+    lo, hi = basic_interval(0.6, np.array([1.0, 2.0, 3.0, 6.2]), 0.5, bounds=(0.0, 100.0))
+    assert hi <= 0.6 and lo == 0.0
+    assert str(basic_interval(0.0, np.zeros(5), 0.95)) == "(0.0, 0.0)"  # no negative zero
 
 
 def test_counts_without_records_are_refused(tmp_path):

@@ -199,6 +199,8 @@ def sweep_inputs(tmp_path):
                     "detectors": 5 - i,
                     "ratio_percent": 10.0 * (5 - i),
                     "concepts": 2,
+                    "ci_low_percent": 10.0 * (5 - i) - 5.0,
+                    "ci_high_percent": 10.0 * (5 - i) + 5.0,
                 }
             )
     attacks.to_csv(tmp_path / "attacks.csv", index=False)
@@ -231,6 +233,25 @@ def test_eps_sweep_figure(tmp_path):
         STYLE,
     )
     assert_images(tmp_path / "eps.png", tmp_path / "eps.svg")
+
+
+def test_iou_sweep_table_and_figure(tmp_path):
+    rng = np.random.default_rng(0)
+    entries = []
+    for attack, mode in (("clean", "self"), ("fgsm_2", "self"), ("fgsm_2", "clean")):
+        path = tmp_path / f"{attack}_{mode}.csv"
+        iou = rng.uniform(0.0, 0.25, 20)
+        units = pd.DataFrame(
+            {"unit": range(1, 21), "label": "dog", "category": "object", "iou": iou, "detector": iou > 0.04}
+        )
+        store.write_csv(path, units)
+        entries.append({"dataset": "syn", "model": "r18", "layer": "layer3", "attack": attack, "mode": mode, "path": path})
+    sweep = figures.write_iou_sweep(
+        entries, tmp_path / "s.csv", tmp_path / "s.png", tmp_path / "s.svg", iou_threshold=0.04, style=STYLE
+    )
+    assert_images(tmp_path / "s.png", tmp_path / "s.svg")
+    assert len(sweep) == 4 * len(tables.IOU_CUTS)  # clean under both modes
+    pd.testing.assert_frame_equal(tables.read_summary_csv(tmp_path / "s.csv"), sweep, check_dtype=False)
 
 
 # --------------------------------------------------------------------------- training figures
@@ -492,3 +513,35 @@ def test_report_caption_renders(name):
             rendered, writer_name="html", settings_overrides={"report_level": 2, "halt_level": 2}
         )["body"]
     assert not re.search(r"system-message", html)
+
+
+def test_ablation_summary_table_and_figure(tmp_path):
+    paths = []
+    for attack in ("fgsm_2", "pgd_8"):
+        rows = []
+        for mode in ("self", "clean"):
+            for units_set, seed, restored in (("drifted", None, 6), ("random", 0, 1), ("random", 1, 3)):
+                rows.append(
+                    {
+                        "dataset": "syn",
+                        "model": "r18",
+                        "layer": "layer4",
+                        "attack": attack,
+                        "threshold_mode": mode,
+                        "units_set": units_set,
+                        "seed": seed,
+                        "ablated": 4,
+                        "units": 16,
+                        "images": 20,
+                        "flipped": 10,
+                        "restored": restored,
+                        "restored_percent": 10.0 * restored,
+                        "kept_percent": 90.0,
+                    }
+                )
+        path = tmp_path / f"{attack}.csv"
+        store.write_csv(path, pd.DataFrame(rows))
+        paths.append(path)
+    table = figures.write_ablation_summary(paths, tmp_path / "a.csv", tmp_path / "a.png", tmp_path / "a.svg", STYLE)
+    assert_images(tmp_path / "a.png", tmp_path / "a.svg")
+    assert list(table.columns) == tables.ABLATION_COLUMNS and len(table) == 12

@@ -413,22 +413,24 @@ def test_intervals_and_paired_attack_effects(entries, tmp_path):
     entries[2]["bootstrap"] = write_bootstrap_table(tmp_path / "b2.csv", rng.integers(0, 6, 200), clean_all // 2)
     df = tables.table2(entries, level=0.9)
     r = cell(df, "clean", "self", "all")
-    want = np.percentile(100 * clean_all / 5, [5, 95])
-    assert (r.ci_low_percent, r.ci_high_percent) == pytest.approx(tuple(want))
+    # basic interval around the units table's 60 %: 2·60 − (95th, 5th percentile), within [0, 100]
+    q_lo, q_hi = np.percentile(100 * clean_all / 5, [5, 95])
+    want = (max(120 - q_hi, 0.0), min(120 - q_lo, 100.0))
+    assert (r.ci_low_percent, r.ci_high_percent) == pytest.approx(want)
     r = cell(df, "clean", "clean", "all")  # the clean set repeated under mode clean keeps its interval
-    assert (r.ci_low_percent, r.ci_high_percent) == pytest.approx(tuple(want))
+    assert (r.ci_low_percent, r.ci_high_percent) == pytest.approx(want)
     clean_lo, clean_hi = want
-    att_lo, att_hi = np.percentile(100 * attack_all / 5, [5, 95])
-    assert att_hi > clean_lo  # the unpaired intervals overlap
+    assert np.percentile(100 * attack_all / 5, 95) > q_lo  # the unpaired resamples overlap
 
     effects = tables.attack_effects(entries, level=0.9)
     assert list(effects.columns) == tables.EFFECT_COLUMNS
     assert len(effects) == 2 * 7  # fgsm_2 self and clean, 7 categories
     e = effects[(effects.threshold_mode == "self") & (effects.category == "all")].iloc[0]
     assert (e.clean_percent, e.attack_percent, e.difference) == (60.0, 60.0, 0.0)  # from the units tables
-    assert (e.ci_low, e.ci_high, e.shown) == (-20.0, -20.0, True)
+    assert (e.ci_low, e.ci_high, e.shown) == (20.0, 20.0, True)  # 2·0 − (−20)
     o = effects[(effects.threshold_mode == "self") & (effects.category == "object")].iloc[0]
-    assert (o.ci_low, o.ci_high, o.shown) == (0.0, 0.0, False)
+    assert o.difference == -20.0  # 1 object detector of 5 against 2 of 5
+    assert (o.ci_low, o.ci_high, o.shown) == (-40.0, -40.0, True)  # 2·(−20) − 0
     md = tables.table2_markdown(df, level=0.9)
     assert "90 % bootstrap interval" in md and f"[{clean_lo:.1f}, {clean_hi:.1f}]" in md
 
@@ -438,3 +440,17 @@ def test_no_intervals_without_bootstrap(entries):
     assert df["ci_low_percent"].isna().all() and df["ci_high_percent"].isna().all()
     assert "bootstrap" not in tables.table2_markdown(df)
     assert tables.attack_effects(entries).empty
+
+
+def test_iou_sweep_counts_units_above_each_cut(entries):
+    sweep = tables.iou_sweep(entries, cuts=(0.02, 0.04, 0.05, 0.1))
+    assert list(sweep.columns) == tables.IOU_SWEEP_COLUMNS
+    clean = sweep[(sweep.attack == "clean") & (sweep.threshold_mode == "self")]
+    # best IoUs 0.10, 0.08, 0.05, 0.03 and none: strictly above the cut, as the units table counts
+    assert clean["detectors"].tolist() == [4, 3, 2, 0]
+    assert clean["ratio_percent"].tolist() == [80.0, 60.0, 40.0, 0.0]
+    assert len(sweep[(sweep.attack == "clean") & (sweep.threshold_mode == "clean")]) == 4
+    # at the units table's own cut the sweep equals its detector column
+    at_cut = sweep[(sweep.cut == 0.04) & (sweep.attack == "fgsm_2") & (sweep.threshold_mode == "self")]
+    assert at_cut["detectors"].item() == 3
+    assert tables.IOU_CUTS[0] == 0.02 and tables.IOU_CUTS[-1] == 0.2 and 0.04 in tables.IOU_CUTS

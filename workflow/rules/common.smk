@@ -23,6 +23,7 @@ ATTACKS = config["attacks"]
 DISSECTION = config["dissection"]
 BOOTSTRAP = DISSECTION["bootstrap"]
 FIGURES = config["figures"]
+ABLATION = config["ablation"]
 COMPUTE = config["compute"]
 CLEAN = adconfig.clean_attack(config)
 STYLE = FIGURES["style"]
@@ -152,6 +153,7 @@ def all_targets():
     for dataset, model, layer in figure_layers():
         targets.append(f"results/figures/detectors/{dataset}/{model}/{layer}.png")
         targets.append(f"results/figures/eps_sweep/{dataset}/{model}/{layer}.png")
+        targets.append(f"results/figures/iou_sweep/{dataset}/{model}/{layer}.png")
         for attack in model_attacks(model):
             if attack != CLEAN:
                 targets.append(
@@ -159,7 +161,35 @@ def all_targets():
                 )
     if training_methods():
         targets.append("results/summary/training.csv")
+    if ablation_paths():
+        targets.append("results/summary/ablation.csv")
     return targets
+
+
+def ablation_paths():
+    """Ablation tables: each model's deepest dissected layer under every attack."""
+    if not ABLATION["enabled"]:
+        return []
+    return [
+        f"results/{e['dataset']}/{e['model']}/{attack}/ablation/{e['layer']}.csv"
+        for e in deepest_layers()
+        for attack in model_attacks(e["model"])
+        if attack != CLEAN
+    ]
+
+
+def ablation_units(wildcards):
+    """Per threshold mode: the clean units table, then the attack's."""
+    clean = units_path(wildcards.dataset, wildcards.model, CLEAN, "self", wildcards.layer)
+    paths = []
+    for mode in DISSECTION["threshold_modes"]:
+        paths += [
+            clean,
+            units_path(
+                wildcards.dataset, wildcards.model, wildcards.attack, mode, wildcards.layer
+            ),
+        ]
+    return paths
 
 
 def figure_layers():

@@ -71,6 +71,72 @@ rule table2:
         "../scripts/table2.py"
 
 
+rule ablation:
+    input:
+        unpack(weights_input),
+        images=lambda wc: expand(
+            "results/{{dataset}}/{{model}}/{{attack}}/images/{shard}.h5",
+            shard=shards(wc.dataset),
+        ),
+        clean_activations=lambda wc: expand(
+            "results/{{dataset}}/{{model}}/{clean}/activations/{{layer}}/{shard}.h5",
+            clean=CLEAN,
+            shard=shards(wc.dataset),
+        ),
+        units=ablation_units,
+    output:
+        table="results/{dataset}/{model}/{attack}/ablation/{layer}.csv",
+    log:
+        "results/logs/ablation/{dataset}/{model}/{attack}/{layer}.log",
+    benchmark:
+        "results/benchmarks/ablation/{dataset}/{model}/{attack}/{layer}.tsv"
+    conda:
+        "../../envs/advdissect.yaml"
+    threads: COMPUTE["threads"]
+    resources:
+        gpu=1,
+    params:
+        model_spec=lambda wc: model_spec(wc.model),
+        modes=DISSECTION["threshold_modes"],
+        random_sets=ABLATION["random_sets"],
+        clean=CLEAN,
+        identity=lambda wc: {
+            "dataset": wc.dataset,
+            "model": wc.model,
+            "attack": wc.attack,
+            "layer": wc.layer,
+        },
+    script:
+        "../scripts/ablation.py"
+
+
+rule ablation_summary:
+    input:
+        tables=ablation_paths(),
+    output:
+        csv=report(
+            "results/summary/ablation.csv",
+            caption="../report/ablation.rst",
+            category="Ablation",
+        ),
+        png=report(
+            "results/figures/ablation.png",
+            caption="../report/ablation.rst",
+            category="Ablation",
+        ),
+        svg="results/figures/ablation.svg",
+    log:
+        "results/logs/ablation_summary.log",
+    benchmark:
+        "results/benchmarks/ablation_summary.tsv"
+    conda:
+        "../../envs/advdissect.yaml"
+    params:
+        style=STYLE,
+    script:
+        "../scripts/ablation_summary.py"
+
+
 rule concept_drift:
     input:
         units=entry_paths(entries()),
@@ -147,6 +213,32 @@ rule eps_sweep:
         style=STYLE,
     script:
         "../scripts/eps_sweep.py"
+
+
+rule iou_sweep:
+    input:
+        units=lambda wc: entry_paths(entries(wc.dataset, wc.model, wc.layer)),
+    output:
+        csv="results/summary/iou_sweep/{dataset}/{model}/{layer}.csv",
+        png=report(
+            "results/figures/iou_sweep/{dataset}/{model}/{layer}.png",
+            caption="../report/iou_sweep.rst",
+            category="IoU-cut sweep",
+            subcategory="{model}",
+        ),
+        svg="results/figures/iou_sweep/{dataset}/{model}/{layer}.svg",
+    log:
+        "results/logs/iou_sweep/{dataset}/{model}/{layer}.log",
+    benchmark:
+        "results/benchmarks/iou_sweep/{dataset}/{model}/{layer}.tsv"
+    conda:
+        "../../envs/advdissect.yaml"
+    params:
+        entries=lambda wc: entries(wc.dataset, wc.model, wc.layer),
+        iou_threshold=DISSECTION["iou_threshold"],
+        style=STYLE,
+    script:
+        "../scripts/iou_sweep.py"
 
 
 rule unit_pictures:

@@ -1,0 +1,246 @@
+"""Ablation test of concept drift: do the units whose concept changes under an attack carry it?
+
+For one model, layer and attack: on the attacked images, the feature maps of a set of units are
+replaced by their mean map over the clean images (mean ablation), and the predictions are
+compared with the clean predictions. `restored` is the share of the images the attack flipped
+whose prediction returns to the clean one; `kept` the share of the other images whose
+prediction stays the clean one. The sets: per threshold mode, the drifted units (clean
+detectors whose concept under the attack changed or was lost), and as control as many units
+drawn at random, several times.
+
+All sets share one forward pass up to the layer: the hook stacks the variants along the batch,
+and the rest of the network runs on the stack (eval mode: each image's output depends on that
+image alone). A layer whose output meets the block's input again (a module inside a residual
+block) cannot take the stack; then each variant runs its own forward pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from torch import nn
+
+from . import store, tables
+from .activations import find_layer
+from .errors import ArtifactError, ModelError
+
+log = logging.getLogger(__name__)
+
+DRIFTED = ("changed", "lost")
+ABLATION_COLUMNS = tables.ABLATION_COLUMNS
+
+
+def drifted_units(clean_units: pd.DataFrame, attack_units: pd.DataFrame) -> np.ndarray:
+    """0-based indices of the clean detectors whose concept the attack changed or removed."""
+    drift = tables.concept_drift(clean_units, attack_units)
+    return np.sort(drift.loc[drift["status"].isin(DRIFTED), "unit"].to_numpy(np.int64) - 1)
+
+
+def random_units(n_units: int, k: int, seed: int) -> np.ndarray:
+    """k of n_units drawn without replacement; depends on (n_units, k, seed) only."""
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), int(n_units), int(k)]))
+    return np.sort(rng.choice(n_units, size=k, replace=False))
+
+
+def mean_map(activation_shards: Sequence[np.ndarray]) -> np.ndarray:
+    """(C, h, w) float64 mean of the clean feature maps over all images."""
+    total, n = None, 0
+    for acts in activation_shards:
+        acts = np.asarray(acts, np.float64)
+        total = acts.sum(axis=0) if total is None else total + acts.sum(axis=0)
+        n += acts.shape[0]
+    if total is None or n == 0:
+        raise ArtifactError("no clean activations to average")
+    return total / n
+
+
+class _Ablate:
+    """Forward hook replacing the masked units' maps by the mean map, all variants stacked."""
+
+    def __init__(self, masks: torch.Tensor, mean: torch.Tensor, stacked: bool):
+        self.masks, self.mean, self.stacked = masks, mean, stacked
+        self.variant = 0
+
+    def __call__(self, _module: nn.Module, _inputs: Any, output: Any) -> torch.Tensor:
+        if not isinstance(output, torch.Tensor) or output.ndim != 4:
+            raise ModelError("the ablated layer must return a 4-D feature map (N, C, h, w)")
+        mean = self.mean.to(output.dtype)
+        if not self.stacked:
+            return torch.where(self.masks[self.variant][None, :, None, None], mean[None], output)
+        v, (b, c, h, w) = len(self.masks), output.shape
+        out = torch.where(self.masks[:, None, :, None, None], mean[None, None], output[None])
+        return out.reshape(v * b, c, h, w)
+
+
+def ablated_predictions(
+    model: nn.Module,
+    images_uint8: np.ndarray,
+    layer: str,
+    masks: np.ndarray,
+    mean: np.ndarray,
+    batch_size: int,
+    device: torch.device | str = "cpu",
+    stacked: bool | None = None,
+) -> np.ndarray:
+    """(V, N) predicted classes with the units of masks[v] (V, C) bool mean-ablated.
+
+    stacked: None tries one stacked pass per batch and falls back to a pass per variant.
+    """
+    device = torch.device(device)
+    masks_t = torch.as_tensor(np.asarray(masks, bool), device=device)
+    mean_t = torch.as_tensor(np.asarray(mean, np.float32), device=device)
+    if masks_t.ndim != 2 or masks_t.shape[1] != mean_t.shape[0]:
+        raise ArtifactError(f"masks of shape {tuple(masks_t.shape)} for {mean_t.shape[0]} units")
+    hook = _Ablate(masks_t, mean_t, stacked=stacked is not False)
+    handle = find_layer(model, layer).register_forward_hook(hook)
+    n, v = images_uint8.shape[0], masks_t.shape[0]
+    out = np.empty((v, n), np.int64)
+    try:
+        with torch.no_grad():
+            for start in range(0, n, batch_size):
+                x = torch.from_numpy(np.ascontiguousarray(images_uint8[start : start + batch_size])).to(device)
+                x = x.to(torch.float32).div_(255.0)
+                b = x.shape[0]
+                if hook.stacked:
+                    try:
+                        logits = model(x)
+                        out[:, start : start + b] = logits.argmax(1).reshape(v, b).cpu().numpy()
+                        continue
+                    except RuntimeError as exc:
+                        if stacked or start > 0:
+                            raise
+                        log.info("layer %s cannot take stacked variants (%s); one pass per variant", layer, exc)
+                        hook.stacked = False
+                for k in range(v):
+                    hook.variant = k
+                    out[k, start : start + b] = model(x).argmax(1).cpu().numpy()
+    finally:
+        handle.remove()
+    return out
+
+
+def ablation_sets(
+    unit_tables: Mapping[str, tuple[pd.DataFrame, pd.DataFrame]], n_units: int, random_sets: int
+) -> list[dict[str, Any]]:
+    """The unit sets to ablate: per threshold mode, the drifted units and `random_sets` random sets of their size.
+
+    unit_tables: {mode: (clean units, attack units)}.
+    """
+    sets = []
+    for mode, (clean, attack) in unit_tables.items():
+        drifted = drifted_units(clean, attack)
+        if len(clean) != n_units:
+            raise ArtifactError(f"units table of {len(clean)} units for a layer of {n_units}")
+        sets.append({"threshold_mode": mode, "units_set": "drifted", "seed": None, "units": drifted})
+        for seed in range(random_sets):
+            picked = random_units(n_units, len(drifted), seed)
+            sets.append({"threshold_mode": mode, "units_set": "random", "seed": seed, "units": picked})
+    return sets
+
+
+def ablation_table(
+    sets: Sequence[Mapping[str, Any]], predictions: np.ndarray, clean_pred: np.ndarray, n_units: int
+) -> pd.DataFrame:
+    """Rows per set from predictions (1 + len(sets), N): row 0 unablated, then one row per set."""
+    clean_pred = np.asarray(clean_pred)
+    flipped = predictions[0] != clean_pred
+    n_flipped = int(flipped.sum())
+    rows = []
+    for s, pred in zip(sets, predictions[1:]):
+        agree = pred == clean_pred
+        restored = int(np.sum(agree & flipped))
+        rows.append(
+            {
+                "threshold_mode": s["threshold_mode"],
+                "units_set": s["units_set"],
+                "seed": s["seed"],
+                "ablated": len(s["units"]),
+                "units": n_units,
+                "images": int(len(clean_pred)),
+                "flipped": n_flipped,
+                "restored": restored,
+                "restored_percent": 100.0 * restored / n_flipped if n_flipped else float("nan"),
+                "kept_percent": 100.0 * np.sum(agree & ~flipped) / max(1, len(clean_pred) - n_flipped),
+            }
+        )
+    frame = pd.DataFrame(rows)
+    frame["seed"] = frame["seed"].astype("Int64")  # written as 0, 1, ... and empty for the drifted set
+    return frame
+
+
+# ---------------------------------------------------------------- files
+
+
+def write_ablation(
+    out: str | os.PathLike,
+    *,
+    images_paths: Sequence[str | os.PathLike],
+    clean_activation_paths: Sequence[str | os.PathLike],
+    units_paths: Mapping[str, tuple[str | os.PathLike, str | os.PathLike]],
+    weights_file: str | os.PathLike | None,
+    model_spec: Mapping[str, Any],
+    identity: Mapping[str, Any],
+    random_sets: int,
+    batch_size: int,
+    clean_attack: str = "clean",
+    device: torch.device | str = "cpu",
+    model: nn.Module | None = None,
+) -> pd.DataFrame:
+    """Ablate the drifted and random unit sets of one layer on one attack's images; write the table.
+
+    identity: dataset, model, attack, layer. units_paths: {mode: (clean units csv, attack units csv)}.
+    clean_activation_paths: the layer's activation shards of the clean set `clean_attack`.
+    """
+    layer = identity["layer"]
+    image_id = {k: identity[k] for k in ("dataset", "model", "attack")}
+    images, clean_pred, adv_pred = [], [], []
+    for shard, path in enumerate(images_paths):
+        with store.open_h5(path, "images", expect=dict(image_id, shard=shard)) as f:
+            images.append(f["images"][()])
+            clean_pred.append(f["clean_pred"][()])
+            adv_pred.append(f["adv_pred"][()])
+    images, clean_pred, adv_pred = np.concatenate(images), np.concatenate(clean_pred), np.concatenate(adv_pred)
+    act_id = dict(image_id, attack=clean_attack, layer=layer)
+    shards = []
+    for shard, path in enumerate(clean_activation_paths):
+        with store.open_h5(path, "activations", expect=dict(act_id, shard=shard)) as f:
+            shards.append(f["activations"][()])
+    mean = mean_map(shards)
+    n_units = mean.shape[0]
+    unit_tables = {
+        mode: (tables.read_units(clean), tables.read_units(attacked)) for mode, (clean, attacked) in units_paths.items()
+    }
+    sets = ablation_sets(unit_tables, n_units, random_sets)
+    masks = np.zeros((1 + len(sets), n_units), bool)
+    for i, s in enumerate(sets, start=1):
+        masks[i, s["units"]] = True
+    if model is None:
+        from .models import load_model
+
+        model = load_model(
+            model_spec["arch"],
+            model_spec["num_classes"],
+            weights_file=weights_file or None,
+            normalization=model_spec.get("normalization", "imagenet"),
+            seed=model_spec.get("seed", 0),
+        )
+    model = model.to(device).eval()
+    predictions = ablated_predictions(model, images, layer, masks, mean, batch_size, device)
+    differ = int(np.sum(predictions[0] != adv_pred))
+    if differ:
+        log.warning("%d of %d attacked images predicted differently from their shard's adv_pred", differ, len(adv_pred))
+    frame = ablation_table(sets, predictions, clean_pred, n_units)
+    frame.insert(0, "layer", layer)
+    for i, key in enumerate(("dataset", "model")):
+        frame.insert(i, key, identity[key])
+    frame.insert(3, "attack", identity["attack"])
+    frame = frame[ABLATION_COLUMNS]
+    store.write_csv(out, frame)
+    return frame
+

@@ -1,0 +1,139 @@
+"""Ablation of drifted units: the stacked pass against a hand-written forward, unit sets, counts."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from advdissect import ablation
+from advdissect.models import load_model
+
+
+def tiny_model(seed=0):
+    return load_model("resnet18", 5, seed=seed).eval()
+
+
+def images(n=6, size=32, seed=0):
+    return np.random.default_rng(seed).integers(0, 256, size=(n, 3, size, size), dtype=np.uint8)
+
+
+def reference_predictions(model, x_uint8, layer, mask, mean):
+    """ResNet-18's forward written out, the layer's output edited by hand."""
+    net = model.net
+    x = torch.from_numpy(x_uint8).float() / 255.0
+    x = (x - model.mean) / model.std
+    x = net.maxpool(net.relu(net.bn1(net.conv1(x))))
+    for name in ("layer1", "layer2", "layer3", "layer4"):
+        x = getattr(net, name)(x)
+        if name == layer:
+            x = x.clone()
+            x[:, torch.from_numpy(mask)] = torch.from_numpy(mean[mask]).float()
+    return net.fc(torch.flatten(net.avgpool(x), 1)).argmax(1).numpy()
+
+
+@pytest.mark.parametrize("layer", ["layer3", "layer4"])
+def test_stacked_ablation_equals_the_written_out_forward(layer):
+    model, x = tiny_model(), images()
+    with torch.no_grad():
+        n_units = {"layer3": 256, "layer4": 512}[layer]
+        rng = np.random.default_rng(1)
+        mean = rng.normal(size=(n_units, 2 if layer == "layer3" else 1, 2 if layer == "layer3" else 1)) * 3
+        masks = np.zeros((4, n_units), bool)
+        masks[1, :10] = True
+        masks[2, rng.choice(n_units, 200, replace=False)] = True
+        masks[3] = True
+        got = ablation.ablated_predictions(model, x, layer, masks, mean, batch_size=4, stacked=True)
+        each = ablation.ablated_predictions(model, x, layer, masks, mean, batch_size=4, stacked=False)
+        np.testing.assert_array_equal(got, each)
+        for k in range(4):
+            np.testing.assert_array_equal(got[k], reference_predictions(model, x, layer, masks[k], mean))
+        np.testing.assert_array_equal(got[0], model(torch.from_numpy(x).float() / 255).argmax(1).numpy())
+        assert len(set(map(tuple, got))) > 1  # the ablations change predictions
+
+
+def test_inner_layer_falls_back_to_one_pass_per_variant():
+    model, x = tiny_model(), images(n=5)
+    layer = "layer4.0.conv2"  # its output meets the block's input: the stack cannot pass
+    mean = np.random.default_rng(2).normal(size=(512, 1, 1)) * 5
+    masks = np.zeros((3, 512), bool)
+    masks[1, ::2] = True
+    masks[2] = True
+    with torch.no_grad():
+        got = ablation.ablated_predictions(model, x, layer, masks, mean, batch_size=2)
+        want = ablation.ablated_predictions(model, x, layer, masks, mean, batch_size=2, stacked=False)
+        with pytest.raises(RuntimeError):
+            ablation.ablated_predictions(model, x, layer, masks, mean, batch_size=2, stacked=True)
+    np.testing.assert_array_equal(got, want)
+
+
+def units(rows):
+    return pd.DataFrame(rows, columns=["unit", "label", "category", "iou", "detector"])
+
+
+CLEAN = units(
+    [
+        (1, "red", "color", 0.10, True),
+        (2, "dog", "object", 0.08, True),
+        (3, "dog", "object", 0.05, True),
+        (4, "grass", "material", 0.03, False),
+        (5, "", "", float("nan"), False),
+    ]
+)
+ATTACKED = units(
+    [
+        (1, "red", "color", 0.09, True),  # kept
+        (2, "cat", "object", 0.06, True),  # changed
+        (3, "dog", "object", 0.02, False),  # lost
+        (4, "grass", "material", 0.05, True),  # gained
+        (5, "", "", float("nan"), False),  # none
+    ]
+)
+
+
+def test_drifted_units_are_the_changed_and_the_lost():
+    np.testing.assert_array_equal(ablation.drifted_units(CLEAN, ATTACKED), [1, 2])
+    np.testing.assert_array_equal(ablation.drifted_units(CLEAN, CLEAN), [])
+
+
+def test_random_units_are_seeded_and_distinct():
+    a = ablation.random_units(100, 7, seed=3)
+    assert len(set(a)) == 7 and list(a) == sorted(a) and a.max() < 100
+    np.testing.assert_array_equal(a, ablation.random_units(100, 7, seed=3))
+    assert not np.array_equal(a, ablation.random_units(100, 7, seed=4))
+
+
+def test_sets_and_table_by_hand():
+    sets = ablation.ablation_sets({"self": (CLEAN, ATTACKED), "clean": (CLEAN, CLEAN)}, n_units=5, random_sets=2)
+    assert [(s["threshold_mode"], s["units_set"], s["seed"], len(s["units"])) for s in sets] == [
+        ("self", "drifted", None, 2),
+        ("self", "random", 0, 2),
+        ("self", "random", 1, 2),
+        ("clean", "drifted", None, 0),
+        ("clean", "random", 0, 0),
+        ("clean", "random", 1, 0),
+    ]
+    clean_pred = np.array([0, 1, 2, 3, 4, 5])
+    predictions = np.array(
+        [
+            [9, 9, 9, 3, 4, 5],  # unablated: the attack flipped images 0-2
+            [0, 1, 9, 3, 4, 9],  # restores 2 of 3, keeps 2 of 3
+            [0, 9, 9, 3, 4, 5],
+            [9, 9, 9, 3, 4, 5],
+            [0, 1, 2, 3, 4, 5],
+            [9, 9, 9, 9, 9, 9],
+            [9, 9, 9, 3, 4, 5],
+        ]
+    )
+    table = ablation.ablation_table(sets, predictions, clean_pred, n_units=5)
+    assert table["flipped"].tolist() == [3] * 6
+    assert table["restored"].tolist() == [2, 1, 0, 3, 0, 0]
+    assert table["restored_percent"].round(4).tolist() == [66.6667, 33.3333, 0.0, 100.0, 0.0, 0.0]
+    assert table["kept_percent"].round(4).tolist() == [66.6667, 100.0, 100.0, 100.0, 0.0, 100.0]
+
+
+def test_mean_map_over_shards():
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(3, 4, 2, 2)), rng.normal(size=(5, 4, 2, 2))
+    np.testing.assert_allclose(ablation.mean_map([a, b]), np.concatenate([a, b]).mean(axis=0))

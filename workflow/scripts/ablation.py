@@ -1,0 +1,30 @@
+"""Rule ablation: mean-ablate the drifted units (and random sets) of one layer on one attack's images."""
+
+from advdissect.joblog import log_to
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+log_to(sm.log[0])
+
+from advdissect.device import claim_gpu  # noqa: E402
+
+with claim_gpu(sm.config["compute"]["gpus"], lock_dir=".snakemake/gpu-locks"):
+    import torch
+
+    from advdissect.ablation import write_ablation
+    from advdissect.device import select_device
+
+    torch.set_num_threads(max(1, int(sm.threads)))
+    units = list(sm.input.units)  # per mode: clean units, attack units
+    write_ablation(
+        sm.output.table,
+        images_paths=list(sm.input.images),
+        clean_activation_paths=list(sm.input.clean_activations),
+        units_paths={mode: (units[2 * i], units[2 * i + 1]) for i, mode in enumerate(sm.params.modes)},
+        weights_file=sm.input.get("weights"),
+        model_spec=dict(sm.params.model_spec),
+        identity=dict(sm.params.identity),
+        random_sets=int(sm.params.random_sets),
+        batch_size=int(sm.config["dissection"]["batch_size"]),
+        clean_attack=sm.params.clean,
+        device=select_device(),
+    )

@@ -1,0 +1,10 @@
+"""Rule ablation_summary: results/summary/ablation.csv and its figure from every ablation table."""
+
+from advdissect.joblog import log_to
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+log_to(sm.log[0])
+
+from advdissect import figures  # noqa: E402
+
+figures.write_ablation_summary(list(sm.input.tables), sm.output.csv, sm.output.png, sm.output.svg, sm.params.style)
