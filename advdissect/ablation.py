@@ -243,4 +243,3 @@ def write_ablation(
     frame = frame[ABLATION_COLUMNS]
     store.write_csv(out, frame)
     return frame
-

@@ -175,7 +175,9 @@ def bootstrap_detectors(
     rows = []
     for first, counts in _chunks(image_counts, weights, progress):
         for k, c in enumerate(counts):
-            rows.append({"resample": first + k + 1, "units": image_counts.n_units, **detectors(c, denominator, iou_threshold)})
+            rows.append(
+                {"resample": first + k + 1, "units": image_counts.n_units, **detectors(c, denominator, iou_threshold)}
+            )
     return pd.DataFrame(rows, columns=["resample", "units", *DETECTOR_COLUMNS])
 
 

@@ -601,9 +601,7 @@ def write_iou_sweep(
 ABLATION_COLORS = {"drifted": "#d55e00", "random": "#999999"}
 
 
-def ablation_figure(
-    table: pd.DataFrame, png: PathLike, svg: PathLike, style: Mapping[str, Any] | None = None
-) -> None:
+def ablation_figure(table: pd.DataFrame, png: PathLike, svg: PathLike, style: Mapping[str, Any] | None = None) -> None:
     """Restored share of flipped predictions: drifted units against random sets (mean, min-max), a panel per mode."""
     if table.empty:
         raise ArtifactError("no ablation rows to draw")

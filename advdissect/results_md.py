@@ -42,6 +42,9 @@ TITLES = {
     "* = the interval excludes 0)",
     "ceilings": "**Ideal-unit ceilings** (`ceilings.csv`; per category, the highest IoU an ideal "
     "unit reaches at the layer's map size, and its concept)",
+    "ablation": "**Ablation of the drifted units** (`ablation.csv`; deepest layer; the attack's flipped "
+    "predictions restored by setting the drifted units' maps to their clean mean, against random sets of "
+    "as many units: their mean [min, max]; above = the drifted set restores more than every random set)",
     "training": "**Training comparison** (`training.csv`; acc.: accuracy on the labelled dissected "
     "images; det. %: detectors of any category at the layer, thresholds recomputed)",
 }
@@ -268,9 +271,7 @@ def effects_section(effects: pd.DataFrame, deepest: Sequence[tuple[str, str, str
     header += [tables.CATEGORY_ABBREV[c] for c in tables.CATEGORY_ORDER] + ["All"]
     rows = []
     for dataset, model, layer in deepest:
-        block = effects.loc[
-            (effects["dataset"] == dataset) & (effects["model"] == model) & (effects["layer"] == layer)
-        ]
+        block = effects.loc[(effects["dataset"] == dataset) & (effects["model"] == model) & (effects["layer"] == layer)]
         for (mode, attack), group in block.groupby(["threshold_mode", "attack"], sort=False):
             by_cat = {r["category"]: r for _, r in group.iterrows()}
             row = ([text(dataset)] if multi else []) + [text(model), text(layer), text(mode), text(attack)]
@@ -280,10 +281,38 @@ def effects_section(effects: pd.DataFrame, deepest: Sequence[tuple[str, str, str
                     row.append(DASH)
                     continue
                 shown = "*" if str(r["shown"]).lower() == "true" else ""
-                row.append(f"{float(r['difference']):+.1f}{fmt_interval(r['ci_low'], r['ci_high'], signed=True)}{shown}")
+                row.append(
+                    f"{float(r['difference']):+.1f}{fmt_interval(r['ci_low'], r['ci_high'], signed=True)}{shown}"
+                )
             rows.append(row)
     n_key = len(header) - len(tables.TABLE2_CATEGORIES)
     return _section("effects", md_table(header, rows, right=range(n_key, len(header))))
+
+
+def ablation_section(ablation: pd.DataFrame) -> str:
+    """Per (model, layer, attack, thresholds): flipped predictions, units ablated, restored % by the
+    drifted set and by the random sets (mean [min, max]), and whether the drifted set beats them all."""
+    multi = _multi_dataset(ablation)
+    header = (["dataset"] if multi else []) + ["model", "layer", "attack", "thresholds", "flipped", "ablated"]
+    header += ["restored % drifted", "restored % random", "above"]
+    rows = []
+    keys = ["dataset", "model", "layer", "attack", "threshold_mode"]
+    for key, group in ablation.groupby(keys, sort=False):
+        drifted = group.loc[group["units_set"] == "drifted"]
+        random = group.loc[group["units_set"] == "random", "restored_percent"].astype(float)
+        if drifted.empty:
+            continue
+        d = drifted.iloc[0]
+        row = ([text(key[0])] if multi else []) + [text(k) for k in key[1:]]
+        row += [fmt_int(d["flipped"]), fmt_int(d["ablated"]), fmt_percent(d["restored_percent"])]
+        if random.empty or random.isna().all():
+            row += [DASH, DASH]
+        else:
+            row.append(f"{fmt_percent(random.mean())} [{fmt_percent(random.min())}, {fmt_percent(random.max())}]")
+            row.append("yes" if float(d["restored_percent"]) > random.max() else "no")
+        rows.append(row)
+    n_key = len(header) - 5
+    return _section("ablation", md_table(header, rows, right=range(n_key, len(header) - 1)))
 
 
 def _map_size(frame: pd.DataFrame) -> str:
@@ -364,13 +393,14 @@ def demo_results_markdown(
     units: Mapping[tuple[str, str, str], pd.DataFrame],
     training: pd.DataFrame | None = None,
     effects: pd.DataFrame | None = None,
+    ablation: pd.DataFrame | None = None,
 ) -> str:
     """Every section, in order, separated by blank lines; ends with one newline.
 
     `units`: {(dataset, model, deepest layer): clean units table}, in the order the rows
     should appear; its keys name the deepest layers for Table 2 and the ceilings as well.
     The effects section is written only when `effects` has rows (the bootstrap is on), the
-    training section only when `training` is given.
+    ablation and training sections only when `ablation` and `training` are given.
     """
     deepest = list(units)
     model_order = [str(m) for m in models["model"]]
@@ -384,6 +414,8 @@ def demo_results_markdown(
     if effects is not None and not effects.empty:
         parts.append(effects_section(effects, deepest))
     parts.append(ceilings_section(ceilings, deepest))
+    if ablation is not None:
+        parts.append(ablation_section(ablation))
     if training is not None:
         parts.append(training_section(training, attack_columns(attacks)))
     return "\n\n".join(parts) + "\n"
@@ -422,6 +454,7 @@ def write_demo_results(
     units: Sequence[Mapping[str, Any]],
     training_csv: PathLike | None = None,
     effects_csv: PathLike | None = None,
+    ablation_csv: PathLike | None = None,
 ) -> str:
     """Read the summary tables and write `demo_results_markdown(...)` to `out`.
 
@@ -437,6 +470,7 @@ def write_demo_results(
         units=frames,
         training=tables.read_summary_csv(training_csv) if training_csv else None,
         effects=tables.read_summary_csv(effects_csv) if effects_csv else None,
+        ablation=tables.read_summary_csv(ablation_csv) if ablation_csv else None,
     )
     store.write_text(out, markdown)
     log.info("demo results: %d sections, %d units tables", len(section_titles(markdown)), len(frames))

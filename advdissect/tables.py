@@ -58,7 +58,17 @@ EFFECT_COLUMNS = [
     "shown",
 ]
 UNITS_COLUMNS = ["unit", "label", "category", "iou", "detector"]
-IOU_SWEEP_COLUMNS = ["dataset", "model", "layer", "attack", "threshold_mode", "cut", "units", "detectors", "ratio_percent"]
+IOU_SWEEP_COLUMNS = [
+    "dataset",
+    "model",
+    "layer",
+    "attack",
+    "threshold_mode",
+    "cut",
+    "units",
+    "detectors",
+    "ratio_percent",
+]
 # The IoU cuts of the sweep: 0.02 to 0.20 in steps of 0.01 (Network Dissection's 0.04 among them).
 IOU_CUTS = tuple(round(0.02 + 0.01 * i, 2) for i in range(19))
 ATTACK_COLUMNS = [

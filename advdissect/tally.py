@@ -498,7 +498,9 @@ def _count_chunk(out, maps, thresholds, segs, plan, label_category, n_labels, se
             present = combos.table < nl
             label = combos.labels[combos.table[present]]
             img = np.broadcast_to(combos.image[:, None], combos.table.shape)[present]
-            key, area = _sum_by_key(img * n_labels + label, np.broadcast_to(combos.area[:, None], present.shape)[present])
+            key, area = _sum_by_key(
+                img * n_labels + label, np.broadcast_to(combos.area[:, None], present.shape)[present]
+            )
             records.add("label_area", first_image + key // n_labels, key % n_labels, area)
 
     # Per active pixel: key = (pair, combo) with pairs numbered densely among those with a

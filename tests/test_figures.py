@@ -245,7 +245,9 @@ def test_iou_sweep_table_and_figure(tmp_path):
             {"unit": range(1, 21), "label": "dog", "category": "object", "iou": iou, "detector": iou > 0.04}
         )
         store.write_csv(path, units)
-        entries.append({"dataset": "syn", "model": "r18", "layer": "layer3", "attack": attack, "mode": mode, "path": path})
+        entries.append(
+            {"dataset": "syn", "model": "r18", "layer": "layer3", "attack": attack, "mode": mode, "path": path}
+        )
     sweep = figures.write_iou_sweep(
         entries, tmp_path / "s.csv", tmp_path / "s.png", tmp_path / "s.svg", iou_threshold=0.04, style=STYLE
     )

@@ -117,6 +117,35 @@ def small_effects() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=tables.EFFECT_COLUMNS)
 
 
+def small_ablation() -> pd.DataFrame:
+    rows = []
+    for mode, drifted_restored in (("self", 30.0), ("clean", 10.0)):
+        for units_set, seed, restored in (
+            ("drifted", None, drifted_restored),
+            ("random", 0, 12.0),
+            ("random", 1, 20.0),
+        ):
+            rows.append(
+                {
+                    "dataset": "d",
+                    "model": "base",
+                    "layer": "layer4",
+                    "attack": "fgsm_2",
+                    "threshold_mode": mode,
+                    "units_set": units_set,
+                    "seed": seed,
+                    "ablated": 7,
+                    "units": 10,
+                    "images": 40,
+                    "flipped": 20,
+                    "restored": restored / 5,
+                    "restored_percent": restored,
+                    "kept_percent": 95.0,
+                }
+            )
+    return pd.DataFrame(rows, columns=tables.ABLATION_COLUMNS)
+
+
 def small_units() -> dict[tuple[str, str, str], pd.DataFrame]:
     base = pd.DataFrame(
         {
@@ -207,6 +236,7 @@ def small_markdown(training: bool = True) -> str:
         small_units(),
         small_training() if training else None,
         small_effects(),
+        small_ablation(),
     )
 
 
@@ -301,6 +331,13 @@ def test_effects_section():
     assert rows[1][10] == "-9.3 [-10.3, +2.7]"
 
 
+def test_ablation_section():
+    rows = table_rows(small_markdown(), "ablation")
+    assert rows[0][-3:] == ["restored % drifted", "restored % random", "above"]
+    assert rows[1] == ["base", "layer4", "fgsm_2", "self", "20", "7", "30.0", "16.0 [12.0, 20.0]", "yes"]
+    assert rows[2] == ["base", "layer4", "fgsm_2", "clean", "20", "7", "10.0", "16.0 [12.0, 20.0]", "no"]
+
+
 def test_no_effects_section_without_intervals():
     md = results_md.demo_results_markdown(
         small_models(), small_attacks(), small_table2(), small_ceilings(), small_units(), small_training()
@@ -367,6 +404,7 @@ def test_write_demo_results_from_csvs_is_byte_stable(tmp_path):
         ("ceilings", small_ceilings()),
         ("training", small_training()),
         ("effects", small_effects()),
+        ("ablation", small_ablation()),
     ):
         paths[name] = tmp_path / f"{name}.csv"
         store.write_csv(paths[name], frame)
@@ -382,6 +420,7 @@ def test_write_demo_results_from_csvs_is_byte_stable(tmp_path):
             units=units,
             training_csv=paths["training"],
             effects_csv=paths["effects"],
+            ablation_csv=paths["ablation"],
         )
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
@@ -452,10 +491,24 @@ def config_frames(cfg: dict) -> dict:
                     }
                     for c in tables.TABLE2_CATEGORIES
                 ]
+    # attack_effects.csv: every attack against the clean set (the bootstrap is on by default)
+    effect_rows = [
+        {**{c: NAN for c in tables.EFFECT_COLUMNS}, **{k: r[k] for k in ("dataset", "model", "layer", "attack")}}
+        | {"threshold_mode": r["threshold_mode"], "category": r["category"], "shown": False}
+        for r in table2_rows
+        if r["attack"] != clean
+    ]
     return {
         "models": models_df,
         "attacks": pd.DataFrame(attack_rows, columns=tables.ATTACK_COLUMNS),
         "table2": pd.DataFrame(table2_rows, columns=tables.TABLE2_COLUMNS),
+        "effects": pd.DataFrame(effect_rows, columns=tables.EFFECT_COLUMNS),
+        "ablation": pd.DataFrame(
+            [r | {"units_set": "drifted"} for r in effect_rows if r["category"] == "all"],
+            columns=tables.ABLATION_COLUMNS,
+        )
+        if cfg.get("ablation", {}).get("enabled", True)
+        else None,
         "ceilings": pd.DataFrame(columns=ceilings.CEILINGS_COLUMNS),
         "units": {k: pd.DataFrame(columns=tables.UNITS_COLUMNS) for k in deepest},
         "training": pd.DataFrame(training_rows, columns=tables.TRAINING_COLUMNS) if training_rows else None,

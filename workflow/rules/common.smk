@@ -180,13 +180,19 @@ def ablation_paths():
 
 def ablation_units(wildcards):
     """Per threshold mode: the clean units table, then the attack's."""
-    clean = units_path(wildcards.dataset, wildcards.model, CLEAN, "self", wildcards.layer)
+    clean = units_path(
+        wildcards.dataset, wildcards.model, CLEAN, "self", wildcards.layer
+    )
     paths = []
     for mode in DISSECTION["threshold_modes"]:
         paths += [
             clean,
             units_path(
-                wildcards.dataset, wildcards.model, wildcards.attack, mode, wildcards.layer
+                wildcards.dataset,
+                wildcards.model,
+                wildcards.attack,
+                mode,
+                wildcards.layer,
             ),
         ]
     return paths

@@ -344,6 +344,7 @@ rule demo_results:
         effects="results/summary/attack_effects.csv",
         ceilings="results/summary/ceilings.csv",
         training=["results/summary/training.csv"] if training_methods() else [],
+        ablation=["results/summary/ablation.csv"] if ablation_paths() else [],
         units=[
             units_path(e["dataset"], e["model"], CLEAN, "self", e["layer"])
             for e in deepest_layers()

@@ -10,6 +10,7 @@ from advdissect import results_md  # noqa: E402
 # params.deepest and input.units list the same (dataset, model, layer) in the same order.
 units = [{**dict(item), "path": path} for item, path in zip(sm.params.deepest, list(sm.input.units), strict=True)]
 training = list(getattr(sm.input, "training", []))
+ablation = list(getattr(sm.input, "ablation", []))
 results_md.write_demo_results(
     sm.output.md,
     models_csv=sm.input.models,
@@ -19,4 +20,5 @@ results_md.write_demo_results(
     units=units,
     training_csv=training[0] if training else None,
     effects_csv=sm.input.effects,
+    ablation_csv=ablation[0] if ablation else None,
 )
