@@ -228,7 +228,15 @@ def test_changing_the_figure_style_reruns_only_figures(study, tmp_path):
     changed = tmp_path / "changed.yaml"
     changed.write_text(yaml.safe_dump(config))
     jobs = planned_jobs(snakemake(study, "--dry-run", config=changed))
-    figures = {"detector_figure", "eps_sweep", "unit_pictures", "concept_drift", "training_summary"}
+    figures = {
+        "detector_figure",
+        "eps_sweep",
+        "iou_sweep",
+        "unit_pictures",
+        "concept_drift",
+        "training_summary",
+        "ablation_summary",
+    }
     # training_summary rewrites training.csv beside its figures, so the results summary follows.
     assert set(jobs) - {"all", "demo_results"} <= figures and jobs["detector_figure"] == 4
 
@@ -306,16 +314,31 @@ def test_report_holds_every_figure_and_table(study):
         "concept_drift.png",
         "training.png",
         "learning_curves.png",
+        "attack_effects.csv",
+        "ablation.csv",
+        "ablation.png",
     ]:
         assert any(name.endswith(needle) for name in names), needle
-    # The archive keeps file names under hashed folders: a detector and an epsilon-sweep figure
-    # per dissected layer (4 layers), a unit picture per layer and attack (3 + 3).
+    # The archive keeps file names under hashed folders: a detector, an epsilon-sweep and an
+    # IoU-sweep figure per dissected layer (4 layers), a unit picture per layer and attack (3 + 3),
+    # a unit browser per layer (its page and a picture per unit).
     pngs = [Path(name).name for name in names if name.endswith(".png")]
-    assert sum(name.startswith("layer") for name in pngs) == 2 * 4
+    assert sum(name.startswith("layer") for name in pngs) == 3 * 4
+    assert sum(name.endswith("/index.html") for name in names) == 4
+    assert sum(name.endswith(".jpg") for name in names) == 256 + 3 * 512
     assert sum(name.startswith(("fgsm_2", "noise_2")) for name in pngs) == 6
     with zipfile.ZipFile(report) as archive:
         html = archive.read(next(name for name in names if name.endswith("report.html"))).decode()
-    for category in ["Detectors", "Epsilon sweep", "Unit pictures", "Concept drift", "Training"]:
+    for category in [
+        "Detectors",
+        "Epsilon sweep",
+        "IoU-cut sweep",
+        "Unit pictures",
+        "Unit browser",
+        "Ablation",
+        "Concept drift",
+        "Training",
+    ]:
         assert category in html, category
 
 
@@ -408,3 +431,26 @@ def test_a_killed_run_resumes_to_the_same_bytes(study, tmp_path):
     assert not differ, f"files differ between two runs of one config: {differ[:10]}"
     for kind in ("images", "activations", "thresholds", "counts", "tally"):
         assert any(f"/{kind}/" in name for name in ours), kind
+
+
+def test_intervals_ablation_sweeps_and_browser_in_the_tiny_study(study):
+    summary = study / "results" / "summary"
+    table2 = pd.read_csv(summary / "table2.csv")
+    assert table2["ci_low_percent"].notna().all() and table2["ci_high_percent"].notna().all()
+    assert (table2["ci_low_percent"] <= table2["ci_high_percent"]).all()
+    assert table2["ci_low_percent"].between(0, 100).all() and table2["ci_high_percent"].between(0, 100).all()
+    effects = pd.read_csv(summary / "attack_effects.csv")
+    # rand18 (2 layers, fgsm_2 and noise_2), small18 and small18_atda (layer4, fgsm_2); 2 modes, 7 categories
+    assert len(effects) == (2 * 2 + 1 + 1) * 2 * 7
+    assert (effects["difference"] == effects["attack_percent"] - effects["clean_percent"]).all()
+    boot = pd.read_csv(study / "results/tiny/rand18/clean/self/bootstrap/layer4.csv")
+    assert len(boot) == 1000 and (boot["units"] == 512).all()
+    ablation = pd.read_csv(summary / "ablation.csv")
+    # deepest layers: rand18 layer4 (fgsm_2, noise_2), small18 and small18_atda layer4 (fgsm_2); 2 modes
+    assert len(ablation) == 4 * 2 * (1 + 5)
+    assert set(ablation["units_set"]) == {"drifted", "random"}
+    assert (ablation["restored"] <= ablation["flipped"]).all()
+    sweep = pd.read_csv(summary / "iou_sweep/tiny/rand18/layer4.csv")
+    assert sweep.groupby(["attack", "threshold_mode"])["detectors"].apply(lambda d: d.is_monotonic_decreasing).all()
+    page = (study / "results/browser/tiny/rand18/layer4/index.html").read_text()
+    assert page.count("<tr>") == 1 + 512 and page.count('<img loading="lazy"') == 512

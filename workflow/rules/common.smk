@@ -154,6 +154,8 @@ def all_targets():
         targets.append(f"results/figures/detectors/{dataset}/{model}/{layer}.png")
         targets.append(f"results/figures/eps_sweep/{dataset}/{model}/{layer}.png")
         targets.append(f"results/figures/iou_sweep/{dataset}/{model}/{layer}.png")
+        if FIGURES["browser"]:
+            targets.append(f"results/browser/{dataset}/{model}/{layer}")
         for attack in model_attacks(model):
             if attack != CLEAN:
                 targets.append(
@@ -278,6 +280,25 @@ def unit_picture_inputs(wildcards):
         "clean_units": units_path(d, m, CLEAN, "self", layer),
         "adv_units": units_path(d, m, a, "self", layer),
     }
+
+
+def browser_inputs(wildcards):
+    """Images, activations and thresholds of every image set of the model; its units tables."""
+    d, m, layer = wildcards.dataset, wildcards.model, wildcards.layer
+    inputs = {}
+    for attack in [CLEAN] + [a for a in model_attacks(m) if a != CLEAN]:
+        inputs[f"images_{attack}"] = expand(
+            f"results/{d}/{m}/{attack}/images/{{shard}}.h5", shard=shards(d)
+        )
+        inputs[f"activations_{attack}"] = expand(
+            f"results/{d}/{m}/{attack}/activations/{layer}/{{shard}}.h5",
+            shard=shards(d),
+        )
+        inputs[f"thresholds_{attack}"] = f"results/{d}/{m}/{attack}/thresholds/{layer}.h5"
+        modes = ["self"] if attack == CLEAN else DISSECTION["threshold_modes"]
+        for mode in modes:
+            inputs[f"units_{attack}_{mode}"] = units_path(d, m, attack, mode, layer)
+    return inputs
 
 
 def ceiling_datasets():

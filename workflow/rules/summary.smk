@@ -268,6 +268,31 @@ rule unit_pictures:
         "../scripts/unit_pictures.py"
 
 
+rule unit_browser:
+    input:
+        unpack(browser_inputs),
+    output:
+        page=report(
+            directory("results/browser/{dataset}/{model}/{layer}"),
+            htmlindex="index.html",
+            caption="../report/browser.rst",
+            category="Unit browser",
+            subcategory="{model}",
+        ),
+    log:
+        "results/logs/unit_browser/{dataset}/{model}/{layer}.log",
+    benchmark:
+        "results/benchmarks/unit_browser/{dataset}/{model}/{layer}.tsv"
+    conda:
+        "../../envs/advdissect.yaml"
+    params:
+        sets=lambda wc: [CLEAN] + [a for a in model_attacks(wc.model) if a != CLEAN],
+        modes=DISSECTION["threshold_modes"],
+        clean=CLEAN,
+    script:
+        "../scripts/unit_browser.py"
+
+
 rule training_summary:
     input:
         models="results/summary/models.csv",

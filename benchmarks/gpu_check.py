@@ -1,0 +1,187 @@
+"""GPU check: the tiny chain on the GPU against the CPU, and the GPU jobs' speed on the GPU.
+
+    python benchmarks/gpu_check.py [--device cuda] [--size 224] [--batch 64] [--batches 8]
+
+1. Agreement. A generated synthetic dataset (48 held-out images, 64 px) and a ResNet-18 with
+   random weights run through the library's own steps on the CPU and on --device: the clean
+   set, FGSM 2/255 and the ±2/255 noise control (run_attack), layer3 and layer4 activations of
+   the CPU's images (so both devices see the same pixels), exact thresholds, IoU counts and best
+   concepts. Printed and checked:
+   - clean and noise images: byte-equal (the pixels involve no float arithmetic on the device);
+   - FGSM images: the share of pixels that differ (float rounding can flip the sign of a
+     near-zero gradient entry, moving that pixel by one ε step); at most 1 %;
+   - activations: the largest difference relative to the layer's largest activation; at most 1e-3;
+   - units: how many change their best concept or detector status; where the activations are
+     bit-equal the counts must be equal too.
+2. Speed (ResNet-18, --size px, batch --batch, random weights and random images): images per
+   second of a bare forward pass, of extract_activations to layer4, of a bare forward +
+   backward pass, and of run_attack FGSM (the attack job's work: clean prediction, gradient,
+   uint8 images, adversarial prediction); their ratios; and, from those rates, the GPU time of
+   full Broden (63,305 images) with clean + FGSM 8/255 and layer3 + layer4.
+
+Exit status 1 when a check fails. Runs in a few minutes on one GPU; with --device cpu it checks
+the script itself.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from advdissect.activations import extract_activations
+from advdissect.attacks import AttackSpec, run_attack
+from advdissect.broden import BrodenDataset
+from advdissect.models import load_model
+from advdissect.synthetic import generate
+from advdissect.tally import _best_overall, _best_per_category, count_shard, iou
+from advdissect.thresholds import threshold_from_top, top_count, top_values
+
+BRODEN_IMAGES = 63_305
+LAYERS = ("layer3", "layer4")
+FGSM_SHARE_MAX = 0.01
+ACTIVATION_REL_MAX = 1e-3
+
+
+def best_concepts(acts: np.ndarray, dataset: BrodenDataset, rows: np.ndarray, quantile: float = 0.005):
+    n_total = acts.shape[0] * acts.shape[2] * acts.shape[3]
+    thresholds = threshold_from_top(top_values(acts, top_count(n_total, quantile)), n_total, quantile)
+    segs = [dataset.load_segmentation(int(r)) for r in rows]
+    counts = count_shard(acts, thresholds, segs, dataset.label_category, dataset.n_labels, dataset.seg_size)
+    best, score = _best_per_category(iou(counts, "lite"), dataset.label_category)
+    label, _, top = _best_overall(best, score)
+    return counts, label, top > 0.04
+
+
+def agreement(device: str, batch: int) -> list[str]:
+    failures = []
+    with tempfile.TemporaryDirectory(prefix="gpu_check.") as tmp:
+        root = Path(tmp) / "tiny"
+        generate(root, n_train=8, n_val=48, image_size=64, n_classes=16, seed=0)
+        dataset = BrodenDataset(root)
+        rows = dataset.rows("val")
+        images = np.stack([dataset.load_image(int(r)).transpose(2, 0, 1) for r in rows])
+        labels = dataset.class_indices(rows)
+        model = load_model("resnet18", 16, seed=0).eval()
+        specs = {
+            "clean": AttackSpec.from_config("clean", {"method": "clean"}),
+            "fgsm_2": AttackSpec.from_config("fgsm_2", {"method": "fgsm", "eps": "2/255"}),
+            "noise_2": AttackSpec.from_config("noise_2", {"method": "noise", "eps": "2/255", "seed": 0}),
+        }
+        for name, spec in specs.items():
+            cpu = run_attack(model.to("cpu"), images, labels, spec, batch, "cpu", rows=rows)["images"]
+            dev = run_attack(model.to(device), images, labels, spec, batch, device, rows=rows)["images"]
+            share = float(np.mean(cpu != dev))
+            print(f"{name:>8} images: {share:.5%} of pixels differ between cpu and {device}")
+            if name != "fgsm_2" and share > 0:
+                failures.append(f"{name} images differ")
+            if name == "fgsm_2" and share > FGSM_SHARE_MAX:
+                failures.append(f"fgsm_2: {share:.3%} of pixels differ (> {FGSM_SHARE_MAX:.0%})")
+            if name == "fgsm_2":
+                attacked = cpu
+        for name, pixels in (("clean", images), ("fgsm_2", attacked)):
+            for layer in LAYERS:
+                a_cpu = extract_activations(model.to("cpu"), pixels, layer, batch, "cpu")
+                a_dev = extract_activations(model.to(device), pixels, layer, batch, device)
+                rel = float(np.max(np.abs(a_cpu - a_dev)) / max(np.max(np.abs(a_cpu)), 1e-30))
+                counts_cpu, label_cpu, det_cpu = best_concepts(a_cpu, dataset, rows)
+                counts_dev, label_dev, det_dev = best_concepts(a_dev, dataset, rows)
+                moved = int(np.sum((label_cpu != label_dev) | (det_cpu != det_dev)))
+                print(
+                    f"{name:>8} {layer}: activations differ by {rel:.2e} of the largest; "
+                    f"{moved} of {len(label_cpu)} units change concept or detector status"
+                )
+                if rel > ACTIVATION_REL_MAX:
+                    failures.append(f"{name} {layer}: activations differ by {rel:.2e}")
+                if np.array_equal(a_cpu, a_dev) and not all(
+                    np.array_equal(counts_cpu[k], counts_dev[k]) for k in ("intersection", "label_area")
+                ):
+                    failures.append(f"{name} {layer}: equal activations gave different counts")
+    return failures
+
+
+def rate(fn, images: int, device: str, reps: int = 3) -> float:
+    """Images per second of fn (best of reps, after a warm-up)."""
+    fn()
+    best = float("inf")
+    for _ in range(reps):
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        start = time.perf_counter()
+        fn()
+        if device.startswith("cuda"):
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - start)
+    return images / best
+
+
+def speed(device: str, size: int, batch: int, batches: int) -> None:
+    n = batch * batches
+    images = np.random.default_rng(0).integers(0, 256, (n, 3, size, size), dtype=np.uint8)
+    labels = np.full(n, -1, np.int64)
+    model = load_model("resnet18", 1000, seed=0).to(device).eval()
+    gpu_batches = [torch.from_numpy(images[i : i + batch]).to(device) for i in range(0, n, batch)]
+    fgsm = AttackSpec.from_config("fgsm_8", {"method": "fgsm", "eps": "8/255"})
+
+    def forward():
+        with torch.no_grad():
+            for u in gpu_batches:
+                model(u.float() / 255)
+
+    def forward_backward():
+        for u in gpu_batches:
+            x = (u.float() / 255).requires_grad_(True)
+            logits = model(x)
+            torch.autograd.grad(F.cross_entropy(logits, logits.detach().argmax(1)), x)
+
+    rates = {
+        "bare forward": rate(forward, n, device),
+        "activations (layer4)": rate(lambda: extract_activations(model, images, "layer4", batch, device), n, device),
+        "bare forward+backward": rate(forward_backward, n, device),
+        "attack FGSM (run_attack)": rate(lambda: run_attack(model, images, labels, fgsm, batch, device), n, device),
+    }
+    print(f"\nresnet18, {size} px, batch {batch}, {n} images on {device}:")
+    for name, value in rates.items():
+        print(f"  {name:<28} {value:9.1f} images/s")
+    act_ratio = rates["activations (layer4)"] / rates["bare forward"]
+    fgsm_ratio = rates["attack FGSM (run_attack)"] / rates["bare forward+backward"]
+    print(f"  activations / bare forward           {act_ratio:.2f}")
+    print(f"  FGSM / bare forward+backward         {fgsm_ratio:.2f}")
+    # clean set: one forward per image (its predictions); FGSM: the attack; each set's two layers
+    # are two activation jobs; counting runs on the CPU.
+    seconds = BRODEN_IMAGES * (
+        1 / rates["bare forward"] + 1 / rates["attack FGSM (run_attack)"] + 4 / rates["activations (layer4)"]
+    )
+    print(
+        f"  full Broden, clean + FGSM 8/255, layer3 + layer4: {seconds / 60:.1f} min of GPU time "
+        f"({BRODEN_IMAGES} × (1 forward + 1 FGSM + 4 activation passes) at the rates above)"
+    )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--size", type=int, default=224)
+    parser.add_argument("--batch", type=int, default=64)
+    parser.add_argument("--batches", type=int, default=8)
+    parser.add_argument("--skip-speed", action="store_true", help="only the agreement checks")
+    args = parser.parse_args(argv)
+    if args.device.startswith("cuda"):
+        print(f"device: {torch.cuda.get_device_name(args.device)}; torch {torch.__version__}")
+    failures = agreement(args.device, batch=16)
+    if not args.skip_speed:
+        speed(args.device, args.size, args.batch, args.batches)
+    for failure in failures:
+        print(f"FAILED: {failure}", file=sys.stderr)
+    print("gpu check: " + ("FAILED" if failures else "passed"))
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,32 @@
+"""Rule unit_browser: the HTML page of one model and layer with every unit, clean next to each attack."""
+
+from advdissect.joblog import log_to
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+log_to(sm.log[0])
+
+from advdissect.browser import write_browser  # noqa: E402
+
+sets = [
+    {
+        "attack": attack,
+        "images": list(sm.input[f"images_{attack}"]),
+        "activations": list(sm.input[f"activations_{attack}"]),
+        "thresholds": sm.input[f"thresholds_{attack}"],
+    }
+    for attack in sm.params.sets
+]
+units = {
+    (attack, mode): sm.input[f"units_{attack}_{mode}"]
+    for attack in sm.params.sets
+    for mode in (["self"] if attack == sm.params.clean else sm.params.modes)
+}
+write_browser(
+    sm.output.page,
+    dataset=sm.wildcards.dataset,
+    model=sm.wildcards.model,
+    layer=sm.wildcards.layer,
+    sets=sets,
+    units=units,
+    clean_attack=sm.params.clean,
+)
