@@ -195,10 +195,12 @@ def check_semantics(config: Mapping) -> None:
             raise ConfigError(
                 f"config: datasets.{name}.variant: required for source 'broden' (broden1_224 or broden1_227)"
             )
-        if source == "local" and "path" not in spec:
-            raise ConfigError(f"config: datasets.{name}.path: required for source 'local'")
+        if source in ("local", "imagefolder") and "path" not in spec:
+            raise ConfigError(f"config: datasets.{name}.path: required for source {source!r}")
         if source != "synthetic" and "synthetic" in spec:
             raise ConfigError(f"config: datasets.{name}.synthetic: only for source 'synthetic'")
+        if not dissectable(spec):
+            continue
         wanted, available = dataset_size(name, spec), available_images(spec)
         if available is not None and wanted > available:
             raise ConfigError(
@@ -237,6 +239,11 @@ def check_semantics(config: Mapping) -> None:
             if dataset not in datasets:
                 raise ConfigError(
                     f"config: models.{name}.datasets: unknown dataset {dataset!r} (defined: {', '.join(datasets)})"
+                )
+            if not dissectable(datasets[dataset]):
+                raise ConfigError(
+                    f"config: models.{name}.datasets: {dataset!r} is an ImageFolder training set without "
+                    "segmentations; list the Broden-format datasets to dissect on"
                 )
         weights = spec["weights"]
         if weights["source"] != "train":
@@ -314,8 +321,15 @@ def load_config(paths: Iterable[str | Path], schema_path: str | Path) -> dict:
     return config
 
 
+def dissectable(spec: Mapping) -> bool:
+    """Broden-format datasets can be dissected; ImageFolder ones only train models."""
+    return spec["source"] != "imagefolder"
+
+
 def model_datasets(config: Mapping, model: str) -> list[str]:
-    return list(config["models"][model].get("datasets", list(config["datasets"])))
+    """The datasets a model is dissected on: its own list, or every Broden-format dataset."""
+    every = [name for name, spec in config["datasets"].items() if dissectable(spec)]
+    return list(config["models"][model].get("datasets", every))
 
 
 def model_attacks(config: Mapping, model: str) -> list[str]:

@@ -44,6 +44,7 @@ from tqdm import tqdm
 
 from . import losses
 from .errors import ConfigError, DatasetError
+from .imagefolder import ImageFolderImages, load_imagefolder
 from .store import atomic_path, write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -149,9 +150,11 @@ def _to_float(images: torch.Tensor, device: torch.device) -> torch.Tensor:
 
 
 def _as_tensors(images, labels, what: str) -> tuple[torch.Tensor, torch.Tensor]:
-    images = torch.as_tensor(images)
+    # Images read from disk on indexing (ImageFolderImages) stay as they are.
+    if not isinstance(images, ImageFolderImages):
+        images = torch.as_tensor(images)
     labels = torch.as_tensor(labels).long()
-    if images.dtype != torch.uint8 or images.ndim != 4 or images.shape[1] != 3:
+    if images.dtype != torch.uint8 or len(images.shape) != 4 or images.shape[1] != 3:
         raise ValueError(f"{what} images must be uint8 (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
     if labels.shape != (images.shape[0],):
         raise ValueError(f"{what} labels must be ({images.shape[0]},), got {tuple(labels.shape)}")
@@ -560,6 +563,23 @@ def check_num_classes(model_spec: Mapping[str, Any], n_classes: int, dataset_roo
         )
 
 
+def training_data(dataset_root: str | Path, source: str, image_size: int | None, progress: bool = True):
+    """(train images, train labels, held-out images, held-out labels, n_classes, root) of a training set.
+
+    source "imagefolder": the train/val class folders, read batch by batch at image_size;
+    otherwise a Broden-format dataset's train and val rows with a class, loaded into memory.
+    """
+    if source == "imagefolder":
+        train_x, train_y, val_x, val_y, classes = load_imagefolder(dataset_root, image_size or 224)
+        return train_x, train_y, val_x, val_y, len(classes), Path(dataset_root)
+    from .broden import BrodenDataset
+
+    dataset = BrodenDataset(dataset_root)
+    train_x, train_y = load_split(dataset, "train", progress)
+    val_x, val_y = load_split(dataset, "val", progress)
+    return train_x, train_y, val_x, val_y, len(dataset.classes()), dataset.root
+
+
 def train_model_to_files(
     *,
     dataset_root: str | Path,
@@ -572,29 +592,31 @@ def train_model_to_files(
     checkpoint_path: str | Path,
     device: torch.device | str | None = None,
     progress: bool = True,
+    dataset_source: str = "broden",
+    image_size: int | None = None,
 ) -> dict[str, Any]:
-    """Train a model on a Broden-format dataset's train split, hold out its val split, write files.
+    """Train a model on a dataset's train split, hold out its val split, write files.
+
+    The dataset is Broden-format, or with dataset_source "imagefolder" torchvision's ImageFolder
+    layout read at image_size (see `training_data`).
 
     `init_weights` starts from a weights file (fine-tuning; it must have num_classes outputs),
     None from the seeded random init. Writes the weights (`save_weights`, meta: arch, method,
     dataset, num_classes, normalization, training config), metrics.json and history.csv, then
     removes the checkpoint.
     """
-    from .broden import BrodenDataset
     from .device import select_device
     from .models import load_model, save_weights
 
     cfg = TrainConfig.from_dict(training)
-    dataset = BrodenDataset(dataset_root)
-    check_num_classes(model_spec, len(dataset.classes()), dataset.root)
+    train_x, train_y, val_x, val_y, n_classes, root = training_data(dataset_root, dataset_source, image_size, progress)
+    check_num_classes(model_spec, n_classes, root)
     device = select_device() if device is None else torch.device(device)
-    train_x, train_y = load_split(dataset, "train", progress)
-    val_x, val_y = load_split(dataset, "val", progress)
     log.info(
         "training %s (%s) on %s: %d train / %d held-out images, %s, device %s",
         model_spec["arch"],
         cfg.method,
-        dataset.root,
+        root,
         len(train_y),
         len(val_y),
         cfg,
@@ -624,7 +646,7 @@ def train_model_to_files(
     meta = {
         "arch": model_spec["arch"],
         "method": cfg.method,
-        "dataset": str(dataset.root.name),
+        "dataset": str(root.name),
         "num_classes": int(model_spec["num_classes"]),
         "normalization": model_spec.get("normalization", "imagenet"),
         "init": None if init_weights is None else str(init_weights),
@@ -634,7 +656,7 @@ def train_model_to_files(
     save_weights(out_weights, model.net.state_dict(), meta)
     metrics.update(
         arch=model_spec["arch"],
-        dataset=str(dataset.root),
+        dataset=str(root),
         training=cfg.to_dict(),
         init=meta["init"],
         device=str(device),

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+from PIL import Image
 
 from advdissect.synthetic import generate
 
@@ -23,3 +25,28 @@ def tiny_broden(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("broden") / "tiny"
     generate(root, **TINY)
     return root
+
+
+IMAGEFOLDER_CLASSES = ("bee", "ant", "cat")  # listed in sorted order: ant, bee, cat
+
+
+def make_imagefolder(root: Path, per_class=(8, 4), seed: int = 0) -> Path:
+    """Non-square images of three classes in train/ and val/; class c is mostly colour channel c."""
+    rng = np.random.default_rng(seed)
+    for split, n in zip(("train", "val"), per_class):
+        for name in IMAGEFOLDER_CLASSES:
+            folder = root / split / name
+            folder.mkdir(parents=True)
+            channel = sorted(IMAGEFOLDER_CLASSES).index(name)
+            for i in range(n):
+                h, w = int(rng.integers(20, 40)), int(rng.integers(20, 40))
+                pixels = rng.integers(0, 60, size=(h, w, 3), dtype=np.uint8)
+                pixels[..., channel] += 180
+                Image.fromarray(pixels).save(folder / f"{i:02d}.png")
+    return root
+
+
+@pytest.fixture
+def tiny_imagefolder(tmp_path) -> Path:
+    """An ImageFolder dataset: 3 classes, 8 training and 4 held-out images each, 20-39 px."""
+    return make_imagefolder(tmp_path / "imagefolder")

@@ -38,7 +38,7 @@ def bad(mutate):
     return message
 
 
-@pytest.mark.parametrize("path", ["config/config.yaml", "config/paper.yaml"])
+@pytest.mark.parametrize("path", ["config/config.yaml", "config/paper.yaml", "config/imagenet_finetune.yaml"])
 def test_shipped_configs_are_valid(path):
     cfg = yaml.safe_load((ROOT / path).read_text())
     checked(cfg)
@@ -214,3 +214,20 @@ def test_local_dataset_needs_n_images_within_its_split(tmp_path):
     with pytest.raises(ConfigError, match=r"holds 5"):
         checked(local_config(root, n_images=6))
     checked(local_config(root, split="val", n_images=3))
+
+
+def test_imagefolder_needs_a_path_and_is_not_dissected():
+    folder = {"source": "imagefolder", "path": "/data/imagenet"}
+    message = bad(lambda c: c["datasets"].update(imagenet={"source": "imagefolder"}))
+    assert message == "config: datasets.imagenet.path: required for source 'imagefolder'"
+    message = bad(
+        lambda c: (c["datasets"].update(imagenet=folder), c["models"]["alexnet"].update(datasets=["imagenet"]))
+    )
+    assert message.startswith("config: models.alexnet.datasets: 'imagenet' is an ImageFolder training set")
+    cfg = copy.deepcopy(DEFAULT)
+    cfg["datasets"]["imagenet"] = dict(folder)
+    del cfg["models"]["alexnet"]["datasets"]
+    checked(cfg)
+    # a model without its own list is dissected on every Broden-format dataset, not the ImageFolder one
+    assert adconfig.model_datasets(cfg, "alexnet") == ["synthetic", "synthetic64"]
+    assert cfg["datasets"]["imagenet"]["image_size"] == 224

@@ -1,6 +1,7 @@
 """The whole workflow on a tiny config: outputs, no-op re-runs, partial re-runs, shard independence,
 the report, and the linter."""
 
+import json
 import os
 import re
 import signal
@@ -454,3 +455,25 @@ def test_intervals_ablation_sweeps_and_browser_in_the_tiny_study(study):
     assert sweep.groupby(["attack", "threshold_mode"])["detectors"].apply(lambda d: d.is_monotonic_decreasing).all()
     page = (study / "results/browser/tiny/rand18/layer4/index.html").read_text()
     assert page.count("<tr>") == 1 + 512 and page.count('<img loading="lazy"') == 512
+
+
+def test_models_trained_on_an_imagefolder_are_dissected_on_broden(tmp_path, tiny_imagefolder):
+    config = yaml.safe_load(TINY.read_text())
+    config["datasets"]["folder"] = {"source": "imagefolder", "path": str(tiny_imagefolder), "image_size": 32}
+    train = {"source": "train", "dataset": "folder", "epochs": 1, "batch_size": 8}
+    config["models"] = {
+        "folder18": {"arch": "resnet18", "num_classes": 3, "layers": ["layer4"], "attacks": ["fgsm_2"],
+                     "weights": dict(train, method="standard")},
+        "folder18_atda": {"arch": "resnet18", "num_classes": 3, "layers": ["layer4"], "attacks": ["fgsm_2"],
+                          "weights": dict(train, method="atda", init="folder18", eps="2/255")},
+    }  # fmt: skip
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    jobs = planned_jobs(snakemake(tmp_path, "--dry-run"))
+    assert jobs["make_synthetic"] == 1 and jobs["train_model"] == 2  # the folder is read, not generated
+    units = "results/tiny/folder18_atda/fgsm_2/clean/units/layer4.csv"
+    snakemake(tmp_path, units)
+    metrics = json.loads((tmp_path / "results/models/folder18_atda/metrics.json").read_text())
+    assert metrics["method"] == "atda" and metrics["n_train"] == 24 and metrics["n_val"] == 12
+    assert metrics["dataset"] == str(tiny_imagefolder) and metrics["init"].endswith("folder18/weights.pt")
+    assert len(pd.read_csv(tmp_path / units)) == 512
+    assert not (tmp_path / "results" / "folder").exists()  # nothing is dissected on the folder

@@ -51,6 +51,8 @@ def dataset_index(name):
         return f"resources/synthetic/{name}/index.csv"
     if spec["source"] == "broden":
         return f"resources/broden/{spec['variant']}/index.csv"
+    if spec["source"] == "imagefolder":
+        return str(Path(spec["path"]) / "train")
     return str(Path(spec["path"]) / "index.csv")
 
 
@@ -131,6 +133,18 @@ def units_path(dataset, model, attack, mode, layer):
 
 def trained_models():
     return [m for m in MODELS if MODELS[m]["weights"]["source"] == "train"]
+
+
+def training_params(wildcards):
+    """The training settings of a model; for an ImageFolder training set, its image size too."""
+    weights = MODELS[wildcards.model]["weights"]
+    params = {
+        k: v for k, v in weights.items() if k not in ("source", "dataset", "init")
+    }
+    train_set = DATASETS[weights["dataset"]]
+    if train_set["source"] == "imagefolder":
+        params["image_size"] = train_set["image_size"]
+    return params
 
 
 def train_inputs(wildcards):
@@ -294,7 +308,9 @@ def browser_inputs(wildcards):
             f"results/{d}/{m}/{attack}/activations/{layer}/{{shard}}.h5",
             shard=shards(d),
         )
-        inputs[f"thresholds_{attack}"] = f"results/{d}/{m}/{attack}/thresholds/{layer}.h5"
+        inputs[f"thresholds_{attack}"] = (
+            f"results/{d}/{m}/{attack}/thresholds/{layer}.h5"
+        )
         modes = ["self"] if attack == CLEAN else DISSECTION["threshold_modes"]
         for mode in modes:
             inputs[f"units_{attack}_{mode}"] = units_path(d, m, attack, mode, layer)

@@ -38,11 +38,7 @@ rule train_model:
         gpu=1,
     params:
         model_spec=lambda wc: model_spec(wc.model),
-        training=lambda wc: {
-            k: v
-            for k, v in MODELS[wc.model]["weights"].items()
-            if k not in ("source", "dataset", "init")
-        },
+        training=training_params,
         # The checkpoint lives outside the outputs so a killed training resumes from it.
         checkpoint=lambda wc: f"results/models/{wc.model}/checkpoint.pt",
     script:

@@ -9,16 +9,21 @@ from advdissect.training import train_model_to_files
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])
 configure_threads(sm.threads)
+training = dict(sm.params.training)
+image_size = training.pop("image_size", None)  # an ImageFolder training set's image size
+source = sm.config["datasets"][sm.config["models"][sm.wildcards.model]["weights"]["dataset"]]["source"]
 # Device ids come from the config, not params: changing them re-runs nothing.
 with claim_gpu(sm.config["compute"]["gpus"], lock_dir=".snakemake/gpu-locks"):
     train_model_to_files(
         dataset_root=Path(sm.input.dataset).parent,
         init_weights=sm.input.get("init"),
         model_spec=dict(sm.params.model_spec),
-        training=dict(sm.params.training),
+        training=training,
         out_weights=sm.output.weights,
         out_metrics=sm.output.metrics,
         out_history=sm.output.history,
         checkpoint_path=sm.params.checkpoint,
         device=select_device(),
+        dataset_source=source,
+        image_size=image_size,
     )

@@ -1,0 +1,80 @@
+"""ImageFolder training data: listing, pixels against torchvision's transforms, training on it."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from PIL import Image
+from torchvision import transforms
+
+from advdissect.errors import ConfigError, DatasetError
+from advdissect.imagefolder import ImageFolderImages, load_imagefolder
+from advdissect.training import train_model_to_files
+
+
+def test_listing_and_pixels_follow_torchvision(tiny_imagefolder):
+    train_x, train_y, val_x, val_y, classes = load_imagefolder(tiny_imagefolder, 16)
+    assert classes == ["ant", "bee", "cat"]
+    assert train_x.shape == (24, 3, 16, 16) and val_x.shape == (12, 3, 16, 16)
+    assert train_y.tolist() == [0] * 8 + [1] * 8 + [2] * 8
+    reference = transforms.Compose([transforms.Resize(16), transforms.CenterCrop(16), transforms.PILToTensor()])
+    for i in (0, 5, 11):
+        with Image.open(train_x.files[i]) as img:
+            want = reference(img.convert("RGB"))
+        torch.testing.assert_close(train_x[[i]][0], want, rtol=0, atol=0)
+    assert train_x[2:5].shape == (3, 3, 16, 16) and train_x[torch.tensor([7, 1])].dtype == torch.uint8
+
+
+def test_mismatched_classes_and_broken_files_are_refused(tiny_imagefolder, tmp_path):
+    root = tiny_imagefolder
+    (root / "val" / "dog").mkdir()
+    Image.new("RGB", (8, 8)).save(root / "val" / "dog" / "a.png")
+    with pytest.raises(DatasetError, match="different class folders"):
+        load_imagefolder(root, 16)
+    broken = tmp_path / "broken.png"
+    broken.write_bytes(b"not an image")
+    with pytest.raises(DatasetError, match="cannot be read"):
+        ImageFolderImages([broken], 8)[[0]]
+    with pytest.raises(DatasetError, match="missing"):
+        load_imagefolder(tmp_path / "nowhere", 16)
+
+
+def test_training_on_an_imagefolder(tiny_imagefolder, tmp_path):
+    root = tiny_imagefolder
+    spec = {"arch": "resnet18", "num_classes": 3}
+    out = tmp_path / "model"
+    metrics = train_model_to_files(
+        dataset_root=root,
+        init_weights=None,
+        model_spec=spec,
+        training={"method": "atda", "epochs": 2, "batch_size": 8, "lr": 0.01, "eps": "2/255"},
+        out_weights=out / "weights.pt",
+        out_metrics=out / "metrics.json",
+        out_history=out / "history.csv",
+        checkpoint_path=out / "checkpoint.pt",
+        device="cpu",
+        progress=False,
+        dataset_source="imagefolder",
+        image_size=32,
+    )
+    assert metrics["n_train"] == 24 and metrics["n_val"] == 12 and metrics["epochs"] == 2
+    assert 0.0 <= metrics["heldout_accuracy"] <= 1.0 and "heldout_fgsm_accuracy" in metrics
+    assert json.loads((out / "metrics.json").read_text())["dataset"] == str(root)
+    assert not (out / "checkpoint.pt").exists()
+    with pytest.raises(ConfigError, match="num_classes"):
+        train_model_to_files(
+            dataset_root=root,
+            init_weights=None,
+            model_spec={"arch": "resnet18", "num_classes": 5},
+            training={"method": "standard", "epochs": 1},
+            out_weights=out / "w2.pt",
+            out_metrics=out / "m2.json",
+            out_history=out / "h2.csv",
+            checkpoint_path=out / "c2.pt",
+            device="cpu",
+            progress=False,
+            dataset_source="imagefolder",
+            image_size=32,
+        )
