@@ -12,10 +12,10 @@ sees the same resamples: a clean-vs-attack difference is paired resample by resa
 Intervals are basic (reverse-percentile) bootstrap intervals: [2·t − q_hi, 2·t − q_lo] for the
 full-set value t and the resampled quantiles q. Counting detectors takes, per unit, the best of
 many noisy IoUs and compares it with a cut, so resampling (which adds that noise once more)
-inflates the count: the resampled values sit mostly above t (for a random network nearly all
-of them), and a percentile interval [q_lo, q_hi] would then miss t itself. The basic interval
-reads the same shift as the full set's own excess over the population value and moves the
-interval down by it; ratios are clipped to [0, 100] %.
+shifts the count, not only spreads it: for a random network nearly every resample has more
+detectors than the full set, and a percentile interval [q_lo, q_hi] would then miss t itself.
+The basic interval reads the resamples' shift as the full set's own shift from the population
+value and moves the interval against it; ratios are clipped to [0, 100] %.
 """
 
 from __future__ import annotations
