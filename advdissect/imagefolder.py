@@ -4,7 +4,7 @@ Classes are the train folder's sub-folders in sorted order and files are listed 
 ImageFolder lists them, so class indices match a model trained with torchvision on the same
 folders (ImageNet's 1000 synset folders give ImageNet's class order). Images are read from disk
 batch by batch, never all at once: torchvision's Resize(size) (shorter side, bilinear) and
-CenterCrop(size), as uint8 (3, size, size). The same image always gives
+CenterCrop(size), as uint8 (3, size, size), a batch's images decoded by a pool of threads. The same image always gives
 the same pixels; training's random horizontal flips are applied later, per epoch and seed.
 """
 
@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -29,11 +30,14 @@ class ImageFolderImages:
 
     dtype = torch.uint8
 
-    def __init__(self, files: Sequence[str | os.PathLike], size: int):
+    def __init__(self, files: Sequence[str | os.PathLike], size: int, workers: int | None = None):
         if size < 1:
             raise DatasetError(f"image size must be positive, got {size}")
         self.files = [str(f) for f in files]
         self.size = int(size)
+        # PIL decodes and resizes outside the GIL, so a batch is read by a pool of threads, as
+        # many as torch may use (a job's `compute.threads`).
+        self.workers = max(1, int(workers if workers is not None else torch.get_num_threads()))
 
     @property
     def shape(self) -> tuple[int, int, int, int]:
@@ -58,8 +62,13 @@ class ImageFolderImages:
         else:
             positions = np.asarray(index, np.int64).reshape(-1)
         batch = np.empty((len(positions), 3, self.size, self.size), np.uint8)
-        for j, i in enumerate(positions):
-            batch[j] = self.load(int(i))
+        if self.workers == 1 or len(positions) < 2:
+            for j, i in enumerate(positions):
+                batch[j] = self.load(int(i))
+        else:
+            with ThreadPoolExecutor(max_workers=min(self.workers, len(positions))) as pool:
+                for j, image in enumerate(pool.map(self.load, [int(i) for i in positions])):
+                    batch[j] = image
         return torch.from_numpy(batch)
 
 

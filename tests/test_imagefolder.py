@@ -25,6 +25,11 @@ def test_listing_and_pixels_follow_torchvision(tiny_imagefolder):
             want = reference(img.convert("RGB"))
         torch.testing.assert_close(train_x[[i]][0], want, rtol=0, atol=0)
     assert train_x[2:5].shape == (3, 3, 16, 16) and train_x[torch.tensor([7, 1])].dtype == torch.uint8
+    # the thread pool reads the same pixels in the same order as one thread
+    one = ImageFolderImages(train_x.files, 16, workers=1)
+    many = ImageFolderImages(train_x.files, 16, workers=4)
+    order = torch.tensor([5, 0, 23, 11, 7])
+    torch.testing.assert_close(many[order], one[order], rtol=0, atol=0)
 
 
 def test_mismatched_classes_and_broken_files_are_refused(tiny_imagefolder, tmp_path):
