@@ -33,7 +33,6 @@ from .errors import ArtifactError, ModelError
 log = logging.getLogger(__name__)
 
 DRIFTED = ("changed", "lost")
-ABLATION_COLUMNS = tables.ABLATION_COLUMNS
 
 
 def drifted_units(clean_units: pd.DataFrame, attack_units: pd.DataFrame) -> np.ndarray:
@@ -221,15 +220,9 @@ def write_ablation(
     for i, s in enumerate(sets, start=1):
         masks[i, s["units"]] = True
     if model is None:
-        from .models import load_model
+        from .models import load_model_spec
 
-        model = load_model(
-            model_spec["arch"],
-            model_spec["num_classes"],
-            weights_file=weights_file or None,
-            normalization=model_spec.get("normalization", "imagenet"),
-            seed=model_spec.get("seed", 0),
-        )
+        model = load_model_spec(model_spec, weights_file)
     model = model.to(device).eval()
     predictions = ablated_predictions(model, images, layer, masks, mean, batch_size, device)
     differ = int(np.sum(predictions[0] != adv_pred))
@@ -240,6 +233,6 @@ def write_ablation(
     for i, key in enumerate(("dataset", "model")):
         frame.insert(i, key, identity[key])
     frame.insert(3, "attack", identity["attack"])
-    frame = frame[ABLATION_COLUMNS]
+    frame = frame[tables.ABLATION_COLUMNS]
     store.write_csv(out, frame)
     return frame

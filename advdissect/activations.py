@@ -144,7 +144,7 @@ def write_activation_shard(
 
     `identity` (dataset, model, attack, shard) must match the images shard; the output adds
     layer and dtype. `device` defaults to advdissect.device.select_device(); `model` to
-    advdissect.models.load_model(**model_spec, weights_file).
+    advdissect.models.load_model_spec(model_spec, weights_file).
     """
     if device is None:
         from .device import select_device
@@ -159,15 +159,9 @@ def write_activation_shard(
     if images.shape[0] == 0:
         raise ArtifactError(f"{images_path}: holds no images")
     if model is None:
-        from .models import load_model
+        from .models import load_model_spec
 
-        model = load_model(
-            model_spec["arch"],
-            model_spec["num_classes"],
-            weights_file=weights_file or None,
-            normalization=model_spec.get("normalization", "imagenet"),
-            seed=model_spec.get("seed", 0),
-        )
+        model = load_model_spec(model_spec, weights_file)
     model = model.to(device).eval()
     acts = extract_activations(model, images, layer, batch_size, device, dtype)
     log.info("%s: %s activations %s of layer %s", out_path, dtype, acts.shape, layer)

@@ -576,9 +576,9 @@ def _shard_rows(dataset, split: str, n_images: int, shard_size: int, shard: int)
 
 
 def _load_model(model_spec: Mapping[str, Any], weights_file: str | PathLike | None):
-    from .models import load_model
+    from .models import load_model_spec
 
-    return load_model(**dict(model_spec), weights_file=weights_file)
+    return load_model_spec(model_spec, weights_file)
 
 
 def _load_images(dataset, rows: np.ndarray) -> np.ndarray:

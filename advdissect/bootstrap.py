@@ -39,6 +39,7 @@ from .tally import (
     _bits_to_matrix,
     count_file,
     iou,
+    merge_counts,
     read_counts,
 )
 
@@ -84,8 +85,7 @@ class ImageCounts:
                     records[name][col].append(value + offset if col == "image" else value)
             offset += int(part["n_images"])
         joined = {name: {col: np.concatenate(v) for col, v in cols.items()} for name, cols in records.items()}
-        totals = {k: sum(np.asarray(p[k], np.int64) for p in parts) for k in COUNT_KEYS + ("n_images",)}
-        totals["label_category"] = parts[0]["label_category"]
+        totals = merge_counts(parts)
         out = cls(joined, totals)
         out.check(totals)
         return out

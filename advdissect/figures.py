@@ -147,11 +147,7 @@ def detector_counts(entries: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         for (label, category), group in det.groupby(["label", "category"], sort=False):
             rows.append(
                 {
-                    "dataset": e["dataset"],
-                    "model": e["model"],
-                    "layer": e["layer"],
-                    "attack": e["attack"],
-                    "threshold_mode": e["mode"],
+                    **tables.entry_key(e),
                     "clean": tables.is_clean_entry(e),
                     "label": label,
                     "category": category,

@@ -129,6 +129,17 @@ def load_model(
     return model
 
 
+def load_model_spec(model_spec: Mapping[str, Any], weights_file: str | Path | None = None) -> NormalizedModel:
+    """load_model from a job's model spec (arch, num_classes, normalization, seed) and weights file."""
+    return load_model(
+        model_spec["arch"],
+        model_spec["num_classes"],
+        weights_file=weights_file or None,
+        normalization=model_spec.get("normalization", "imagenet"),
+        seed=model_spec.get("seed", 0),
+    )
+
+
 # ---------------------------------------------------------------- weights files
 
 

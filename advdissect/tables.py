@@ -184,6 +184,17 @@ def check_entries(entries: Sequence[Mapping[str, Any]], need_path: bool = True) 
     return out
 
 
+def entry_key(entry: Mapping[str, Any]) -> dict[str, Any]:
+    """The columns that name a dissection in the summary tables."""
+    return {
+        "dataset": entry["dataset"],
+        "model": entry["model"],
+        "layer": entry["layer"],
+        "attack": entry["attack"],
+        "threshold_mode": entry["mode"],
+    }
+
+
 def zip_entries(
     entries: Sequence[Mapping[str, Any]], paths: Sequence[PathLike], key: str = "path", what: str = "units"
 ) -> list[dict]:
@@ -290,11 +301,7 @@ def table2(entries: Sequence[Mapping[str, Any]], level: float = 0.95) -> pd.Data
             r.update(ci_low_percent=lo, ci_high_percent=hi)
             rows.append(
                 {
-                    "dataset": e["dataset"],
-                    "model": e["model"],
-                    "layer": e["layer"],
-                    "attack": e["attack"],
-                    "threshold_mode": e["mode"],
+                    **entry_key(e),
                     **r,
                 }
             )
@@ -392,11 +399,7 @@ def attack_effects(entries: Sequence[Mapping[str, Any]], level: float = 0.95) ->
             lo, hi = basic_interval(point, diff, level)
             rows.append(
                 {
-                    "dataset": e["dataset"],
-                    "model": e["model"],
-                    "layer": e["layer"],
-                    "threshold_mode": e["mode"],
-                    "attack": e["attack"],
+                    **entry_key(e),
                     "category": category,
                     "units": r_att["units"],
                     "clean_percent": r_ref["ratio_percent"],
@@ -423,11 +426,7 @@ def iou_sweep(entries: Sequence[Mapping[str, Any]], cuts: Sequence[float] = IOU_
             n_det = int(np.sum(best > float(cut)))  # NaN (no concept) is never above a cut
             rows.append(
                 {
-                    "dataset": e["dataset"],
-                    "model": e["model"],
-                    "layer": e["layer"],
-                    "attack": e["attack"],
-                    "threshold_mode": e["mode"],
+                    **entry_key(e),
                     "cut": float(cut),
                     "units": int(len(units)),
                     "detectors": n_det,
