@@ -27,8 +27,8 @@ import torch
 from torch import nn
 
 from . import store, tables
-from .activations import find_layer
 from .errors import ArtifactError, ModelError
+from .models import hook_layer, load_model_spec
 
 log = logging.getLogger(__name__)
 
@@ -97,30 +97,26 @@ def ablated_predictions(
     if masks_t.ndim != 2 or masks_t.shape[1] != mean_t.shape[0]:
         raise ArtifactError(f"masks of shape {tuple(masks_t.shape)} for {mean_t.shape[0]} units")
     hook = _Ablate(masks_t, mean_t, stacked=stacked is not False)
-    handle = find_layer(model, layer).register_forward_hook(hook)
     n, v = images_uint8.shape[0], masks_t.shape[0]
     out = np.empty((v, n), np.int64)
-    try:
-        with torch.no_grad():
-            for start in range(0, n, batch_size):
-                x = torch.from_numpy(np.ascontiguousarray(images_uint8[start : start + batch_size])).to(device)
-                x = x.to(torch.float32).div_(255.0)
-                b = x.shape[0]
-                if hook.stacked:
-                    try:
-                        logits = model(x)
-                        out[:, start : start + b] = logits.argmax(1).reshape(v, b).cpu().numpy()
-                        continue
-                    except RuntimeError as exc:
-                        if stacked or start > 0:
-                            raise
-                        log.info("layer %s cannot take stacked variants (%s); one pass per variant", layer, exc)
-                        hook.stacked = False
-                for k in range(v):
-                    hook.variant = k
-                    out[k, start : start + b] = model(x).argmax(1).cpu().numpy()
-    finally:
-        handle.remove()
+    with torch.no_grad(), hook_layer(model, layer, hook):
+        for start in range(0, n, batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(images_uint8[start : start + batch_size])).to(device)
+            x = x.to(torch.float32).div_(255.0)
+            b = x.shape[0]
+            if hook.stacked:
+                try:
+                    logits = model(x)
+                    out[:, start : start + b] = logits.argmax(1).reshape(v, b).cpu().numpy()
+                    continue
+                except RuntimeError as exc:
+                    if stacked or start > 0:
+                        raise
+                    log.info("layer %s cannot take stacked variants (%s); one pass per variant", layer, exc)
+                    hook.stacked = False
+            for k in range(v):
+                hook.variant = k
+                out[k, start : start + b] = model(x).argmax(1).cpu().numpy()
     return out
 
 
@@ -220,8 +216,6 @@ def write_ablation(
     for i, s in enumerate(sets, start=1):
         masks[i, s["units"]] = True
     if model is None:
-        from .models import load_model_spec
-
         model = load_model_spec(model_spec, weights_file)
     model = model.to(device).eval()
     predictions = ablated_predictions(model, images, layer, masks, mean, batch_size, device)

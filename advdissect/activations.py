@@ -19,7 +19,9 @@ import torch
 from torch import nn
 
 from . import store
+from .device import in_batches, select_device
 from .errors import ArtifactError, ModelError
+from .models import hook_layer, load_model_spec
 
 log = logging.getLogger(__name__)
 
@@ -28,30 +30,6 @@ DTYPES = {"float32": torch.float32, "float16": torch.float16}
 
 class _StopForward(Exception):
     """Raised by the hook: nothing after the layer is needed."""
-
-
-def find_layer(model: nn.Module, layer: str) -> nn.Module:
-    """The module called `layer`: a module name inside `model.net` (or `model`), or an alias
-    that advdissect.models.resolve_layer knows (e.g. conv5, last_conv)."""
-    roots = [r for r in (getattr(model, "net", None), model) if isinstance(r, nn.Module)]
-    for root in roots:
-        modules = dict(root.named_modules())
-        if layer in modules and layer:
-            return modules[layer]
-    from .models import resolve_layer  # aliases; raises ModelError naming the layers there are
-
-    name = resolve_layer(model, layer)
-    for root in roots:
-        modules = dict(root.named_modules())
-        if name in modules:
-            return modules[name]
-    raise ModelError(f"layer {layer!r} resolves to {name!r}, which is not a module of the network")
-
-
-def _is_oom(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError):
-        return True
-    return isinstance(exc, RuntimeError) and "out of memory" in str(exc)
 
 
 def extract_activations(
@@ -76,7 +54,6 @@ def extract_activations(
     if batch_size < 1:
         raise ArtifactError(f"batch_size must be >= 1, got {batch_size}")
     device = torch.device(device)
-    module = find_layer(model, layer)
     captured: list[torch.Tensor] = []
 
     def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
@@ -85,45 +62,32 @@ def extract_activations(
         captured.append(output.detach())
         raise _StopForward
 
-    out: np.ndarray | None = None
     n = images.shape[0]
-    start = 0
-    handle = module.register_forward_hook(hook)
-    try:
-        with torch.no_grad():
-            while start < n:
-                stop = min(start + batch_size, n)
-                x = torch.from_numpy(np.ascontiguousarray(images[start:stop])).to(device)
-                x = x.to(torch.float32).div_(255.0)
-                captured.clear()
-                try:
-                    model(x)
-                except _StopForward:
-                    pass
-                except Exception as exc:
-                    if not (_is_oom(exc) and stop - start > 1):
-                        raise
-                    del x
-                    captured.clear()
-                    if device.type == "cuda":
-                        torch.cuda.empty_cache()
-                    batch_size = max(1, (stop - start) // 2)
-                    log.warning("out of memory: retrying with batch size %d", batch_size)
-                    continue
-                if not captured:
-                    raise ModelError(f"layer {layer!r} did not run in the forward pass")
-                feats = captured[0].to(dtype)
-                if dtype == torch.float16 and not torch.isfinite(feats).all():
-                    raise ModelError(f"activations of layer {layer!r} overflow float16; store them as float32")
-                feats = feats.cpu().numpy()
-                if out is None:
-                    out = np.empty((n,) + feats.shape[1:], dtype=feats.dtype)
-                out[start:stop] = feats
-                start = stop
-    finally:
-        handle.remove()
-    if out is None:
+    if n == 0:
         raise ArtifactError("no images to run")
+    out: np.ndarray | None = None
+
+    def run(start: int, stop: int) -> None:
+        nonlocal out
+        x = torch.from_numpy(np.ascontiguousarray(images[start:stop])).to(device)
+        x = x.to(torch.float32).div_(255.0)
+        captured.clear()
+        try:
+            model(x)
+        except _StopForward:
+            pass
+        if not captured:
+            raise ModelError(f"layer {layer!r} did not run in the forward pass")
+        feats = captured.pop().to(dtype)
+        if dtype == torch.float16 and not torch.isfinite(feats).all():
+            raise ModelError(f"activations of layer {layer!r} overflow float16; store them as float32")
+        feats = feats.cpu().numpy()
+        if out is None:
+            out = np.empty((n,) + feats.shape[1:], dtype=feats.dtype)
+        out[start:stop] = feats
+
+    with torch.no_grad(), hook_layer(model, layer, hook):
+        in_batches(n, batch_size, run)
     return out
 
 
@@ -147,8 +111,6 @@ def write_activation_shard(
     advdissect.models.load_model_spec(model_spec, weights_file).
     """
     if device is None:
-        from .device import select_device
-
         device = select_device()
     with store.open_h5(images_path, "images", expect=identity) as f:
         for key in ("images", "rows"):
@@ -159,8 +121,6 @@ def write_activation_shard(
     if images.shape[0] == 0:
         raise ArtifactError(f"{images_path}: holds no images")
     if model is None:
-        from .models import load_model_spec
-
         model = load_model_spec(model_spec, weights_file)
     model = model.to(device).eval()
     acts = extract_activations(model, images, layer, batch_size, device, dtype)

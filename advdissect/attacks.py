@@ -22,7 +22,6 @@ import logging
 import math
 import sys
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
 from os import PathLike
 from typing import Any
 
@@ -32,156 +31,18 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from .broden import BrodenDataset, shard_rows
+from .device import in_batches, select_device
 from .errors import ArtifactError, AttackError, ConfigError
+from .models import load_model_spec
+from .specs import GRADIENT_METHODS, AttackSpec, grid_steps
 from .store import open_h5, read_attrs, write_csv, write_h5
 
 log = logging.getLogger(__name__)
 
-METHODS = ("clean", "fgsm", "bim", "pgd", "noise")
-GRADIENT_METHODS = ("fgsm", "bim", "pgd")
-LABEL_MODES = ("prediction", "true", "target")
-TARGET_MODES = ("least_likely", "random")
-
-# Config keys each method understands; anything else is a typo worth reporting. `seed` drives
-# PGD's start, the noise signs and random targets.
-_KEYS = {
-    "clean": {"method"},
-    "fgsm": {"method", "eps", "labels", "target", "seed"},
-    "bim": {"method", "eps", "step", "steps", "labels", "target", "seed"},
-    "pgd": {"method", "eps", "step", "steps", "labels", "target", "seed"},
-    "noise": {"method", "eps", "seed"},
-}
-
-# Tolerance (in 1/255 units) for "ε is a multiple of 1/255" and for the float result
-# lying on the uint8 grid; float32 rounding stays orders of magnitude below both.
-_GRID_TOL = 1e-6
+# How far (in 1/255 units) a float result may lie from the uint8 grid before it is refused;
+# float32 rounding of on-grid iterates stays orders of magnitude below it.
 _ROUND_TOL = 1e-2
-
-
-# --------------------------------------------------------------------------- config
-
-
-def parse_fraction(value: Any, where: str = "value") -> float:
-    """A non-negative finite number from a number or a string such as "2/255" or "0.5"."""
-    if isinstance(value, bool):
-        raise ConfigError(f"{where}: expected a number or a fraction like '2/255', got {value!r}")
-    if isinstance(value, (int, float, np.integer, np.floating)):
-        number = float(value)
-    elif isinstance(value, str):
-        parts = value.split("/")
-        try:
-            if len(parts) == 1:
-                number = float(parts[0])
-            elif len(parts) == 2:
-                denominator = float(parts[1])
-                if denominator == 0:
-                    raise ConfigError(f"{where}: division by zero in {value!r}")
-                number = float(parts[0]) / denominator
-            else:
-                raise ValueError(value)
-        except ValueError:
-            raise ConfigError(f"{where}: expected a number or a fraction like '2/255', got {value!r}") from None
-    else:
-        raise ConfigError(f"{where}: expected a number or a fraction like '2/255', got {value!r}")
-    if not math.isfinite(number) or number < 0:
-        raise ConfigError(f"{where}: must be a finite number >= 0, got {value!r}")
-    return number
-
-
-@dataclass(frozen=True)
-class AttackSpec:
-    """One attack as configured. eps and step are in pixel units ([0, 1] images).
-
-    labels: "prediction" (Eq. 10, default) attacks the model's own clean prediction;
-    "true" the dataset's class labels (Eq. 5); "target" makes the attack targeted (Eq. 6)
-    towards `target`: "least_likely" (the clean image's lowest logit), "random" (a seeded
-    random class other than the clean prediction) or a fixed class index.
-    """
-
-    method: str
-    eps: float = 0.0
-    step: float | None = None
-    steps: int | None = None
-    labels: str = "prediction"
-    target: str | int = "least_likely"
-    seed: int = 0
-    name: str = "attack"
-
-    def __post_init__(self) -> None:
-        where = f"attack '{self.name}'"
-        if self.method not in METHODS:
-            raise ConfigError(f"{where}: method {self.method!r} is unknown (allowed: {', '.join(METHODS)})")
-        if self.method == "clean":
-            if self.eps != 0:
-                raise ConfigError(f"{where}: key 'eps' must be 0 for method 'clean'")
-        elif not 0 < self.eps <= 1:
-            raise ConfigError(f"{where}: key 'eps' must be in (0, 1] (pixel units, e.g. 2/255), got {self.eps!r}")
-        if self.method in ("bim", "pgd"):
-            if self.step is None or not 0 < self.step <= 1:
-                raise ConfigError(f"{where}: key 'step' must be in (0, 1] (pixel units), got {self.step!r}")
-            if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-                raise ConfigError(f"{where}: key 'steps' must be an integer >= 1, got {self.steps!r}")
-        if self.labels not in LABEL_MODES:
-            raise ConfigError(f"{where}: key 'labels' is {self.labels!r} (allowed: {', '.join(LABEL_MODES)})")
-        if self.labels != "prediction" and self.method not in GRADIENT_METHODS:
-            raise ConfigError(f"{where}: key 'labels' is not used by method '{self.method}'")
-        if isinstance(self.target, bool) or not (
-            self.target in TARGET_MODES or (isinstance(self.target, int) and self.target >= 0)
-        ):
-            raise ConfigError(
-                f"{where}: key 'target' is {self.target!r} (allowed: least_likely, random, or a class index >= 0)"
-            )
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"{where}: key 'seed' must be an integer >= 0, got {self.seed!r}")
-
-    @property
-    def targeted(self) -> bool:
-        return self.labels == "target"
-
-    @classmethod
-    def from_config(cls, name: str, config: Mapping[str, Any]) -> AttackSpec:
-        """Build from an attack's config dict (with "method"); defaults as in the BIM paper.
-
-        bim/pgd: step defaults to 1/255 and steps to min(255·ε + 4, 1.25·255·ε) (Kurakin
-        et al. 2017). `target` needs `labels: target`.
-        """
-        where = f"attack '{name}'"
-        if not isinstance(config, Mapping):
-            raise ConfigError(f"{where}: expected a mapping of settings, got {config!r}")
-        method = config.get("method")
-        if method not in METHODS:
-            raise ConfigError(f"{where}: key 'method' is {method!r} (allowed: {', '.join(METHODS)})")
-        allowed = _KEYS[method]
-        for key in config:
-            if key not in allowed:
-                raise ConfigError(
-                    f"{where}: key '{key}' is not used by method '{method}' (allowed: {', '.join(sorted(allowed))})"
-                )
-        if method == "clean":
-            return cls(method="clean", name=name)
-        if "eps" not in config:
-            raise ConfigError(f"{where}: key 'eps' is required for method '{method}' (e.g. eps: 2/255)")
-        eps = parse_fraction(config["eps"], f"{where}: key 'eps'")
-        kwargs: dict[str, Any] = {"method": method, "eps": eps, "name": name}
-        if method in ("bim", "pgd"):
-            kwargs["step"] = parse_fraction(config.get("step", 1 / 255), f"{where}: key 'step'")
-            steps = config.get("steps")
-            if steps is None:
-                steps = max(1, int(min(eps * 255 + 4, 1.25 * eps * 255)))
-            kwargs["steps"] = steps
-        if "labels" in config:
-            kwargs["labels"] = config["labels"]
-        if "target" in config:
-            if config.get("labels") != "target":
-                raise ConfigError(f"{where}: key 'target' needs 'labels: target'")
-            target = config["target"]
-            if isinstance(target, str) and target.strip().isdigit():
-                target = int(target)
-            kwargs["target"] = target
-        if "seed" in config:
-            kwargs["seed"] = config["seed"]
-        return cls(**kwargs)
-
 
 # --------------------------------------------------------------------------- attacks
 
@@ -210,39 +71,40 @@ def _project(adv: torch.Tensor, x: torch.Tensor, eps: float) -> torch.Tensor:
     return torch.min(torch.max(adv, x - eps), x + eps).clamp(0.0, 1.0).detach()
 
 
-def _descend(model, x, adv, y, eps, step, steps, targeted, first_grad=None) -> torch.Tensor:
+def _descend(model, x, adv, y, eps, step, steps, targeted) -> torch.Tensor:
+    """`steps` signed gradient steps from `adv`; a callable `y` is resolved on the first pass."""
     direction = -1.0 if targeted else 1.0
-    for i in range(steps):
-        if i == 0 and first_grad is not None:
-            grad = first_grad
-        else:
-            _, grad, _ = _loss_grad(model, adv, y)
+    for _ in range(steps):
+        _, grad, y = _loss_grad(model, adv, y)
         adv = _project(adv.detach() + direction * step * grad.sign(), x, eps)
     return adv
 
 
+Labels = torch.Tensor | Callable[[torch.Tensor], torch.Tensor] | None
+
+
 @torch.no_grad()
-def _own_prediction(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-    return model(x).argmax(1)
+def _clean_logits(model: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
+    return model(x)
 
 
-def fgsm(
-    model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor | None, eps: float, targeted: bool = False
-) -> torch.Tensor:
+def _argmax(logits: torch.Tensor) -> torch.Tensor:
+    return logits.argmax(1)
+
+
+def fgsm(model: torch.nn.Module, x: torch.Tensor, y: Labels, eps: float, targeted: bool = False) -> torch.Tensor:
     """One signed gradient step of size ε (Eq. 5; Eq. 6 when targeted, y = target).
 
-    y=None uses the model's own prediction on x (Eq. 10), from the same forward pass.
+    y: the labels; None for the model's own prediction on x (Eq. 10); or a function of x's
+    logits that returns them. Either way they come from the gradient's own forward pass.
     """
-    if y is None:
-        y = lambda logits: logits.argmax(1)  # noqa: E731
-    _, grad, _ = _loss_grad(model, x, y)
-    return _descend(model, x, x, None, eps, eps, 1, targeted, first_grad=grad)
+    return _descend(model, x, x, _argmax if y is None else y, eps, eps, 1, targeted)
 
 
 def bim(
     model: torch.nn.Module,
     x: torch.Tensor,
-    y: torch.Tensor | None,
+    y: Labels,
     eps: float,
     step: float,
     steps: int,
@@ -251,11 +113,13 @@ def bim(
 ) -> torch.Tensor:
     """`steps` signed gradient steps of size `step`, each projected to the ε-ball and [0, 1].
 
-    Starts at x (or `start`); y=None uses the model's own prediction on x.
+    Starts at x (or `start`). y as for `fgsm`: None or a function of the logits is resolved on
+    x's logits (from the first step's pass when the descent starts at x).
     """
-    if y is None:
-        y = _own_prediction(model, x)
+    if start is not None and (y is None or callable(y)):
+        y = (_argmax if y is None else y)(_clean_logits(model, x))
     adv = x if start is None else start
+    y = _argmax if y is None else y
     return _descend(model, x, adv, y, eps, step, steps, targeted)
 
 
@@ -281,12 +145,11 @@ def pgd(
     targeted: bool = False,
     start: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """BIM from a uniformly random start in the ε-ball (`uniform_start`) or from `start`."""
-    if y is None:
-        y = _own_prediction(model, x)
+    """BIM from a uniformly random start in the ε-ball (`uniform_start`) or from `start`; y as
+    for `bim`."""
     if start is None:
         start = uniform_start(x, eps, generator)
-    return _descend(model, x, start, y, eps, step, steps, targeted)
+    return bim(model, x, y, eps, step, steps, targeted, start=start)
 
 
 def random_signs(shape: Sequence[int], generator: torch.Generator | None = None) -> torch.Tensor:
@@ -332,24 +195,6 @@ def _per_image_draws(spec: AttackSpec, shape: tuple[int, ...], rows: np.ndarray,
 
 
 # --------------------------------------------------------------------------- run on uint8
-
-
-def _grid_units(value: float, key: str, spec: AttackSpec) -> int:
-    units = value * 255
-    k = round(units)
-    if abs(units - k) > _GRID_TOL or k == 0:
-        raise AttackError(
-            f"attack '{spec.name}': {key}={value:g} is not a multiple of 1/255 "
-            f"({key}·255 = {units:.4g}); attacked images are stored as uint8, which holds them "
-            f"exactly only on the 1/255 grid, so write {key} as k/255 (e.g. {max(1, k)}/255)"
-        )
-    return k
-
-
-def _is_oom(exc: BaseException) -> bool:
-    return isinstance(exc, torch.cuda.OutOfMemoryError) or (
-        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
-    )
 
 
 @contextlib.contextmanager
@@ -427,11 +272,20 @@ def _attack_batch(model, spec, u, labels, pixel_random, target_u, device, dtype)
         elif spec.method == "pgd":
             y = choose(logits)
             start = (u.to(torch.int16) + pixel_random.to(device)).clamp(0, 255).to(dtype) / 255
-            adv = _descend(model, x, start, y, spec.eps, spec.step, spec.steps, spec.targeted)
+            adv = pgd(model, x, y, spec.eps, spec.step, spec.steps, targeted=spec.targeted, start=start)
         else:
-            logits, grad, y = _loss_grad(model, x, choose)
-            step, steps = (spec.eps, 1) if spec.method == "fgsm" else (spec.step, spec.steps)
-            adv = _descend(model, x, x, y, spec.eps, step, steps, spec.targeted, first_grad=grad)
+            seen: dict[str, torch.Tensor] = {}
+
+            def choose_and_keep(clean_logits: torch.Tensor) -> torch.Tensor:
+                # The gradient pass at x gives the clean logits too: no separate forward pass.
+                seen["logits"], seen["y"] = clean_logits, choose(clean_logits)
+                return seen["y"]
+
+            if spec.method == "fgsm":
+                adv = fgsm(model, x, choose_and_keep, spec.eps, spec.targeted)
+            else:
+                adv = bim(model, x, choose_and_keep, spec.eps, spec.step, spec.steps, spec.targeted)
+            logits, y = seen["logits"], seen["y"]
         adv_u = _to_uint8(adv, spec)
         with torch.no_grad():
             adv_logits = model(adv_u.to(dtype) / 255)
@@ -482,11 +336,7 @@ def run_attack(
     if batch_size < 1:
         raise AttackError(f"attack '{spec.name}': batch_size must be >= 1, got {batch_size}")
 
-    k = 0
-    if spec.method != "clean":
-        k = _grid_units(spec.eps, "eps", spec)
-        if spec.method in ("bim", "pgd"):
-            _grid_units(spec.step, "step", spec)
+    k = grid_steps(spec.eps)  # ε in 1/255 steps (a spec's ε is on the grid)
     if spec.method in GRADIENT_METHODS and spec.labels == "true" and (labels < 0).any():
         missing = np.flatnonzero(labels < 0)
         raise AttackError(
@@ -509,34 +359,24 @@ def run_attack(
     u_all = torch.from_numpy(images)
     labels_all = torch.from_numpy(labels)
     parts: list[dict[str, np.ndarray]] = []
-    size = batch_size
+
+    def run(start: int, stop: int) -> None:
+        parts.append(
+            _attack_batch(
+                model,
+                spec,
+                u_all[start:stop],
+                labels_all[start:stop],
+                None if pixel_random is None else pixel_random[start:stop],
+                None if target_u is None else target_u[start:stop],
+                device,
+                dtype,
+            )
+        )
+        bar.update(stop - start)
+
     with _eval_mode(model), tqdm(total=n, desc=f"attack {spec.name}", unit="img", disable=None, file=sys.stderr) as bar:
-        start = 0
-        while start < n:
-            stop = min(start + size, n)
-            try:
-                part = _attack_batch(
-                    model,
-                    spec,
-                    u_all[start:stop],
-                    labels_all[start:stop],
-                    None if pixel_random is None else pixel_random[start:stop],
-                    None if target_u is None else target_u[start:stop],
-                    device,
-                    dtype,
-                )
-            except Exception as exc:
-                if not _is_oom(exc) or stop - start == 1:
-                    raise
-                size = max(1, (stop - start) // 2)
-                log.warning("out of memory on a batch of %d images; retrying with %d", stop - start, size)
-                del exc
-                if torch.cuda.is_available():
-                    torch.cuda.empty_cache()
-                continue
-            parts.append(part)
-            bar.update(stop - start)
-            start = stop
+        in_batches(n, batch_size, run)
 
     out = _concatenate(parts, images.shape)
     diff = out["images"].astype(np.int16) - images.astype(np.int16)
@@ -564,20 +404,14 @@ def _concatenate(parts: list[dict[str, np.ndarray]], shape: tuple[int, ...]) -> 
 
 
 def _open_dataset(root: str | PathLike):
-    from .broden import BrodenDataset
-
     return BrodenDataset(root)
 
 
 def _shard_rows(dataset, split: str, n_images: int, shard_size: int, shard: int) -> np.ndarray:
-    from .broden import shard_rows
-
     return np.asarray(shard_rows(dataset, split, n_images, shard_size, shard), dtype=np.int64)
 
 
 def _load_model(model_spec: Mapping[str, Any], weights_file: str | PathLike | None):
-    from .models import load_model_spec
-
     return load_model_spec(model_spec, weights_file)
 
 
@@ -605,26 +439,22 @@ def write_attack_shard(
     shard: int,
     model_spec: Mapping[str, Any],
     weights_file: str | PathLike | None,
-    attack_name: str,
-    attack_spec: Mapping[str, Any],
+    attack: AttackSpec,
     identity: Mapping[str, Any],
     batch_size: int,
     device: str | torch.device | None = None,
 ) -> dict[str, np.ndarray]:
     """Attack one shard of the dataset and write its images shard (kind "images")."""
-    spec = AttackSpec.from_config(attack_name, attack_spec)
     dataset = _open_dataset(dataset_root)
     rows = _shard_rows(dataset, split, n_images, shard_size, shard)
     images = _load_images(dataset, rows)
     labels = np.array([dataset.class_index(int(r)) for r in rows], dtype=np.int64)
     model = _load_model(model_spec, weights_file)
     if device is None:
-        from .device import select_device
-
         device = select_device()
-    result = run_attack(model, images, labels, spec, batch_size, device, rows=rows)
+    result = run_attack(model, images, labels, attack, batch_size, device, rows=rows)
     arrays = {"rows": rows, "labels": labels, **result}
-    attrs = dict(identity) | {"shard": int(shard), "attack_params": dict(attack_spec)}
+    attrs = dict(identity) | {"shard": int(shard), "attack_params": attack.to_dict()}
     write_h5(out_path, "images", attrs, arrays)
     log.info(
         "%s: %d images, %d predictions changed",
@@ -671,7 +501,13 @@ def attack_statistics(shard_paths: Iterable[str | PathLike], identity: Mapping[s
     name = identity.get("attack", attrs.get("attack"))
     if not isinstance(params, Mapping):
         raise ArtifactError(f"{paths[0]}: attribute 'attack_params' is missing")
-    spec = AttackSpec.from_config(str(name), params)
+    try:
+        spec = AttackSpec(**params)
+    except (TypeError, ConfigError):
+        raise ArtifactError(
+            f"{paths[0]}: attribute 'attack_params' ({params!r}) is not an attack spec; the shards "
+            "predate this version: delete them and re-run"
+        ) from None
 
     n = data["clean_pred"].shape[0]
     agree = data["adv_pred"] == data["clean_pred"]

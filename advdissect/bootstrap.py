@@ -26,8 +26,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from . import store
+from .broden import BrodenDataset
 from .errors import ArtifactError, ConfigError
 from .tally import (
     CATEGORIES,
@@ -185,8 +187,6 @@ def _chunks(image_counts: ImageCounts, weights: np.ndarray, progress: bool) -> I
     step = 16
     starts = range(0, len(weights), step)
     if progress:
-        from tqdm import tqdm
-
         starts = tqdm(starts, desc="bootstrap", unit=f"×{step} resamples", disable=None)
     for lo in starts:
         yield lo, image_counts.counts(weights[lo : lo + step])
@@ -238,8 +238,6 @@ def write_bootstrap(
     if len(activation_paths) != len(count_paths) or not count_paths:
         raise ArtifactError(f"{len(activation_paths)} activation shards for {len(count_paths)} count shards")
     if dataset is None:
-        from .broden import BrodenDataset
-
         dataset = BrodenDataset(dataset_root)
     expect = {k: v for k, v in identity.items() if k != "mode"}
     parts = []

@@ -1,7 +1,8 @@
 """Configuration: schema validation with one-line errors, and the checks a schema cannot make.
 
 The Snakefile calls `check_config_files` on the raw YAML (duplicate keys), `validate` (schema,
-defaults filled in), then `check_semantics` (cross-references, ε on the 1/255 grid, ...).
+defaults filled in), then `check_semantics` (cross-references; each attack and training built
+once as a spec, which checks its own values: `specs`).
 """
 
 from __future__ import annotations
@@ -9,7 +10,6 @@ from __future__ import annotations
 import csv
 import math
 from collections.abc import Iterable, Iterator, Mapping
-from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
@@ -17,35 +17,10 @@ import jsonschema
 import yaml
 
 from .errors import ConfigError
+from .specs import AttackSpec, attack_spec, train_spec
 
 # Broden as published by its authors: 63,305 images in both variants.
 BRODEN_IMAGES = {"broden1_224": 63305, "broden1_227": 63305}
-PIXEL_GRID = 255
-
-
-def parse_fraction(value: Any, key: str = "value") -> float:
-    """A number or an "a/b" string (e.g. "2/255") as a float; ConfigError otherwise."""
-    if isinstance(value, bool):
-        raise ConfigError(f"config: {key}: expected a number or 'a/b', got {value!r}")
-    if isinstance(value, (int, float)):
-        result = float(value)
-    elif isinstance(value, str):
-        try:
-            numerator, _, denominator = value.replace(" ", "").partition("/")
-            result = float(Fraction(numerator) / Fraction(denominator or "1"))
-        except (ValueError, ZeroDivisionError):
-            raise ConfigError(f"config: {key}: expected a number or 'a/b' such as '8/255', got {value!r}") from None
-    else:
-        raise ConfigError(f"config: {key}: expected a number or 'a/b', got {value!r}")
-    if not math.isfinite(result) or result < 0:
-        raise ConfigError(f"config: {key}: must be a finite number >= 0, got {value!r}")
-    return result
-
-
-def on_pixel_grid(value: float) -> bool:
-    """True when `value` is a whole number of 1/255 steps (lossless as uint8)."""
-    steps = value * PIXEL_GRID
-    return abs(steps - round(steps)) < 1e-6
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -208,27 +183,7 @@ def check_semantics(config: Mapping) -> None:
                 f"{spec.get('split', 'all')!r} of the dataset holds {available}"
             )
     clean_attack(config)
-    for name, spec in attacks.items():
-        method = spec["method"]
-        if method == "clean":
-            continue
-        if "eps" not in spec:
-            raise ConfigError(f"config: attacks.{name}.eps: required for method {method!r}")
-        for key in ("eps", "step"):
-            if key in spec:
-                value = parse_fraction(spec[key], f"attacks.{name}.{key}")
-                if not on_pixel_grid(value):
-                    raise ConfigError(
-                        f"config: attacks.{name}.{key}: {spec[key]!r} is not a multiple of 1/255 "
-                        "(images are stored as uint8; use e.g. '2/255')"
-                    )
-        if spec.get("labels") == "target" and "target" not in spec:
-            raise ConfigError(
-                f"config: attacks.{name}.target: required when labels is 'target' "
-                "(least_likely, random or a class index)"
-            )
-        if method == "noise" and spec.get("labels", "prediction") != "prediction":
-            raise ConfigError(f"config: attacks.{name}.labels: the noise control uses no labels")
+    attack_specs(config)
     for name, spec in models.items():
         for attack in spec.get("attacks", []):
             if attack not in attacks:
@@ -253,7 +208,7 @@ def check_semantics(config: Mapping) -> None:
                 f"config: models.{name}.weights.dataset: unknown dataset {weights['dataset']!r} "
                 f"(defined: {', '.join(datasets)})"
             )
-        parse_fraction(weights.get("eps", 0), f"models.{name}.weights.eps")
+        train_spec(weights, f"models.{name}.weights")
         train_set = datasets[weights["dataset"]]
         if train_set["source"] == "synthetic":
             n_classes = train_set.get("synthetic", {}).get("n_classes", 16)
@@ -284,12 +239,9 @@ def _check_init_chain(models: Mapping, name: str) -> None:
         current = models[current]["weights"].get("init") if models[current]["weights"]["source"] == "train" else None
 
 
-def check_attacks(config: Mapping) -> None:
-    """Each attack's keys fit its method (the attack module's own rules)."""
-    from .attacks import AttackSpec
-
-    for name, spec in config["attacks"].items():
-        AttackSpec.from_config(name, spec)
+def attack_specs(config: Mapping) -> dict[str, AttackSpec]:
+    """Every attack of the config as a validated spec, by name."""
+    return {name: attack_spec(name, settings) for name, settings in config["attacks"].items()}
 
 
 def check_layers(config: Mapping) -> None:
@@ -316,7 +268,6 @@ def load_config(paths: Iterable[str | Path], schema_path: str | Path) -> dict:
     validate(config, load_schema(schema_path))
     fill_defaults(config, str(schema_path))
     check_semantics(config)
-    check_attacks(config)
     sort_keys(config)
     return config
 

@@ -1,4 +1,4 @@
-"""Device selection and GPU claiming for GPU jobs.
+"""Device selection, GPU claiming for GPU jobs, and batching that survives out-of-memory errors.
 
 `select_device` is the one place that decides where tensors go: CUDA device 0 of whatever
 CUDA_VISIBLE_DEVICES leaves visible, else the CPU.
@@ -21,7 +21,7 @@ import logging
 import os
 import socket
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import torch
@@ -29,6 +29,38 @@ import torch
 from .errors import AdvDissectError
 
 log = logging.getLogger(__name__)
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    return isinstance(exc, torch.OutOfMemoryError) or (
+        isinstance(exc, RuntimeError) and "out of memory" in str(exc).lower()
+    )
+
+
+def in_batches(n: int, batch_size: int, run: Callable[[int, int], None]) -> None:
+    """Call run(start, stop) on consecutive ranges covering [0, n), at most batch_size long.
+
+    When a range runs out of memory, the CUDA cache is emptied and the range is retried at half
+    the size, down to one item; the smaller size is kept for the ranges after it. `run` must
+    leave nothing behind when it fails (results are kept only for ranges that finished).
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    start = 0
+    while start < n:
+        stop = min(start + batch_size, n)
+        try:
+            run(start, stop)
+        except Exception as exc:
+            if not is_out_of_memory(exc) or stop - start == 1:
+                raise
+            del exc
+            batch_size = max(1, (stop - start) // 2)
+            log.warning("out of memory on a batch of %d; retrying with %d", stop - start, batch_size)
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            continue
+        start = stop
 
 
 class GPUClaimTimeout(AdvDissectError):

@@ -19,11 +19,12 @@ Layers are addressed by their module names inside the bare network (`features.10
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import pickle
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -429,6 +430,34 @@ def resolve_layer(model: nn.Module, name: str) -> str:
     )
 
 
+def find_layer(model: nn.Module, layer: str) -> nn.Module:
+    """The module called `layer`: a module name inside `model.net` (or `model`), or an alias
+    that `resolve_layer` knows (e.g. conv5, last_conv)."""
+    roots = [r for r in (getattr(model, "net", None), model) if isinstance(r, nn.Module)]
+    for root in roots:
+        modules = dict(root.named_modules())
+        if layer in modules and layer:
+            return modules[layer]
+    name = resolve_layer(model, layer)  # raises ModelError naming the layers there are
+    for root in roots:
+        modules = dict(root.named_modules())
+        if name in modules:
+            return modules[name]
+    raise ModelError(f"layer {layer!r} resolves to {name!r}, which is not a module of the network")
+
+
+@contextlib.contextmanager
+def hook_layer(model: nn.Module, layer: str, hook: Callable[[nn.Module, Any, Any], Any]) -> Iterator[nn.Module]:
+    """Call hook(module, inputs, output) after every forward of `layer` while inside (PyTorch's
+    forward-hook rules: a returned value replaces the output); removed on exit, also on errors."""
+    module = find_layer(model, layer)
+    handle = module.register_forward_hook(hook)
+    try:
+        yield module
+    finally:
+        handle.remove()
+
+
 def check_layer_names(arch: str, num_classes: int, layers: Sequence[str], where: str = "layers") -> None:
     """Raise ConfigError (prefixed `config: <where>`) unless `arch` exists and has every layer.
 
@@ -457,13 +486,12 @@ class LayerCapture:
         self.model = model
         self.layers = list(layers)
         self.resolved = {layer: resolve_layer(model, layer) for layer in self.layers}
-        self._modules = dict(_bare(model).named_modules())
         self._records: dict[str, list[torch.Tensor]] = {}
-        self._handles: list[Any] = []
+        self._hooks = contextlib.ExitStack()
 
     def __enter__(self) -> LayerCapture:
         for target in dict.fromkeys(self.resolved.values()):
-            self._handles.append(self._modules[target].register_forward_hook(self._hook(target)))
+            self._hooks.enter_context(hook_layer(_bare(self.model), target, self._hook(target)))
         return self
 
     def _hook(self, target: str):
@@ -478,9 +506,7 @@ class LayerCapture:
         return record
 
     def __exit__(self, *exc: Any) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        self._hooks.close()
 
     def reset(self) -> None:
         self._records.clear()

@@ -45,8 +45,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+from tqdm import tqdm
 
 from . import store
+from .broden import BrodenDataset
 from .errors import ArtifactError, ConfigError, DatasetError
 
 CATEGORIES = ("color", "object", "part", "material", "scene", "texture")
@@ -433,8 +435,6 @@ def count_shard(
     segs = iter(segmentations)
     starts = range(0, n_images, chunk)
     if progress:
-        from tqdm import tqdm
-
         starts = tqdm(starts, desc="IoU counts", unit="chunk", disable=None)
     for start in starts:
         stop = min(start + chunk, n_images)
@@ -674,8 +674,6 @@ def write_count_shard(
     `dataset` defaults to BrodenDataset(dataset_root).
     """
     if dataset is None:
-        from .broden import BrodenDataset
-
         dataset = BrodenDataset(dataset_root)
     counts, t_attrs = count_file(
         activations_path,
@@ -780,8 +778,6 @@ def write_iou(
         raise ArtifactError("no count shards given")
     counts = merge_counts((read_counts(p, identity) for p in count_paths), names=[str(p) for p in count_paths])
     if dataset is None:
-        from .broden import BrodenDataset
-
         dataset = BrodenDataset(dataset_root)
     if len(dataset.label_names) != counts["intersection"].shape[1]:
         raise ArtifactError(

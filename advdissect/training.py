@@ -27,7 +27,6 @@ Choices worth knowing:
 
 from __future__ import annotations
 
-import dataclasses
 import logging
 import math
 import time
@@ -43,89 +42,23 @@ from torch import nn
 from tqdm import tqdm
 
 from . import losses
+from .attacks import fgsm
+from .broden import BrodenDataset
+from .device import select_device
 from .errors import ConfigError, DatasetError
 from .imagefolder import ImageFolderImages, load_imagefolder
+from .models import capture, load_model, save_weights
+from .specs import ADVERSARIAL_METHODS, TrainSpec
 from .store import atomic_path, write_csv, write_json
 
 log = logging.getLogger(__name__)
 
-METHODS = ("standard", "at", "consistency", "atda")
-OPTIMIZERS = ("sgd", "adam")
-ADVERSARIAL_METHODS = ("at", "consistency", "atda")
 # Loss terms logged per epoch; a term a method does not use is logged as NaN (empty in the CSV).
 LOSS_TERMS = ("ce_clean", "ce_adv", "coral", "mmd", "margin", "consistency")
 HISTORY_COLUMNS = ("epoch", "loss", *LOSS_TERMS, "train_accuracy", "val_accuracy", "lr", "seconds")
 # CORAL builds a k×k covariance; past this k (e.g. a flattened conv map) it would not fit a step.
 MAX_CORAL_FEATURES = 4096
 CHECKPOINT_FORMAT = 1
-
-
-@dataclasses.dataclass(frozen=True)
-class TrainConfig:
-    """How to train; defaults match the workflow's config schema (models.*.weights)."""
-
-    method: str = "standard"
-    epochs: int = 6
-    batch_size: int = 32
-    lr: float = 1e-3  # peak learning rate, reached at the end of the warm-up
-    optimizer: str = "adam"  # "adam": torch.optim.Adam (L2 weight decay); "sgd": Nesterov momentum
-    momentum: float = 0.9  # SGD only
-    weight_decay: float = 5e-4
-    eps: float = 4 / 255  # FGSM ε in pixel units; also the ε of the final held-out FGSM accuracy
-    lam: float = 1 / 3  # λ of the consistency / domain-adaptation term (Song et al. use 1/3)
-    feature: str = "logits"  # φ: "logits" or a layer name of the model
-    margin: bool = False  # atda: add the margin term
-    seed: int = 0
-    augment: bool = True  # random horizontal flips
-    warmup: float = 0.1  # fraction of all steps with a linear LR ramp
-    grad_clip: float = 0.0  # clip the global gradient norm to this (0 = off)
-
-    def __post_init__(self) -> None:
-        def bad(key: str, allowed: str) -> ConfigError:
-            return ConfigError(f"training.{key}: {getattr(self, key)!r} is not allowed; {allowed}")
-
-        if self.method not in METHODS:
-            raise bad("method", f"allowed: {', '.join(METHODS)}")
-        if self.optimizer not in OPTIMIZERS:
-            raise bad("optimizer", f"allowed: {', '.join(OPTIMIZERS)}")
-        for key in ("epochs", "batch_size"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise bad(key, "expected an integer >= 1")
-        for key in ("lr", "momentum", "weight_decay", "eps", "lam", "warmup", "grad_clip"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
-                raise bad(key, "expected a finite number >= 0")
-        if self.lr <= 0:
-            raise bad("lr", "expected a number > 0")
-        if self.warmup >= 1:
-            raise bad("warmup", "expected a fraction of the steps in [0, 1)")
-        if self.method in ADVERSARIAL_METHODS and self.eps <= 0:
-            raise bad("eps", f"method {self.method!r} trains on FGSM examples and needs eps > 0 (e.g. '4/255')")
-        if not isinstance(self.feature, str) or not self.feature:
-            raise bad("feature", "expected 'logits' or a layer name")
-        if self.margin and self.method != "atda":
-            raise ConfigError(f"training.margin: only method 'atda' has a margin term (method is {self.method!r})")
-
-    @classmethod
-    def from_dict(cls, values: Mapping[str, Any]) -> TrainConfig:
-        """A config from a dict of field values; eps may be an "a/b" string such as "4/255"."""
-        from .config import parse_fraction
-
-        fields = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(values) - fields)
-        if unknown:
-            raise ConfigError(f"training: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(fields))}")
-        values = dict(values)
-        if "eps" in values:
-            values["eps"] = parse_fraction(values["eps"], "training.eps")
-        for key in ("lr", "momentum", "weight_decay", "lam", "warmup", "grad_clip"):
-            if isinstance(values.get(key), int) and not isinstance(values[key], bool):
-                values[key] = float(values[key])
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 # ---------------------------------------------------------------- batches
@@ -167,8 +100,6 @@ def _as_tensors(images, labels, what: str) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def _fgsm(model: nn.Module, x: torch.Tensor, y: torch.Tensor | None, eps: float) -> torch.Tensor:
-    from .attacks import fgsm  # imported here: attacks pulls in more than training needs
-
     return fgsm(model, x, y, eps).detach()
 
 
@@ -186,8 +117,6 @@ def _forward(model: nn.Module, x: torch.Tensor, feature: str) -> tuple[torch.Ten
     if feature == "logits":
         logits = model(x)
         return logits, logits
-    from .models import capture
-
     logits, outputs = capture(model, x, [feature])
     return logits, outputs[feature]
 
@@ -199,7 +128,7 @@ def train_step(
     model: nn.Module,
     x: torch.Tensor,
     y: torch.Tensor,
-    cfg: TrainConfig,
+    cfg: TrainSpec,
     optimizer: torch.optim.Optimizer,
 ) -> tuple[dict[str, float], torch.Tensor]:
     """One update on the clean batch `x` (float in [0, 1]) with labels `y`.
@@ -234,7 +163,7 @@ def train_step(
             else:
                 if fd.shape[1] > MAX_CORAL_FEATURES:
                     raise ConfigError(
-                        f"training.feature: {cfg.feature!r} has {fd.shape[1]} features per image; CORAL "
+                        f"config: {cfg.key}.feature: {cfg.feature!r} has {fd.shape[1]} features per image; CORAL "
                         f"needs a k×k covariance and allows at most {MAX_CORAL_FEATURES} (use 'logits')"
                     )
                 terms["coral"] = losses.coral(fd, fa)
@@ -247,8 +176,8 @@ def train_step(
     if not torch.isfinite(loss):
         raise ConfigError(
             f"training diverged: the loss is {loss.item()} "
-            f"({', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())}); lower training.lr "
-            f"(now {cfg.lr:g}) or set training.grad_clip"
+            f"({', '.join(f'{k}={v.item():.4g}' for k, v in terms.items())}); lower {cfg.key}.lr "
+            f"(now {cfg.lr:g}) or set {cfg.key}.grad_clip"
         )
     loss.backward()
     if cfg.grad_clip > 0:
@@ -295,7 +224,7 @@ def accuracy(
 # ---------------------------------------------------------------- optimiser, schedule
 
 
-def make_optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, cfg: TrainSpec) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
@@ -313,14 +242,14 @@ def lr_factor(step: int, total_steps: int, warmup: float) -> float:
     return 0.5 * (1.0 + math.cos(math.pi * min(step - warm, span) / span))
 
 
-def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainConfig, total_steps: int):
+def make_scheduler(optimizer: torch.optim.Optimizer, cfg: TrainSpec, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, cfg.warmup))
 
 
 # ---------------------------------------------------------------- checkpoints
 
 
-def _fingerprint(model: nn.Module, cfg: TrainConfig, n_train: int, n_val: int) -> dict[str, Any]:
+def _fingerprint(model: nn.Module, cfg: TrainSpec, n_train: int, n_val: int) -> dict[str, Any]:
     # What a checkpoint must agree with to be resumed.
     return {
         "config": cfg.to_dict(),
@@ -380,7 +309,7 @@ def train(
     train_labels,
     val_images,
     val_labels,
-    cfg: TrainConfig,
+    cfg: TrainSpec,
     *,
     checkpoint_path: str | Path,
     history_path: str | Path | None = None,
@@ -572,8 +501,6 @@ def training_data(dataset_root: str | Path, source: str, image_size: int | None,
     if source == "imagefolder":
         train_x, train_y, val_x, val_y, classes = load_imagefolder(dataset_root, image_size or 224)
         return train_x, train_y, val_x, val_y, len(classes), Path(dataset_root)
-    from .broden import BrodenDataset
-
     dataset = BrodenDataset(dataset_root)
     train_x, train_y = load_split(dataset, "train", progress)
     val_x, val_y = load_split(dataset, "val", progress)
@@ -585,7 +512,7 @@ def train_model_to_files(
     dataset_root: str | Path,
     init_weights: str | Path | None,
     model_spec: Mapping[str, Any],
-    training: Mapping[str, Any],
+    training: TrainSpec,
     out_weights: str | Path,
     out_metrics: str | Path,
     out_history: str | Path,
@@ -605,21 +532,17 @@ def train_model_to_files(
     dataset, num_classes, normalization, training config), metrics.json and history.csv, then
     removes the checkpoint.
     """
-    from .device import select_device
-    from .models import load_model, save_weights
-
-    cfg = TrainConfig.from_dict(training)
     train_x, train_y, val_x, val_y, n_classes, root = training_data(dataset_root, dataset_source, image_size, progress)
     check_num_classes(model_spec, n_classes, root)
     device = select_device() if device is None else torch.device(device)
     log.info(
         "training %s (%s) on %s: %d train / %d held-out images, %s, device %s",
         model_spec["arch"],
-        cfg.method,
+        training.method,
         root,
         len(train_y),
         len(val_y),
-        cfg,
+        training,
         device,
     )
 
@@ -636,7 +559,7 @@ def train_model_to_files(
         train_y,
         val_x,
         val_y,
-        cfg,
+        training,
         checkpoint_path=checkpoint_path,
         history_path=out_history,
         device=device,
@@ -645,19 +568,19 @@ def train_model_to_files(
     history = metrics.pop("history")
     meta = {
         "arch": model_spec["arch"],
-        "method": cfg.method,
+        "method": training.method,
         "dataset": str(root.name),
         "num_classes": int(model_spec["num_classes"]),
         "normalization": model_spec.get("normalization", "imagenet"),
         "init": None if init_weights is None else str(init_weights),
-        "training": cfg.to_dict(),
+        "training": training.to_dict(),
         "heldout_accuracy": metrics["heldout_accuracy"],
     }
     save_weights(out_weights, model.net.state_dict(), meta)
     metrics.update(
         arch=model_spec["arch"],
         dataset=str(root),
-        training=cfg.to_dict(),
+        training=training.to_dict(),
         init=meta["init"],
         device=str(device),
     )

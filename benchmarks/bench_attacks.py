@@ -27,8 +27,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from advdissect.attacks import AttackSpec, fgsm, pgd, run_attack
+from advdissect.attacks import fgsm, pgd, run_attack
 from advdissect.models import load_model
+from advdissect.specs import AttackSpec, attack_spec
 from advdissect.store import write_h5
 
 
@@ -83,8 +84,8 @@ def main() -> None:
             F.cross_entropy(logits, logits.detach().argmax(1), reduction="sum").backward()
         model.zero_grad(set_to_none=True)
 
-    spec_fgsm = AttackSpec.from_config("fgsm2", {"method": "fgsm", "eps": "2/255"})
-    spec_pgd = AttackSpec.from_config("pgd", {"method": "pgd", "eps": "4/255", "step": "1/255", "steps": args.steps})
+    spec_fgsm = attack_spec("fgsm2", {"method": "fgsm", "eps": "2/255"})
+    spec_pgd = attack_spec("pgd", {"method": "pgd", "eps": "4/255", "step": "1/255", "steps": args.steps})
     tmp = Path(tempfile.mkdtemp(prefix="bench_attacks."))
 
     def shard(spec: AttackSpec) -> None:

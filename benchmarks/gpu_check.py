@@ -36,9 +36,10 @@ import torch
 import torch.nn.functional as F
 
 from advdissect.activations import extract_activations
-from advdissect.attacks import AttackSpec, run_attack
+from advdissect.attacks import run_attack
 from advdissect.broden import BrodenDataset
 from advdissect.models import load_model
+from advdissect.specs import attack_spec
 from advdissect.synthetic import generate
 from advdissect.tally import _best_overall, _best_per_category, count_shard, iou
 from advdissect.thresholds import threshold_from_top, top_count, top_values
@@ -70,9 +71,9 @@ def agreement(device: str, batch: int) -> list[str]:
         labels = dataset.class_indices(rows)
         model = load_model("resnet18", 16, seed=0).eval()
         specs = {
-            "clean": AttackSpec.from_config("clean", {"method": "clean"}),
-            "fgsm_2": AttackSpec.from_config("fgsm_2", {"method": "fgsm", "eps": "2/255"}),
-            "noise_2": AttackSpec.from_config("noise_2", {"method": "noise", "eps": "2/255", "seed": 0}),
+            "clean": attack_spec("clean", {"method": "clean"}),
+            "fgsm_2": attack_spec("fgsm_2", {"method": "fgsm", "eps": "2/255"}),
+            "noise_2": attack_spec("noise_2", {"method": "noise", "eps": "2/255", "seed": 0}),
         }
         for name, spec in specs.items():
             cpu = run_attack(model.to("cpu"), images, labels, spec, batch, "cpu", rows=rows)["images"]
@@ -127,7 +128,7 @@ def speed(device: str, size: int, batch: int, batches: int) -> None:
     labels = np.full(n, -1, np.int64)
     model = load_model("resnet18", 1000, seed=0).to(device).eval()
     gpu_batches = [torch.from_numpy(images[i : i + batch]).to(device) for i in range(0, n, batch)]
-    fgsm = AttackSpec.from_config("fgsm_8", {"method": "fgsm", "eps": "8/255"})
+    fgsm = attack_spec("fgsm_8", {"method": "fgsm", "eps": "8/255"})
 
     def forward():
         with torch.no_grad():

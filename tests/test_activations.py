@@ -8,8 +8,9 @@ import torch
 from torch import nn
 
 from advdissect import store
-from advdissect.activations import extract_activations, find_layer, write_activation_shard
+from advdissect.activations import extract_activations, write_activation_shard
 from advdissect.errors import ArtifactError, ModelError
+from advdissect.models import find_layer
 
 
 class Wrapper(nn.Module):

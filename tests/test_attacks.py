@@ -23,19 +23,18 @@ import torch.nn.functional as F
 
 from advdissect import attacks
 from advdissect.attacks import (
-    AttackSpec,
     attack_statistics,
     bim,
     fgsm,
     image_generator,
     noise,
-    parse_fraction,
     pgd,
     random_signs,
     run_attack,
     write_attack_shard,
 )
 from advdissect.errors import ArtifactError, AttackError, ConfigError
+from advdissect.specs import AttackSpec, attack_spec, parse_fraction
 from advdissect.store import write_h5
 
 torch.set_num_threads(1)
@@ -164,12 +163,12 @@ def test_parse_fraction_refuses(value):
 
 
 def test_spec_from_config_defaults():
-    spec = AttackSpec.from_config("f2", {"method": "fgsm", "eps": "2/255"})
+    spec = attack_spec("f2", {"method": "fgsm", "eps": "2/255"})
     assert (spec.method, spec.labels, spec.targeted, spec.name) == ("fgsm", "prediction", False, "f2")
     assert spec.eps == pytest.approx(2 / 255)
-    b = AttackSpec.from_config("b", {"method": "bim", "eps": "4/255"})
+    b = attack_spec("b", {"method": "bim", "eps": "4/255"})
     assert b.step == pytest.approx(1 / 255) and b.steps == int(min(4 + 4, 1.25 * 4))
-    p = AttackSpec.from_config(
+    p = attack_spec(
         "p",
         {
             "method": "pgd",
@@ -182,38 +181,38 @@ def test_spec_from_config_defaults():
         },
     )
     assert (p.steps, p.seed, p.target, p.targeted) == (7, 3, "random", True)
-    t = AttackSpec.from_config("t", {"method": "fgsm", "eps": 0.1, "labels": "target", "target": "4"})
+    t = attack_spec("t", {"method": "fgsm", "eps": "25/255", "labels": "target", "target": "4"})
     assert t.target == 4
-    assert AttackSpec.from_config("c", {"method": "clean"}).eps == 0
-    assert AttackSpec.from_config("n", {"method": "noise", "eps": "2/255", "seed": 1}).seed == 1
+    assert attack_spec("c", {"method": "clean"}).eps == 0
+    assert attack_spec("n", {"method": "noise", "eps": "2/255", "seed": 1}).seed == 1
 
 
 @pytest.mark.parametrize(
     "config, key",
     [
         ({"method": "laser"}, "method"),
-        ({"eps": 0.1}, "method"),
+        ({"eps": "25/255"}, "method"),
         ({"method": "fgsm"}, "eps"),
         ({"method": "fgsm", "eps": 0}, "eps"),
         ({"method": "fgsm", "eps": 2}, "eps"),
         ({"method": "fgsm", "eps": "x"}, "eps"),
-        ({"method": "fgsm", "eps": 0.1, "steps": 3}, "steps"),
-        ({"method": "fgsm", "eps": 0.1, "epsilon": 3}, "epsilon"),
-        ({"method": "fgsm", "eps": 0.1, "labels": "gold"}, "labels"),
-        ({"method": "fgsm", "eps": 0.1, "target": "random"}, "target"),
-        ({"method": "fgsm", "eps": 0.1, "labels": "target", "target": "nearest"}, "target"),
-        ({"method": "fgsm", "eps": 0.1, "labels": "target", "target": -1}, "target"),
-        ({"method": "bim", "eps": 0.1, "steps": 0}, "steps"),
-        ({"method": "bim", "eps": 0.1, "steps": 2.5}, "steps"),
-        ({"method": "pgd", "eps": 0.1, "step": "-1/255"}, "step"),
-        ({"method": "pgd", "eps": 0.1, "seed": -3}, "seed"),
-        ({"method": "noise", "eps": 0.1, "labels": "true"}, "labels"),
-        ({"method": "clean", "eps": 0.1}, "eps"),
+        ({"method": "fgsm", "eps": "25/255", "steps": 3}, "steps"),
+        ({"method": "fgsm", "eps": "25/255", "epsilon": 3}, "epsilon"),
+        ({"method": "fgsm", "eps": "25/255", "labels": "gold"}, "labels"),
+        ({"method": "fgsm", "eps": "25/255", "target": "random"}, "target"),
+        ({"method": "fgsm", "eps": "25/255", "labels": "target", "target": "nearest"}, "target"),
+        ({"method": "fgsm", "eps": "25/255", "labels": "target", "target": -1}, "target"),
+        ({"method": "bim", "eps": "25/255", "steps": 0}, "steps"),
+        ({"method": "bim", "eps": "25/255", "steps": 2.5}, "steps"),
+        ({"method": "pgd", "eps": "25/255", "step": "-1/255"}, "step"),
+        ({"method": "pgd", "eps": "25/255", "seed": -3}, "seed"),
+        ({"method": "noise", "eps": "25/255", "labels": "true"}, "labels"),
+        ({"method": "clean", "eps": "25/255"}, "eps"),
     ],
 )
 def test_spec_from_config_refuses(config, key):
     with pytest.raises(ConfigError) as info:
-        AttackSpec.from_config("myattack", config)
+        attack_spec("myattack", config)
     assert "myattack" in str(info.value) and key in str(info.value)
 
 
@@ -341,7 +340,31 @@ def test_torchattacks_pgd_same_random_start(model, ta):
 
 
 def spec(config, name="a"):
-    return AttackSpec.from_config(name, config)
+    return attack_spec(name, config)
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        {"method": "fgsm", "eps": "2/255"},
+        {"method": "bim", "eps": "2/255", "step": "1/255", "steps": 2},
+        {"method": "pgd", "eps": "2/255", "step": "1/255", "steps": 2},
+    ],
+    ids=lambda c: c["method"],
+)
+def test_shards_are_made_by_the_functions_checked_above(model, monkeypatch, config):
+    """run_attack (the shard writer) calls fgsm / bim / pgd themselves, the functions that the
+    transcription and torchattacks tests check, once per batch."""
+    calls = []
+    for name in ("fgsm", "bim", "pgd"):
+
+        def spy(*args, _name=name, _original=getattr(attacks, name), **kwargs):
+            calls.append(_name)
+            return _original(*args, **kwargs)
+
+        monkeypatch.setattr(attacks, name, spy)
+    run_attack(model, make_images(4, seed=3), np.full(4, -1), spec(config), 2, "cpu")
+    assert calls.count(config["method"]) == 2
 
 
 def test_run_attack_fgsm_uint8_lossless(model):
@@ -430,18 +453,15 @@ def test_run_attack_clean_is_identity(model):
     assert float(out["linf"].max()) == 0 and float(out["l2"].max()) == 0
 
 
-def test_eps_off_grid_refused(model):
-    with pytest.raises(AttackError, match=r"eps=0\.01 is not a multiple of 1/255.*uint8"):
-        run_attack(model, make_images(2), np.full(2, -1), spec({"method": "fgsm", "eps": 0.01}), 2, "cpu")
-    with pytest.raises(AttackError, match=r"step=0\.005 is not a multiple of 1/255"):
-        run_attack(
-            model,
-            make_images(2),
-            np.full(2, -1),
-            spec({"method": "bim", "eps": "2/255", "step": 0.005, "steps": 2}),
-            2,
-            "cpu",
-        )
+def test_eps_off_grid_refused():
+    """Shards hold uint8, exact only on the 1/255 grid: an attack spec off it is refused when built."""
+    off_grid = r"attacks\.f\.eps: 0\.01 is not a multiple of 1/255 \(images are stored as uint8"
+    with pytest.raises(ConfigError, match=off_grid):
+        attack_spec("f", {"method": "fgsm", "eps": 0.01})
+    with pytest.raises(ConfigError, match=r"attacks\.b\.step: 0\.005 is not a multiple of 1/255"):
+        attack_spec("b", {"method": "bim", "eps": "2/255", "step": 0.005, "steps": 2})
+    with pytest.raises(ConfigError, match=r"attacks\.attack\.eps"):
+        AttackSpec(method="noise", eps=0.01)
 
 
 def test_true_labels_missing_refused(model):
@@ -610,7 +630,7 @@ def fake_inputs(monkeypatch, model):
 IDENTITY = {"dataset": "syn", "model": "tiny", "attack": "fgsm2"}
 
 
-def write_shards(tmp_path, attack_spec, n_images=11, shard_size=4):
+def write_shards(tmp_path, settings, n_images=11, shard_size=4):
     paths = []
     for shard in range(math.ceil(n_images / shard_size)):
         path = tmp_path / f"{shard:04d}.h5"
@@ -623,8 +643,7 @@ def write_shards(tmp_path, attack_spec, n_images=11, shard_size=4):
             shard=shard,
             model_spec={},
             weights_file=None,
-            attack_name=IDENTITY["attack"],
-            attack_spec=attack_spec,
+            attack=attack_spec(IDENTITY["attack"], settings),
             identity=IDENTITY,
             batch_size=3,
             device="cpu",
@@ -634,8 +653,8 @@ def write_shards(tmp_path, attack_spec, n_images=11, shard_size=4):
 
 
 def test_write_attack_shard_and_statistics(tmp_path, fake_inputs, model):
-    attack_spec = {"method": "fgsm", "eps": "2/255"}
-    paths = write_shards(tmp_path, attack_spec)
+    settings = {"method": "fgsm", "eps": "2/255"}
+    paths = write_shards(tmp_path, settings)
     with h5py.File(paths[1]) as f:
         assert f.attrs["kind"] == "images" and f.attrs["shard"] == 1 and f.attrs["attack"] == "fgsm2"
         np.testing.assert_array_equal(f["rows"][()], [4, 5, 6, 7])
@@ -657,7 +676,7 @@ def test_write_attack_shard_and_statistics(tmp_path, fake_inputs, model):
     expected = (ref_fgsm(model, x, predictions(model, x), 2 / 255) * 255).round().to(torch.uint8).numpy()
     np.testing.assert_array_equal(images, expected)
 
-    identity = IDENTITY | {"attack_params": attack_spec}
+    identity = IDENTITY | {"attack_params": attack_spec(IDENTITY["attack"], settings).to_dict()}
     stats = attack_statistics(paths, identity)
     assert len(stats) == 1
     row = stats.iloc[0]
@@ -689,7 +708,13 @@ def test_write_attack_shard_and_statistics(tmp_path, fake_inputs, model):
     with pytest.raises(ArtifactError, match="attack"):
         attack_statistics(paths, IDENTITY | {"attack": "other"})
     with pytest.raises(ArtifactError, match="attack_params"):
-        attack_statistics(paths, IDENTITY | {"attack_params": {"method": "fgsm", "eps": "4/255"}})
+        other = attack_spec("fgsm2", {"method": "fgsm", "eps": "4/255"}).to_dict()
+        attack_statistics(paths, IDENTITY | {"attack_params": other})
+    with pytest.raises(ArtifactError, match="not an attack spec"):  # shards from before specs
+        params = {"method": "fgsm", "eps": "2/255"}
+        attrs = IDENTITY | {"shard": 0, "attack_params": params}
+        write_h5(tmp_path / "old.h5", "images", attrs, {"rows": np.arange(1)})
+        attack_statistics([tmp_path / "old.h5"], IDENTITY)
 
 
 def test_shard_randomness_depends_on_shard_not_batches(tmp_path, fake_inputs):
@@ -714,7 +739,7 @@ def test_statistics_targeted_success_and_no_labels(tmp_path):
         "linf": np.full(n, 4 / 255, np.float32),
         "l2": np.arange(n, dtype=np.float32),
     }
-    params = {"method": "fgsm", "eps": "4/255", "labels": "target", "target": 3}
+    params = attack_spec("fgsm2", {"method": "fgsm", "eps": "4/255", "labels": "target", "target": 3}).to_dict()
     path = tmp_path / "0000.h5"
     write_h5(path, "images", IDENTITY | {"shard": 0, "attack_params": params}, base)
     row = attack_statistics([path], IDENTITY).iloc[0]
@@ -769,7 +794,7 @@ def test_scripts_on_synthetic_broden(tiny_broden, tmp_path, monkeypatch):
             output={"images": str(out)},
             params={
                 "model_spec": model_spec,
-                "attack": attack,
+                "attack": attack_spec("pgd2", attack).to_dict(),
                 "rows": rows,
                 "identity": identity,
             },
@@ -793,7 +818,7 @@ def test_scripts_on_synthetic_broden(tiny_broden, tmp_path, monkeypatch):
         load_model(**model_spec),
         clean_images,
         np.full(2, -1),
-        AttackSpec.from_config("pgd2", attack),
+        attack_spec("pgd2", attack),
         2,
         "cpu",
         rows=expected_rows[4:],
@@ -805,7 +830,7 @@ def test_scripts_on_synthetic_broden(tiny_broden, tmp_path, monkeypatch):
         "attack_stats.py",
         input={"shards": [str(p) for p in shards]},
         output={"stats": str(stats_path)},
-        params={"identity": identity, "attack": attack},
+        params={"identity": identity, "attack": attack_spec("pgd2", attack).to_dict()},
         log=[str(tmp_path / "stats.log")],
     )
     stats = pd.read_csv(stats_path)

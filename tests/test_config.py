@@ -7,6 +7,7 @@ import pytest
 import yaml
 
 from advdissect import config as adconfig
+from advdissect import specs
 from advdissect.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -89,7 +90,8 @@ def test_negative_eps():
 def test_eps_not_in_pixel_units():
     message = bad(lambda c: c["attacks"]["fgsm_2"].update(eps=0.01))
     assert message == (
-        "config: attacks.fgsm_2.eps: 0.01 is not a multiple of 1/255 (images are stored as uint8; use e.g. '2/255')"
+        "config: attacks.fgsm_2.eps: 0.01 is not a multiple of 1/255 "
+        "(images are stored as uint8; write it as k/255, e.g. 3/255)"
     )
 
 
@@ -100,7 +102,7 @@ def test_eps_garbage_string():
 
 def test_eps_required():
     message = bad(lambda c: c["attacks"]["fgsm_2"].pop("eps"))
-    assert message == "config: attacks.fgsm_2.eps: required for method 'fgsm'"
+    assert message == "config: attacks.fgsm_2.eps: required for method 'fgsm' (e.g. eps: 2/255)"
 
 
 def test_unknown_attack_method():
@@ -155,13 +157,13 @@ def test_duplicate_attack_names(tmp_path):
     "value, expected", [("2/255", 2 / 255), ("8 / 255", 8 / 255), (0.5, 0.5), (3, 3.0), ("0.5/1", 0.5)]
 )
 def test_parse_fraction(value, expected):
-    assert adconfig.parse_fraction(value) == pytest.approx(expected, abs=0)
+    assert specs.parse_fraction(value) == pytest.approx(expected, abs=0)
 
 
 def test_pixel_grid():
-    assert adconfig.on_pixel_grid(8 / 255)
-    assert adconfig.on_pixel_grid(float(adconfig.parse_fraction("2/255")))
-    assert not adconfig.on_pixel_grid(0.01)
+    assert specs.on_pixel_grid(8 / 255)
+    assert specs.on_pixel_grid(float(specs.parse_fraction("2/255")))
+    assert not specs.on_pixel_grid(0.01)
 
 
 def test_shard_plan():

@@ -162,3 +162,33 @@ def test_refuses_once_cuda_is_initialised(tmp_path, monkeypatch):
     with pytest.raises(RuntimeError, match="claim_gpu must run before CUDA is initialised"):
         with claim_gpu([0], tmp_path, available=1):
             pass
+
+
+def test_in_batches_halves_on_out_of_memory_and_keeps_the_smaller_size():
+    calls, done = [], []
+
+    def run(start, stop):
+        calls.append((start, stop))
+        if stop - start > 3:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 1 GiB")
+        done.extend(range(start, stop))
+
+    device.in_batches(10, 8, run)
+    assert done == list(range(10))  # every item once, in order
+    assert calls == [(0, 8), (0, 4), (0, 2), (2, 4), (4, 6), (6, 8), (8, 10)]
+
+
+def test_in_batches_raises_what_is_not_out_of_memory_or_cannot_shrink():
+    def fails(start, stop):
+        raise ValueError("bad input")
+
+    with pytest.raises(ValueError, match="bad input"):
+        device.in_batches(4, 2, fails)
+
+    def always_oom(start, stop):
+        raise RuntimeError("CUDA error: out of memory")
+
+    with pytest.raises(RuntimeError, match="out of memory"):
+        device.in_batches(4, 4, always_oom)
+    assert device.is_out_of_memory(RuntimeError("DefaultCPUAllocator: out of memory"))
+    assert not device.is_out_of_memory(RuntimeError("shape mismatch"))

@@ -11,6 +11,7 @@ from torchvision import transforms
 
 from advdissect.errors import ConfigError, DatasetError
 from advdissect.imagefolder import ImageFolderImages, load_imagefolder
+from advdissect.specs import train_spec
 from advdissect.training import train_model_to_files
 
 
@@ -54,7 +55,7 @@ def test_training_on_an_imagefolder(tiny_imagefolder, tmp_path):
         dataset_root=root,
         init_weights=None,
         model_spec=spec,
-        training={"method": "atda", "epochs": 2, "batch_size": 8, "lr": 0.01, "eps": "2/255"},
+        training=train_spec({"method": "atda", "epochs": 2, "batch_size": 8, "lr": 0.01, "eps": "2/255"}),
         out_weights=out / "weights.pt",
         out_metrics=out / "metrics.json",
         out_history=out / "history.csv",
@@ -73,7 +74,7 @@ def test_training_on_an_imagefolder(tiny_imagefolder, tmp_path):
             dataset_root=root,
             init_weights=None,
             model_spec={"arch": "resnet18", "num_classes": 5},
-            training={"method": "standard", "epochs": 1},
+            training=train_spec({"method": "standard", "epochs": 1}),
             out_weights=out / "w2.pt",
             out_metrics=out / "m2.json",
             out_history=out / "h2.csv",

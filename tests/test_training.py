@@ -11,7 +11,7 @@ from torch import nn
 
 from advdissect import training
 from advdissect.errors import ConfigError
-from advdissect.training import TrainConfig
+from advdissect.specs import TrainSpec, schema_defaults, train_spec
 
 N_CLASSES = 3
 SIZE = 12
@@ -45,7 +45,7 @@ def toy_data(n: int, seed: int, separable: bool = True):
 def cfg(**kw):
     base = dict(method="standard", epochs=1, batch_size=8, lr=1e-2, eps=8 / 255, seed=0)
     base.update(kw)
-    return TrainConfig(**base)
+    return TrainSpec(**base)
 
 
 def run(tmp_path, config, model=None, name="ckpt.pt", **kw):
@@ -177,19 +177,31 @@ def test_lr_schedule_warms_up_then_decays():
     assert training.lr_factor(0, 10, 0.0) == 1.0
 
 
-def test_config_from_dict_and_errors():
-    config = TrainConfig.from_dict({"method": "atda", "eps": "4/255", "lr": 1, "margin": True})
-    assert config.eps == pytest.approx(4 / 255) and config.lr == 1.0 and config.lam == pytest.approx(1 / 3)
-    with pytest.raises(ConfigError, match="unknown key.*learning_rate"):
-        TrainConfig.from_dict({"learning_rate": 0.1})
-    with pytest.raises(ConfigError, match="method.*allowed: standard, at, consistency, atda"):
-        TrainConfig(method="trades")
-    with pytest.raises(ConfigError, match="needs eps > 0"):
-        TrainConfig(method="at", eps=0.0)
+def test_train_spec_from_settings_and_errors():
+    key = "models.m.weights"
+    settings = {"source": "train", "dataset": "d", "method": "atda", "eps": "4/255", "lr": 1, "margin": True}
+    spec = train_spec(settings, key)
+    assert spec.eps == pytest.approx(4 / 255) and spec.lr == 1.0 and spec.lam == pytest.approx(1 / 3)
+    with pytest.raises(ConfigError, match=r"models\.m\.weights: unknown key.*learning_rate"):
+        train_spec({"learning_rate": 0.1}, key)
+    with pytest.raises(ConfigError, match=r"models\.m\.weights\.method.*allowed: standard, at, consistency, atda"):
+        train_spec({"method": "trades"}, key)
+    with pytest.raises(ConfigError, match=r"models\.m\.weights\.eps.*needs eps > 0"):
+        train_spec({"method": "at", "eps": 0}, key)
     with pytest.raises(ConfigError, match="optimizer"):
-        TrainConfig(optimizer="rmsprop")
-    with pytest.raises(ConfigError, match="margin"):
-        TrainConfig(method="at", margin=True)
+        TrainSpec(optimizer="rmsprop")
+    with pytest.raises(ConfigError, match=r"training\.margin"):
+        TrainSpec(method="at", margin=True)
+
+
+def test_train_spec_defaults_are_the_schemas():
+    """The schema is the one source of defaults: a spec built from nothing holds them all."""
+    defaults = schema_defaults("weights.train")
+    spec = TrainSpec().to_dict()
+    assert set(spec) == set(defaults)
+    for key, value in defaults.items():
+        assert spec[key] == (4 / 255 if key == "eps" else value), key
+    assert defaults["eps"] == "4/255"
 
 
 def test_num_classes_mismatch_message():
@@ -223,7 +235,7 @@ def test_train_model_to_files(tiny_broden, tmp_path):
         dataset_root=tiny_broden,
         init_weights=None,
         model_spec=spec,
-        training={"method": "at", "epochs": 1, "batch_size": 4, "eps": "4/255"},
+        training=train_spec({"method": "at", "epochs": 1, "batch_size": 4, "eps": "4/255"}),
         out_weights=out / "weights.pt",
         out_metrics=out / "metrics.json",
         out_history=out / "history.csv",

@@ -18,7 +18,7 @@ rule attack_shard:
         gpu=1,
     params:
         model_spec=lambda wc: model_spec(wc.model),
-        attack=lambda wc: ATTACKS[wc.attack],
+        attack=lambda wc: ATTACK_SPECS[wc.attack].to_dict(),
         rows=lambda wc: shard_rows(wc.dataset),
         identity=lambda wc: {
             "dataset": wc.dataset,
@@ -49,6 +49,6 @@ rule attack_stats:
             "model": wc.model,
             "attack": wc.attack,
         },
-        attack=lambda wc: ATTACKS[wc.attack],
+        attack=lambda wc: ATTACK_SPECS[wc.attack].to_dict(),
     script:
         "../scripts/attack_stats.py"

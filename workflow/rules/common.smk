@@ -13,7 +13,6 @@ adconfig.check_config_files(
 adconfig.validate(config, adconfig.load_schema(SCHEMA))
 validate(config, SCHEMA)  # fills in the schema's defaults
 adconfig.check_semantics(config)
-adconfig.check_attacks(config)
 adconfig.check_layers(config)
 adconfig.sort_keys(config)
 
@@ -26,6 +25,7 @@ FIGURES = config["figures"]
 ABLATION = config["ablation"]
 COMPUTE = config["compute"]
 CLEAN = adconfig.clean_attack(config)
+ATTACK_SPECS = adconfig.attack_specs(config)
 STYLE = FIGURES["style"]
 TEMPORARY = config["storage"]["temporary"]
 

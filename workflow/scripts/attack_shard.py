@@ -14,10 +14,11 @@ from advdissect.device import claim_gpu  # noqa: E402
 with claim_gpu(snakemake.config["compute"]["gpus"], lock_dir=".snakemake/gpu-locks"):  # noqa: F821
     from advdissect.attacks import write_attack_shard
     from advdissect.device import configure_threads, select_device
+    from advdissect.specs import AttackSpec
 
     configure_threads(snakemake.threads)  # noqa: F821
     rows = snakemake.params.rows  # noqa: F821
-    attack = dict(snakemake.params.attack)  # noqa: F821
+    attack = AttackSpec(**snakemake.params.attack)  # noqa: F821
     identity = dict(snakemake.params.identity)  # noqa: F821
     write_attack_shard(
         snakemake.output.images,  # noqa: F821
@@ -28,8 +29,7 @@ with claim_gpu(snakemake.config["compute"]["gpus"], lock_dir=".snakemake/gpu-loc
         shard=int(snakemake.wildcards.shard),  # noqa: F821
         model_spec=dict(snakemake.params.model_spec),  # noqa: F821
         weights_file=snakemake.input.get("weights"),  # noqa: F821
-        attack_name=identity["attack"],
-        attack_spec=attack,
+        attack=attack,
         identity=identity,
         batch_size=int(snakemake.config["dissection"]["batch_size"]),  # noqa: F821
         device=select_device(),

@@ -4,6 +4,7 @@ from pathlib import Path
 
 from advdissect.device import claim_gpu, configure_threads, select_device
 from advdissect.joblog import log_to
+from advdissect.specs import train_spec
 from advdissect.training import train_model_to_files
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
@@ -11,6 +12,7 @@ log_to(sm.log[0])
 configure_threads(sm.threads)
 training = dict(sm.params.training)
 image_size = training.pop("image_size", None)  # an ImageFolder training set's image size
+spec = train_spec(training, f"models.{sm.wildcards.model}.weights")
 source = sm.config["datasets"][sm.config["models"][sm.wildcards.model]["weights"]["dataset"]]["source"]
 # Device ids come from the config, not params: changing them re-runs nothing.
 with claim_gpu(sm.config["compute"]["gpus"], lock_dir=".snakemake/gpu-locks"):
@@ -18,7 +20,7 @@ with claim_gpu(sm.config["compute"]["gpus"], lock_dir=".snakemake/gpu-locks"):
         dataset_root=Path(sm.input.dataset).parent,
         init_weights=sm.input.get("init"),
         model_spec=dict(sm.params.model_spec),
-        training=training,
+        training=spec,
         out_weights=sm.output.weights,
         out_metrics=sm.output.metrics,
         out_history=sm.output.history,

@@ -1,0 +1,283 @@
+"""The study's settings as typed specs: the one place a setting's value is checked.
+
+`attack_spec` and `train_spec` turn a config section into a frozen spec; each spec checks its
+own values once, when it is built, and names the config key a wrong value came from. Defaults
+come from the config schema alone (`schema_defaults`). The library takes specs and does not
+check config keys again.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+import numbers
+from collections.abc import Mapping
+from fractions import Fraction
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .errors import ConfigError
+
+SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+PIXEL_GRID = 255  # images are stored as uint8: values k/255
+_GRID_TOL = 1e-6  # in 1/255 units; float rounding of "k/255" stays far below it
+
+
+def parse_fraction(value: Any, key: str = "value") -> float:
+    """A number or an "a/b" string (e.g. "2/255") as a float >= 0; ConfigError naming `key` otherwise."""
+    if isinstance(value, bool):
+        raise ConfigError(f"config: {key}: expected a number or 'a/b', got {value!r}")
+    if isinstance(value, numbers.Real):
+        result = float(value)
+    elif isinstance(value, str):
+        try:
+            parts = value.replace(" ", "").split("/")
+            if len(parts) > 2:
+                raise ValueError(value)
+            result = float(Fraction(parts[0]) / Fraction(parts[1] if len(parts) == 2 else "1"))
+        except (ValueError, ZeroDivisionError):
+            raise ConfigError(f"config: {key}: expected a number or 'a/b' such as '8/255', got {value!r}") from None
+    else:
+        raise ConfigError(f"config: {key}: expected a number or 'a/b', got {value!r}")
+    if not math.isfinite(result) or result < 0:
+        raise ConfigError(f"config: {key}: must be a finite number >= 0, got {value!r}")
+    return result
+
+
+def on_pixel_grid(value: float) -> bool:
+    """True when `value` is a whole number of 1/255 steps (lossless as uint8)."""
+    steps = value * PIXEL_GRID
+    return abs(steps - round(steps)) < _GRID_TOL
+
+
+def grid_steps(value: float) -> int:
+    """`value` in 1/255 steps (a spec's ε and step are on the grid)."""
+    return round(value * PIXEL_GRID)
+
+
+@functools.cache
+def _schema() -> dict:
+    with open(SCHEMA_PATH) as handle:
+        return yaml.safe_load(handle)
+
+
+def schema_defaults(section: str) -> dict[str, Any]:
+    """The schema's default of every key of a section: "weights.train" (a trained model's
+    `models.<name>.weights`), or a top-level section such as "dissection"."""
+    schema = _schema()
+    if section == "weights.train":
+        branches = schema["properties"]["models"]["additionalProperties"]["properties"]["weights"]["allOf"]
+        train = next(b for b in branches if b["if"]["properties"]["source"].get("const") == "train")
+        properties = train["then"]["properties"]
+    else:
+        properties = schema["properties"][section]["properties"]
+    return {key: prop["default"] for key, prop in properties.items() if "default" in prop}
+
+
+# ---------------------------------------------------------------- attacks
+
+ATTACK_METHODS = ("clean", "fgsm", "bim", "pgd", "noise")
+GRADIENT_METHODS = ("fgsm", "bim", "pgd")
+LABEL_MODES = ("prediction", "true", "target")
+TARGET_MODES = ("least_likely", "random")
+# Keys each method understands; anything else is a typo worth reporting. `seed` drives PGD's
+# start, the noise signs and random targets.
+ATTACK_KEYS = {
+    "clean": {"method"},
+    "fgsm": {"method", "eps", "labels", "target", "seed"},
+    "bim": {"method", "eps", "step", "steps", "labels", "target", "seed"},
+    "pgd": {"method", "eps", "step", "steps", "labels", "target", "seed"},
+    "noise": {"method", "eps", "seed"},
+}
+
+
+@dataclasses.dataclass(frozen=True)
+class AttackSpec:
+    """One attack (`attacks.<name>`). eps and step are in pixel units ([0, 1] images) and, for
+    every method that writes a shard, multiples of 1/255 (uint8 holds only those exactly).
+
+    labels: "prediction" (Eq. 10, default) attacks the model's own clean prediction;
+    "true" the dataset's class labels (Eq. 5); "target" makes the attack targeted (Eq. 6)
+    towards `target`: "least_likely" (the clean image's lowest logit), "random" (a seeded
+    random class other than the clean prediction) or a fixed class index.
+    """
+
+    method: str
+    eps: float = 0.0
+    step: float | None = None
+    steps: int | None = None
+    labels: str = "prediction"
+    target: str | int = "least_likely"
+    seed: int = 0
+    name: str = "attack"
+
+    def __post_init__(self) -> None:
+        def bad(key: str, why: str) -> ConfigError:
+            return ConfigError(f"config: attacks.{self.name}.{key}: {why}")
+
+        if self.method not in ATTACK_METHODS:
+            raise bad("method", f"{self.method!r} is unknown (allowed: {', '.join(ATTACK_METHODS)})")
+        if self.method == "clean":
+            if self.eps != 0:
+                raise bad("eps", "must be 0 for method 'clean'")
+        elif not 0 < self.eps <= 1:
+            raise bad("eps", f"must be in (0, 1] (pixel units, e.g. 2/255), got {self.eps!r}")
+        if self.method in ("bim", "pgd"):
+            if self.step is None or not 0 < self.step <= 1:
+                raise bad("step", f"must be in (0, 1] (pixel units), got {self.step!r}")
+            if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
+                raise bad("steps", f"must be an integer >= 1, got {self.steps!r}")
+        for key in ("eps", "step") if self.method in ("bim", "pgd") else ("eps",):
+            value = getattr(self, key)
+            if self.method != "clean" and not on_pixel_grid(value):
+                raise bad(
+                    key,
+                    f"{value:g} is not a multiple of 1/255 (images are stored as uint8; write it as k/255, "
+                    f"e.g. {max(1, grid_steps(value))}/255)",
+                )
+        if self.labels not in LABEL_MODES:
+            raise bad("labels", f"{self.labels!r} is not allowed (allowed: {', '.join(LABEL_MODES)})")
+        if self.labels != "prediction" and self.method not in GRADIENT_METHODS:
+            raise bad("labels", f"not used by method '{self.method}' (the noise control uses no labels)")
+        if isinstance(self.target, bool) or not (
+            self.target in TARGET_MODES or (isinstance(self.target, int) and self.target >= 0)
+        ):
+            raise bad("target", f"{self.target!r} is not allowed (least_likely, random, or a class index >= 0)")
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise bad("seed", f"must be an integer >= 0, got {self.seed!r}")
+
+    @property
+    def targeted(self) -> bool:
+        return self.labels == "target"
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def attack_spec(name: str, settings: Mapping[str, Any]) -> AttackSpec:
+    """`attacks.<name>` as a spec; defaults as in the BIM paper.
+
+    bim/pgd: step defaults to 1/255 and steps to min(255·ε + 4, 1.25·255·ε) (Kurakin
+    et al. 2017). `target` needs `labels: target`.
+    """
+    where = f"config: attacks.{name}"
+    if not isinstance(settings, Mapping):
+        raise ConfigError(f"{where}: expected a mapping of settings, got {settings!r}")
+    method = settings.get("method")
+    if method not in ATTACK_METHODS:
+        raise ConfigError(f"{where}.method: {method!r} is unknown (allowed: {', '.join(ATTACK_METHODS)})")
+    allowed = ATTACK_KEYS[method]
+    for key in settings:
+        if key not in allowed:
+            raise ConfigError(f"{where}.{key}: not used by method '{method}' (allowed: {', '.join(sorted(allowed))})")
+    if method == "clean":
+        return AttackSpec(method="clean", name=name)
+    if "eps" not in settings:
+        raise ConfigError(f"{where}.eps: required for method '{method}' (e.g. eps: 2/255)")
+    eps = parse_fraction(settings["eps"], f"attacks.{name}.eps")
+    fields: dict[str, Any] = {"method": method, "eps": eps, "name": name}
+    if method in ("bim", "pgd"):
+        fields["step"] = parse_fraction(settings.get("step", "1/255"), f"attacks.{name}.step")
+        steps = settings.get("steps")
+        fields["steps"] = max(1, int(min(eps * 255 + 4, 1.25 * eps * 255))) if steps is None else steps
+    if "labels" in settings:
+        fields["labels"] = settings["labels"]
+    if fields.get("labels") == "target" and "target" not in settings:
+        raise ConfigError(f"{where}.target: required when labels is 'target' (least_likely, random or a class index)")
+    if "target" in settings:
+        if settings.get("labels") != "target":
+            raise ConfigError(f"{where}.target: needs 'labels: target'")
+        target = settings["target"]
+        fields["target"] = int(target) if isinstance(target, str) and target.strip().isdigit() else target
+    if "seed" in settings:
+        fields["seed"] = settings["seed"]
+    return AttackSpec(**fields)
+
+
+# ---------------------------------------------------------------- training
+
+TRAIN_METHODS = ("standard", "at", "consistency", "atda")
+ADVERSARIAL_METHODS = ("at", "consistency", "atda")
+OPTIMIZERS = ("sgd", "adam")
+_TRAIN = schema_defaults("weights.train")
+# Keys of a trained model's `weights` that say what to train on and from, not how.
+_NOT_TRAINING = ("source", "dataset", "init", "image_size")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    """How a model is trained (`models.<name>.weights`); every default is the schema's.
+
+    `key` is the config path the settings came from; messages name it, and it takes no part in
+    comparisons or in `to_dict` (so it never changes a checkpoint's fingerprint).
+    """
+
+    method: str = _TRAIN["method"]
+    epochs: int = _TRAIN["epochs"]
+    batch_size: int = _TRAIN["batch_size"]
+    lr: float = _TRAIN["lr"]  # peak learning rate, reached at the end of the warm-up
+    optimizer: str = _TRAIN["optimizer"]  # "adam": Adam (L2 weight decay); "sgd": Nesterov momentum
+    momentum: float = _TRAIN["momentum"]  # SGD only
+    weight_decay: float = _TRAIN["weight_decay"]
+    eps: float = parse_fraction(_TRAIN["eps"])  # FGSM ε (pixel units), also of the held-out FGSM accuracy
+    lam: float = _TRAIN["lam"]  # λ of the consistency / domain-adaptation term (Song et al. use 1/3)
+    feature: str = _TRAIN["feature"]  # φ: "logits" or a layer name of the model
+    margin: bool = _TRAIN["margin"]  # atda: add the margin term
+    seed: int = _TRAIN["seed"]
+    augment: bool = _TRAIN["augment"]  # random horizontal flips
+    warmup: float = _TRAIN["warmup"]  # fraction of all steps with a linear LR ramp
+    grad_clip: float = float(_TRAIN["grad_clip"])  # clip the global gradient norm to this (0 = off)
+    key: str = dataclasses.field(default="training", compare=False, repr=False)
+
+    def __post_init__(self) -> None:
+        def bad(key: str, allowed: str) -> ConfigError:
+            return ConfigError(f"config: {self.key}.{key}: {getattr(self, key)!r} is not allowed; {allowed}")
+
+        if self.method not in TRAIN_METHODS:
+            raise bad("method", f"allowed: {', '.join(TRAIN_METHODS)}")
+        if self.optimizer not in OPTIMIZERS:
+            raise bad("optimizer", f"allowed: {', '.join(OPTIMIZERS)}")
+        for key in ("epochs", "batch_size"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise bad(key, "expected an integer >= 1")
+        for key in ("lr", "momentum", "weight_decay", "eps", "lam", "warmup", "grad_clip"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise bad(key, "expected a finite number >= 0")
+        if self.lr <= 0:
+            raise bad("lr", "expected a number > 0")
+        if self.warmup >= 1:
+            raise bad("warmup", "expected a fraction of the steps in [0, 1)")
+        if self.method in ADVERSARIAL_METHODS and self.eps <= 0:
+            raise bad("eps", f"method {self.method!r} trains on FGSM examples and needs eps > 0 (e.g. '4/255')")
+        if not isinstance(self.feature, str) or not self.feature:
+            raise bad("feature", "expected 'logits' or a layer name")
+        if self.margin and self.method != "atda":
+            raise ConfigError(
+                f"config: {self.key}.margin: only method 'atda' has a margin term (method is {self.method!r})"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        values = dataclasses.asdict(self)
+        del values["key"]
+        return values
+
+
+def train_spec(settings: Mapping[str, Any], key: str = "training") -> TrainSpec:
+    """A trained model's settings (`key`, e.g. "models.resnet18.weights") as a spec; the keys
+    that say what to train on (source, dataset, init) are not part of it."""
+    fields = {f.name for f in dataclasses.fields(TrainSpec)} - {"key"}
+    values = {k: v for k, v in settings.items() if k not in _NOT_TRAINING}
+    unknown = sorted(set(values) - fields)
+    if unknown:
+        raise ConfigError(f"config: {key}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(fields))}")
+    if "eps" in values:
+        values["eps"] = parse_fraction(values["eps"], f"{key}.eps")
+    for name in ("lr", "momentum", "weight_decay", "lam", "warmup", "grad_clip"):
+        if isinstance(values.get(name), int) and not isinstance(values[name], bool):
+            values[name] = float(values[name])
+    return TrainSpec(**values, key=key)
