@@ -29,6 +29,7 @@ from torch import nn
 from . import store, tables
 from .errors import ArtifactError, ModelError
 from .models import hook_layer, load_model_spec
+from .specs import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -179,7 +180,7 @@ def write_ablation(
     clean_activation_paths: Sequence[str | os.PathLike],
     units_paths: Mapping[str, tuple[str | os.PathLike, str | os.PathLike]],
     weights_file: str | os.PathLike | None,
-    model_spec: Mapping[str, Any],
+    model_spec: ModelSpec,
     identity: Mapping[str, Any],
     random_sets: int,
     batch_size: int,

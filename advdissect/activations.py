@@ -22,6 +22,7 @@ from . import store
 from .device import in_batches, select_device
 from .errors import ArtifactError, ModelError
 from .models import hook_layer, load_model_spec
+from .specs import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ def write_activation_shard(
     *,
     images_path: str | os.PathLike,
     weights_file: str | os.PathLike | None,
-    model_spec: Mapping[str, Any],
+    model_spec: ModelSpec,
     layer: str,
     identity: Mapping[str, Any],
     batch_size: int,

@@ -1,6 +1,6 @@
 """Adversarial attacks, the adversarial image shards and per-attack statistics.
 
-Conventions (DESIGN.md §1): images are in [0, 1], the model normalises inside its forward,
+Conventions: images are in [0, 1], the model normalises inside its forward,
 ε and step sizes are in pixel units (e.g. 2/255), and every result is clipped to [0, 1].
 
 - FGSM, Eq. 5 (untargeted):  x* = x + ε·sign(∇x CE(f(x), y))
@@ -35,7 +35,7 @@ from .broden import BrodenDataset, shard_rows
 from .device import in_batches, select_device
 from .errors import ArtifactError, AttackError, ConfigError
 from .models import load_model_spec
-from .specs import GRADIENT_METHODS, AttackSpec, grid_steps
+from .specs import GRADIENT_METHODS, AttackSpec, ModelSpec, grid_steps
 from .store import open_h5, read_attrs, write_csv, write_h5
 
 log = logging.getLogger(__name__)
@@ -411,7 +411,7 @@ def _shard_rows(dataset, split: str, n_images: int, shard_size: int, shard: int)
     return np.asarray(shard_rows(dataset, split, n_images, shard_size, shard), dtype=np.int64)
 
 
-def _load_model(model_spec: Mapping[str, Any], weights_file: str | PathLike | None):
+def _load_model(model_spec: ModelSpec, weights_file: str | PathLike | None):
     return load_model_spec(model_spec, weights_file)
 
 
@@ -437,7 +437,7 @@ def write_attack_shard(
     n_images: int,
     shard_size: int,
     shard: int,
-    model_spec: Mapping[str, Any],
+    model_spec: ModelSpec,
     weights_file: str | PathLike | None,
     attack: AttackSpec,
     identity: Mapping[str, Any],

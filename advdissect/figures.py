@@ -87,7 +87,7 @@ def resolve_style(style: Mapping[str, Any] | None) -> dict[str, Any]:
     style = dict(style or {})
     unknown = sorted(set(style) - set(DEFAULT_STYLE))
     if unknown:
-        raise ConfigError(f"figure style key(s) {unknown} unknown; allowed: {sorted(DEFAULT_STYLE)}")
+        raise ConfigError(f"config: figures.style: unknown key(s) {unknown}; allowed: {sorted(DEFAULT_STYLE)}")
     return {**DEFAULT_STYLE, **style}
 
 
@@ -99,7 +99,7 @@ def style_context(style: Mapping[str, Any] | None = None) -> Iterator[dict[str, 
         rc = dict(sns.axes_style(s["style"]))
         rc.update(sns.plotting_context(s["context"], font_scale=float(s["font_scale"])))
     except ValueError as exc:
-        raise ConfigError(f"figure style: {exc}") from None
+        raise ConfigError(f"config: figures.style: {exc}") from None
     # A fixed salt keeps SVG element ids identical between runs of the same figure.
     rc["svg.hashsalt"] = "advdissect"
     with mpl.rc_context(rc):

@@ -34,6 +34,7 @@ import torchvision
 from torch import nn
 
 from .errors import ConfigError, ModelError
+from .specs import ModelSpec
 from .store import atomic_path
 
 log = logging.getLogger(__name__)
@@ -130,14 +131,14 @@ def load_model(
     return model
 
 
-def load_model_spec(model_spec: Mapping[str, Any], weights_file: str | Path | None = None) -> NormalizedModel:
-    """load_model from a job's model spec (arch, num_classes, normalization, seed) and weights file."""
+def load_model_spec(model_spec: ModelSpec, weights_file: str | Path | None = None) -> NormalizedModel:
+    """load_model from a job's model spec and weights file."""
     return load_model(
-        model_spec["arch"],
-        model_spec["num_classes"],
+        model_spec.arch,
+        model_spec.num_classes,
         weights_file=weights_file or None,
-        normalization=model_spec.get("normalization", "imagenet"),
-        seed=model_spec.get("seed", 0),
+        normalization=model_spec.normalization,
+        seed=model_spec.seed,
     )
 
 

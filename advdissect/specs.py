@@ -77,6 +77,37 @@ def schema_defaults(section: str) -> dict[str, Any]:
     return {key: prop["default"] for key, prop in properties.items() if "default" in prop}
 
 
+# ---------------------------------------------------------------- models
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSpec:
+    """What a job needs to build a model's network: `models.<name>` without its layers and
+    weights, plus the seed of its initialisation."""
+
+    arch: str
+    num_classes: int
+    normalization: str | dict = "imagenet"
+    seed: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def model_spec(config: Mapping[str, Any], name: str) -> ModelSpec:
+    """`models.<name>` of a validated config as a spec. A random init uses its weights' seed
+    (default the study's `seed`); every other model is built with the study's seed."""
+    settings = config["models"][name]
+    weights = settings["weights"]
+    seed = weights.get("seed", config["seed"]) if weights["source"] == "random" else config["seed"]
+    return ModelSpec(
+        arch=settings["arch"],
+        num_classes=settings["num_classes"],
+        normalization=settings["normalization"],
+        seed=seed,
+    )
+
+
 # ---------------------------------------------------------------- attacks
 
 ATTACK_METHODS = ("clean", "fgsm", "bim", "pgd", "noise")

@@ -48,7 +48,7 @@ from .device import select_device
 from .errors import ConfigError, DatasetError
 from .imagefolder import ImageFolderImages, load_imagefolder
 from .models import capture, load_model, save_weights
-from .specs import ADVERSARIAL_METHODS, TrainSpec
+from .specs import ADVERSARIAL_METHODS, ModelSpec, TrainSpec
 from .store import atomic_path, write_csv, write_json
 
 log = logging.getLogger(__name__)
@@ -482,13 +482,13 @@ def load_split(dataset, split: str, progress: bool = True) -> tuple[torch.Tensor
     return torch.from_numpy(images), torch.from_numpy(labels)
 
 
-def check_num_classes(model_spec: Mapping[str, Any], n_classes: int, dataset_root: str | Path) -> None:
+def check_num_classes(model_spec: ModelSpec, n_classes: int, dataset_root: str | Path) -> None:
     """ConfigError unless the model has one output per class of the dataset."""
-    want = model_spec.get("num_classes")
+    want = model_spec.num_classes
     if want != n_classes:
         raise ConfigError(
             f"model num_classes is {want!r}, but the dataset {dataset_root} has {n_classes} "
-            f"classes (the classification task); set num_classes: {n_classes} for this {model_spec.get('arch')} model"
+            f"classes (the classification task); set num_classes: {n_classes} for this {model_spec.arch} model"
         )
 
 
@@ -511,7 +511,7 @@ def train_model_to_files(
     *,
     dataset_root: str | Path,
     init_weights: str | Path | None,
-    model_spec: Mapping[str, Any],
+    model_spec: ModelSpec,
     training: TrainSpec,
     out_weights: str | Path,
     out_metrics: str | Path,
@@ -537,7 +537,7 @@ def train_model_to_files(
     device = select_device() if device is None else torch.device(device)
     log.info(
         "training %s (%s) on %s: %d train / %d held-out images, %s, device %s",
-        model_spec["arch"],
+        model_spec.arch,
         training.method,
         root,
         len(train_y),
@@ -547,11 +547,11 @@ def train_model_to_files(
     )
 
     model = load_model(
-        model_spec["arch"],
-        model_spec["num_classes"],
+        model_spec.arch,
+        model_spec.num_classes,
         weights_file=init_weights,
-        normalization=model_spec.get("normalization", "imagenet"),
-        seed=model_spec.get("seed", 0),
+        normalization=model_spec.normalization,
+        seed=model_spec.seed,
     )
     metrics = train(
         model,
@@ -567,18 +567,18 @@ def train_model_to_files(
     )
     history = metrics.pop("history")
     meta = {
-        "arch": model_spec["arch"],
+        "arch": model_spec.arch,
         "method": training.method,
         "dataset": str(root.name),
-        "num_classes": int(model_spec["num_classes"]),
-        "normalization": model_spec.get("normalization", "imagenet"),
+        "num_classes": int(model_spec.num_classes),
+        "normalization": model_spec.normalization,
         "init": None if init_weights is None else str(init_weights),
         "training": training.to_dict(),
         "heldout_accuracy": metrics["heldout_accuracy"],
     }
     save_weights(out_weights, model.net.state_dict(), meta)
     metrics.update(
-        arch=model_spec["arch"],
+        arch=model_spec.arch,
         dataset=str(root),
         training=training.to_dict(),
         init=meta["init"],

@@ -356,13 +356,16 @@ def test_shards_are_made_by_the_functions_checked_above(model, monkeypatch, conf
     """run_attack (the shard writer) calls fgsm / bim / pgd themselves, the functions that the
     transcription and torchattacks tests check, once per batch."""
     calls = []
+
+    def spy(name, original):
+        def called(*args, **kwargs):
+            calls.append(name)
+            return original(*args, **kwargs)
+
+        return called
+
     for name in ("fgsm", "bim", "pgd"):
-
-        def spy(*args, _name=name, _original=getattr(attacks, name), **kwargs):
-            calls.append(_name)
-            return _original(*args, **kwargs)
-
-        monkeypatch.setattr(attacks, name, spy)
+        monkeypatch.setattr(attacks, name, spy(name, getattr(attacks, name)))
     run_attack(model, make_images(4, seed=3), np.full(4, -1), spec(config), 2, "cpu")
     assert calls.count(config["method"]) == 2
 
@@ -784,7 +787,7 @@ def test_scripts_on_synthetic_broden(tiny_broden, tmp_path, monkeypatch):
     model_spec = {"arch": "resnet18", "num_classes": 20, "normalization": "imagenet", "seed": 0}
     attack = {"method": "pgd", "eps": "2/255", "step": "1/255", "steps": 2, "seed": 1}
     identity = {"dataset": "tiny", "model": "r18", "attack": "pgd2"}
-    rows = {"split": "val", "n_images": 6, "shard_size": 4}
+    plan = {"split": "val", "n_images": 6, "shard_size": 4}
     shards = []
     for shard in ("0000", "0001"):
         out = tmp_path / "images" / f"{shard}.h5"
@@ -795,7 +798,7 @@ def test_scripts_on_synthetic_broden(tiny_broden, tmp_path, monkeypatch):
             params={
                 "model_spec": model_spec,
                 "attack": attack_spec("pgd2", attack).to_dict(),
-                "rows": rows,
+                "plan": plan,
                 "identity": identity,
             },
             config={"dissection": {"batch_size": 3}, "compute": {"gpus": []}},

@@ -11,7 +11,7 @@ from torchvision import transforms
 
 from advdissect.errors import ConfigError, DatasetError
 from advdissect.imagefolder import ImageFolderImages, load_imagefolder
-from advdissect.specs import train_spec
+from advdissect.specs import ModelSpec, train_spec
 from advdissect.training import train_model_to_files
 
 
@@ -49,7 +49,7 @@ def test_mismatched_classes_and_broken_files_are_refused(tiny_imagefolder, tmp_p
 
 def test_training_on_an_imagefolder(tiny_imagefolder, tmp_path):
     root = tiny_imagefolder
-    spec = {"arch": "resnet18", "num_classes": 3}
+    spec = ModelSpec("resnet18", 3)
     out = tmp_path / "model"
     metrics = train_model_to_files(
         dataset_root=root,
@@ -73,7 +73,7 @@ def test_training_on_an_imagefolder(tiny_imagefolder, tmp_path):
         train_model_to_files(
             dataset_root=root,
             init_weights=None,
-            model_spec={"arch": "resnet18", "num_classes": 5},
+            model_spec=ModelSpec("resnet18", 5),
             training=train_spec({"method": "standard", "epochs": 1}),
             out_weights=out / "w2.pt",
             out_metrics=out / "m2.json",

@@ -11,7 +11,7 @@ from torch import nn
 
 from advdissect import training
 from advdissect.errors import ConfigError
-from advdissect.specs import TrainSpec, schema_defaults, train_spec
+from advdissect.specs import ModelSpec, TrainSpec, schema_defaults, train_spec
 
 N_CLASSES = 3
 SIZE = 12
@@ -206,8 +206,8 @@ def test_train_spec_defaults_are_the_schemas():
 
 def test_num_classes_mismatch_message():
     with pytest.raises(ConfigError, match=r"num_classes is 10.*has 24 classes.*set num_classes: 24"):
-        training.check_num_classes({"arch": "resnet18", "num_classes": 10}, 24, "resources/synthetic/demo")
-    training.check_num_classes({"arch": "resnet18", "num_classes": 24}, 24, "x")
+        training.check_num_classes(ModelSpec("resnet18", 10), 24, "resources/synthetic/demo")
+    training.check_num_classes(ModelSpec("resnet18", 24), 24, "x")
 
 
 def test_negative_labels_are_refused(tmp_path):
@@ -230,7 +230,7 @@ def test_train_model_to_files(tiny_broden, tmp_path):
     from advdissect.models import load_model, read_weights_meta
 
     out = tmp_path / "model"
-    spec = {"arch": "resnet18", "num_classes": 3, "normalization": "imagenet", "seed": 0}
+    spec = ModelSpec("resnet18", 3)
     metrics = training.train_model_to_files(
         dataset_root=tiny_broden,
         init_weights=None,
@@ -252,7 +252,7 @@ def test_train_model_to_files(tiny_broden, tmp_path):
 
 
 def test_train_model_to_files_refuses_wrong_num_classes(tiny_broden, tmp_path):
-    spec = {"arch": "resnet18", "num_classes": 5, "normalization": "imagenet", "seed": 0}
+    spec = ModelSpec("resnet18", 5)
     with pytest.raises(ConfigError, match="num_classes is 5.*3 classes"):
         training.train_model_to_files(
             dataset_root=tiny_broden,

@@ -1,6 +1,7 @@
 """The whole workflow on a tiny config: outputs, no-op re-runs, partial re-runs, shard independence,
 the report, and the linter."""
 
+import hashlib
 import json
 import os
 import re
@@ -21,6 +22,7 @@ from advdissect import disk
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "tiny_config.yaml"
+PINNED = ROOT / "tests" / "data" / "tiny_tables.sha256"
 SNAKEMAKE = [sys.executable, "-m", "snakemake"]
 
 pytestmark = pytest.mark.workflow
@@ -477,3 +479,30 @@ def test_models_trained_on_an_imagefolder_are_dissected_on_broden(tmp_path, tiny
     assert metrics["dataset"] == str(tiny_imagefolder) and metrics["init"].endswith("folder18/weights.pt")
     assert len(pd.read_csv(tmp_path / units)) == 512
     assert not (tmp_path / "results" / "folder").exists()  # nothing is dissected on the folder
+
+
+def table_digests(workdir: Path) -> dict[str, str]:
+    """sha256 of every table a run wrote (CSV and Markdown), by path; training histories are
+    left out (they hold wall-clock seconds)."""
+    digests = {}
+    for path in sorted((workdir / "results").rglob("*")):
+        name = path.relative_to(workdir).as_posix()
+        if path.suffix not in (".csv", ".md") or name.startswith(("results/benchmarks/", "results/logs/")):
+            continue
+        if path.name != "history.csv":
+            digests[name] = hashlib.sha256(path.read_bytes()).hexdigest()
+    return digests
+
+
+def test_the_tiny_study_writes_the_pinned_tables(study):
+    """Every table of the tiny study, byte for byte, as pinned in tests/data/tiny_tables.sha256.
+
+    A change that is meant to alter results re-pins them: ADVDISSECT_PIN=1 pytest -k pinned
+    (then say in the commit why the numbers moved)."""
+    ours = table_digests(study)
+    if os.environ.get("ADVDISSECT_PIN") == "1":
+        PINNED.write_text("".join(f"{digest}  {name}\n" for name, digest in ours.items()))
+    pinned = dict(reversed(line.split("  ", 1)) for line in PINNED.read_text().splitlines())
+    assert sorted(ours) == sorted(pinned), "the tiny study writes other tables than the pinned ones"
+    differ = [name for name in pinned if ours[name] != pinned[name]]
+    assert not differ, f"{len(differ)} of {len(pinned)} tables differ from the pinned bytes: {differ[:8]}"

@@ -4,9 +4,9 @@
 rule attack_shard:
     input:
         unpack(weights_input),
-        dataset=lambda wc: dataset_index(wc.dataset),
+        dataset=dataset_of,
     output:
-        images=stored("images", "results/{dataset}/{model}/{attack}/images/{shard}.h5"),
+        images=stored("images", path("images")),
     log:
         "results/logs/attack_shard/{dataset}/{model}/{attack}/{shard}.log",
     benchmark:
@@ -17,26 +17,19 @@ rule attack_shard:
     resources:
         gpu=1,
     params:
-        model_spec=lambda wc: model_spec(wc.model),
-        attack=lambda wc: ATTACK_SPECS[wc.attack].to_dict(),
-        rows=lambda wc: shard_rows(wc.dataset),
-        identity=lambda wc: {
-            "dataset": wc.dataset,
-            "model": wc.model,
-            "attack": wc.attack,
-        },
+        model_spec=model_spec_of,
+        attack=attack_settings,
+        plan=shard_plan_of,
+        identity=identity("dataset", "model", "attack"),
     script:
         "../scripts/attack_shard.py"
 
 
 rule attack_stats:
     input:
-        shards=lambda wc: expand(
-            "results/{{dataset}}/{{model}}/{{attack}}/images/{shard}.h5",
-            shard=shards(wc.dataset),
-        ),
+        shards=per_shard("images"),
     output:
-        stats="results/{dataset}/{model}/{attack}/attack_stats.csv",
+        stats=path("attack_stats"),
     log:
         "results/logs/attack_stats/{dataset}/{model}/{attack}.log",
     benchmark:
@@ -44,11 +37,7 @@ rule attack_stats:
     conda:
         "../../envs/advdissect.yaml"
     params:
-        identity=lambda wc: {
-            "dataset": wc.dataset,
-            "model": wc.model,
-            "attack": wc.attack,
-        },
-        attack=lambda wc: ATTACK_SPECS[wc.attack].to_dict(),
+        identity=identity("dataset", "model", "attack"),
+        attack=attack_settings,
     script:
         "../scripts/attack_stats.py"

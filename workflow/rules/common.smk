@@ -4,6 +4,7 @@ import math
 from pathlib import Path
 
 from advdissect import config as adconfig
+from advdissect import specs as adspecs
 
 SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
 
@@ -39,9 +40,93 @@ wildcard_constraints:
     mode="self|clean",
 
 
-def stored(kind, path):
+# Every per-chain file, by kind; the one place its path is written.
+PATHS = {
+    "images": "results/{dataset}/{model}/{attack}/images/{shard}.h5",
+    "attack_stats": "results/{dataset}/{model}/{attack}/attack_stats.csv",
+    "activations": "results/{dataset}/{model}/{attack}/activations/{layer}/{shard}.h5",
+    "thresholds": "results/{dataset}/{model}/{attack}/thresholds/{layer}.h5",
+    "counts": "results/{dataset}/{model}/{attack}/{mode}/counts/{layer}/{shard}.h5",
+    "iou": "results/{dataset}/{model}/{attack}/{mode}/iou/{layer}.h5",
+    "tally": "results/{dataset}/{model}/{attack}/{mode}/tally/{layer}.csv",
+    "units": "results/{dataset}/{model}/{attack}/{mode}/units/{layer}.csv",
+    "bootstrap": "results/{dataset}/{model}/{attack}/{mode}/bootstrap/{layer}.csv",
+    "ablation": "results/{dataset}/{model}/{attack}/ablation/{layer}.csv",
+}
+
+
+class _Unfilled(dict):
+    def __missing__(self, key):
+        return f"{{{key}}}"
+
+
+def path(kind, **fields):
+    """PATHS[kind] with `fields` filled in; the fields not given stay {wildcards}."""
+    return PATHS[kind].format_map(_Unfilled(fields))
+
+
+def per_shard(kind, **fixed):
+    """Input function: the `kind` file of every shard of the job's dataset, the other fields
+    from the job's wildcards unless given in `fixed`."""
+
+    def files(wildcards):
+        fields = {**dict(wildcards.items()), **fixed}
+        return [path(kind, **fields, shard=s) for s in shards(wildcards.dataset)]
+
+    return files
+
+
+def shard_files(kind, dataset, **fields):
+    """The `kind` file of every shard of a dataset."""
+    return [path(kind, dataset=dataset, shard=s, **fields) for s in shards(dataset)]
+
+
+def thresholds_used(wildcards):
+    """The thresholds a dissection applies: its own images' (mode self) or the clean images' (mode clean)."""
+    return path(
+        "thresholds",
+        dataset=wildcards.dataset,
+        model=wildcards.model,
+        attack=threshold_attack(wildcards.attack, wildcards.mode),
+        layer=wildcards.layer,
+    )
+
+
+def dataset_of(wildcards):
+    """index.csv of the job's dataset."""
+    return dataset_index(wildcards.dataset)
+
+
+def identity(*keys):
+    """Param function: the job's wildcards `keys` as the identity its files carry (shard as int)."""
+
+    def of(wildcards):
+        return {
+            k: int(wildcards.shard) if k == "shard" else getattr(wildcards, k)
+            for k in keys
+        }
+
+    return of
+
+
+def threshold_identity(wildcards):
+    """The identity of the thresholds file that `thresholds_used` names."""
+    return {
+        "dataset": wildcards.dataset,
+        "model": wildcards.model,
+        "attack": threshold_attack(wildcards.attack, wildcards.mode),
+        "layer": wildcards.layer,
+    }
+
+
+def attack_settings(wildcards):
+    """The job's attack as a validated spec's fields."""
+    return ATTACK_SPECS[wildcards.attack].to_dict()
+
+
+def stored(kind, file):
     """An output path of an artifact kind, temp() when storage.temporary names the kind."""
-    return temp(path) if kind in TEMPORARY else path
+    return temp(file) if kind in TEMPORARY else file
 
 
 def dataset_index(name):
@@ -87,28 +172,26 @@ def weights_input(wildcards):
 
 
 def model_spec(model):
-    spec = MODELS[model]
-    weights = spec["weights"]
-    seed = (
-        weights.get("seed", config["seed"])
-        if weights["source"] == "random"
-        else config["seed"]
-    )
-    return {
-        "arch": spec["arch"],
-        "num_classes": spec["num_classes"],
-        "normalization": spec["normalization"],
-        "seed": seed,
-    }
+    """The network of a model, as the jobs that build it receive it."""
+    return adspecs.model_spec(config, model).to_dict()
 
 
-def shard_rows(dataset):
+def model_spec_of(wildcards):
+    return model_spec(wildcards.model)
+
+
+def shard_plan(dataset):
+    """How a dataset is cut into shards: the split, the images used and the shard size."""
     spec = DATASETS[dataset]
     return {
         "split": spec["split"],
         "n_images": adconfig.dataset_size(dataset, spec),
         "shard_size": spec["shard_size"],
     }
+
+
+def shard_plan_of(wildcards):
+    return shard_plan(wildcards.dataset)
 
 
 def attack_modes(attack):
@@ -128,7 +211,9 @@ def layer_entries():
 
 
 def units_path(dataset, model, attack, mode, layer):
-    return f"results/{dataset}/{model}/{attack}/{mode}/units/{layer}.csv"
+    return path(
+        "units", dataset=dataset, model=model, attack=attack, mode=mode, layer=layer
+    )
 
 
 def trained_models():
@@ -175,7 +260,7 @@ def all_targets():
                 targets.append(
                     f"results/figures/units/{dataset}/{model}/{layer}/{attack}.png"
                 )
-    if training_methods():
+    if compared_models():
         targets.append("results/summary/training.csv")
     if ablation_paths():
         targets.append("results/summary/ablation.csv")
@@ -187,7 +272,13 @@ def ablation_paths():
     if not ABLATION["enabled"]:
         return []
     return [
-        f"results/{e['dataset']}/{e['model']}/{attack}/ablation/{e['layer']}.csv"
+        path(
+            "ablation",
+            dataset=e["dataset"],
+            model=e["model"],
+            attack=attack,
+            layer=e["layer"],
+        )
         for e in deepest_layers()
         for attack in model_attacks(e["model"])
         if attack != CLEAN
@@ -253,13 +344,16 @@ def bootstrap_paths(items):
     if not BOOTSTRAP["resamples"]:
         return []
     return [
-        f"results/{e['dataset']}/{e['model']}/{e['attack']}/{e['mode']}/bootstrap/{e['layer']}.csv"
+        path(
+            "bootstrap",
+            **{k: e[k] for k in ("dataset", "model", "attack", "mode", "layer")},
+        )
         for e in items
     ]
 
 
-def training_methods():
-    """Models trained here with an explicit method, for the training comparison."""
+def compared_models():
+    """{model: its arch and training method} of every model trained here: the training comparison."""
     return {
         name: {
             "arch": MODELS[name]["arch"],
@@ -277,20 +371,18 @@ def unit_picture_inputs(wildcards):
         wildcards.layer,
     )
     return {
-        "clean_images": expand(
-            f"results/{d}/{m}/{CLEAN}/images/{{shard}}.h5", shard=shards(d)
+        "clean_images": shard_files("images", d, model=m, attack=CLEAN),
+        "adv_images": shard_files("images", d, model=m, attack=a),
+        "clean_activations": shard_files(
+            "activations", d, model=m, attack=CLEAN, layer=layer
         ),
-        "adv_images": expand(
-            f"results/{d}/{m}/{a}/images/{{shard}}.h5", shard=shards(d)
+        "adv_activations": shard_files(
+            "activations", d, model=m, attack=a, layer=layer
         ),
-        "clean_activations": expand(
-            f"results/{d}/{m}/{CLEAN}/activations/{layer}/{{shard}}.h5", shard=shards(d)
+        "clean_thresholds": path(
+            "thresholds", dataset=d, model=m, attack=CLEAN, layer=layer
         ),
-        "adv_activations": expand(
-            f"results/{d}/{m}/{a}/activations/{layer}/{{shard}}.h5", shard=shards(d)
-        ),
-        "clean_thresholds": f"results/{d}/{m}/{CLEAN}/thresholds/{layer}.h5",
-        "adv_thresholds": f"results/{d}/{m}/{a}/thresholds/{layer}.h5",
+        "adv_thresholds": path("thresholds", dataset=d, model=m, attack=a, layer=layer),
         "clean_units": units_path(d, m, CLEAN, "self", layer),
         "adv_units": units_path(d, m, a, "self", layer),
     }
@@ -301,15 +393,12 @@ def browser_inputs(wildcards):
     d, m, layer = wildcards.dataset, wildcards.model, wildcards.layer
     inputs = {}
     for attack in [CLEAN] + [a for a in model_attacks(m) if a != CLEAN]:
-        inputs[f"images_{attack}"] = expand(
-            f"results/{d}/{m}/{attack}/images/{{shard}}.h5", shard=shards(d)
+        inputs[f"images_{attack}"] = shard_files("images", d, model=m, attack=attack)
+        inputs[f"activations_{attack}"] = shard_files(
+            "activations", d, model=m, attack=attack, layer=layer
         )
-        inputs[f"activations_{attack}"] = expand(
-            f"results/{d}/{m}/{attack}/activations/{layer}/{{shard}}.h5",
-            shard=shards(d),
-        )
-        inputs[f"thresholds_{attack}"] = (
-            f"results/{d}/{m}/{attack}/thresholds/{layer}.h5"
+        inputs[f"thresholds_{attack}"] = path(
+            "thresholds", dataset=d, model=m, attack=attack, layer=layer
         )
         modes = ["self"] if attack == CLEAN else DISSECTION["threshold_modes"]
         for mode in modes:
@@ -343,3 +432,22 @@ def deepest_layers():
         for m in MODELS
         for d in model_datasets(m)
     ]
+
+
+def layer_entries_of(wildcards):
+    """The dissections of the job's dataset, model and layer."""
+    return entries(wildcards.dataset, wildcards.model, wildcards.layer)
+
+
+def layer_units_tables(wildcards):
+    return entry_paths(layer_entries_of(wildcards))
+
+
+def pictured_units(wildcards):
+    """Units the config asks to picture for the job's model and layer (figures.units)."""
+    return FIGURES["units"].get(wildcards.model, {}).get(wildcards.layer, [])
+
+
+def image_sets(wildcards):
+    """The model's image sets: the clean images first, then each attack's."""
+    return [CLEAN] + [a for a in model_attacks(wildcards.model) if a != CLEAN]

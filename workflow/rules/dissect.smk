@@ -4,12 +4,9 @@
 rule activations:
     input:
         unpack(weights_input),
-        images="results/{dataset}/{model}/{attack}/images/{shard}.h5",
+        images=path("images"),
     output:
-        activations=stored(
-            "activations",
-            "results/{dataset}/{model}/{attack}/activations/{layer}/{shard}.h5",
-        ),
+        activations=stored("activations", path("activations")),
     log:
         "results/logs/activations/{dataset}/{model}/{attack}/{layer}/{shard}.log",
     benchmark:
@@ -20,14 +17,9 @@ rule activations:
     resources:
         gpu=1,
     params:
-        model_spec=lambda wc: model_spec(wc.model),
+        model_spec=model_spec_of,
         layer="{layer}",
-        identity=lambda wc: {
-            "dataset": wc.dataset,
-            "model": wc.model,
-            "attack": wc.attack,
-            "shard": int(wc.shard),
-        },
+        identity=identity("dataset", "model", "attack", "shard"),
         dtype=DISSECTION["activation_dtype"],
     script:
         "../scripts/activations.py"
@@ -35,12 +27,9 @@ rule activations:
 
 rule thresholds:
     input:
-        shards=lambda wc: expand(
-            "results/{{dataset}}/{{model}}/{{attack}}/activations/{{layer}}/{shard}.h5",
-            shard=shards(wc.dataset),
-        ),
+        shards=per_shard("activations"),
     output:
-        thresholds="results/{dataset}/{model}/{attack}/thresholds/{layer}.h5",
+        thresholds=path("thresholds"),
     log:
         "results/logs/thresholds/{dataset}/{model}/{attack}/{layer}.log",
     benchmark:
@@ -49,23 +38,18 @@ rule thresholds:
         "../../envs/advdissect.yaml"
     params:
         quantile=DISSECTION["quantile"],
-        identity=lambda wc: {
-            "dataset": wc.dataset,
-            "model": wc.model,
-            "attack": wc.attack,
-            "layer": wc.layer,
-        },
+        identity=identity("dataset", "model", "attack", "layer"),
     script:
         "../scripts/thresholds.py"
 
 
 rule count_shard:
     input:
-        activations="results/{dataset}/{model}/{attack}/activations/{layer}/{shard}.h5",
-        thresholds=lambda wc: f"results/{wc.dataset}/{wc.model}/{threshold_attack(wc.attack, wc.mode)}/thresholds/{wc.layer}.h5",
-        dataset=lambda wc: dataset_index(wc.dataset),
+        activations=path("activations"),
+        thresholds=thresholds_used,
+        dataset=dataset_of,
     output:
-        counts="results/{dataset}/{model}/{attack}/{mode}/counts/{layer}/{shard}.h5",
+        counts=path("counts"),
     log:
         "results/logs/count_shard/{dataset}/{model}/{attack}/{mode}/{layer}/{shard}.log",
     benchmark:
@@ -73,35 +57,20 @@ rule count_shard:
     conda:
         "../../envs/advdissect.yaml"
     params:
-        identity=lambda wc: {
-            "dataset": wc.dataset,
-            "model": wc.model,
-            "attack": wc.attack,
-            "mode": wc.mode,
-            "layer": wc.layer,
-            "shard": int(wc.shard),
-        },
-        threshold_identity=lambda wc: {
-            "dataset": wc.dataset,
-            "model": wc.model,
-            "attack": threshold_attack(wc.attack, wc.mode),
-            "layer": wc.layer,
-        },
+        identity=identity("dataset", "model", "attack", "mode", "layer", "shard"),
+        threshold_identity=threshold_identity,
     script:
         "../scripts/count_shard.py"
 
 
 rule merge_counts:
     input:
-        counts=lambda wc: expand(
-            "results/{{dataset}}/{{model}}/{{attack}}/{{mode}}/counts/{{layer}}/{shard}.h5",
-            shard=shards(wc.dataset),
-        ),
-        dataset=lambda wc: dataset_index(wc.dataset),
+        counts=per_shard("counts"),
+        dataset=dataset_of,
     output:
-        iou="results/{dataset}/{model}/{attack}/{mode}/iou/{layer}.h5",
-        tally="results/{dataset}/{model}/{attack}/{mode}/tally/{layer}.csv",
-        units="results/{dataset}/{model}/{attack}/{mode}/units/{layer}.csv",
+        iou=path("iou"),
+        tally=path("tally"),
+        units=path("units"),
     log:
         "results/logs/merge_counts/{dataset}/{model}/{attack}/{mode}/{layer}.log",
     benchmark:
@@ -111,31 +80,19 @@ rule merge_counts:
     params:
         denominator=DISSECTION["denominator"],
         iou_threshold=DISSECTION["iou_threshold"],
-        identity=lambda wc: {
-            "dataset": wc.dataset,
-            "model": wc.model,
-            "attack": wc.attack,
-            "mode": wc.mode,
-            "layer": wc.layer,
-        },
+        identity=identity("dataset", "model", "attack", "mode", "layer"),
     script:
         "../scripts/merge_counts.py"
 
 
 rule bootstrap:
     input:
-        activations=lambda wc: expand(
-            "results/{{dataset}}/{{model}}/{{attack}}/activations/{{layer}}/{shard}.h5",
-            shard=shards(wc.dataset),
-        ),
-        thresholds=lambda wc: f"results/{wc.dataset}/{wc.model}/{threshold_attack(wc.attack, wc.mode)}/thresholds/{wc.layer}.h5",
-        counts=lambda wc: expand(
-            "results/{{dataset}}/{{model}}/{{attack}}/{{mode}}/counts/{{layer}}/{shard}.h5",
-            shard=shards(wc.dataset),
-        ),
-        dataset=lambda wc: dataset_index(wc.dataset),
+        activations=per_shard("activations"),
+        thresholds=thresholds_used,
+        counts=per_shard("counts"),
+        dataset=dataset_of,
     output:
-        table="results/{dataset}/{model}/{attack}/{mode}/bootstrap/{layer}.csv",
+        table=path("bootstrap"),
     log:
         "results/logs/bootstrap/{dataset}/{model}/{attack}/{mode}/{layer}.log",
     benchmark:
@@ -147,18 +104,7 @@ rule bootstrap:
         seed=BOOTSTRAP["seed"],
         denominator=DISSECTION["denominator"],
         iou_threshold=DISSECTION["iou_threshold"],
-        identity=lambda wc: {
-            "dataset": wc.dataset,
-            "model": wc.model,
-            "attack": wc.attack,
-            "mode": wc.mode,
-            "layer": wc.layer,
-        },
-        threshold_identity=lambda wc: {
-            "dataset": wc.dataset,
-            "model": wc.model,
-            "attack": threshold_attack(wc.attack, wc.mode),
-            "layer": wc.layer,
-        },
+        identity=identity("dataset", "model", "attack", "mode", "layer"),
+        threshold_identity=threshold_identity,
     script:
         "../scripts/bootstrap.py"

@@ -37,9 +37,9 @@ rule train_model:
     resources:
         gpu=1,
     params:
-        model_spec=lambda wc: model_spec(wc.model),
+        model_spec=model_spec_of,
         training=training_params,
         # The checkpoint lives outside the outputs so a killed training resumes from it.
-        checkpoint=lambda wc: f"results/models/{wc.model}/checkpoint.pt",
+        checkpoint="results/models/{model}/checkpoint.pt",
     script:
         "../scripts/train_model.py"

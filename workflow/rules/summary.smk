@@ -25,7 +25,9 @@ rule summary_models:
 
 rule summary_attacks:
     input:
-        stats=[f"results/{d}/{m}/{a}/attack_stats.csv" for d, m, a in chains()],
+        stats=[
+            path("attack_stats", dataset=d, model=m, attack=a) for d, m, a in chains()
+        ],
     output:
         table=report(
             "results/summary/attacks.csv",
@@ -74,18 +76,11 @@ rule table2:
 rule ablation:
     input:
         unpack(weights_input),
-        images=lambda wc: expand(
-            "results/{{dataset}}/{{model}}/{{attack}}/images/{shard}.h5",
-            shard=shards(wc.dataset),
-        ),
-        clean_activations=lambda wc: expand(
-            "results/{{dataset}}/{{model}}/{clean}/activations/{{layer}}/{shard}.h5",
-            clean=CLEAN,
-            shard=shards(wc.dataset),
-        ),
+        images=per_shard("images"),
+        clean_activations=per_shard("activations", attack=CLEAN),
         units=ablation_units,
     output:
-        table="results/{dataset}/{model}/{attack}/ablation/{layer}.csv",
+        table=path("ablation"),
     log:
         "results/logs/ablation/{dataset}/{model}/{attack}/{layer}.log",
     benchmark:
@@ -96,16 +91,11 @@ rule ablation:
     resources:
         gpu=1,
     params:
-        model_spec=lambda wc: model_spec(wc.model),
+        model_spec=model_spec_of,
         modes=DISSECTION["threshold_modes"],
         random_sets=ABLATION["random_sets"],
         clean=CLEAN,
-        identity=lambda wc: {
-            "dataset": wc.dataset,
-            "model": wc.model,
-            "attack": wc.attack,
-            "layer": wc.layer,
-        },
+        identity=identity("dataset", "model", "attack", "layer"),
     script:
         "../scripts/ablation.py"
 
@@ -168,7 +158,7 @@ rule concept_drift:
 
 rule detector_figure:
     input:
-        units=lambda wc: entry_paths(entries(wc.dataset, wc.model, wc.layer)),
+        units=layer_units_tables,
     output:
         png=report(
             "results/figures/detectors/{dataset}/{model}/{layer}.png",
@@ -184,7 +174,7 @@ rule detector_figure:
     conda:
         "../../envs/advdissect.yaml"
     params:
-        entries=lambda wc: entries(wc.dataset, wc.model, wc.layer),
+        entries=layer_entries_of,
         top_n=40,
         style=STYLE,
     script:
@@ -217,7 +207,7 @@ rule eps_sweep:
 
 rule iou_sweep:
     input:
-        units=lambda wc: entry_paths(entries(wc.dataset, wc.model, wc.layer)),
+        units=layer_units_tables,
     output:
         csv="results/summary/iou_sweep/{dataset}/{model}/{layer}.csv",
         png=report(
@@ -234,7 +224,7 @@ rule iou_sweep:
     conda:
         "../../envs/advdissect.yaml"
     params:
-        entries=lambda wc: entries(wc.dataset, wc.model, wc.layer),
+        entries=layer_entries_of,
         iou_threshold=DISSECTION["iou_threshold"],
         style=STYLE,
     script:
@@ -260,7 +250,7 @@ rule unit_pictures:
     params:
         clean_attack=CLEAN,
         threshold_mode="self",
-        units=lambda wc: FIGURES["units"].get(wc.model, {}).get(wc.layer, []),
+        units=pictured_units,
         k=FIGURES["top_units"],
         n_images=FIGURES["top_images"],
         style=STYLE,
@@ -286,7 +276,7 @@ rule unit_browser:
     conda:
         "../../envs/advdissect.yaml"
     params:
-        sets=lambda wc: [CLEAN] + [a for a in model_attacks(wc.model) if a != CLEAN],
+        sets=image_sets,
         modes=DISSECTION["threshold_modes"],
         clean=CLEAN,
     script:
@@ -298,7 +288,7 @@ rule training_summary:
         models="results/summary/models.csv",
         attacks="results/summary/attacks.csv",
         table2="results/summary/table2.csv",
-        histories=[f"results/models/{m}/history.csv" for m in training_methods()],
+        histories=[f"results/models/{m}/history.csv" for m in compared_models()],
     output:
         table=report(
             "results/summary/training.csv",
@@ -324,7 +314,7 @@ rule training_summary:
     conda:
         "../../envs/advdissect.yaml"
     params:
-        training_models=training_methods(),
+        training_models=compared_models(),
         style=STYLE,
     script:
         "../scripts/training_summary.py"
@@ -349,8 +339,8 @@ rule ceilings:
         datasets=[
             {
                 "name": d,
-                "split": shard_rows(d)["split"],
-                "n_images": shard_rows(d)["n_images"],
+                "split": shard_plan(d)["split"],
+                "n_images": shard_plan(d)["n_images"],
             }
             for d in ceiling_datasets()
         ],
@@ -368,7 +358,7 @@ rule demo_results:
         table2="results/summary/table2.csv",
         effects="results/summary/attack_effects.csv",
         ceilings="results/summary/ceilings.csv",
-        training=["results/summary/training.csv"] if training_methods() else [],
+        training=["results/summary/training.csv"] if compared_models() else [],
         ablation=["results/summary/ablation.csv"] if ablation_paths() else [],
         units=[
             units_path(e["dataset"], e["model"], CLEAN, "self", e["layer"])

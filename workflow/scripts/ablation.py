@@ -12,6 +12,7 @@ with claim_gpu(sm.config["compute"]["gpus"], lock_dir=".snakemake/gpu-locks"):
 
     from advdissect.ablation import write_ablation
     from advdissect.device import select_device
+    from advdissect.specs import ModelSpec
 
     torch.set_num_threads(max(1, int(sm.threads)))
     units = list(sm.input.units)  # per mode: clean units, attack units
@@ -21,7 +22,7 @@ with claim_gpu(sm.config["compute"]["gpus"], lock_dir=".snakemake/gpu-locks"):
         clean_activation_paths=list(sm.input.clean_activations),
         units_paths={mode: (units[2 * i], units[2 * i + 1]) for i, mode in enumerate(sm.params.modes)},
         weights_file=sm.input.get("weights"),
-        model_spec=dict(sm.params.model_spec),
+        model_spec=ModelSpec(**sm.params.model_spec),
         identity=dict(sm.params.identity),
         random_sets=int(sm.params.random_sets),
         batch_size=int(sm.config["dissection"]["batch_size"]),

@@ -14,13 +14,14 @@ with claim_gpu(snakemake.config["compute"]["gpus"], lock_dir=".snakemake/gpu-loc
 
     from advdissect.activations import write_activation_shard
     from advdissect.device import select_device
+    from advdissect.specs import ModelSpec
 
     torch.set_num_threads(max(1, int(snakemake.threads)))  # noqa: F821
     write_activation_shard(
         snakemake.output.activations,  # noqa: F821
         images_path=snakemake.input.images,  # noqa: F821
         weights_file=snakemake.input.get("weights"),  # noqa: F821
-        model_spec=dict(snakemake.params.model_spec),  # noqa: F821
+        model_spec=ModelSpec(**snakemake.params.model_spec),  # noqa: F821
         layer=snakemake.params.layer,  # noqa: F821
         identity=dict(snakemake.params.identity),  # noqa: F821
         batch_size=int(snakemake.config["dissection"]["batch_size"]),  # noqa: F821

@@ -4,7 +4,7 @@ from pathlib import Path
 
 from advdissect.device import claim_gpu, configure_threads, select_device
 from advdissect.joblog import log_to
-from advdissect.specs import train_spec
+from advdissect.specs import ModelSpec, train_spec
 from advdissect.training import train_model_to_files
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
@@ -19,7 +19,7 @@ with claim_gpu(sm.config["compute"]["gpus"], lock_dir=".snakemake/gpu-locks"):
     train_model_to_files(
         dataset_root=Path(sm.input.dataset).parent,
         init_weights=sm.input.get("init"),
-        model_spec=dict(sm.params.model_spec),
+        model_spec=ModelSpec(**sm.params.model_spec),
         training=spec,
         out_weights=sm.output.weights,
         out_metrics=sm.output.metrics,
