@@ -35,7 +35,7 @@ from .broden import BrodenDataset, shard_rows
 from .device import in_batches, select_device
 from .errors import ArtifactError, AttackError, ConfigError
 from .models import load_model_spec
-from .specs import GRADIENT_METHODS, AttackSpec, ModelSpec, grid_steps
+from .specs import GRADIENT_METHODS, AttackSpec, ModelSpec, ShardPlan, grid_steps
 from .store import open_h5, read_attrs, write_csv, write_h5
 
 log = logging.getLogger(__name__)
@@ -433,9 +433,7 @@ def write_attack_shard(
     out_path: str | PathLike,
     *,
     dataset_root: str | PathLike,
-    split: str,
-    n_images: int,
-    shard_size: int,
+    plan: ShardPlan,
     shard: int,
     model_spec: ModelSpec,
     weights_file: str | PathLike | None,
@@ -446,7 +444,7 @@ def write_attack_shard(
 ) -> dict[str, np.ndarray]:
     """Attack one shard of the dataset and write its images shard (kind "images")."""
     dataset = _open_dataset(dataset_root)
-    rows = _shard_rows(dataset, split, n_images, shard_size, shard)
+    rows = _shard_rows(dataset, plan.split, plan.n_images, plan.shard_size, shard)
     images = _load_images(dataset, rows)
     labels = np.array([dataset.class_index(int(r)) for r in rows], dtype=np.int64)
     model = _load_model(model_spec, weights_file)

@@ -553,14 +553,6 @@ def _nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return labels[ys[:, None], xs[None, :]]
 
 
-def n_shards(dataset_len_or_rows: int | Sequence[int] | np.ndarray, n_images: int | None, shard_size: int) -> int:
-    """How many shards the first `n_images` of a split (length or row array) make."""
-    total = int(dataset_len_or_rows) if np.isscalar(dataset_len_or_rows) else len(dataset_len_or_rows)
-    _check_plan(n_images, shard_size)
-    n = total if n_images is None else min(total, int(n_images))
-    return math.ceil(n / shard_size)
-
-
 def shard_rows(dataset: BrodenDataset, split: str, n_images: int | None, shard_size: int, shard: int) -> np.ndarray:
     """Rows of shard `shard` (0-based) of `dataset.rows(split)[:n_images]`."""
     _check_plan(n_images, shard_size)

@@ -8,7 +8,6 @@ once as a spec, which checks its own values: `specs`).
 from __future__ import annotations
 
 import csv
-import math
 from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
@@ -17,7 +16,7 @@ import jsonschema
 import yaml
 
 from .errors import ConfigError
-from .specs import AttackSpec, attack_spec, train_spec
+from .specs import AttackSpec, ShardPlan, attack_spec, train_spec
 
 # Broden as published by its authors: 63,305 images in both variants.
 BRODEN_IMAGES = {"broden1_224": 63305, "broden1_227": 63305}
@@ -157,8 +156,9 @@ def available_images(spec: Mapping) -> int | None:
     return len(rows) if split == "all" else sum(1 for row in rows if row.get("split") == split)
 
 
-def n_shards(name: str, spec: Mapping) -> int:
-    return math.ceil(dataset_size(name, spec) / spec["shard_size"])
+def shard_plan(name: str, spec: Mapping) -> ShardPlan:
+    """How `datasets.<name>` is cut into shards."""
+    return ShardPlan(split=spec["split"], n_images=dataset_size(name, spec), shard_size=spec["shard_size"])
 
 
 def check_semantics(config: Mapping) -> None:

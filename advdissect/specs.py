@@ -77,6 +77,32 @@ def schema_defaults(section: str) -> dict[str, Any]:
     return {key: prop["default"] for key, prop in properties.items() if "default" in prop}
 
 
+# ---------------------------------------------------------------- datasets
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardPlan:
+    """How a dataset's dissected images are cut into shards (`datasets.<name>`): the first
+    `n_images` rows of `split`, `shard_size` per shard."""
+
+    split: str
+    n_images: int
+    shard_size: int
+
+    def __post_init__(self) -> None:
+        for key in ("n_images", "shard_size"):
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise ValueError(f"shard plan: {key} must be a whole number >= 1, got {value!r}")
+
+    @property
+    def n_shards(self) -> int:
+        return math.ceil(self.n_images / self.shard_size)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
 # ---------------------------------------------------------------- models
 
 

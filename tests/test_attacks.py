@@ -34,7 +34,7 @@ from advdissect.attacks import (
     write_attack_shard,
 )
 from advdissect.errors import ArtifactError, AttackError, ConfigError
-from advdissect.specs import AttackSpec, attack_spec, parse_fraction
+from advdissect.specs import AttackSpec, ShardPlan, attack_spec, parse_fraction
 from advdissect.store import write_h5
 
 torch.set_num_threads(1)
@@ -640,9 +640,7 @@ def write_shards(tmp_path, settings, n_images=11, shard_size=4):
         write_attack_shard(
             path,
             dataset_root="unused",
-            split="all",
-            n_images=n_images,
-            shard_size=shard_size,
+            plan=ShardPlan("all", n_images, shard_size),
             shard=shard,
             model_spec={},
             weights_file=None,

@@ -17,7 +17,6 @@ from advdissect.broden import (
     decode_mask,
     encode_mask,
     install_dataset_dir,
-    n_shards,
     parse_index,
     shard_rows,
 )
@@ -361,15 +360,13 @@ def test_malformed_cells(handmade):
 # ---------------------------------------------------------------- shards
 def test_shard_plan_covers_rows_exactly_once(handmade):
     ds = BrodenDataset(handmade[0])
-    assert n_shards(ds.rows("all"), 3, 2) == 2
-    assert n_shards(10, None, 3) == 4 and n_shards(10, 4, 3) == 2
     parts = [shard_rows(ds, "all", 3, 2, s) for s in range(2)]
     np.testing.assert_array_equal(np.concatenate(parts), ds.rows("all"))
     assert shard_rows(ds, "train", None, 1, 1).tolist() == [2]
     with pytest.raises(ConfigError, match="shard 2 does not exist"):
         shard_rows(ds, "all", 3, 2, 2)
     with pytest.raises(ConfigError, match="shard_size"):
-        n_shards(10, 4, 0)
+        shard_rows(ds, "all", 3, 0, 0)
 
 
 def test_install_dataset_dir_replaces_only_dataset_dirs(tmp_path):

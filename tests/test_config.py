@@ -170,9 +170,10 @@ def test_shard_plan():
     cfg = checked(copy.deepcopy(DEFAULT))
     spec = cfg["datasets"]["synthetic"]
     assert adconfig.dataset_size("synthetic", spec) == 400
-    assert adconfig.n_shards("synthetic", spec) == 1
+    plan = adconfig.shard_plan("synthetic", spec)
+    assert (plan.split, plan.n_images, plan.shard_size, plan.n_shards) == ("val", 400, 400, 1)
     spec["shard_size"] = 150
-    assert adconfig.n_shards("synthetic", spec) == 3
+    assert adconfig.shard_plan("synthetic", spec).n_shards == 3
 
 
 def test_sort_keys_is_recursive_and_in_place():

@@ -1,6 +1,5 @@
 # Config checking and the input functions every stage shares.
 
-import math
 from pathlib import Path
 
 from advdissect import config as adconfig
@@ -142,7 +141,7 @@ def dataset_index(name):
 
 
 def shards(dataset):
-    return [f"{i:04d}" for i in range(adconfig.n_shards(dataset, DATASETS[dataset]))]
+    return [f"{i:04d}" for i in range(shard_plan(dataset).n_shards)]
 
 
 def model_datasets(model):
@@ -182,16 +181,11 @@ def model_spec_of(wildcards):
 
 def shard_plan(dataset):
     """How a dataset is cut into shards: the split, the images used and the shard size."""
-    spec = DATASETS[dataset]
-    return {
-        "split": spec["split"],
-        "n_images": adconfig.dataset_size(dataset, spec),
-        "shard_size": spec["shard_size"],
-    }
+    return adconfig.shard_plan(dataset, DATASETS[dataset])
 
 
 def shard_plan_of(wildcards):
-    return shard_plan(wildcards.dataset)
+    return shard_plan(wildcards.dataset).to_dict()
 
 
 def attack_modes(attack):

@@ -339,8 +339,8 @@ rule ceilings:
         datasets=[
             {
                 "name": d,
-                "split": shard_plan(d)["split"],
-                "n_images": shard_plan(d)["n_images"],
+                "split": shard_plan(d).split,
+                "n_images": shard_plan(d).n_images,
             }
             for d in ceiling_datasets()
         ],

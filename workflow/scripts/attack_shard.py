@@ -14,18 +14,15 @@ from advdissect.device import claim_gpu  # noqa: E402
 with claim_gpu(snakemake.config["compute"]["gpus"], lock_dir=".snakemake/gpu-locks"):  # noqa: F821
     from advdissect.attacks import write_attack_shard
     from advdissect.device import configure_threads, select_device
-    from advdissect.specs import AttackSpec, ModelSpec
+    from advdissect.specs import AttackSpec, ModelSpec, ShardPlan
 
     configure_threads(snakemake.threads)  # noqa: F821
-    plan = snakemake.params.plan  # noqa: F821
     attack = AttackSpec(**snakemake.params.attack)  # noqa: F821
     identity = dict(snakemake.params.identity)  # noqa: F821
     write_attack_shard(
         snakemake.output.images,  # noqa: F821
         dataset_root=Path(snakemake.input.dataset).parent,  # noqa: F821
-        split=plan["split"],
-        n_images=int(plan["n_images"]),
-        shard_size=int(plan["shard_size"]),
+        plan=ShardPlan(**snakemake.params.plan),  # noqa: F821
         shard=int(snakemake.wildcards.shard),  # noqa: F821
         model_spec=ModelSpec(**snakemake.params.model_spec),  # noqa: F821
         weights_file=snakemake.input.get("weights"),  # noqa: F821
