@@ -26,8 +26,8 @@ from matplotlib.patches import Patch
 
 from . import store, tables
 from .errors import ArtifactError, ConfigError
+from .masks import upsample
 from .tables import CATEGORY_ORDER, DRIFT_STATUSES, THRESHOLD_MODES, TRAINING_METHODS
-from .tally import upsample
 
 log = logging.getLogger(__name__)
 
@@ -259,7 +259,7 @@ def detector_figure(
 
 
 def unit_mask(activation: np.ndarray, threshold: float, size: tuple[int, int]) -> np.ndarray:
-    """The unit's binary mask at image size: the mask the IoU counts used (tally.upsample > threshold)."""
+    """The unit's binary mask at image size: the mask the IoU counts used (masks.upsample > threshold)."""
     # float64: against a Python float, NumPy would compare the float32 values in float32.
     return upsample(activation, size) > np.float64(threshold)
 

@@ -10,8 +10,8 @@ import yaml
 
 from advdissect import ceilings
 from advdissect.broden import CATEGORIES, BrodenDataset, Segmentation
+from advdissect.masks import upsample
 from advdissect.synthetic import generate
-from advdissect.tally import upsample
 
 ROOT = Path(__file__).resolve().parents[1]
 

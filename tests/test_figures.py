@@ -347,13 +347,13 @@ def test_unit_mask_is_thresholded_upsample():
 
 def test_unit_mask_is_the_counted_mask():
     # The pictures show the pixels the IoU counts used, to the last pixel.
-    from advdissect.tally import UpsamplePlan, active_pixels
+    from advdissect.masks import UpsamplePlan, active_pixels
 
     rng = np.random.default_rng(4)
     maps = rng.normal(size=(6, 5, 7, 7)).astype(np.float32)
     thresholds = np.quantile(maps, 0.8, axis=(0, 2, 3)).astype(np.float64)
     # Thresholds just under an upsampled value: float64 says active, the float32 count may not.
-    from advdissect.tally import axis_weights
+    from advdissect.masks import axis_weights
 
     i0, i1, l0, l1 = axis_weights(7, 112)
     for u in range(5):

@@ -13,19 +13,16 @@ import torch.nn.functional as F
 
 from advdissect import store
 from advdissect.errors import ArtifactError, ConfigError, DatasetError
+from advdissect.masks import UpsamplePlan, active_pixels, rounded_threshold, upsample
 from advdissect.tally import (
     CATEGORIES,
     N_CAT,
-    UpsamplePlan,
     _best_overall,
-    active_pixels,
     count_shard,
     iou,
     merge_counts,
-    rounded_threshold,
     tally_columns,
     units_table,
-    upsample,
     write_count_shard,
     write_iou,
     write_units_table,
