@@ -114,9 +114,6 @@ def write_activation_shard(
     if device is None:
         device = select_device()
     with store.open_h5(images_path, "images", expect=identity) as f:
-        for key in ("images", "rows"):
-            if key not in f:
-                raise ArtifactError(f"{images_path}: has no '{key}' dataset")
         images = f["images"][()]
         rows = f["rows"][()].astype(np.int64)
     if images.shape[0] == 0:

@@ -25,6 +25,18 @@ import numpy as np
 
 from .errors import ArtifactError
 
+_COUNTS = ("intersection", "label_area", "activation_lite", "activation_original", "activation_total", "label_category")
+# The HDF5 artifacts, by kind: the datasets every reader may rely on (writers may add more, e.g.
+# an images shard's predictions and perturbation sizes). The one declaration of the file formats;
+# `open_h5` checks a file against it.
+FORMATS = {
+    "images": ("rows", "images"),
+    "activations": ("rows", "activations"),
+    "thresholds": ("thresholds",),
+    "counts": _COUNTS,
+    "iou": (*_COUNTS, "iou", "label_names", "categories"),
+}
+
 
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
@@ -167,13 +179,17 @@ def _normalise(value: Any) -> Any:
 
 
 def open_h5(path: str | os.PathLike, kind: str, expect: Mapping[str, Any] | None = None) -> h5py.File:
-    """Open an artifact read-only after checking its identity against `expect`."""
+    """Open an artifact read-only after checking its identity against `expect` and that it
+    holds the datasets of its kind (FORMATS)."""
     try:
         f = h5py.File(path, "r")
     except (OSError, FileNotFoundError) as exc:
         raise ArtifactError(f"{path}: cannot be read as HDF5 ({exc})") from None
     try:
         check_identity(path, kind, read_attrs(f), expect or {})
+        missing = [name for name in FORMATS.get(kind, ()) if name not in f]
+        if missing:
+            raise ArtifactError(f"{path}: {kind} file without {', '.join(missing)}; delete it and re-run")
     except ArtifactError:
         f.close()
         raise

@@ -419,9 +419,6 @@ def iou(counts: Mapping[str, np.ndarray], denominator: str = "lite") -> np.ndarr
 
 def read_counts(path: str | os.PathLike, expect: Mapping[str, Any]) -> dict[str, np.ndarray]:
     with store.open_h5(path, "counts", expect=expect) as f:
-        missing = [k for k in COUNT_KEYS + ("label_category",) if k not in f]
-        if missing:
-            raise ArtifactError(f"{path}: missing {', '.join(missing)}")
         out = {k: f[k][()] for k in COUNT_KEYS + ("label_category",)}
         out["n_images"] = np.array(store.read_attrs(f).get("n_images", 0), np.int64)
     return out

@@ -714,7 +714,9 @@ def test_write_attack_shard_and_statistics(tmp_path, fake_inputs, model):
     with pytest.raises(ArtifactError, match="not an attack spec"):  # shards from before specs
         params = {"method": "fgsm", "eps": "2/255"}
         attrs = IDENTITY | {"shard": 0, "attack_params": params}
-        write_h5(tmp_path / "old.h5", "images", attrs, {"rows": np.arange(1)})
+        write_h5(
+            tmp_path / "old.h5", "images", attrs, {"rows": np.arange(1), "images": np.zeros((1, 3, 2, 2), np.uint8)}
+        )
         attack_statistics([tmp_path / "old.h5"], IDENTITY)
 
 

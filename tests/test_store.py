@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from advdissect.errors import ArtifactError
-from advdissect.store import atomic_path, open_h5, write_h5
+from advdissect.store import FORMATS, atomic_path, open_h5, write_h5
 
 
 def test_an_error_leaves_the_old_file_and_no_temporary(tmp_path):
@@ -72,3 +72,13 @@ def test_sigkill_while_writing_leaves_no_file_under_the_target_name(tmp_path):
     assert [p.name for p in tmp_path.iterdir()] == ["shard.h5"]
     with h5py.File(target) as f:
         assert f["x"].shape == (400, 3, 224, 224) and f["x"][-1, -1, -1, -1] == 1
+
+
+def test_a_file_without_the_datasets_of_its_kind_is_refused(tmp_path):
+    path = tmp_path / "acts.h5"
+    write_h5(path, "activations", {"model": "m"}, {"activations": np.zeros((2, 3, 1, 1), np.float32)})
+    with pytest.raises(ArtifactError, match=r"acts\.h5: activations file without rows"):
+        open_h5(path, "activations", expect={"model": "m"})
+    write_h5(path, "activations", {"model": "m"}, {"activations": np.zeros((2, 3, 1, 1)), "rows": np.arange(2)})
+    with open_h5(path, "activations", expect={"model": "m"}) as f:
+        assert set(f) == set(FORMATS["activations"])
