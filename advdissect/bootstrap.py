@@ -36,9 +36,8 @@ from .tally import (
     COUNT_KEYS,
     IMAGE_RECORDS,
     N_CAT,
-    _best_overall,
-    _best_per_category,
     _bits_to_matrix,
+    best_concepts,
     count_file,
     iou,
     merge_counts,
@@ -156,8 +155,7 @@ def _weighted_sums(weights: np.ndarray, image: np.ndarray, cell: np.ndarray, val
 def detectors(counts: Mapping[str, np.ndarray], denominator: str, iou_threshold: float) -> dict[str, int]:
     """Detectors per category and in all, by the rules of the units table."""
     scores = iou(counts, denominator)
-    best, score = _best_per_category(scores, np.asarray(counts["label_category"], np.int64))
-    _, ci, top = _best_overall(best, score)
+    _, ci, top = best_concepts(scores, counts["label_category"])
     is_det = top > float(iou_threshold)
     out = {name: int(np.sum(is_det & (ci == c))) for c, name in enumerate(CATEGORIES)}
     out["all"] = int(is_det.sum())

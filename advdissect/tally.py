@@ -524,6 +524,13 @@ def _best_overall(best: np.ndarray, score: np.ndarray) -> tuple[np.ndarray, np.n
     return np.where(top > 0, best[rows, ci], -1), np.where(top > 0, ci, -1), top
 
 
+def best_concepts(scores: np.ndarray, label_category: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(label, category index, IoU) of each unit's best concept from its IoU scores (C, L);
+    label and category -1 where the best IoU is 0. Ties as in NetDissect-Lite."""
+    best, score = _best_per_category(scores, np.asarray(label_category, np.int64))
+    return _best_overall(best, score)
+
+
 def tally_frame(
     counts: Mapping[str, np.ndarray], scores: np.ndarray, label_names: Sequence[str], denominator: str
 ) -> pd.DataFrame:
@@ -607,8 +614,7 @@ def units_table(iou_h5_path: str | os.PathLike, iou_threshold: float) -> pd.Data
         scores = f["iou"][()]
         cat = f["label_category"][()]
         names = [x.decode("utf-8") for x in f["label_names"][()]]
-    best, score = _best_per_category(scores, cat)
-    label, ci, top = _best_overall(best, score)
+    label, ci, top = best_concepts(scores, cat)
     names_arr = np.asarray(names + [""], dtype=object)
     return pd.DataFrame(
         {

@@ -21,7 +21,7 @@ import pandas as pd
 
 from advdissect import store
 from advdissect.broden import BrodenDataset
-from advdissect.tally import _best_overall, _best_per_category, count_shard, iou, merge_counts
+from advdissect.tally import best_concepts, count_shard, iou, merge_counts
 from advdissect.thresholds import threshold_from_top, top_count, top_values
 
 CLEAN = "clean"
@@ -38,8 +38,7 @@ def best_labels(acts_shards, rows_shards, dataset, quantile, denominator, cut):
         segs = [dataset.load_segmentation(int(r)) for r in rows]
         parts.append(count_shard(acts, thresholds, segs, dataset.label_category, dataset.n_labels, dataset.seg_size))
     counts = merge_counts(parts)
-    best, score = _best_per_category(iou(counts, denominator), dataset.label_category)
-    label, _, top_iou = _best_overall(best, score)
+    label, _, top_iou = best_concepts(iou(counts, denominator), dataset.label_category)
     return label, top_iou, top_iou > cut
 
 

@@ -41,7 +41,7 @@ from advdissect.broden import BrodenDataset
 from advdissect.models import load_model
 from advdissect.specs import attack_spec
 from advdissect.synthetic import generate
-from advdissect.tally import _best_overall, _best_per_category, count_shard, iou
+from advdissect.tally import best_concepts, count_shard, iou
 from advdissect.thresholds import threshold_from_top, top_count, top_values
 
 BRODEN_IMAGES = 63_305
@@ -50,13 +50,12 @@ FGSM_SHARE_MAX = 0.01
 ACTIVATION_REL_MAX = 1e-3
 
 
-def best_concepts(acts: np.ndarray, dataset: BrodenDataset, rows: np.ndarray, quantile: float = 0.005):
+def dissect_layer(acts: np.ndarray, dataset: BrodenDataset, rows: np.ndarray, quantile: float = 0.005):
     n_total = acts.shape[0] * acts.shape[2] * acts.shape[3]
     thresholds = threshold_from_top(top_values(acts, top_count(n_total, quantile)), n_total, quantile)
     segs = [dataset.load_segmentation(int(r)) for r in rows]
     counts = count_shard(acts, thresholds, segs, dataset.label_category, dataset.n_labels, dataset.seg_size)
-    best, score = _best_per_category(iou(counts, "lite"), dataset.label_category)
-    label, _, top = _best_overall(best, score)
+    label, _, top = best_concepts(iou(counts, "lite"), dataset.label_category)
     return counts, label, top > 0.04
 
 
@@ -91,8 +90,8 @@ def agreement(device: str, batch: int) -> list[str]:
                 a_cpu = extract_activations(model.to("cpu"), pixels, layer, batch, "cpu")
                 a_dev = extract_activations(model.to(device), pixels, layer, batch, device)
                 rel = float(np.max(np.abs(a_cpu - a_dev)) / max(np.max(np.abs(a_cpu)), 1e-30))
-                counts_cpu, label_cpu, det_cpu = best_concepts(a_cpu, dataset, rows)
-                counts_dev, label_dev, det_dev = best_concepts(a_dev, dataset, rows)
+                counts_cpu, label_cpu, det_cpu = dissect_layer(a_cpu, dataset, rows)
+                counts_dev, label_dev, det_dev = dissect_layer(a_dev, dataset, rows)
                 moved = int(np.sum((label_cpu != label_dev) | (det_cpu != det_dev)))
                 print(
                     f"{name:>8} {layer}: activations differ by {rel:.2e} of the largest; "

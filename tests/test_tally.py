@@ -18,6 +18,7 @@ from advdissect.tally import (
     CATEGORIES,
     N_CAT,
     _best_overall,
+    best_concepts,
     count_shard,
     iou,
     merge_counts,
@@ -592,3 +593,19 @@ def test_chain_on_synthetic_broden_through_the_scripts(tiny_broden, tmp_path):
     assert list(tally.columns) == tally_columns() and len(tally) == 6
     units = pd.read_csv(units_path, keep_default_na=False)
     assert units["label"].tolist() == tally["label"].tolist()
+
+
+def test_best_concepts_against_brute_force():
+    rng = np.random.default_rng(5)
+    cat = rng.integers(-1, N_CAT, 40)
+    scores = rng.choice([0.0, 0.1, 0.2, 0.3], size=(30, 40))  # many ties
+    label, ci, top = best_concepts(scores, cat)
+    for u in range(30):
+        best = (-1, -1, 0.0)  # label, category, IoU
+        for c in range(N_CAT):  # a later category wins a tie across categories (Lite)
+            labels = [j for j in range(1, 40) if cat[j] == c]
+            if labels:
+                j = max(labels, key=lambda j: (scores[u, j], -j))  # the lowest label wins inside one
+                if scores[u, j] > 0 and scores[u, j] >= best[2]:
+                    best = (j, c, scores[u, j])
+        assert (label[u], ci[u], top[u]) == best, u
