@@ -189,7 +189,8 @@ class AttackSpec:
                 raise bad("steps", f"must be an integer >= 1, got {self.steps!r}")
         for key in ("eps", "step") if self.method in ("bim", "pgd") else ("eps",):
             value = getattr(self, key)
-            if self.method != "clean" and not on_pixel_grid(value):
+            # A value below half a step is "on the grid" at 0 steps: the image would not move.
+            if self.method != "clean" and (not on_pixel_grid(value) or grid_steps(value) == 0):
                 raise bad(
                     key,
                     f"{value:g} is not a multiple of 1/255 (images are stored as uint8; write it as k/255, "

@@ -465,6 +465,10 @@ def test_eps_off_grid_refused():
         attack_spec("b", {"method": "bim", "eps": "2/255", "step": 0.005, "steps": 2})
     with pytest.raises(ConfigError, match=r"attacks\.attack\.eps"):
         AttackSpec(method="noise", eps=0.01)
+    with pytest.raises(ConfigError, match=r"attacks\.attack\.eps: 1e-09 is not a multiple of 1/255.*e\.g\. 1/255"):
+        AttackSpec(method="fgsm", eps=1e-9)  # zero steps of 1/255: the image would not move
+    with pytest.raises(ConfigError, match=r"attacks\.attack\.step: 1e-09"):
+        AttackSpec(method="bim", eps=2 / 255, step=1e-9, steps=2)
 
 
 def test_true_labels_missing_refused(model):
