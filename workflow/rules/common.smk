@@ -69,8 +69,7 @@ def per_shard(kind, **fixed):
     from the job's wildcards unless given in `fixed`."""
 
     def files(wildcards):
-        fields = {**dict(wildcards.items()), **fixed}
-        return [path(kind, **fields, shard=s) for s in shards(wildcards.dataset)]
+        return shard_files(kind, **{**dict(wildcards.items()), **fixed})
 
     return files
 
@@ -82,13 +81,7 @@ def shard_files(kind, dataset, **fields):
 
 def thresholds_used(wildcards):
     """The thresholds a dissection applies: its own images' (mode self) or the clean images' (mode clean)."""
-    return path(
-        "thresholds",
-        dataset=wildcards.dataset,
-        model=wildcards.model,
-        attack=threshold_attack(wildcards.attack, wildcards.mode),
-        layer=wildcards.layer,
-    )
+    return path("thresholds", **threshold_identity(wildcards))
 
 
 def dataset_of(wildcards):
