@@ -25,7 +25,9 @@ import numpy as np
 
 from .errors import ArtifactError
 
-_COUNTS = ("intersection", "label_area", "activation_lite", "activation_original", "activation_total", "label_category")
+# The IoU counts of a layer (advdissect.tally), summed over images.
+COUNT_KEYS = ("intersection", "label_area", "activation_lite", "activation_original", "activation_total")
+_COUNTS = (*COUNT_KEYS, "label_category")
 # The HDF5 artifacts, by kind: the datasets every reader may rely on (writers may add more, e.g.
 # an images shard's predictions and perturbation sizes). The one declaration of the file formats;
 # `open_h5` checks a file against it.

@@ -42,11 +42,11 @@ from . import store
 from .broden import BrodenDataset
 from .errors import ArtifactError, ConfigError, DatasetError
 from .masks import UpsamplePlan, active_bands
+from .store import COUNT_KEYS
 
 CATEGORIES = ("color", "object", "part", "material", "scene", "texture")
 N_CAT = len(CATEGORIES)
 DENOMINATORS = ("lite", "original")
-COUNT_KEYS = ("intersection", "label_area", "activation_lite", "activation_original", "activation_total")
 # Per-image records (advdissect.bootstrap): name -> columns, every column one 1-D array.
 IMAGE_RECORDS = {
     "intersection": ("image", "unit", "label", "count"),
@@ -419,7 +419,7 @@ def iou(counts: Mapping[str, np.ndarray], denominator: str = "lite") -> np.ndarr
 
 def read_counts(path: str | os.PathLike, expect: Mapping[str, Any]) -> dict[str, np.ndarray]:
     with store.open_h5(path, "counts", expect=expect) as f:
-        out = {k: f[k][()] for k in COUNT_KEYS + ("label_category",)}
+        out = {k: f[k][()] for k in store.FORMATS["counts"]}
         out["n_images"] = np.array(store.read_attrs(f).get("n_images", 0), np.int64)
     return out
 
