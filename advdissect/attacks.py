@@ -116,11 +116,12 @@ def bim(
     Starts at x (or `start`). y as for `fgsm`: None or a function of the logits is resolved on
     x's logits (from the first step's pass when the descent starts at x).
     """
-    if start is not None and (y is None or callable(y)):
-        y = (_argmax if y is None else y)(_clean_logits(model, x))
-    adv = x if start is None else start
     y = _argmax if y is None else y
-    return _descend(model, x, adv, y, eps, step, steps, targeted)
+    if start is None:
+        return _descend(model, x, x, y, eps, step, steps, targeted)
+    if callable(y):  # the first pass is at `start`, so x's logits need a pass of their own
+        y = y(_clean_logits(model, x))
+    return _descend(model, x, start, y, eps, step, steps, targeted)
 
 
 def uniform_start(x: torch.Tensor, eps: float, generator: torch.Generator | None = None) -> torch.Tensor:
