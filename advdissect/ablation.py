@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from . import store, tables
+from .device import in_batches, is_out_of_memory
 from .errors import ArtifactError, ModelError
 from .models import hook_layer, load_model_spec
 from .specs import ModelSpec
@@ -100,24 +101,26 @@ def ablated_predictions(
     hook = _Ablate(masks_t, mean_t, stacked=stacked is not False)
     n, v = images_uint8.shape[0], masks_t.shape[0]
     out = np.empty((v, n), np.int64)
+
+    def run(start: int, stop: int) -> None:
+        x = torch.from_numpy(np.ascontiguousarray(images_uint8[start:stop])).to(device)
+        x = x.to(torch.float32).div_(255.0)
+        if hook.stacked:
+            try:
+                logits = model(x)
+                out[:, start:stop] = logits.argmax(1).reshape(v, stop - start).cpu().numpy()
+                return
+            except RuntimeError as exc:
+                if stacked or start > 0 or is_out_of_memory(exc):
+                    raise
+                log.info("layer %s cannot take stacked variants (%s); one pass per variant", layer, exc)
+                hook.stacked = False
+        for k in range(v):
+            hook.variant = k
+            out[k, start:stop] = model(x).argmax(1).cpu().numpy()
+
     with torch.no_grad(), hook_layer(model, layer, hook):
-        for start in range(0, n, batch_size):
-            x = torch.from_numpy(np.ascontiguousarray(images_uint8[start : start + batch_size])).to(device)
-            x = x.to(torch.float32).div_(255.0)
-            b = x.shape[0]
-            if hook.stacked:
-                try:
-                    logits = model(x)
-                    out[:, start : start + b] = logits.argmax(1).reshape(v, b).cpu().numpy()
-                    continue
-                except RuntimeError as exc:
-                    if stacked or start > 0:
-                        raise
-                    log.info("layer %s cannot take stacked variants (%s); one pass per variant", layer, exc)
-                    hook.stacked = False
-            for k in range(v):
-                hook.variant = k
-                out[k, start : start + b] = model(x).argmax(1).cpu().numpy()
+        in_batches(n, batch_size, run)
     return out
 
 

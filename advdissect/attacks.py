@@ -155,7 +155,8 @@ def pgd(
 
 def random_signs(shape: Sequence[int], generator: torch.Generator | None = None) -> torch.Tensor:
     """Independent ±1 (int8) per element."""
-    return torch.randint(0, 2, tuple(shape), generator=generator, dtype=torch.int8) * 2 - 1
+    device = generator.device if generator is not None else None
+    return torch.randint(0, 2, tuple(shape), generator=generator, dtype=torch.int8, device=device) * 2 - 1
 
 
 def noise(
@@ -408,8 +409,8 @@ def _open_dataset(root: str | PathLike):
     return BrodenDataset(root)
 
 
-def _shard_rows(dataset, split: str, n_images: int, shard_size: int, shard: int) -> np.ndarray:
-    return np.asarray(shard_rows(dataset, split, n_images, shard_size, shard), dtype=np.int64)
+def _shard_rows(dataset, plan: ShardPlan, shard: int) -> np.ndarray:
+    return np.asarray(shard_rows(dataset, plan, shard), dtype=np.int64)
 
 
 def _load_model(model_spec: ModelSpec, weights_file: str | PathLike | None):
@@ -445,7 +446,7 @@ def write_attack_shard(
 ) -> dict[str, np.ndarray]:
     """Attack one shard of the dataset and write its images shard (kind "images")."""
     dataset = _open_dataset(dataset_root)
-    rows = _shard_rows(dataset, plan.split, plan.n_images, plan.shard_size, shard)
+    rows = _shard_rows(dataset, plan, shard)
     images = _load_images(dataset, rows)
     labels = np.array([dataset.class_index(int(r)) for r in rows], dtype=np.int64)
     model = _load_model(model_spec, weights_file)

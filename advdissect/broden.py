@@ -16,7 +16,6 @@ vectorised; images and masks are read lazily, one row at a time.
 
 from __future__ import annotations
 
-import math
 import os
 import re
 import shutil
@@ -30,6 +29,7 @@ import pandas as pd
 from PIL import Image
 
 from .errors import ConfigError, DatasetError
+from .specs import ShardPlan
 
 CATEGORIES = ("color", "object", "part", "material", "scene", "texture")
 PIXEL_CATEGORIES = ("color", "object", "part", "material")
@@ -553,29 +553,21 @@ def _nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     return labels[ys[:, None], xs[None, :]]
 
 
-def shard_rows(dataset: BrodenDataset, split: str, n_images: int | None, shard_size: int, shard: int) -> np.ndarray:
-    """Rows of shard `shard` (0-based) of `dataset.rows(split)[:n_images]`."""
-    _check_plan(n_images, shard_size)
-    rows = dataset.rows(split)
-    if n_images is not None:
-        rows = rows[: int(n_images)]
-    count = math.ceil(len(rows) / shard_size)
-    if not 0 <= int(shard) < count:
+def shard_rows(dataset: BrodenDataset, plan: ShardPlan, shard: int) -> np.ndarray:
+    """Rows of shard `shard` (0-based) of the plan's first `n_images` rows of its split."""
+    rows = dataset.rows(plan.split)
+    if len(rows) < plan.n_images:
         raise ConfigError(
-            f"shard {shard} does not exist: split {split!r} with n_images={n_images} "
-            f"and shard_size={shard_size} has shards 0..{count - 1}"
+            f"dataset {dataset.root}: split {plan.split!r} has {len(rows)} images, "
+            f"fewer than its n_images={plan.n_images}"
         )
-    start = int(shard) * shard_size
-    return rows[start : start + shard_size].copy()
-
-
-def _check_plan(n_images: int | None, shard_size: int) -> None:
-    if isinstance(shard_size, bool) or not isinstance(shard_size, (int, np.integer)) or shard_size < 1:
-        raise ConfigError(f"shard_size must be a whole number >= 1, got {shard_size!r}")
-    if n_images is not None and (
-        isinstance(n_images, bool) or not isinstance(n_images, (int, np.integer)) or n_images < 1
-    ):
-        raise ConfigError(f"n_images must be a whole number >= 1 (or absent for all), got {n_images!r}")
+    if not 0 <= int(shard) < plan.n_shards:
+        raise ConfigError(
+            f"shard {shard} does not exist: split {plan.split!r} with n_images={plan.n_images} "
+            f"and shard_size={plan.shard_size} has shards 0..{plan.n_shards - 1}"
+        )
+    start = int(shard) * plan.shard_size
+    return rows[start : min(start + plan.shard_size, plan.n_images)].copy()
 
 
 _DATASET_ENTRIES = re.compile(r"^(index|label|category|c_[a-z_]+)\.csv$|^images$|^readme.*$", re.I)

@@ -7,8 +7,9 @@ Snakemake's `resources: gpu=1` only caps how many GPU jobs run at once; it does 
 GPU a job gets (snakemake issue #281). So a local job claims one itself with `claim_gpu`: an
 exclusive, non-blocking `flock` on `<lock_dir>/gpu<id>.lock` for the first free id, then
 CUDA_VISIBLE_DEVICES=<id> before CUDA starts. The kernel drops the lock when the process dies,
-however it dies, so a killed job never leaves a GPU claimed. Inside a SLURM job SLURM has
-already set CUDA_VISIBLE_DEVICES, and nothing is claimed.
+however it dies, so a killed job never leaves a GPU claimed. A SLURM job given one GPU keeps
+SLURM's CUDA_VISIBLE_DEVICES and claims nothing; a run inside an allocation of several GPUs
+claims among them.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import errno
 import fcntl
 import logging
 import os
+import re
 import socket
 import time
 from collections.abc import Callable, Iterator, Sequence
@@ -54,13 +56,14 @@ def in_batches(n: int, batch_size: int, run: Callable[[int, int], None]) -> None
         except Exception as exc:
             if not is_out_of_memory(exc) or stop - start == 1:
                 raise
-            del exc
-            batch_size = max(1, (stop - start) // 2)
-            log.warning("out of memory on a batch of %d; retrying with %d", stop - start, batch_size)
-            if torch.cuda.is_available():
-                torch.cuda.empty_cache()
+        else:
+            start = stop
             continue
-        start = stop
+        # Out of the except block, so the failed batch's tensors (held by the traceback) are freed.
+        batch_size = max(1, (stop - start) // 2)
+        log.warning("out of memory on a batch of %d; retrying with %d", stop - start, batch_size)
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
 
 
 class GPUClaimTimeout(AdvDissectError):
@@ -68,10 +71,36 @@ class GPUClaimTimeout(AdvDissectError):
 
 
 def select_device() -> torch.device:
-    """CUDA device 0 (the GPU this job was given) when CUDA is available, else the CPU."""
+    """CUDA device 0 (the GPU this job was given) when CUDA is available, else the CPU.
+
+    On CUDA the arithmetic is made reproducible first (`reproducible_cuda`)."""
     if torch.cuda.is_available():
+        reproducible_cuda()
         return torch.device("cuda", 0)
     return torch.device("cpu")
+
+
+def reproducible_cuda() -> None:
+    """Full float32 precision and deterministic kernels for this process's CUDA work.
+
+    By default cuDNN convolves float32 in TF32 (10-bit mantissa) on Ampere and later GPUs and
+    may pick non-deterministic algorithms, so a repeated GPU job would not write the same bytes
+    and its results would drift from the CPU's (FGSM flips the signs of near-zero gradients).
+    Ops that torch has no deterministic CUDA kernel for warn in the job's log instead of failing.
+    Must run before the first CUDA matmul (cuBLAS reads its workspace setting once).
+    """
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+    if hasattr(torch.backends.cudnn, "conv") and hasattr(torch.backends.cudnn.conv, "fp32_precision"):
+        # Only the new API: torch refuses a mix of the two.
+        torch.backends.cudnn.conv.fp32_precision = "ieee"
+        torch.backends.cudnn.rnn.fp32_precision = "ieee"
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+    else:  # torch < 2.9
+        torch.backends.cudnn.allow_tf32 = False
+        torch.backends.cuda.matmul.allow_tf32 = False
+    torch.backends.cudnn.benchmark = False
+    torch.backends.cudnn.deterministic = True
+    torch.use_deterministic_algorithms(True, warn_only=True)
 
 
 def configure_threads(n: int | None) -> None:
@@ -141,6 +170,28 @@ def _holders(paths: Sequence[Path]) -> str:
     return "; ".join(out)
 
 
+def _visible_devices() -> list[str] | None:
+    """The entries of CUDA_VISIBLE_DEVICES (ids, UUIDs or MIG names), or None when it is unset."""
+    value = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if value is None:
+        return None
+    return [entry.strip() for entry in value.split(",") if entry.strip()]
+
+
+@contextlib.contextmanager
+def _visible_only(value: str) -> Iterator[None]:
+    """CUDA_VISIBLE_DEVICES=value for the block, restored afterwards."""
+    previous = os.environ.get("CUDA_VISIBLE_DEVICES")
+    os.environ["CUDA_VISIBLE_DEVICES"] = value
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
+        else:
+            os.environ["CUDA_VISIBLE_DEVICES"] = previous
+
+
 @contextlib.contextmanager
 def claim_gpu(
     gpu_ids: Sequence[int] | None,
@@ -151,14 +202,19 @@ def claim_gpu(
 ) -> Iterator[int | None]:
     """Claim one GPU of `gpu_ids` for the duration of the block; yield its id, or None.
 
-    None means nothing was claimed: inside a SLURM job (SLURM_JOB_ID set; SLURM's
-    CUDA_VISIBLE_DEVICES is kept), with no ids configured, or without a CUDA device
-    (`available` = number of GPUs; None counts them with NVML). Otherwise the first id whose
-    lock is free is taken and CUDA_VISIBLE_DEVICES set to it, which must happen before this
-    process starts CUDA. When all are taken, polls every `poll` s up to `timeout` s, then
-    raises GPUClaimTimeout. CUDA_VISIBLE_DEVICES is restored on exit.
+    Ids count the GPUs this process may see: the entries of CUDA_VISIBLE_DEVICES when it is set
+    (id 0 is its first entry), else the machine's GPUs (`available` = how many; None counts
+    them). The first id whose lock is free is taken and CUDA_VISIBLE_DEVICES narrowed to that
+    GPU, which must happen before this process starts CUDA. When all are taken, polls every
+    `poll` s up to `timeout` s, then raises GPUClaimTimeout.
+
+    None means nothing was claimed. Inside a SLURM job that sees at most one GPU, SLURM's
+    CUDA_VISIBLE_DEVICES is kept. With no ids configured, or none of them present, the block
+    sees no GPU (CUDA_VISIBLE_DEVICES empty), so the job runs on the CPU as its log says
+    rather than on a GPU that nothing claimed. CUDA_VISIBLE_DEVICES is restored on exit.
     """
-    if os.environ.get("SLURM_JOB_ID"):
+    visible = _visible_devices()
+    if os.environ.get("SLURM_JOB_ID") and (visible is None or len(visible) <= 1):
         log.info(
             "inside SLURM job %s: using SLURM's CUDA_VISIBLE_DEVICES=%s, claiming no GPU",
             os.environ["SLURM_JOB_ID"],
@@ -169,22 +225,28 @@ def claim_gpu(
     ids = [int(i) for i in (gpu_ids or [])]
     if not ids:
         log.info("no GPU ids configured: running on the CPU")
-        yield None
+        with _visible_only(""):
+            yield None
         return
-    count = physical_gpu_count() if available is None else int(available)
+    if available is None:
+        available = len(visible) if visible is not None else physical_gpu_count()
+    names = visible if visible is not None else [str(i) for i in range(int(available))]
+    count = min(int(available), len(names))
     present = [i for i in ids if 0 <= i < count]
     if len(present) < len(ids):
-        log.warning("GPU ids %s configured, but this machine has %d CUDA device(s)", ids, count)
+        log.warning("GPU ids %s configured, but this process can see %d CUDA device(s)", ids, count)
     if not present:
         log.info("no CUDA device among GPU ids %s: running on the CPU", ids)
-        yield None
+        with _visible_only(""):
+            yield None
         return
     if torch.cuda.is_initialized():
         raise RuntimeError("claim_gpu must run before CUDA is initialised in this process")
 
     lock_dir = Path(lock_dir)
     lock_dir.mkdir(parents=True, exist_ok=True)
-    paths = {i: lock_dir / f"gpu{i}.lock" for i in present}
+    # One lock per physical device, whatever position it has in this process's list.
+    paths = {i: lock_dir / f"gpu{re.sub(r'[^A-Za-z0-9_.-]', '_', names[i])}.lock" for i in present}
     deadline = time.monotonic() + timeout
     waiting_logged = False
     while (claimed := _claim_first(paths)) is None:
@@ -199,15 +261,10 @@ def claim_gpu(
         time.sleep(poll)
     gpu, fd = claimed
 
-    previous = os.environ.get("CUDA_VISIBLE_DEVICES")
-    os.environ["CUDA_VISIBLE_DEVICES"] = str(gpu)
-    log.info("claimed GPU %d (CUDA_VISIBLE_DEVICES=%d, lock %s)", gpu, gpu, paths[gpu])
+    log.info("claimed GPU %d (CUDA_VISIBLE_DEVICES=%s, lock %s)", gpu, names[gpu], paths[gpu])
     try:
-        yield gpu
+        with _visible_only(names[gpu]):
+            yield gpu
     finally:
-        if previous is None:
-            os.environ.pop("CUDA_VISIBLE_DEVICES", None)
-        else:
-            os.environ["CUDA_VISIBLE_DEVICES"] = previous
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)

@@ -121,7 +121,8 @@ def load_model(
     The seeded init leaves the caller's global RNG state untouched.
     """
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(int(seed))
+        # The CPU generator only: torch.manual_seed would also reseed (and not restore) CUDA's.
+        torch.default_generator.manual_seed(int(seed))
         net = build_network(arch, num_classes)
     if weights_file is not None:
         state = load_state_dict_file(weights_file)

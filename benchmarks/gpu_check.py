@@ -19,8 +19,9 @@
    uint8 images, adversarial prediction); their ratios; and, from those rates, the GPU time of
    full Broden (63,305 images) with clean + FGSM 8/255 and layer3 + layer4.
 
-Exit status 1 when a check fails. Runs in a few minutes on one GPU; with --device cpu it checks
-the script itself.
+The GPU runs as the workflow's GPU jobs do (`advdissect.device.reproducible_cuda`: full float32,
+no TF32, deterministic cuDNN kernels). Exit status 1 when a check fails. Runs in a few minutes
+on one GPU; with --device cpu it checks the script itself.
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ import torch.nn.functional as F
 from advdissect.activations import extract_activations
 from advdissect.attacks import run_attack
 from advdissect.broden import BrodenDataset
+from advdissect.device import reproducible_cuda
 from advdissect.models import load_model
 from advdissect.specs import attack_spec
 from advdissect.synthetic import generate
@@ -112,11 +114,11 @@ def rate(fn, images: int, device: str, reps: int = 3) -> float:
     best = float("inf")
     for _ in range(reps):
         if device.startswith("cuda"):
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)  # the device timed, not the current one
         start = time.perf_counter()
         fn()
         if device.startswith("cuda"):
-            torch.cuda.synchronize()
+            torch.cuda.synchronize(device)
         best = min(best, time.perf_counter() - start)
     return images / best
 
@@ -173,6 +175,7 @@ def main(argv=None) -> int:
     parser.add_argument("--skip-speed", action="store_true", help="only the agreement checks")
     args = parser.parse_args(argv)
     if args.device.startswith("cuda"):
+        reproducible_cuda()  # the numerics of the workflow's GPU jobs
         print(f"device: {torch.cuda.get_device_name(args.device)}; torch {torch.__version__}")
     failures = agreement(args.device, batch=16)
     if not args.skip_speed:

@@ -68,6 +68,32 @@ def test_inner_layer_falls_back_to_one_pass_per_variant():
     np.testing.assert_array_equal(got, want)
 
 
+def test_out_of_memory_halves_the_batch_and_keeps_the_stack(monkeypatch):
+    """An out-of-memory stacked batch is retried smaller, not taken for a layer that cannot stack."""
+    model, x = tiny_model(), images(n=6)
+    mean = np.random.default_rng(3).normal(size=(512, 1, 1)) * 5
+    masks = np.zeros((3, 512), bool)
+    masks[1, ::3] = True
+    masks[2] = True
+    forward = model.forward
+    seen = []
+
+    def small_memory(inputs):
+        seen.append(inputs.shape[0])
+        if inputs.shape[0] > 2:  # the images of one batch, before the stack multiplies them
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 2 GiB")
+        return forward(inputs)
+
+    monkeypatch.setattr(model, "forward", small_memory)
+    with torch.no_grad():
+        got = ablation.ablated_predictions(model, x, "layer4", masks, mean, batch_size=4, stacked=None)
+    monkeypatch.setattr(model, "forward", forward)
+    with torch.no_grad():
+        want = ablation.ablated_predictions(model, x, "layer4", masks, mean, batch_size=6, stacked=False)
+    np.testing.assert_array_equal(got, want)
+    assert seen == [4, 2, 2, 2]  # one refused batch of 4, then stacked batches of 2 (no per-variant passes)
+
+
 def units(rows):
     return pd.DataFrame(rows, columns=["unit", "label", "category", "iou", "detector"])
 

@@ -620,9 +620,9 @@ class FakeDataset:
         return int(self.classes[row])
 
 
-def fake_rows(dataset, split, n_images, shard_size, shard):
-    rows = np.arange(len(dataset.images))[:n_images]
-    return rows[shard * shard_size : (shard + 1) * shard_size]
+def fake_rows(dataset, plan, shard):
+    rows = np.arange(len(dataset.images))[: plan.n_images]
+    return rows[shard * plan.shard_size : (shard + 1) * plan.shard_size]
 
 
 @pytest.fixture

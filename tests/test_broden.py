@@ -21,6 +21,7 @@ from advdissect.broden import (
     shard_rows,
 )
 from advdissect.errors import ConfigError, DatasetError
+from advdissect.specs import ShardPlan
 
 REAL = Path(__file__).resolve().parents[2] / "shared" / "broden-real"
 REAL_INDEX = REAL / "index_ade20k_224.csv"
@@ -360,13 +361,14 @@ def test_malformed_cells(handmade):
 # ---------------------------------------------------------------- shards
 def test_shard_plan_covers_rows_exactly_once(handmade):
     ds = BrodenDataset(handmade[0])
-    parts = [shard_rows(ds, "all", 3, 2, s) for s in range(2)]
+    parts = [shard_rows(ds, ShardPlan("all", 3, 2), s) for s in range(2)]
     np.testing.assert_array_equal(np.concatenate(parts), ds.rows("all"))
-    assert shard_rows(ds, "train", None, 1, 1).tolist() == [2]
+    assert shard_rows(ds, ShardPlan("all", 2, 1), 1).tolist() == ds.rows("all")[1:2].tolist()
+    assert shard_rows(ds, ShardPlan("all", 2, 3), 0).tolist() == ds.rows("all")[:2].tolist()
     with pytest.raises(ConfigError, match="shard 2 does not exist"):
-        shard_rows(ds, "all", 3, 2, 2)
-    with pytest.raises(ConfigError, match="shard_size"):
-        shard_rows(ds, "all", 3, 0, 0)
+        shard_rows(ds, ShardPlan("all", 3, 2), 2)
+    with pytest.raises(ConfigError, match="has 3 images, fewer than its n_images=4"):
+        shard_rows(ds, ShardPlan("all", 4, 2), 0)
 
 
 def test_install_dataset_dir_replaces_only_dataset_dirs(tmp_path):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -23,11 +24,56 @@ def _clean_env(monkeypatch):
     monkeypatch.delenv("CUDA_VISIBLE_DEVICES", raising=False)
 
 
-def test_select_device(monkeypatch):
+@pytest.fixture
+def numerics_restored(monkeypatch):
+    """The process-wide CUDA numerics settings, put back after the test."""
+    monkeypatch.delenv("CUBLAS_WORKSPACE_CONFIG", raising=False)
+    backends = torch.backends
+    saved = (
+        backends.cudnn.conv.fp32_precision,
+        backends.cudnn.rnn.fp32_precision,
+        backends.cuda.matmul.fp32_precision,
+        backends.cudnn.benchmark,
+        backends.cudnn.deterministic,
+        torch.are_deterministic_algorithms_enabled(),
+        torch.is_deterministic_algorithms_warn_only_enabled(),
+    )
+    yield
+    conv, rnn, matmul, benchmark, deterministic, algorithms, warn_only = saved
+    backends.cudnn.conv.fp32_precision, backends.cudnn.rnn.fp32_precision = conv, rnn
+    backends.cuda.matmul.fp32_precision = matmul
+    backends.cudnn.benchmark, backends.cudnn.deterministic = benchmark, deterministic
+    torch.use_deterministic_algorithms(algorithms, warn_only=warn_only)
+
+
+def cuda_numerics():
+    return {
+        "cublas": os.environ.get("CUBLAS_WORKSPACE_CONFIG"),
+        "conv": torch.backends.cudnn.conv.fp32_precision,
+        "matmul": torch.backends.cuda.matmul.fp32_precision,
+        "deterministic": torch.backends.cudnn.deterministic,
+        "benchmark": torch.backends.cudnn.benchmark,
+        "algorithms": torch.are_deterministic_algorithms_enabled(),
+    }
+
+
+def test_select_device_makes_cuda_reproducible_and_leaves_the_cpu_alone(monkeypatch, numerics_restored):
+    before = cuda_numerics()
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert select_device() == torch.device("cpu")
+    assert cuda_numerics() == before  # the CPU path keeps torch's defaults
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     assert select_device() == torch.device("cuda", 0)
+    # No TF32, no autotuned or non-deterministic kernels, cuBLAS with a fixed workspace.
+    assert cuda_numerics() == {
+        "cublas": ":4096:8",
+        "conv": "ieee",
+        "matmul": "ieee",
+        "deterministic": True,
+        "benchmark": False,
+        "algorithms": True,
+    }
+    assert torch.is_deterministic_algorithms_warn_only_enabled()
 
 
 def test_configure_threads():
@@ -50,8 +96,49 @@ def test_physical_gpu_count_does_not_start_cuda():
 def test_cpu_when_nothing_to_claim(tmp_path, ids, available):
     with claim_gpu(ids, tmp_path / "locks", available=available) as gpu:
         assert gpu is None
-        assert "CUDA_VISIBLE_DEVICES" not in os.environ
+        # The job sees no GPU, so it runs where its log says, not on an unclaimed GPU 0.
+        assert os.environ["CUDA_VISIBLE_DEVICES"] == ""
+    assert "CUDA_VISIBLE_DEVICES" not in os.environ
     assert not (tmp_path / "locks").exists()
+
+
+def test_ids_count_the_gpus_a_user_left_visible(tmp_path, monkeypatch, caplog):
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,GPU-1d2e")
+    with caplog.at_level(logging.INFO, logger="advdissect.device"):
+        with claim_gpu([0, 1, 2], tmp_path) as gpu:
+            assert (gpu, os.environ["CUDA_VISIBLE_DEVICES"]) == (0, "2")
+        other_job = device._try_lock(tmp_path / "gpu2.lock")  # another job holds visible GPU 0
+        try:
+            with claim_gpu([0, 1, 2], tmp_path) as gpu:
+                assert (gpu, os.environ["CUDA_VISIBLE_DEVICES"]) == (1, "GPU-1d2e")
+        finally:
+            os.close(other_job)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "2,GPU-1d2e"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gpu2.lock", "gpuGPU-1d2e.lock"]
+    assert "GPU ids [0, 1, 2] configured, but this process can see 2 CUDA device(s)" in caplog.messages
+
+
+def test_inside_a_slurm_allocation_of_several_gpus_each_job_claims_one(tmp_path, monkeypatch):
+    monkeypatch.setenv("SLURM_JOB_ID", "4242")
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4,5")
+    other_job = device._try_lock(tmp_path / "gpu4.lock")
+    try:
+        with claim_gpu([0, 1], tmp_path) as gpu:
+            assert (gpu, os.environ["CUDA_VISIBLE_DEVICES"]) == (1, "5")
+    finally:
+        os.close(other_job)
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "4,5"
+
+
+@contextlib.contextmanager
+def held_by_another_job(lock_dir, *names):
+    """The locks of GPUs `names`, held as another job's claim holds them."""
+    fds = [device._try_lock(lock_dir / f"gpu{name}.lock") for name in names]
+    try:
+        yield
+    finally:
+        for fd in fds:
+            os.close(fd)
 
 
 def test_two_claims_get_different_ids_and_restore_env(tmp_path, caplog):
@@ -60,10 +147,10 @@ def test_two_claims_get_different_ids_and_restore_env(tmp_path, caplog):
         with claim_gpu([0, 1], locks, available=2) as first:
             assert first == 0
             assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
-            with claim_gpu([0, 1], locks, available=2) as second:
-                assert second == 1
-                assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
-            assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
+        assert "CUDA_VISIBLE_DEVICES" not in os.environ
+        with held_by_another_job(locks, 0), claim_gpu([0, 1], locks, available=2) as second:
+            assert second == 1
+            assert os.environ["CUDA_VISIBLE_DEVICES"] == "1"
     assert "CUDA_VISIBLE_DEVICES" not in os.environ
     assert f"claimed GPU 0 (CUDA_VISIBLE_DEVICES=0, lock {locks / 'gpu0.lock'})" in caplog.messages
     assert f"claimed GPU 1 (CUDA_VISIBLE_DEVICES=1, lock {locks / 'gpu1.lock'})" in caplog.messages
@@ -76,7 +163,7 @@ def test_only_configured_ids_that_exist_are_claimed(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="advdissect.device"):
         with claim_gpu([3, 1], tmp_path, available=2) as gpu:
             assert gpu == 1
-    assert "GPU ids [3, 1] configured, but this machine has 2 CUDA device(s)" in caplog.messages
+    assert "GPU ids [3, 1] configured, but this process can see 2 CUDA device(s)" in caplog.messages
 
 
 def _hold_gpu(lock_dir, queue):
@@ -132,7 +219,7 @@ def test_claim_waits_for_a_gpu_to_be_released(tmp_path, caplog):
 
 
 def test_timeout_when_all_gpus_stay_taken(tmp_path):
-    with claim_gpu([0, 1], tmp_path, available=2), claim_gpu([0, 1], tmp_path, available=2):
+    with held_by_another_job(tmp_path, 0, 1):
         start = time.monotonic()
         with pytest.raises(GPUClaimTimeout) as err:
             with claim_gpu([0, 1], tmp_path, available=2, timeout=0.2, poll=0.05):
