@@ -27,7 +27,7 @@ demo: install
 	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml
 
 report: install
-	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml --report results/report.html
+	$(BIN)/snakemake --cores $(CORES) --configfile config/config.yaml --report results/report.zip
 
 test: install-test
 	$(BIN)/python -m pytest

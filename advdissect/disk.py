@@ -80,7 +80,9 @@ def _shard_sizes(n_images: int, shard_size: int) -> list[int]:
 
 def estimate(config: Mapping) -> pd.DataFrame:
     """One row per artifact file group: kind, dataset, model, files, bytes."""
-    facts = {name: dataset_facts(spec) for name, spec in config["datasets"].items()}
+    chains = list(adconfig.chains(config))
+    # Only the dissected datasets: a training-only one (an ImageFolder) has no Broden files.
+    facts = {name: dataset_facts(config["datasets"][name]) for name in dict.fromkeys(d for d, _, _ in chains)}
     dtype_bytes = DTYPE_BYTES[config["dissection"]["activation_dtype"]]
     shapes: dict[tuple[str, str], dict[str, tuple[int, int, int]]] = {}
     rows = []
@@ -88,7 +90,7 @@ def estimate(config: Mapping) -> pd.DataFrame:
     def add(kind: str, dataset: str, model: str, files: int, size: int) -> None:
         rows.append({"kind": kind, "dataset": dataset, "model": model, "files": files, "bytes": size})
 
-    for dataset, model, attack in adconfig.chains(config):
+    for dataset, model, attack in chains:
         spec = config["datasets"][dataset]
         (ih, iw), n_labels = facts[dataset]
         shards = _shard_sizes(adconfig.dataset_size(dataset, spec), spec["shard_size"])

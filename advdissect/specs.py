@@ -242,7 +242,8 @@ def attack_spec(name: str, settings: Mapping[str, Any]) -> AttackSpec:
         steps = settings.get("steps")
         fields["steps"] = max(1, int(min(eps * 255 + 4, 1.25 * eps * 255))) if steps is None else steps
     if "labels" in settings:
-        fields["labels"] = settings["labels"]
+        # YAML reads an unquoted `labels: true` as a boolean.
+        fields["labels"] = "true" if settings["labels"] is True else settings["labels"]
     if fields.get("labels") == "target" and "target" not in settings:
         raise ConfigError(f"{where}.target: required when labels is 'target' (least_likely, random or a class index)")
     if "target" in settings:

@@ -105,6 +105,15 @@ def test_eps_required():
     assert message == "config: attacks.fgsm_2.eps: required for method 'fgsm' (e.g. eps: 2/255)"
 
 
+@pytest.mark.parametrize("line", ["labels: true", 'labels: "true"'])
+def test_true_labels_quoted_or_not(line):
+    """Eq. 5 as a user writes it: YAML reads an unquoted `true` as a boolean."""
+    cfg = copy.deepcopy(DEFAULT)
+    cfg["attacks"]["fgsm_2"].update(yaml.safe_load(line))
+    checked(cfg)
+    assert adconfig.attack_specs(cfg)["fgsm_2"].labels == "true"
+
+
 def test_unknown_attack_method():
     message = bad(lambda c: c["attacks"]["fgsm_2"].update(method="cw"))
     assert message == "config: attacks.fgsm_2.method: 'cw' is not one of 'clean', 'fgsm', 'bim', 'pgd', 'noise'"

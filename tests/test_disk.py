@@ -65,6 +65,15 @@ def test_command_prints_every_kind_and_the_total():
     assert [line.split()[0] for line in lines[1:]] == [*disk.KINDS, "total"]
 
 
+def test_a_training_only_dataset_is_not_read(tmp_path):
+    """The ImageNet fine-tuning config: its ImageFolder is not there, and nothing asks for it."""
+    config = adconfig.load_config([ROOT / "config" / "imagenet_finetune.yaml"], SCHEMA)
+    assert not Path(config["datasets"]["imagenet"]["path"]).exists()
+    frame = disk.estimate(config)
+    assert set(frame["dataset"]) == {"broden224"}
+    assert set(frame["model"]) == set(config["models"])
+
+
 def test_command_reports_a_bad_config(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(TINY.read_text().replace("shard_size: 12", "shard_size: 0"))

@@ -312,6 +312,28 @@ def check_gpu_jobs(
     return f"{len(gpu_jobs)} GPU jobs, {len(overlapping)} overlapping pairs, devices {seen}"
 
 
+def rules_declaring_a_gpu() -> set[str]:
+    """The rules whose `resources:` ask for a GPU, read from workflow/rules/*.smk."""
+    found = set()
+    for smk in (REPO / "workflow" / "rules").glob("*.smk"):
+        for block in re.split(r"^(?=rule \w+:)", smk.read_text(), flags=re.M):
+            name = re.match(r"rule (\w+):", block)
+            if name and re.search(r"^\s+gpu=1,?$", block, flags=re.M):
+                found.add(name.group(1))
+    return found
+
+
+def test_every_gpu_rule_goes_to_the_gpu_partition():
+    """No cluster needed: a rule that claims a GPU must not be sent to the CPU partition."""
+    profile = yaml.safe_load(PROFILE.read_text())
+    gpu_rules = rules_declaring_a_gpu()
+    assert set(GPU_RULES) < gpu_rules  # the parse finds what the cluster test runs, and more
+    overrides = profile["set-resources"]
+    for rule in sorted(gpu_rules):
+        assert overrides.get(rule, {}).get("gres") == "gpu:1", rule
+        assert overrides[rule]["slurm_partition"] != profile["default-resources"]["slurm_partition"], rule
+
+
 def profile_partitions(rules) -> dict[str, str]:
     profile = yaml.safe_load(PROFILE.read_text())
     default = profile["default-resources"]["slurm_partition"]
