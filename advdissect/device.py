@@ -204,7 +204,7 @@ def claim_gpu(
 
     Ids count the GPUs this process may see: the entries of CUDA_VISIBLE_DEVICES when it is set
     (id 0 is its first entry), else the machine's GPUs (`available` = how many; None counts
-    them). The first id whose lock is free is taken and CUDA_VISIBLE_DEVICES narrowed to that
+    them with NVML). The first id whose lock is free is taken and CUDA_VISIBLE_DEVICES narrowed to that
     GPU, which must happen before this process starts CUDA. When all are taken, polls every
     `poll` s up to `timeout` s, then raises GPUClaimTimeout.
 
@@ -228,13 +228,11 @@ def claim_gpu(
         with _visible_only(""):
             yield None
         return
-    if available is None:
-        available = len(visible) if visible is not None else physical_gpu_count()
-    names = visible if visible is not None else [str(i) for i in range(int(available))]
-    count = min(int(available), len(names))
-    present = [i for i in ids if 0 <= i < count]
+    if visible is None:
+        visible = [str(i) for i in range(physical_gpu_count() if available is None else int(available))]
+    present = [i for i in ids if 0 <= i < len(visible)]
     if len(present) < len(ids):
-        log.warning("GPU ids %s configured, but this process can see %d CUDA device(s)", ids, count)
+        log.warning("GPU ids %s configured, but this process can see %d CUDA device(s)", ids, len(visible))
     if not present:
         log.info("no CUDA device among GPU ids %s: running on the CPU", ids)
         with _visible_only(""):
@@ -246,7 +244,7 @@ def claim_gpu(
     lock_dir = Path(lock_dir)
     lock_dir.mkdir(parents=True, exist_ok=True)
     # One lock per physical device, whatever position it has in this process's list.
-    paths = {i: lock_dir / f"gpu{re.sub(r'[^A-Za-z0-9_.-]', '_', names[i])}.lock" for i in present}
+    paths = {i: lock_dir / f"gpu{re.sub(r'[^A-Za-z0-9_.-]', '_', visible[i])}.lock" for i in present}
     deadline = time.monotonic() + timeout
     waiting_logged = False
     while (claimed := _claim_first(paths)) is None:
@@ -261,9 +259,9 @@ def claim_gpu(
         time.sleep(poll)
     gpu, fd = claimed
 
-    log.info("claimed GPU %d (CUDA_VISIBLE_DEVICES=%s, lock %s)", gpu, names[gpu], paths[gpu])
+    log.info("claimed GPU %d (CUDA_VISIBLE_DEVICES=%s, lock %s)", gpu, visible[gpu], paths[gpu])
     try:
-        with _visible_only(names[gpu]):
+        with _visible_only(visible[gpu]):
             yield gpu
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
