@@ -208,8 +208,8 @@ def write_ablation(
     act_id = dict(image_id, attack=clean_attack, layer=layer)
     shards = []
     for shard, path in enumerate(clean_activation_paths):
-        with store.open_h5(path, "activations", expect=dict(act_id, shard=shard)) as f:
-            shards.append(f["activations"][()])
+        with store.open_layer(path, dict(act_id, shard=shard)) as (_, acts):
+            shards.append(acts[()])
     mean = mean_map(shards)
     n_units = mean.shape[0]
     unit_tables = {

@@ -211,7 +211,7 @@ def write_browser(
         top = top_activating(s["activations"], unit_ids, n_images, dict(ident, layer=layer))
         rows = {row for picks in top.values() for row, _ in picks}
         images = read_rows(s["images"], "images", ident, "images", rows)
-        maps = read_rows(s["activations"], "activations", dict(ident, layer=layer), "activations", rows)
+        maps = read_rows(s["activations"], "activations", ident, store.layer_key(layer), rows)
         thresholds = read_thresholds(s["thresholds"], dict(ident, layer=layer))
         per_set.append((top, images, maps, thresholds))
     out = Path(out_dir)

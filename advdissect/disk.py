@@ -98,13 +98,18 @@ def estimate(config: Mapping) -> pd.DataFrame:
             shapes[dataset, model] = layer_shapes(config["models"][model], (ih, iw))
         add("images", dataset, model, len(shards), sum(_file(n * (3 * ih * iw + IMAGE_EXTRAS), 10, n) for n in shards))
         modes = adconfig.attack_modes(config, attack)
-        for c, h, w in shapes[dataset, model].values():
-            activations = sum(_file(n * (8 + c * h * w * dtype_bytes), 2, n) for n in shards)
-            add("activations", dataset, model, len(shards), activations)
+        # One activations file per shard holds every layer (rows plus one chunked array a layer).
+        layers = shapes[dataset, model].values()
+        per_image = 8 + sum(c * h * w * dtype_bytes for c, h, w in layers)
+        activations = sum(_file(n * per_image, 1 + len(layers), n * len(layers)) for n in shards)
+        add("activations", dataset, model, len(shards), activations)
+        # One counts file per shard holds every layer and threshold mode (6 arrays each).
+        counts = {c: 8 * (c * n_labels + 2 * n_labels + c * (2 * len(CATEGORIES) + 1)) for c, _, _ in layers}
+        per_shard = len(modes) * sum(counts[c] for c, _, _ in layers)
+        add("counts", dataset, model, len(shards), len(shards) * _file(per_shard, 6 * len(modes) * len(layers)))
+        for c, _, _ in layers:
             add("thresholds", dataset, model, 1, _file(8 * c, 1))
-            counts = 8 * (c * n_labels + 2 * n_labels + c * (2 * len(CATEGORIES) + 1))
-            add("counts", dataset, model, len(modes) * len(shards), len(modes) * len(shards) * _file(counts, 6))
-            iou = counts + 8 * c * n_labels + 16 * n_labels + 8 * len(CATEGORIES)  # + iou, label and category names
+            iou = counts[c] + 8 * c * n_labels + 16 * n_labels + 8 * len(CATEGORIES)  # + iou, label and category names
             add("iou", dataset, model, len(modes), len(modes) * _file(iou, 9))
     frame = pd.DataFrame(rows, columns=["kind", "dataset", "model", "files", "bytes"])
     return frame.groupby(["kind", "dataset", "model"], sort=False, as_index=False).sum()
@@ -113,9 +118,9 @@ def estimate(config: Mapping) -> pd.DataFrame:
 # Where each kind lives under a workdir: results/<dataset>/<model>/<attack>/...
 PATTERNS = {
     "images": "results/*/*/*/images/*.h5",
-    "activations": "results/*/*/*/activations/*/*.h5",
+    "activations": "results/*/*/*/activations/*.h5",
     "thresholds": "results/*/*/*/thresholds/*.h5",
-    "counts": "results/*/*/*/*/counts/*/*.h5",
+    "counts": "results/*/*/*/counts/*.h5",
     "iou": "results/*/*/*/*/iou/*.h5",
 }
 

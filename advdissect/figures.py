@@ -293,8 +293,7 @@ def top_activating(
     channels = sorted({u - 1 for u in units})
     rows_all, maxima = [], []
     for p in activation_paths:
-        with store.open_h5(p, "activations", expect) as f:
-            acts = f["activations"]
+        with store.open_layer(p, expect) as (f, acts):
             if acts.ndim != 4:
                 raise ArtifactError(f"{p}: activations must be (N, C, h, w), found shape {acts.shape}")
             if channels and channels[-1] >= acts.shape[1]:
@@ -414,8 +413,8 @@ def unit_pictures(
             prepared = []
             for side, img_paths, act_paths, ident, thr, udf in sides:
                 imgs = _ShardSet(img_paths, "images", ident, "images")
-                acts = _ShardSet(act_paths, "activations", ident, "activations")
-                top = top_activating(act_paths, chosen, n_images, ident)
+                acts = _ShardSet(act_paths, "activations", ident, store.layer_key(layer))
+                top = top_activating(act_paths, chosen, n_images, dict(ident, layer=layer))
                 prepared.append((side, imgs, acts, top, thr, udf))
             for unit, sub in zip(chosen, rows_fig):
                 halves = sub.subfigures(1, 2, wspace=0.04)

@@ -27,7 +27,7 @@ from .errors import ArtifactError
 
 # The IoU counts of a layer (advdissect.tally), summed over images.
 COUNT_KEYS = ("intersection", "label_area", "activation_lite", "activation_original", "activation_total")
-_COUNTS = (*COUNT_KEYS, "label_category")
+COUNTS = (*COUNT_KEYS, "label_category")
 # The HDF5 artifacts, by kind: the datasets every reader may rely on (writers may add more, e.g.
 # an images shard's predictions and perturbation sizes). The one declaration of the file formats;
 # `open_h5` checks a file against it.
@@ -35,8 +35,10 @@ FORMATS = {
     "images": ("rows", "images"),
     "activations": ("rows", "activations"),
     "thresholds": ("thresholds",),
-    "counts": _COUNTS,
-    "iou": (*_COUNTS, "iou", "label_names", "categories"),
+    # A counts file holds one image shard's counts of every layer and threshold mode of its image
+    # set, each in a group "<mode>/<layer>" of COUNTS (advdissect.tally.read_counts).
+    "counts": (),
+    "iou": (*COUNTS, "iou", "label_names", "categories"),
 }
 
 
@@ -196,3 +198,25 @@ def open_h5(path: str | os.PathLike, kind: str, expect: Mapping[str, Any] | None
         f.close()
         raise
     return f
+
+
+def layer_key(layer: str) -> str:
+    """The dataset of one layer in an activations file: one file per image shard holds every
+    dissected layer of the model, from one forward pass."""
+    return f"activations/{layer}"
+
+
+@contextlib.contextmanager
+def open_layer(path: str | os.PathLike, expect: Mapping[str, Any]) -> Iterator[tuple[h5py.File, h5py.Dataset]]:
+    """An activations file and the dataset of layer `expect["layer"]` in it; the other keys of
+    `expect` are checked against the file's identity as `open_h5` does."""
+    want = dict(expect)
+    layer = want.pop("layer")
+    with open_h5(path, "activations", want) as f:
+        key = layer_key(layer)
+        if key not in f:
+            held = ", ".join(f["activations"].keys()) or "none"
+            raise ArtifactError(
+                f"{path}: holds no activations of layer {layer!r} (layers: {held}); delete it and re-run"
+            )
+        yield f, f[key]

@@ -417,9 +417,23 @@ def iou(counts: Mapping[str, np.ndarray], denominator: str = "lite") -> np.ndarr
 # ---------------------------------------------------------------- files
 
 
+def counts_group(mode: str, layer: str) -> str:
+    """The group of one dissection (threshold mode, layer) in a counts file."""
+    return f"{mode}/{layer}"
+
+
 def read_counts(path: str | os.PathLike, expect: Mapping[str, Any]) -> dict[str, np.ndarray]:
-    with store.open_h5(path, "counts", expect=expect) as f:
-        out = {k: f[k][()] for k in store.FORMATS["counts"]}
+    """The counts of dissection (`expect["mode"]`, `expect["layer"]`) in a counts file; the other
+    keys of `expect` are checked against the file's identity."""
+    want = dict(expect)
+    group = counts_group(want.pop("mode"), want.pop("layer"))
+    with store.open_h5(path, "counts", expect=want) as f:
+        if group not in f:
+            raise ArtifactError(f"{path}: holds no counts of {group}; delete it and re-run")
+        missing = [k for k in store.COUNTS if k not in f[group]]
+        if missing:
+            raise ArtifactError(f"{path}: counts {group} without {', '.join(missing)}; delete it and re-run")
+        out = {k: f[group][k][()] for k in store.COUNTS}
         out["n_images"] = np.array(store.read_attrs(f).get("n_images", 0), np.int64)
     return out
 
@@ -432,23 +446,27 @@ def count_file(
     expect_activations: Mapping[str, Any],
     expect_thresholds: Mapping[str, Any],
     per_image: bool = False,
+    segmentations: Sequence[Any] | None = None,
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """count_shard of an activation file against its rows' segmentations; also the thresholds' attrs.
+    """count_shard of one layer of an activations file (`expect_activations["layer"]`) against its
+    rows' segmentations; also the thresholds' attrs.
 
-    `dataset` needs load_segmentation(row), label_category, n_labels and seg_size.
+    `dataset` needs load_segmentation(row), label_category, n_labels and seg_size;
+    `segmentations`, when given, are the rows' segmentations already decoded.
     """
     with store.open_h5(thresholds_path, "thresholds", expect=expect_thresholds) as f:
         thresholds = f["thresholds"][()].astype(np.float64)
         t_attrs = store.read_attrs(f)
-    with store.open_h5(activations_path, "activations", expect=expect_activations) as f:
-        acts = f["activations"]
+    with store.open_layer(activations_path, expect_activations) as (f, acts):
         rows = f["rows"][()].astype(np.int64)
         if acts.shape[1] != thresholds.shape[0]:
             raise ArtifactError(
                 f"{activations_path}: {acts.shape[1]} units, but {thresholds_path} holds "
                 f"{thresholds.shape[0]} thresholds"
             )
-        segs = (dataset.load_segmentation(int(r)) for r in rows)
+        if segmentations is not None and len(segmentations) != len(rows):
+            raise ArtifactError(f"{activations_path}: {len(rows)} rows, but {len(segmentations)} segmentations")
+        segs = iter(segmentations) if segmentations is not None else (dataset.load_segmentation(int(r)) for r in rows)
         counts = count_shard(
             acts,
             thresholds,
@@ -462,38 +480,54 @@ def count_file(
     return counts, t_attrs
 
 
-def write_count_shard(
+def write_shard_counts(
     out: str | os.PathLike,
     *,
     activations_path: str | os.PathLike,
-    thresholds_path: str | os.PathLike,
+    dissections: Sequence[Mapping[str, Any]],
     dataset_root: str | os.PathLike,
     identity: Mapping[str, Any],
-    expect_activations: Mapping[str, Any],
-    expect_thresholds: Mapping[str, Any],
     dataset: Any = None,
 ) -> None:
-    """Count one activation shard against its rows' segmentations; write kind "counts".
+    """Count one activations shard against its rows' segmentations, decoded once, for every
+    dissection of its image set; write kind "counts" with one group per dissection.
 
+    identity: dataset, model, attack, shard (the activations file's identity).
+    dissections: one mapping per (mode, layer): mode, layer, thresholds (path) and
+    threshold_identity (what the thresholds file must say it is).
     `dataset` defaults to BrodenDataset(dataset_root).
     """
+    if not dissections:
+        raise ArtifactError(f"{out}: no dissections to count")
     if dataset is None:
         dataset = BrodenDataset(dataset_root)
-    counts, t_attrs = count_file(
-        activations_path,
-        thresholds_path,
-        dataset,
-        expect_activations=expect_activations,
-        expect_thresholds=expect_thresholds,
-    )
+    with store.open_h5(activations_path, "activations", expect=identity) as f:
+        rows = f["rows"][()].astype(np.int64)
+    segs = [dataset.load_segmentation(int(r)) for r in tqdm(rows, desc="segmentations", unit="img", disable=None)]
+    arrays: dict[str, np.ndarray] = {}
+    quantiles: dict[str, Any] = {}
+    n_images = 0
+    for d in dissections:
+        counts, t_attrs = count_file(
+            activations_path,
+            d["thresholds"],
+            dataset,
+            expect_activations=dict(identity, layer=d["layer"]),
+            expect_thresholds=d["threshold_identity"],
+            segmentations=segs,
+        )
+        group = counts_group(d["mode"], d["layer"])
+        arrays.update({f"{group}/{k}": counts[k] for k in store.COUNTS})
+        quantiles[group] = t_attrs.get("quantile")
+        n_images = int(counts["n_images"])
     attrs = dict(
         identity,
-        n_images=int(counts["n_images"]),
+        dissections=sorted(quantiles),
+        n_images=n_images,
         n_labels=int(dataset.n_labels),
         seg_size=list(dataset.seg_size),
-        quantile=t_attrs.get("quantile"),
+        quantile=quantiles,
     )
-    arrays = {k: counts[k] for k in COUNT_KEYS + ("label_category",)}
     store.write_h5(out, "counts", attrs, arrays, chunk_rows=False)
 
 

@@ -128,8 +128,8 @@ def threshold_from_top(top: np.ndarray, n_total: int, q: float) -> np.ndarray:
 
 
 def _shard_shape(path: str | os.PathLike, identity: Mapping[str, Any]) -> tuple[int, ...]:
-    with store.open_h5(path, "activations", expect=identity) as f:
-        return tuple(f["activations"].shape)
+    with store.open_layer(path, identity) as (_, acts):
+        return tuple(acts.shape)
 
 
 def compute_thresholds(
@@ -153,8 +153,8 @@ def compute_thresholds(
     k = top_count(n_total, q)
     top = None
     for path in shard_paths:
-        with store.open_h5(path, "activations", expect=identity) as f:
-            shard_top = top_values(f["activations"][()], k)
+        with store.open_layer(path, identity) as (_, acts):
+            shard_top = top_values(acts[()], k)
         top = shard_top if top is None else merge_top(top, shard_top, k)
     return threshold_from_top(top, n_total, q), n_total
 

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from advdissect import store
 from advdissect.activations import extract_activations
-from advdissect.tally import count_shard, merge_counts, read_counts
+from advdissect.tally import count_shard, counts_group, merge_counts, read_counts
 from advdissect.thresholds import compute_thresholds, threshold_from_top, top_count, top_values
 
 N_LABELS = 1198
@@ -230,7 +230,7 @@ def bench_memory(tmp: Path, per_shard: int = 64) -> None:
                 path,
                 "activations",
                 dict(ident, shard=s),
-                {"rows": np.arange(per_shard), "activations": activations(per_shard, seed=s)},
+                {"rows": np.arange(per_shard), store.layer_key(ident["layer"]): activations(per_shard, seed=s)},
             )
             act_paths.append(path)
             cpath = tmp / f"counts{n_shards}_{s}.h5"
@@ -242,10 +242,13 @@ def bench_memory(tmp: Path, per_shard: int = 64) -> None:
                 "activation_total": rng.integers(0, 10**5, size=512),
                 "label_category": cat,
             }
-            store.write_h5(cpath, "counts", dict(ident, shard=s, n_images=per_shard), arrays, chunk_rows=False)
+            group = counts_group("self", ident["layer"])
+            arrays = {f"{group}/{key}": value for key, value in arrays.items()}
+            c_ident = {k: v for k, v in ident.items() if k != "layer"}
+            store.write_h5(cpath, "counts", dict(c_ident, shard=s, n_images=per_shard), arrays, chunk_rows=False)
             count_paths.append(cpath)
         t_mem = _peak(lambda paths=act_paths: compute_thresholds(paths, 0.005, ident))
-        m_mem = _peak(lambda paths=count_paths: merge_counts(read_counts(p, ident) for p in paths))
+        m_mem = _peak(lambda paths=count_paths: merge_counts(read_counts(p, dict(ident, mode="self")) for p in paths))
         print(
             f"  {n_shards} shards ({n_shards * per_shard:4d} images): compute_thresholds {t_mem:6.1f} MiB, "
             f"count merge {m_mem:6.1f} MiB"

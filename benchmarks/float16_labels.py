@@ -43,13 +43,13 @@ def best_labels(acts_shards, rows_shards, dataset, quantile, denominator, cut):
 
 
 def compare(results: Path, dataset_name: str, model: str, layer: str, quantile: float, denominator: str, cut: float):
-    shard_paths = sorted((results / dataset_name / model / CLEAN / "activations" / layer).glob("*.h5"))
+    shard_paths = sorted((results / dataset_name / model / CLEAN / "activations").glob("*.h5"))
     acts, rows = [], []
     for path in shard_paths:
-        with store.open_h5(path, "activations") as f:
+        with store.open_layer(path, {"layer": layer}) as (f, layer_acts):
             if store.read_attrs(f).get("dtype") != "float32":
                 raise SystemExit(f"{path}: stored as {store.read_attrs(f).get('dtype')}; run with float32 first")
-            acts.append(f["activations"][()])
+            acts.append(layer_acts[()])
             rows.append(f["rows"][()])
     dataset = BrodenDataset(Path("resources/synthetic") / dataset_name)
     l32, iou32, det32 = best_labels(acts, rows, dataset, quantile, denominator, cut)
@@ -78,16 +78,18 @@ def main(argv=None):
     parser.add_argument("--iou-threshold", type=float, default=0.04)
     args = parser.parse_args(argv)
     rows = []
-    for layer_dir in sorted(args.results.glob(f"*/*/{CLEAN}/activations/*")):
-        dataset_name, model = layer_dir.parts[-5], layer_dir.parts[-4]
-        if not (Path("resources/synthetic") / dataset_name / "index.csv").is_file():
+    for act_dir in sorted(args.results.glob(f"*/*/{CLEAN}/activations")):
+        dataset_name, model = act_dir.parts[-4], act_dir.parts[-3]
+        first = next(iter(sorted(act_dir.glob("*.h5"))), None)
+        if first is None or not (Path("resources/synthetic") / dataset_name / "index.csv").is_file():
             continue
-        rows.append(
-            compare(
-                args.results, dataset_name, model, layer_dir.name, args.quantile, args.denominator, args.iou_threshold
+        with store.open_h5(first, "activations") as f:
+            layers = store.read_attrs(f)["layers"]
+        for layer in layers:
+            rows.append(
+                compare(args.results, dataset_name, model, layer, args.quantile, args.denominator, args.iou_threshold)
             )
-        )
-        print(rows[-1], file=sys.stderr)
+            print(rows[-1], file=sys.stderr)
     frame = pd.DataFrame(rows)
     store.write_csv(args.out, frame)
     print(frame.to_string(index=False))

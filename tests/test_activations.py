@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from advdissect import store
-from advdissect.activations import extract_activations, write_activation_shard
+from advdissect.activations import extract_activations, extract_layers, write_activation_shard
 from advdissect.errors import ArtifactError, ModelError
 from advdissect.models import find_layer
 
@@ -112,6 +112,20 @@ def test_find_layer_by_module_name():
     assert find_layer(model, "net.conv1") is model.net.conv1
 
 
+def test_layers_from_one_pass():
+    # one pass for every layer, stopped after the last of them; an earlier layer's output is
+    # kept as it was returned, before the in-place ReLU that follows it
+    model = tiny_net(after=Boom())
+    imgs = images()
+    out = extract_layers(model, imgs, ["conv2", "conv1"], batch_size=3, device="cpu")
+    assert list(out) == ["conv2", "conv1"]
+    for layer in ("conv1", "conv2"):
+        np.testing.assert_allclose(out[layer], reference(model, imgs, layer), rtol=1e-5, atol=1e-6)
+    assert (out["conv1"] < 0).any()
+    with pytest.raises(ArtifactError, match="no layers"):
+        extract_layers(model, imgs, [], 3, "cpu")
+
+
 def test_write_activation_shard(tmp_path):
     ident = {"dataset": "d", "model": "m", "attack": "fgsm", "shard": 3}
     imgs = images(n=4)
@@ -125,26 +139,32 @@ def test_write_activation_shard(tmp_path):
         images_path=tmp_path / "images.h5",
         weights_file=None,
         model_spec={},
-        layer="conv2",
+        layers=["conv2", "conv1"],
         identity=ident,
         batch_size=3,
         dtype="float16",
         device="cpu",
         model=model,
     )
-    with store.open_h5(out, "activations", expect=dict(ident, layer="conv2", dtype="float16")) as f:
+    with store.open_h5(out, "activations", expect=dict(ident, layers=["conv2", "conv1"], dtype="float16")) as f:
         np.testing.assert_array_equal(f["rows"][()], [10, 11, 12, 13])
-        assert f["activations"].dtype == np.float16
-        assert f["activations"].chunks == (1, 5, 6, 6)
-        want = extract_activations(model, imgs, "conv2", 3, "cpu", "float16")
-        np.testing.assert_array_equal(f["activations"][()], want)
+    # every layer from the one pass equals that layer extracted alone
+    for layer, chunks in (("conv2", (1, 5, 6, 6)), ("conv1", (1, 4, 12, 12))):
+        with store.open_layer(out, dict(ident, layer=layer)) as (_, acts):
+            assert acts.dtype == np.float16
+            assert acts.chunks == chunks
+            want = extract_activations(model, imgs, layer, 3, "cpu", "float16")
+            np.testing.assert_array_equal(acts[()], want)
+    with pytest.raises(ArtifactError, match="no activations of layer 'relu1'"):
+        with store.open_layer(out, dict(ident, layer="relu1")):
+            pass
     with pytest.raises(ArtifactError, match="attack"):
         write_activation_shard(
             tmp_path / "x.h5",
             images_path=tmp_path / "images.h5",
             weights_file=None,
             model_spec={},
-            layer="conv2",
+            layers=["conv2"],
             identity=dict(ident, attack="clean"),
             batch_size=3,
             device="cpu",

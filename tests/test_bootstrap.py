@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from advdissect import store
 from advdissect.bootstrap import (
     DETECTOR_COLUMNS,
     ImageCounts,
@@ -17,7 +18,7 @@ from advdissect.bootstrap import (
     write_bootstrap,
 )
 from advdissect.errors import ArtifactError
-from advdissect.tally import COUNT_KEYS, count_shard, iou, merge_counts, write_count_shard
+from advdissect.tally import COUNT_KEYS, count_shard, iou, merge_counts, write_shard_counts
 
 N_LABELS = 12
 LABEL_CATEGORY = np.array([-1, 0, 0, 1, 1, 1, 2, 3, 4, 4, 5, -1], np.int64)
@@ -139,7 +140,6 @@ def test_counts_without_records_are_refused(tmp_path):
 
 
 def test_write_bootstrap_recounts_the_shards(tmp_path):
-    from advdissect import store
 
     acts, thresholds, segs = random_shard(7, n=9)
     dataset = FakeDataset(segs)
@@ -151,15 +151,20 @@ def test_write_bootstrap_recounts_the_shards(tmp_path):
         a_identity = dict(identity, shard=shard)
         del a_identity["mode"]
         rows = np.arange(a, b)
-        store.write_h5(tmp_path / f"a{shard}.h5", "activations", a_identity, {"activations": acts[a:b], "rows": rows})
-        write_count_shard(
+        store.write_h5(
+            tmp_path / f"a{shard}.h5",
+            "activations",
+            a_identity,
+            {store.layer_key(a_identity["layer"]): acts[a:b], "rows": rows},
+        )
+        write_shard_counts(
             tmp_path / f"c{shard}.h5",
             activations_path=tmp_path / f"a{shard}.h5",
-            thresholds_path=tmp_path / "t.h5",
+            dissections=[
+                {"mode": "clean", "layer": "l", "thresholds": tmp_path / "t.h5", "threshold_identity": t_identity}
+            ],
             dataset_root=tmp_path,
-            identity=dict(identity, shard=shard),
-            expect_activations=a_identity,
-            expect_thresholds=t_identity,
+            identity={k: v for k, v in a_identity.items() if k != "layer"},
             dataset=dataset,
         )
         acts_paths.append(tmp_path / f"a{shard}.h5")
@@ -183,7 +188,7 @@ def test_write_bootstrap_recounts_the_shards(tmp_path):
     # counts that no longer match their activations are refused
     store.write_h5(
         tmp_path / "a1.h5", "activations", dict(t_identity, attack="fgsm_8", shard=1),
-        {"activations": acts[5:9] + 1.0, "rows": np.arange(5, 9)},
+        {store.layer_key(t_identity["layer"]): acts[5:9] + 1.0, "rows": np.arange(5, 9)},
     )  # fmt: skip
     with pytest.raises(ArtifactError, match="differs from a recount"):
         write_bootstrap(tmp_path / "boot2.csv", **kwargs)

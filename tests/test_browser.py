@@ -71,7 +71,7 @@ def write_set(tmp_path, attack, rng):
         act = tmp_path / f"{attack}_act{shard}.h5"
         store.write_h5(img, "images", dict(ident, shard=shard), {"images": images[a:b], "rows": rows[a:b]})
         store.write_h5(
-            act, "activations", dict(ident, shard=shard, layer="l"), {"activations": acts[a:b], "rows": rows[a:b]}
+            act, "activations", dict(ident, shard=shard), {store.layer_key("l"): acts[a:b], "rows": rows[a:b]}
         )
         img_paths.append(img)
         act_paths.append(act)

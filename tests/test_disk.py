@@ -50,7 +50,8 @@ def test_sizes_follow_the_arrays():
     config["dissection"]["activation_dtype"] = "float16"
     half = disk.estimate(config).set_index(["kind", "model"]).loc[("activations", "rand18"), "bytes"]
     full = frame.loc[("activations", "rand18"), "bytes"]
-    overhead = 12 * disk._file(12 * 8, 2, 12)
+    # 3 attacks x 2 shards, each file holding rows and both layers
+    overhead = 6 * disk._file(12 * 8, 3, 24)
     assert full - overhead == 3 * 2 * 12 * (256 * 16 + 512 * 4) * 4
     assert half - overhead == (full - overhead) // 2
 

@@ -394,8 +394,8 @@ def make_shards(tmp_path, attack, seed):
                 "labels": np.zeros(len(rows), np.int64),
             },
         )
-        act = base / f"activations/layer3/{s:04d}.h5"
-        store.write_h5(act, "activations", {**ident, "layer": "layer3"}, {"activations": acts_all[sl], "rows": rows})
+        act = base / f"activations/{s:04d}.h5"
+        store.write_h5(act, "activations", ident, {store.layer_key("layer3"): acts_all[sl], "rows": rows})
         img_paths.append(str(img))
         act_paths.append(str(act))
     thr = base / "thresholds/layer3.h5"
@@ -411,7 +411,9 @@ def make_shards(tmp_path, attack, seed):
 
 def test_top_activating_matches_brute_force(tmp_path):
     _, acts, _, rows, values = make_shards(tmp_path, "clean", 0)
-    top = figures.top_activating(acts, [2, 5], 3, {"dataset": "syn", "model": "r18", "attack": "clean"})
+    top = figures.top_activating(
+        acts, [2, 5], 3, {"dataset": "syn", "model": "r18", "attack": "clean", "layer": "layer3"}
+    )
     for unit in (2, 5):
         peaks = values[:, unit - 1].max(axis=(1, 2))
         want = [int(rows[i]) for i in np.argsort(-peaks, kind="stable")[:3]]

@@ -22,10 +22,11 @@ from advdissect.tally import (
     count_shard,
     iou,
     merge_counts,
+    read_counts,
     tally_columns,
     units_table,
-    write_count_shard,
     write_iou,
+    write_shard_counts,
     write_units_table,
 )
 
@@ -371,7 +372,7 @@ def test_bad_segmentations_rejected():
 
 
 class StandInDataset:
-    """What write_count_shard / write_iou read from a BrodenDataset."""
+    """What write_shard_counts / write_iou read from a BrodenDataset."""
 
     def __init__(self, segs, label_category, seg_size):
         self.segs = segs
@@ -394,10 +395,58 @@ def _write_inputs(tmp_path, acts, thresholds, rows):
             path,
             "activations",
             dict(ident, shard=s, dtype="float32"),
-            {"rows": np.arange(a, b), "activations": acts[a:b]},
+            {"rows": np.arange(a, b), store.layer_key("layer4"): acts[a:b]},
         )
         paths.append(path)
     return ident, paths
+
+
+def test_one_count_job_counts_every_layer_and_mode(tmp_path):
+    # Two layers of one activations file, each under two threshold files (modes): every group
+    # equals the brute-force counts of its layer and thresholds, segmentations decoded once.
+    a1, t1, segs = tiny_data(seed=2, n=6)
+    a2, t2, _ = tiny_data(seed=3, n=6, c=4, map_size=(2, 2))
+    decoded = []
+
+    class Counting(StandInDataset):
+        def load_segmentation(self, row):
+            decoded.append(row)
+            return super().load_segmentation(row)
+
+    data = Counting(segs, LABEL_CATEGORY, (8, 8))
+    ident = {"dataset": "d", "model": "m", "attack": "fgsm", "shard": 0}
+    store.write_h5(
+        tmp_path / "act.h5",
+        "activations",
+        dict(ident, layers=["l1", "l2"]),
+        {"rows": np.arange(6), store.layer_key("l1"): a1, store.layer_key("l2"): a2},
+    )
+    dissections, want = [], {}
+    for mode, shift in (("self", 0.0), ("clean", 0.5)):
+        for layer, acts, thr in (("l1", a1, t1), ("l2", a2, t2)):
+            t_ident = {"dataset": "d", "model": "m", "attack": "fgsm" if mode == "self" else "clean", "layer": layer}
+            path = tmp_path / f"thr_{mode}_{layer}.h5"
+            store.write_h5(path, "thresholds", dict(t_ident, quantile=0.15), {"thresholds": thr + shift})
+            dissections.append({"mode": mode, "layer": layer, "thresholds": path, "threshold_identity": t_ident})
+            want[mode, layer] = ref_counts(acts, thr + shift, segs, LABEL_CATEGORY, N_LABELS, (8, 8))
+    write_shard_counts(
+        tmp_path / "counts.h5",
+        activations_path=tmp_path / "act.h5",
+        dissections=dissections,
+        dataset_root=None,
+        identity=ident,
+        dataset=data,
+    )
+    assert decoded == list(range(6))
+    for (mode, layer), ref in want.items():
+        got = read_counts(tmp_path / "counts.h5", dict(ident, mode=mode, layer=layer))
+        assert int(got["n_images"]) == 6
+        for key in COUNT_KEYS:
+            np.testing.assert_array_equal(got[key], ref[key])
+    with pytest.raises(ArtifactError, match="no counts of self/l3"):
+        read_counts(tmp_path / "counts.h5", dict(ident, mode="self", layer="l3"))
+    with pytest.raises(ArtifactError, match="attack"):
+        read_counts(tmp_path / "counts.h5", dict(ident, attack="clean", mode="self", layer="l1"))
 
 
 def test_files_tally_and_units(tmp_path):
@@ -408,14 +457,14 @@ def test_files_tally_and_units(tmp_path):
     cident = dict(ident, mode="self")
     for s, path in enumerate(act_paths):
         out = tmp_path / f"counts{s}.h5"
-        write_count_shard(
+        write_shard_counts(
             out,
             activations_path=path,
-            thresholds_path=tmp_path / "thr.h5",
+            dissections=[
+                {"mode": "self", "layer": "layer4", "thresholds": tmp_path / "thr.h5", "threshold_identity": ident}
+            ],
             dataset_root=None,
-            identity=dict(cident, shard=s),
-            expect_activations=dict(ident, shard=s),
-            expect_thresholds=ident,
+            identity={k: v for k, v in dict(ident, shard=s).items() if k != "layer"},
             dataset=data,
         )
         count_paths.append(out)
@@ -543,7 +592,10 @@ def test_chain_on_synthetic_broden_through_the_scripts(tiny_broden, tmp_path):
     for s, (a, b) in enumerate([(0, 5), (5, 12)]):
         path = tmp_path / "acts" / f"{s:04d}.h5"
         store.write_h5(
-            path, "activations", dict(ident, shard=s, dtype="float32"), {"rows": rows[a:b], "activations": acts[a:b]}
+            path,
+            "activations",
+            dict(ident, shard=s, dtype="float32"),
+            {"rows": rows[a:b], store.layer_key("conv"): acts[a:b]},
         )
         paths.append(path)
     index = tiny_broden / "index.csv"
@@ -563,9 +615,12 @@ def test_chain_on_synthetic_broden_through_the_scripts(tiny_broden, tmp_path):
             "count_shard",
             FakeSnakemake(
                 log,
-                input={"activations": path, "thresholds": thr, "dataset": index},
+                input={"activations": path, "thresholds": [thr], "dataset": index},
                 output={"counts": out},
-                params={"identity": dict(cident, shard=s), "threshold_identity": ident},
+                params={
+                    "identity": {"dataset": "tiny", "model": "m", "attack": "clean", "shard": s},
+                    "dissections": [{"mode": "self", "layer": "conv", "thresholds": thr, "threshold_identity": ident}],
+                },
             ),
         )
         counts.append(out)

@@ -113,7 +113,7 @@ def _write_shards(tmp_path, acts, cuts, ident, dtype=np.float32):
             path,
             "activations",
             dict(ident, shard=s, dtype=np.dtype(dtype).name),
-            {"rows": np.arange(a, b), "activations": acts[a:b].astype(dtype)},
+            {"rows": np.arange(a, b), store.layer_key(ident["layer"]): acts[a:b].astype(dtype)},
         )
         paths.append(path)
     return paths

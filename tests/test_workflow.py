@@ -199,7 +199,9 @@ def test_changing_one_eps_reruns_only_that_attack(study, tmp_path):
     assert attacks == {"fgsm_2"}
 
 
-def test_adding_a_layer_adds_only_its_jobs(study, tmp_path):
+def test_adding_a_layer_reruns_its_models_dissection_only(study, tmp_path):
+    # Every layer of a model comes from one forward pass per image shard, so a new layer re-runs
+    # that model's activation jobs and what reads them; attacks, training and other models stay.
     config = yaml.safe_load((study / "config.yaml").read_text())
     config["models"]["small18"]["layers"] = ["layer4", "layer2"]
     changed = tmp_path / "changed.yaml"
@@ -208,10 +210,10 @@ def test_adding_a_layer_adds_only_its_jobs(study, tmp_path):
     jobs = planned_jobs(output)
     assert "attack_shard" not in jobs and "train_model" not in jobs
     assert jobs["activations"] == 3 * 2  # clean and fgsm_2, 3 shards
-    assert jobs["thresholds"] == 2
-    # The epsilon sweep of every layer reads table2.csv, which gains rows; nothing else is re-made.
-    layers = {w["layer"] for rule, w in job_wildcards(output) if "layer" in w and rule != "eps_sweep"}
-    assert layers == {"layer2"}
+    assert jobs["thresholds"] == 2 * 2  # both layers of both image sets
+    per_layer = [w for rule, w in job_wildcards(output) if "layer" in w and rule != "eps_sweep"]
+    assert {w["layer"] for w in per_layer} == {"layer2", "layer4"}
+    assert {w["model"] for w in per_layer} == {"small18"}
 
 
 def test_changing_the_iou_cut_reruns_only_merges_and_summaries(study, tmp_path):

@@ -1,5 +1,6 @@
 # Config checking and the input functions every stage shares.
 
+from argparse import Namespace
 from pathlib import Path
 
 from advdissect import config as adconfig
@@ -43,9 +44,9 @@ wildcard_constraints:
 PATHS = {
     "images": "results/{dataset}/{model}/{attack}/images/{shard}.h5",
     "attack_stats": "results/{dataset}/{model}/{attack}/attack_stats.csv",
-    "activations": "results/{dataset}/{model}/{attack}/activations/{layer}/{shard}.h5",
+    "activations": "results/{dataset}/{model}/{attack}/activations/{shard}.h5",
     "thresholds": "results/{dataset}/{model}/{attack}/thresholds/{layer}.h5",
-    "counts": "results/{dataset}/{model}/{attack}/{mode}/counts/{layer}/{shard}.h5",
+    "counts": "results/{dataset}/{model}/{attack}/counts/{shard}.h5",
     "iou": "results/{dataset}/{model}/{attack}/{mode}/iou/{layer}.h5",
     "tally": "results/{dataset}/{model}/{attack}/{mode}/tally/{layer}.csv",
     "units": "results/{dataset}/{model}/{attack}/{mode}/units/{layer}.csv",
@@ -82,6 +83,31 @@ def shard_files(kind, dataset, **fields):
 def thresholds_used(wildcards):
     """The thresholds a dissection applies: its own images' (mode self) or the clean images' (mode clean)."""
     return path("thresholds", **threshold_identity(wildcards))
+
+
+def shard_dissections(wildcards):
+    """Every (threshold mode, layer) dissected on the job's image set, with the thresholds each
+    applies: one count job counts them all on its shard."""
+    out = []
+    for mode in attack_modes(wildcards.attack):
+        for layer in MODELS[wildcards.model]["layers"]:
+            ident = threshold_identity(
+                Namespace(**dict(wildcards.items()), mode=mode, layer=layer)
+            )
+            out.append(
+                {
+                    "mode": mode,
+                    "layer": layer,
+                    "thresholds": path("thresholds", **ident),
+                    "threshold_identity": ident,
+                }
+            )
+    return out
+
+
+def shard_thresholds(wildcards):
+    """The thresholds files that `shard_dissections` applies."""
+    return sorted({d["thresholds"] for d in shard_dissections(wildcards)})
 
 
 def dataset_of(wildcards):
@@ -170,6 +196,11 @@ def model_spec(model):
 
 def model_spec_of(wildcards):
     return model_spec(wildcards.model)
+
+
+def layers_of(wildcards):
+    """Every dissected layer of the job's model: one activations job extracts them all."""
+    return list(MODELS[wildcards.model]["layers"])
 
 
 def shard_plan(dataset):

@@ -1,4 +1,6 @@
-# Network Dissection: activations -> exact thresholds -> IoU counts per shard -> IoU, tally.csv, units table.
+# Network Dissection: activations (every layer of a model from one forward pass per shard)
+# -> exact thresholds per layer -> IoU counts (every layer and threshold mode of a shard in one
+# job) -> IoU, tally.csv and units table per layer and mode.
 
 
 rule activations:
@@ -8,9 +10,9 @@ rule activations:
     output:
         activations=stored("activations", path("activations")),
     log:
-        "results/logs/activations/{dataset}/{model}/{attack}/{layer}/{shard}.log",
+        "results/logs/activations/{dataset}/{model}/{attack}/{shard}.log",
     benchmark:
-        "results/benchmarks/activations/{dataset}/{model}/{attack}/{layer}/{shard}.tsv"
+        "results/benchmarks/activations/{dataset}/{model}/{attack}/{shard}.tsv"
     conda:
         "../../envs/advdissect.yaml"
     threads: COMPUTE["threads"]
@@ -18,7 +20,7 @@ rule activations:
         gpu=1,
     params:
         model_spec=model_spec_of,
-        layer="{layer}",
+        layers=layers_of,
         identity=identity("dataset", "model", "attack", "shard"),
         dtype=DISSECTION["activation_dtype"],
     script:
@@ -46,19 +48,19 @@ rule thresholds:
 rule count_shard:
     input:
         activations=path("activations"),
-        thresholds=thresholds_used,
+        thresholds=shard_thresholds,
         dataset=dataset_of,
     output:
         counts=path("counts"),
     log:
-        "results/logs/count_shard/{dataset}/{model}/{attack}/{mode}/{layer}/{shard}.log",
+        "results/logs/count_shard/{dataset}/{model}/{attack}/{shard}.log",
     benchmark:
-        "results/benchmarks/count_shard/{dataset}/{model}/{attack}/{mode}/{layer}/{shard}.tsv"
+        "results/benchmarks/count_shard/{dataset}/{model}/{attack}/{shard}.tsv"
     conda:
         "../../envs/advdissect.yaml"
     params:
-        identity=identity("dataset", "model", "attack", "mode", "layer", "shard"),
-        threshold_identity=threshold_identity,
+        identity=identity("dataset", "model", "attack", "shard"),
+        dissections=shard_dissections,
     script:
         "../scripts/count_shard.py"
 

@@ -1,4 +1,4 @@
-"""Rule activations: one layer's feature maps for one images shard."""
+"""Rule activations: the feature maps of every dissected layer for one images shard."""
 
 from advdissect.joblog import log_to
 
@@ -22,7 +22,7 @@ with claim_gpu(snakemake.config["compute"]["gpus"], lock_dir=".snakemake/gpu-loc
         images_path=snakemake.input.images,  # noqa: F821
         weights_file=snakemake.input.get("weights"),  # noqa: F821
         model_spec=ModelSpec(**snakemake.params.model_spec),  # noqa: F821
-        layer=snakemake.params.layer,  # noqa: F821
+        layers=list(snakemake.params.layers),  # noqa: F821
         identity=dict(snakemake.params.identity),  # noqa: F821
         batch_size=int(snakemake.config["dissection"]["batch_size"]),  # noqa: F821
         dtype=snakemake.params.dtype,  # noqa: F821
