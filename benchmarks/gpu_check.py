@@ -14,10 +14,12 @@
    - units: how many change their best concept or detector status; where the activations are
      bit-equal the counts must be equal too.
 2. Speed (ResNet-18, --size px, batch --batch, random weights and random images): images per
-   second of a bare forward pass, of extract_activations to layer4, of a bare forward +
-   backward pass, and of run_attack FGSM (the attack job's work: clean prediction, gradient,
-   uint8 images, adversarial prediction); their ratios; and, from those rates, the GPU time of
-   full Broden (63,305 images) with clean + FGSM 8/255 and layer3 + layer4.
+   second of a bare forward pass, of extract_layers for layer3 + layer4 in one pass (the
+   activation job's work), of a bare forward + backward pass, and of run_attack FGSM (the attack
+   job's work: gradient with the clean prediction, uint8 images, adversarial prediction, so one
+   forward + backward + forward); their ratios; the GPU time of full Broden (63,305 images) with
+   clean + FGSM 8/255 and layer3 + layer4 from those rates; and training steps per second
+   (ResNet-18, standard and ATDA) under `precision: float32` and `precision: bf16`.
 
 The GPU runs as the workflow's GPU jobs do (`advdissect.device.reproducible_cuda`: full float32,
 no TF32, deterministic cuDNN kernels). Exit status 1 when a check fails. Runs in a few minutes
@@ -36,12 +38,13 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from advdissect.activations import extract_activations
+from advdissect import training
+from advdissect.activations import extract_activations, extract_layers
 from advdissect.attacks import run_attack
 from advdissect.broden import BrodenDataset
 from advdissect.device import reproducible_cuda
 from advdissect.models import load_model
-from advdissect.specs import attack_spec
+from advdissect.specs import TrainSpec, attack_spec
 from advdissect.synthetic import generate
 from advdissect.tally import best_concepts, count_shard, iou
 from advdissect.thresholds import threshold_from_top, top_count, top_values
@@ -88,9 +91,13 @@ def agreement(device: str, batch: int) -> list[str]:
             if name == "fgsm_2":
                 attacked = cpu
         for name, pixels in (("clean", images), ("fgsm_2", attacked)):
+            both_cpu = extract_layers(model.to("cpu"), pixels, LAYERS, batch, "cpu")
+            both_dev = extract_layers(model.to(device), pixels, LAYERS, batch, device)
             for layer in LAYERS:
-                a_cpu = extract_activations(model.to("cpu"), pixels, layer, batch, "cpu")
-                a_dev = extract_activations(model.to(device), pixels, layer, batch, device)
+                a_cpu, a_dev = both_cpu[layer], both_dev[layer]
+                alone = extract_activations(model.to(device), pixels, layer, batch, device)
+                if not np.array_equal(alone, a_dev):
+                    failures.append(f"{name} {layer}: one pass for both layers differs from this layer alone")
                 rel = float(np.max(np.abs(a_cpu - a_dev)) / max(np.max(np.abs(a_cpu)), 1e-30))
                 counts_cpu, label_cpu, det_cpu = dissect_layer(a_cpu, dataset, rows)
                 counts_dev, label_dev, det_dev = dissect_layer(a_dev, dataset, rows)
@@ -144,26 +151,51 @@ def speed(device: str, size: int, batch: int, batches: int) -> None:
 
     rates = {
         "bare forward": rate(forward, n, device),
-        "activations (layer4)": rate(lambda: extract_activations(model, images, "layer4", batch, device), n, device),
+        "activations (layer3+layer4)": rate(lambda: extract_layers(model, images, LAYERS, batch, device), n, device),
         "bare forward+backward": rate(forward_backward, n, device),
         "attack FGSM (run_attack)": rate(lambda: run_attack(model, images, labels, fgsm, batch, device), n, device),
     }
     print(f"\nresnet18, {size} px, batch {batch}, {n} images on {device}:")
     for name, value in rates.items():
         print(f"  {name:<28} {value:9.1f} images/s")
-    act_ratio = rates["activations (layer4)"] / rates["bare forward"]
-    fgsm_ratio = rates["attack FGSM (run_attack)"] / rates["bare forward+backward"]
-    print(f"  activations / bare forward           {act_ratio:.2f}")
-    print(f"  FGSM / bare forward+backward         {fgsm_ratio:.2f}")
-    # clean set: one forward per image (its predictions); FGSM: the attack; each set's two layers
-    # are two activation jobs; counting runs on the CPU.
+    act_ratio = rates["bare forward"] / rates["activations (layer3+layer4)"]
+    fgsm_cost = 1 / rates["bare forward+backward"] + 1 / rates["bare forward"]
+    fgsm_ratio = (1 / rates["attack FGSM (run_attack)"]) / fgsm_cost
+    print(f"  activations, time / bare forward                    {act_ratio:.2f}")
+    print(f"  FGSM shard, time / bare (forward+backward + forward) {fgsm_ratio:.2f}")
+    # clean set: one forward per image (its predictions); FGSM: the attack; each image set's
+    # layers come from one activation pass; counting runs on the CPU.
     seconds = BRODEN_IMAGES * (
-        1 / rates["bare forward"] + 1 / rates["attack FGSM (run_attack)"] + 4 / rates["activations (layer4)"]
+        1 / rates["bare forward"] + 1 / rates["attack FGSM (run_attack)"] + 2 / rates["activations (layer3+layer4)"]
     )
     print(
         f"  full Broden, clean + FGSM 8/255, layer3 + layer4: {seconds / 60:.1f} min of GPU time "
-        f"({BRODEN_IMAGES} × (1 forward + 1 FGSM + 4 activation passes) at the rates above)"
+        f"({BRODEN_IMAGES} × (1 forward + 1 FGSM + 2 activation passes) at the rates above)"
     )
+    train_speed(gpu_batches, device, batch)
+
+
+def train_speed(gpu_batches, device: str, batch: int, steps: int = 4) -> None:
+    """Training steps per second (images per second) of training.train_step, by precision."""
+    print(f"\ntraining steps, resnet18, batch {batch}, on {device}:")
+    for method in ("standard", "atda"):
+        line = []
+        for precision in ("float32", "bf16"):
+            cfg = TrainSpec(method=method, lr=1e-3, eps=4 / 255, precision=precision)
+            net = load_model("resnet18", 1000, seed=0).to(device)
+            if precision == "bf16":
+                net.to(memory_format=torch.channels_last)
+            optimizer = training.make_optimizer(net, cfg)
+            xs = [u.float() / 255 for u in gpu_batches[:steps]]
+            ys = [torch.arange(len(x), device=device) % 1000 for x in xs]
+
+            def run_steps(net=net, cfg=cfg, optimizer=optimizer, xs=xs, ys=ys):
+                for x, y in zip(xs, ys):
+                    training.train_step(net, x, y, cfg, optimizer)
+
+            line.append((precision, rate(run_steps, steps * batch, device, reps=2)))
+        speedup = line[1][1] / line[0][1]
+        print("  " + f"{method:<9} " + "  ".join(f"{p} {r:8.1f} images/s" for p, r in line) + f"  bf16 {speedup:.2f}x")
 
 
 def main(argv=None) -> int:

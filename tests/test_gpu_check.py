@@ -17,3 +17,5 @@ def test_gpu_check_passes_cpu_against_cpu(capsys):
     assert "gpu check: passed" in out
     assert "0 of 512 units change concept" in out
     assert "full Broden, clean + FGSM 8/255, layer3 + layer4" in out
+    assert "activations, time / bare forward" in out
+    assert out.count("bf16") >= 2 and "training steps, resnet18" in out
