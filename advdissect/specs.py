@@ -261,6 +261,7 @@ def attack_spec(name: str, settings: Mapping[str, Any]) -> AttackSpec:
 TRAIN_METHODS = ("standard", "at", "consistency", "atda")
 ADVERSARIAL_METHODS = ("at", "consistency", "atda")
 OPTIMIZERS = ("sgd", "adam")
+PRECISIONS = ("bf16", "float32")
 _TRAIN = schema_defaults("weights.train")
 # Keys of a trained model's `weights` that say what to train on and from, not how.
 _NOT_TRAINING = ("source", "dataset", "init", "image_size")
@@ -289,6 +290,7 @@ class TrainSpec:
     augment: bool = _TRAIN["augment"]  # random horizontal flips
     warmup: float = _TRAIN["warmup"]  # fraction of all steps with a linear LR ramp
     grad_clip: float = float(_TRAIN["grad_clip"])  # clip the global gradient norm to this (0 = off)
+    precision: str = _TRAIN["precision"]  # "bf16": autocast update, channels-last, fused steps; "float32"
     key: str = dataclasses.field(default="training", compare=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -299,6 +301,8 @@ class TrainSpec:
             raise bad("method", f"allowed: {', '.join(TRAIN_METHODS)}")
         if self.optimizer not in OPTIMIZERS:
             raise bad("optimizer", f"allowed: {', '.join(OPTIMIZERS)}")
+        if self.precision not in PRECISIONS:
+            raise bad("precision", f"allowed: {', '.join(PRECISIONS)}")
         for key in ("epochs", "batch_size"):
             value = getattr(self, key)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:

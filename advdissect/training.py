@@ -23,6 +23,11 @@ Choices worth knowing:
   after every epoch lets a killed run resume and end with the same weights as an unbroken one.
 - No model selection on the held-out split: the final weights are kept, so held-out accuracy
   is an unbiased estimate.
+- Precision (`precision: bf16`, the default): the update's forward pass and loss run under
+  bfloat16 autocast, on channels-last weights, with fused optimizer steps; about twice as fast
+  on a CPU with AVX-512 BF16 and on a GPU. The loss terms are taken in float32 from the bf16
+  outputs, and the FGSM batches, the held-out accuracies and everything dissected later stay
+  float32: bf16 moves a network's activations by percents and flips FGSM gradient signs.
 """
 
 from __future__ import annotations
@@ -112,13 +117,22 @@ def adversarial_batch(model: nn.Module, x: torch.Tensor, eps: float) -> torch.Te
     return _fgsm(model, x, None, eps)  # y=None: the prediction of the attack's own forward pass
 
 
-def _forward(model: nn.Module, x: torch.Tensor, feature: str) -> tuple[torch.Tensor, torch.Tensor]:
-    """(logits, φ) from one forward pass; φ is the logits or the named layer's output."""
-    if feature == "logits":
-        logits = model(x)
-        return logits, logits
-    logits, outputs = capture(model, x, [feature])
-    return logits, outputs[feature]
+def _forward(
+    model: nn.Module, x: torch.Tensor, feature: str | None, cfg: TrainSpec
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits, φ) in float32 from one forward pass of the update (bf16 autocast under
+    `precision: bf16`); φ is the logits, the named layer's output or, for feature None, None."""
+    mixed = cfg.precision == "bf16"
+    if mixed:
+        x = x.contiguous(memory_format=torch.channels_last)
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=mixed):
+        if feature is None or feature == "logits":
+            logits = model(x)
+            feats = logits if feature else None
+        else:
+            logits, outputs = capture(model, x, [feature])
+            feats = outputs[feature]
+    return logits.float(), None if feats is None else feats.float()
 
 
 # ---------------------------------------------------------------- one step
@@ -141,16 +155,13 @@ def train_step(
     n = x.shape[0]
     terms: dict[str, torch.Tensor] = {}
     if adv is None:
-        logits = model(x)
+        logits, _ = _forward(model, x, None, cfg)
         terms["ce_clean"] = F.cross_entropy(logits, y)
         clean_logits = logits
         loss = terms["ce_clean"]
     else:
         need_features = cfg.method in ("consistency", "atda")
-        if need_features:
-            logits, feats = _forward(model, torch.cat([x, adv]), cfg.feature)
-        else:
-            logits, feats = model(torch.cat([x, adv])), None
+        logits, feats = _forward(model, torch.cat([x, adv]), cfg.feature if need_features else None, cfg)
         clean_logits, adv_logits = logits[:n], logits[n:]
         terms["ce_clean"] = F.cross_entropy(clean_logits, y)
         terms["ce_adv"] = F.cross_entropy(adv_logits, y)
@@ -225,12 +236,20 @@ def accuracy(
 
 
 def make_optimizer(model: nn.Module, cfg: TrainSpec) -> torch.optim.Optimizer:
+    """SGD (Nesterov momentum) or Adam; fused into one kernel per step under `precision: bf16`
+    (the unfused step is a third of a small network's CPU training step)."""
     params = [p for p in model.parameters() if p.requires_grad]
+    fused = {"fused": True} if cfg.precision == "bf16" else {}
     if cfg.optimizer == "sgd":
         return torch.optim.SGD(
-            params, lr=cfg.lr, momentum=cfg.momentum, nesterov=cfg.momentum > 0, weight_decay=cfg.weight_decay
+            params,
+            lr=cfg.lr,
+            momentum=cfg.momentum,
+            nesterov=cfg.momentum > 0,
+            weight_decay=cfg.weight_decay,
+            **fused,
         )
-    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, weight_decay=cfg.weight_decay, **fused)
 
 
 def lr_factor(step: int, total_steps: int, warmup: float) -> float:
@@ -337,6 +356,8 @@ def train(
     if n_train < 2:
         raise DatasetError(f"training needs at least 2 labelled images, got {n_train}")
     model.to(device)
+    if cfg.precision == "bf16":
+        model.to(memory_format=torch.channels_last)
 
     steps_per_epoch = len(_batches(n_train, cfg.batch_size, torch.Generator().manual_seed(0)))
     total_steps = cfg.epochs * steps_per_epoch

@@ -266,3 +266,33 @@ def test_train_model_to_files_refuses_wrong_num_classes(tiny_broden, tmp_path):
             device="cpu",
             progress=False,
         )
+
+
+@pytest.mark.parametrize("precision", ["bf16", "float32"])
+def test_precision_of_the_update_and_of_what_is_measured(precision):
+    # bf16: the update's conv runs in bfloat16 on channels-last weights with a fused optimizer
+    # step; the training FGSM batch and the held-out accuracy stay float32 either way.
+    model = TinyNet()
+    config = cfg(method="at", precision=precision)
+    if precision == "bf16":
+        model.to(memory_format=torch.channels_last)
+    seen = []
+    model.features[0].register_forward_hook(lambda m, i, o: seen.append((m.training, o.dtype)))
+    optimizer = training.make_optimizer(model, config)
+    assert optimizer.defaults.get("fused") == (True if precision == "bf16" else None)
+    x, y = toy_data(8, 0)
+    values, _ = training.train_step(model, x.float() / 255, y, config, optimizer)
+    update = torch.bfloat16 if precision == "bf16" else torch.float32
+    assert seen == [(False, torch.float32), (True, update)]  # the FGSM pass, then the update
+    assert all(np.isfinite(v) for v in values.values())
+    seen.clear()
+    training.accuracy(model, x, y, batch_size=4, device=torch.device("cpu"))
+    assert {dtype for _, dtype in seen} == {torch.float32}
+
+
+def test_bf16_training_learns_the_toy_set_as_float32_does(tmp_path):
+    accuracies = {}
+    for precision in ("bf16", "float32"):
+        _, metrics = run(tmp_path, cfg(epochs=6, precision=precision), name=f"{precision}.pt")
+        accuracies[precision] = metrics["heldout_accuracy"]
+    assert accuracies["float32"] == 1.0 and accuracies["bf16"] == 1.0
