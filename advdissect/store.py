@@ -6,6 +6,10 @@ name Snakemake (or a later stage) would trust. Every HDF5 artifact carries its i
 (`kind` plus the dataset/model/attack/... it was made from) as attributes; readers state
 what they expect and get an `ArtifactError` when a file from another stage or config is
 fed to them.
+
+Every dataset with data carries HDF5's Fletcher-32 checksum, which HDF5 verifies on every
+read; a file whose bytes changed on disk is refused with an `ArtifactError` that says to
+delete it, so the next run makes it again.
 """
 
 from __future__ import annotations
@@ -145,7 +149,8 @@ def write_h5(
     """Write `arrays` (name -> array; names may contain '/' for groups) atomically.
 
     Arrays with 2+ dimensions are chunked one row (first axis) per chunk when `chunk_rows`,
-    so a reader can take one image without reading the shard.
+    so a reader can take one image without reading the shard; other arrays get h5py's chunk
+    shape. Every chunk carries a Fletcher-32 checksum.
     """
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
@@ -154,10 +159,16 @@ def write_h5(
                 f.attrs[key] = _encode_attr(value)
             for name, array in arrays.items():
                 array = np.asarray(array)
-                chunks = None
-                if chunk_rows and array.ndim >= 2 and array.shape[0] > 0:
-                    chunks = (1,) + array.shape[1:]
-                f.create_dataset(name, data=array, chunks=chunks)
+                f.create_dataset(name, data=array, **_storage(array, chunk_rows))
+
+
+def _storage(array: np.ndarray, chunk_rows: bool) -> dict[str, Any]:
+    """create_dataset's layout keywords: chunked with checksums, except where HDF5 cannot
+    filter (a scalar or an empty array holds no chunk to check)."""
+    if array.ndim == 0 or array.size == 0:
+        return {}
+    chunks = (1,) + array.shape[1:] if chunk_rows and array.ndim >= 2 else True
+    return {"chunks": chunks, "fletcher32": True}
 
 
 def read_attrs(f: h5py.File) -> dict[str, Any]:
@@ -182,15 +193,53 @@ def _normalise(value: Any) -> Any:
     return json.loads(json.dumps(value, sort_keys=True, default=_json_default))
 
 
-def open_h5(path: str | os.PathLike, kind: str, expect: Mapping[str, Any] | None = None) -> h5py.File:
+def damaged(path: str | os.PathLike, exc: BaseException) -> ArtifactError:
+    """The error for an artifact whose bytes changed after it was written."""
+    return ArtifactError(f"{path}: damaged on disk ({exc}); delete it and re-run, and Snakemake makes it again")
+
+
+class ArtifactFile(h5py.File):
+    """An artifact opened by `open_h5`: an h5py File whose `with` block turns a failed read of
+    this file (a Fletcher-32 mismatch, a broken structure) into `damaged`'s ArtifactError."""
+
+    def __exit__(self, exc_type, exc, tb):
+        failed_here = isinstance(exc, OSError) and self.id.valid and _raised_on(exc, self)
+        path = self.filename
+        super().__exit__(exc_type, exc, tb)
+        if failed_here:
+            raise damaged(path, exc) from exc
+
+
+def _raised_on(exc: BaseException, f: h5py.File) -> bool:
+    """Whether `exc` came out of an h5py object of file `f`, not from other I/O in the block
+    (writing another file, which may fail for its own reasons)."""
+    frames = exc.__traceback__
+    while frames is not None:
+        obj = frames.tb_frame.f_locals.get("self")
+        if isinstance(obj, h5py.HLObject):
+            try:
+                if obj.file.id == f.id:
+                    return True
+            except (ValueError, RuntimeError):  # an object that is already closed
+                pass
+        frames = frames.tb_next
+    return False
+
+
+def open_h5(path: str | os.PathLike, kind: str, expect: Mapping[str, Any] | None = None) -> ArtifactFile:
     """Open an artifact read-only after checking its identity against `expect` and that it
-    holds the datasets of its kind (FORMATS)."""
+    holds the datasets of its kind (FORMATS). Use it in a `with` block: a damaged file is
+    reported there as an ArtifactError."""
     try:
-        f = h5py.File(path, "r")
+        f = ArtifactFile(path, "r")
     except (OSError, FileNotFoundError) as exc:
         raise ArtifactError(f"{path}: cannot be read as HDF5 ({exc})") from None
     try:
-        check_identity(path, kind, read_attrs(f), expect or {})
+        try:
+            attrs = read_attrs(f)
+        except OSError as exc:
+            raise damaged(path, exc) from exc
+        check_identity(path, kind, attrs, expect or {})
         missing = [name for name in FORMATS.get(kind, ()) if name not in f]
         if missing:
             raise ArtifactError(f"{path}: {kind} file without {', '.join(missing)}; delete it and re-run")

@@ -82,3 +82,82 @@ def test_a_file_without_the_datasets_of_its_kind_is_refused(tmp_path):
     write_h5(path, "activations", {"model": "m"}, {"activations": np.zeros((2, 3, 1, 1)), "rows": np.arange(2)})
     with open_h5(path, "activations", expect={"model": "m"}) as f:
         assert set(f) == set(FORMATS["activations"])
+
+
+# ---------------------------------------------------------------- checksums
+
+ACTIVATIONS = {
+    "rows": np.arange(4),
+    "activations/layer4": np.arange(4 * 8 * 3 * 3, dtype=np.float32).reshape(4, 8, 3, 3),
+}
+
+
+def _corrupt_chunk(path, name: str, chunk: int = 0) -> None:
+    """Flip bytes inside the stored data of one chunk of dataset `name`, as a bad disk would."""
+    with h5py.File(path, "r") as f:
+        info = f[name].id.get_chunk_info(chunk)
+    with open(path, "r+b") as handle:
+        handle.seek(info.byte_offset + info.size // 2)
+        data = handle.read(16)
+        handle.seek(info.byte_offset + info.size // 2)
+        handle.write(bytes(b ^ 0xFF for b in data))
+
+
+def test_every_dataset_with_data_carries_a_checksum(tmp_path):
+    path = tmp_path / "a.h5"
+    arrays = {
+        **ACTIVATIONS,
+        "names": np.array([b"sky", b"tree"]),
+        "scalar": np.float64(3.5),
+        "empty": np.zeros((0, 5), np.float32),
+    }
+    write_h5(path, "activations", {"model": "m"}, arrays)
+    write_h5(tmp_path / "c.h5", "counts", {}, {"x/y": np.ones((3, 2))}, chunk_rows=False)
+    with h5py.File(path, "r") as f:
+        assert f["activations/layer4"].chunks == (1, 8, 3, 3)
+        assert f["activations/layer4"].fletcher32 and f["rows"].fletcher32 and f["names"].fletcher32
+        assert not f["scalar"].fletcher32 and not f["empty"].fletcher32
+        assert f["scalar"][()] == 3.5 and f["empty"].shape == (0, 5)
+    with h5py.File(tmp_path / "c.h5", "r") as f:
+        assert f["x/y"].fletcher32
+
+
+@pytest.mark.parametrize("read", ["whole", "row", "slice", "layer"])
+def test_a_corrupted_chunk_is_refused_naming_the_file(tmp_path, read):
+    from advdissect.store import open_layer
+
+    path = tmp_path / "0001.h5"
+    write_h5(path, "activations", {"model": "m"}, ACTIVATIONS)
+    _corrupt_chunk(path, "activations/layer4", chunk=2)
+    with pytest.raises(ArtifactError, match=r"0001\.h5: damaged on disk .*delete it and re-run"):
+        if read == "layer":
+            with open_layer(path, {"model": "m", "layer": "layer4"}) as (_, acts):
+                acts[:, :2]
+        else:
+            with open_h5(path, "activations", expect={"model": "m"}) as f:
+                assert f["rows"][()].tolist() == [0, 1, 2, 3]  # the undamaged dataset reads
+                {"whole": lambda d: d[()], "row": lambda d: d[2], "slice": lambda d: d[1:3, 0]}[read](
+                    f["activations/layer4"]
+                )
+    # The rows that do not touch the damaged chunk still read.
+    with open_h5(path, "activations", expect={"model": "m"}) as f:
+        assert f["activations/layer4"][:2].shape == (2, 8, 3, 3)
+
+
+def test_only_the_damaged_file_is_named(tmp_path):
+    good, bad = tmp_path / "good.h5", tmp_path / "bad.h5"
+    for path in (good, bad):
+        write_h5(path, "activations", {"model": "m"}, ACTIVATIONS)
+    _corrupt_chunk(bad, "activations/layer4")
+    with pytest.raises(ArtifactError, match=r"bad\.h5: damaged"):
+        with open_h5(good, "activations", expect={"model": "m"}):
+            with open_h5(bad, "activations", expect={"model": "m"}) as f:
+                f["activations/layer4"][()]
+    # A failed read of a file not opened through the store, or any other OSError, stays itself.
+    with pytest.raises(OSError, match="filter returned failure"):
+        with open_h5(good, "activations", expect={"model": "m"}), h5py.File(bad, "r") as other:
+            other["activations/layer4"][()]
+    with pytest.raises(OSError, match="no space"):
+        with open_h5(good, "activations", expect={"model": "m"}) as f:
+            f["rows"][()]
+            raise OSError(28, "no space left on device")
