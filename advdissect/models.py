@@ -5,6 +5,9 @@ them inside, so attacks, their ε and the stored images all live in pixel space.
 
 Weights files are data, never code: they are read with `torch.load(weights_only=True)`, and a
 file that holds anything but tensors and plain values is refused before anything runs.
+A weights file the workflow writes (`save_weights`) records its sha256 beside it, in
+`<file>.sha256` (`sha256sum -c` reads it); a file with such a record, or one whose digest the
+config pins (`weights.sha256`), is checked against it before it is read.
 
 Layers are addressed by their module names inside the bare network (`features.10`, `layer3`,
 `layer4.1.conv2`, as `dissectable_layers` lists them) or by these aliases:
@@ -20,6 +23,7 @@ Layers are addressed by their module names inside the bare network (`features.10
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import logging
 import math
 import pickle
@@ -35,7 +39,7 @@ from torch import nn
 
 from .errors import ConfigError, ModelError
 from .specs import ModelSpec
-from .store import atomic_path
+from .store import atomic_path, write_text
 
 log = logging.getLogger(__name__)
 
@@ -115,17 +119,19 @@ def load_model(
     weights_file: str | Path | None = None,
     normalization: str | Mapping = "imagenet",
     seed: int = 0,
+    weights_sha256: str | None = None,
 ) -> NormalizedModel:
     """Build `arch`, load `weights_file` (or keep the init seeded by `seed`), in eval mode, on CPU.
 
-    The seeded init leaves the caller's global RNG state untouched.
+    The seeded init leaves the caller's global RNG state untouched. `weights_sha256` pins the
+    file's digest (see `check_sha256`).
     """
     with torch.random.fork_rng(devices=[]):
         # The CPU generator only: torch.manual_seed would also reseed (and not restore) CUDA's.
         torch.default_generator.manual_seed(int(seed))
         net = build_network(arch, num_classes)
     if weights_file is not None:
-        state = load_state_dict_file(weights_file)
+        state = load_state_dict_file(weights_file, weights_sha256)
         load_into(net, state, weights_file, arch=arch, num_classes=num_classes)
     model = NormalizedModel(net, arch, normalization)
     model.eval()
@@ -140,22 +146,67 @@ def load_model_spec(model_spec: ModelSpec, weights_file: str | Path | None = Non
         weights_file=weights_file or None,
         normalization=model_spec.normalization,
         seed=model_spec.seed,
+        weights_sha256=model_spec.weights_sha256,
     )
 
 
 # ---------------------------------------------------------------- weights files
 
 
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+def sha256_record(path: str | Path) -> Path:
+    """The file beside a weights file that records its sha256."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def sha256_of(path: str | Path) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def check_sha256(path: str | Path, pinned: str | None = None) -> None:
+    """Raise ModelError unless the weights file matches the digest `pinned` (the config's
+    `weights.sha256`) and the one its `.sha256` record holds, where there are such."""
+    path = Path(path)
+    record = sha256_record(path)
+    recorded = _read_record(record) if record.is_file() else None
+    if pinned is None and recorded is None:
+        return
+    actual = sha256_of(path)
+    if pinned is not None and actual != pinned.lower():
+        raise ModelError(
+            f"weights file {path}: its sha256 is {actual}, but the config pins weights.sha256: {pinned}; "
+            "the file was changed or damaged: restore the file that was pinned"
+        )
+    if recorded is not None and actual != recorded:
+        raise ModelError(
+            f"weights file {path}: its sha256 is {actual}, but {record.name} beside it records {recorded}; "
+            f"the file was changed or damaged after it was written: delete {path} and {record.name} "
+            "and re-run, and the workflow makes it again"
+        )
+
+
+def _read_record(record: Path) -> str:
+    # The format of `sha256sum`: "<64 hex digits>  <file name>".
+    text = record.read_text(errors="replace").split()
+    digest = text[0].lower() if text else ""
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ModelError(f"{record}: holds no sha256 digest; delete it and the weights file beside it, and re-run")
+    return digest
+
+
+def load_state_dict_file(path: str | Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
     """Read a weights file as a state_dict of tensors, refusing anything else.
 
     Accepts a plain state_dict or a checkpoint holding one under "state_dict",
     "model_state_dict" or "model" (as `save_weights` writes); strips "module." /
-    "_orig_mod." prefixes and the "net." prefix of a saved NormalizedModel.
+    "_orig_mod." prefixes and the "net." prefix of a saved NormalizedModel. The file is
+    checked against its recorded or pinned digest first (`check_sha256`).
     """
     path = Path(path)
     if not path.is_file():
         raise ModelError(f"weights file {path} does not exist")
+    check_sha256(path, sha256)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as exc:
@@ -272,7 +323,8 @@ def _head(items: Sequence[str], n: int) -> str:
 def save_weights(
     path: str | Path, state_dict: Mapping[str, torch.Tensor], meta: Mapping[str, Any] | None = None
 ) -> None:
-    """Write {"state_dict": ..., "meta": {...}} atomically; loadable with weights_only=True."""
+    """Write {"state_dict": ..., "meta": {...}} atomically; loadable with weights_only=True.
+    Its sha256 goes to `sha256_record(path)`."""
     if not isinstance(state_dict, Mapping) or not state_dict:
         raise ModelError(f"cannot save {path}: the state_dict is empty or not a mapping")
     tensors: dict[str, torch.Tensor] = {}
@@ -285,10 +337,17 @@ def save_weights(
             value = value.clone(memory_format=torch.contiguous_format)
         tensors[key] = value
     payload = {"state_dict": tensors, "meta": _plain(dict(meta or {}), path, "meta")}
+    # A record of earlier weights goes first: a write killed midway leaves a file unchecked,
+    # never one that a stale record calls damaged.
+    record = sha256_record(path)
+    record.unlink(missing_ok=True)
     # Saved through a file object: torch names the archive's root folder after a file name,
     # which would put the random temporary name into the bytes.
-    with atomic_path(path) as tmp, open(tmp, "wb") as handle:
-        torch.save(payload, handle)
+    with atomic_path(path) as tmp:
+        with open(tmp, "wb") as handle:
+            torch.save(payload, handle)
+        digest = sha256_of(tmp)
+    write_text(record, f"{digest}  {Path(path).name}\n")
 
 
 def _plain(value: Any, path: str | Path, where: str) -> Any:
@@ -316,6 +375,7 @@ def _plain(value: Any, path: str | Path, where: str) -> Any:
 def read_weights_meta(path: str | Path) -> dict[str, Any]:
     """The "meta" dict a `save_weights` file carries ({} for a plain state_dict)."""
     path = Path(path)
+    check_sha256(path)
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -461,15 +521,22 @@ def hook_layer(model: nn.Module, layer: str, hook: Callable[[nn.Module, Any, Any
 
 
 def check_layer_names(arch: str, num_classes: int, layers: Sequence[str], where: str = "layers") -> None:
-    """Raise ConfigError (prefixed `config: <where>`) unless `arch` exists and has every layer.
+    """Raise ConfigError (prefixed `config: <where>`) unless `arch` exists and has every layer,
+    each a different module (an alias and its module name would be dissected twice).
 
     The network is built on the meta device: structure only, no memory, no init cost.
     """
     try:
         with torch.device("meta"):
             model = NormalizedModel(build_network(arch, num_classes), arch, "none")
+        named: dict[str, str] = {}
         for layer in layers:
-            resolve_layer(model, layer)
+            module = resolve_layer(model, layer)
+            if module in named:
+                raise ModelError(
+                    f"{named[module]!r} and {layer!r} are the same module ({module}) of {arch}; list it once"
+                )
+            named[module] = layer
     except ModelError as exc:
         raise ConfigError(f"config: {where}: {exc}") from None
 

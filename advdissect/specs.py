@@ -109,15 +109,21 @@ class ShardPlan:
 @dataclasses.dataclass(frozen=True)
 class ModelSpec:
     """What a job needs to build a model's network: `models.<name>` without its layers and
-    weights, plus the seed of its initialisation."""
+    weights, plus the seed of its initialisation and the sha256 its weights file is pinned to
+    (`weights.sha256`, a user's own file)."""
 
     arch: str
     num_classes: int
     normalization: str | dict = "imagenet"
     seed: int = 0
+    weights_sha256: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        # Unpinned, the dict is what it was before pins existed: the jobs' params stay the same.
+        values = dataclasses.asdict(self)
+        if values["weights_sha256"] is None:
+            del values["weights_sha256"]
+        return values
 
 
 def model_spec(config: Mapping[str, Any], name: str) -> ModelSpec:
@@ -131,6 +137,7 @@ def model_spec(config: Mapping[str, Any], name: str) -> ModelSpec:
         num_classes=settings["num_classes"],
         normalization=settings["normalization"],
         seed=seed,
+        weights_sha256=weights.get("sha256"),
     )
 
 

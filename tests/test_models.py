@@ -162,7 +162,9 @@ def test_weights_round_trip(tmp_path, images):
         trained.net.state_dict(),
         {"arch": "resnet18", "epochs": np.int64(3), "lr": 0.1, "tags": ("a", "b"), "note": None},
     )
-    assert [p.name for p in path.parent.iterdir()] == ["resnet18.pt"]  # no temp file left
+    # no temp file left; the digest beside the file, in sha256sum's format
+    assert sorted(p.name for p in path.parent.iterdir()) == ["resnet18.pt", "resnet18.pt.sha256"]
+    assert (path.parent / "resnet18.pt.sha256").read_text() == f"{models.sha256_of(path)}  resnet18.pt\n"
     loaded = load_model("resnet18", N_CLASSES, weights_file=path, seed=2)
     fresh = load_model("resnet18", N_CLASSES, seed=2)
     with torch.no_grad():
@@ -179,6 +181,59 @@ def test_weights_round_trip(tmp_path, images):
         {"arch": "resnet18", "epochs": np.int64(3), "lr": 0.1, "tags": ("a", "b"), "note": None},
     )
     assert again.read_bytes() == path.read_bytes()
+
+
+def _flip_a_tensor_byte(path: Path) -> None:
+    """Flip one byte in the middle of the file (tensor data in a weights file), as a bad disk would."""
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2] ^= 0x5A
+    path.write_bytes(bytes(data))
+
+
+def test_a_changed_weights_file_is_refused_against_its_record(tmp_path):
+    path = tmp_path / "weights.pt"
+    save_weights(path, load_model("resnet18", N_CLASSES, seed=1).net.state_dict(), {"arch": "resnet18"})
+    _flip_a_tensor_byte(path)
+    torch.load(path, map_location="cpu", weights_only=True)  # torch itself does not notice
+    message = rf"weights file {path}: its sha256 is [0-9a-f]{{64}}, but weights.pt.sha256 beside it records"
+    for load in (
+        lambda: load_model("resnet18", N_CLASSES, weights_file=path),
+        lambda: load_state_dict_file(path),
+        lambda: read_weights_meta(path),
+    ):
+        with pytest.raises(ModelError, match=message + r".*delete .*weights.pt and weights.pt.sha256"):
+            load()
+    # Writing the weights again writes their record again.
+    save_weights(path, load_model("resnet18", N_CLASSES, seed=1).net.state_dict(), {"arch": "resnet18"})
+    load_state_dict_file(path)
+    (tmp_path / "weights.pt.sha256").write_text("not a digest\n")
+    with pytest.raises(ModelError, match=r"weights.pt.sha256: holds no sha256 digest"):
+        load_state_dict_file(path)
+
+
+def test_a_users_weights_file_can_be_pinned(tmp_path, images):
+    from advdissect.specs import ModelSpec
+
+    path = tmp_path / "mine.pt"
+    net = load_model("resnet18", N_CLASSES, seed=1)
+    torch.save(net.net.state_dict(), path)
+    digest = models.sha256_of(path)
+    assert not (tmp_path / "mine.pt.sha256").exists()
+    spec = ModelSpec("resnet18", N_CLASSES, weights_sha256=digest.upper())
+    with torch.no_grad():
+        assert torch.equal(models.load_model_spec(spec, path)(images), net(images))
+    _flip_a_tensor_byte(path)
+    load_state_dict_file(path)  # unpinned and without a record: nothing to check against
+    with pytest.raises(ModelError, match=rf"weights file {path}: its sha256 is .*but the config pins weights.sha256"):
+        models.load_model_spec(spec, path)
+    # Unpinned, a job's model spec is the one it always was (no re-runs).
+    assert ModelSpec("resnet18", N_CLASSES).to_dict() == {
+        "arch": "resnet18",
+        "num_classes": N_CLASSES,
+        "normalization": "imagenet",
+        "seed": 0,
+    }
+    assert ModelSpec(**spec.to_dict()) == spec
 
 
 def test_checkpoint_layouts_are_accepted(tmp_path, resnet18):
@@ -418,6 +473,22 @@ def test_check_layer_names_for_config():
     assert str(err.value).startswith("config: models.r.layers: unknown layer 'layer5' for resnet18; top-level blocks: ")
     with pytest.raises(ConfigError, match=r"^config: models.x.layers: unknown architecture 'resnet7'; valid names: "):
         models.check_layer_names("resnet7", 5, ["layer4"], where="models.x.layers")
+
+
+@pytest.mark.parametrize(
+    ("arch", "layers", "first", "second", "module"),
+    [
+        ("resnet18", ["layer3", "layer4", "last_conv"], "layer4", "last_conv", "layer4"),
+        ("alexnet", ["conv5", "conv2", "features.11"], "conv5", "features.11", "features.11"),
+        ("vgg11", ["last_conv", "conv8"], "last_conv", "conv8", "features.19"),
+    ],
+)
+def test_one_module_under_two_names_is_refused(arch, layers, first, second, module):
+    with pytest.raises(ConfigError) as err:
+        models.check_layer_names(arch, 5, layers, where="models.m.layers")
+    assert str(err.value) == (
+        f"config: models.m.layers: {first!r} and {second!r} are the same module ({module}) of {arch}; list it once"
+    )
 
 
 # ---------------------------------------------------------------- hooks

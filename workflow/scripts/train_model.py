@@ -4,6 +4,7 @@ from pathlib import Path
 
 from advdissect.device import claim_gpu, configure_threads, select_device
 from advdissect.joblog import log_to
+from advdissect.models import check_sha256
 from advdissect.specs import ModelSpec, train_spec
 from advdissect.training import train_model_to_files
 
@@ -13,7 +14,11 @@ configure_threads(sm.threads)
 training = dict(sm.params.training)
 image_size = training.pop("image_size", None)  # an ImageFolder training set's image size
 spec = train_spec(training, f"models.{sm.wildcards.model}.weights")
-source = sm.config["datasets"][sm.config["models"][sm.wildcards.model]["weights"]["dataset"]]["source"]
+weights = sm.config["models"][sm.wildcards.model]["weights"]
+source = sm.config["datasets"][weights["dataset"]]["source"]
+if sm.input.get("init"):
+    # Training reads its start weights without their model's spec: check that model's pin here.
+    check_sha256(sm.input.init, sm.config["models"][weights["init"]]["weights"].get("sha256"))
 # Device ids come from the config, not params: changing them re-runs nothing.
 with claim_gpu(sm.config["compute"]["gpus"], lock_dir=".snakemake/gpu-locks"):
     train_model_to_files(
