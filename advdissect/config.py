@@ -218,6 +218,22 @@ def check_semantics(config: Mapping) -> None:
                     f"{weights['dataset']!r} has {n_classes} classes"
                 )
         _check_init_chain(models, name)
+    check_figure_units(config)
+
+
+def check_figure_units(config: Mapping) -> None:
+    """`figures.units` names only models of the config and layers those models list: a misspelt
+    name would otherwise picture nothing, silently."""
+    models = config["models"]
+    for model, layers in config.get("figures", {}).get("units", {}).items():
+        if model not in models:
+            raise ConfigError(f"config: figures.units.{model}: unknown model {model!r} (defined: {', '.join(models)})")
+        for layer in layers:
+            if layer not in models[model]["layers"]:
+                raise ConfigError(
+                    f"config: figures.units.{model}.{layer}: {layer!r} is not one of the layers of model {model!r} "
+                    f"({', '.join(models[model]['layers'])}; write it as models.{model}.layers does)"
+                )
 
 
 def _check_init_chain(models: Mapping, name: str) -> None:
@@ -245,10 +261,17 @@ def attack_specs(config: Mapping) -> dict[str, AttackSpec]:
 
 
 def check_layers(config: Mapping) -> None:
-    """Every configured layer exists in its architecture (builds each net on the meta device)."""
-    from .models import check_layer_names  # torch import only when the config is otherwise sound
+    """Every architecture exists and has each configured layer, once (builds each net on the meta
+    device)."""
+    from .models import check_layer_names, list_architectures  # torch only when the config is otherwise sound
 
+    known = list_architectures()
     for name, spec in config["models"].items():
+        if spec["arch"] not in known:
+            raise ConfigError(
+                f"config: models.{name}.arch: unknown architecture {spec['arch']!r} "
+                f"(torchvision's classifiers: {', '.join(known)})"
+            )
         check_layer_names(spec["arch"], spec["num_classes"], spec["layers"], where=f"models.{name}.layers")
 
 

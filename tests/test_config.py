@@ -39,6 +39,12 @@ def bad(mutate):
     return message
 
 
+def _with(mutate):
+    cfg = copy.deepcopy(DEFAULT)
+    mutate(cfg)
+    return cfg
+
+
 @pytest.mark.parametrize("path", ["config/config.yaml", "config/paper.yaml", "config/imagenet_finetune.yaml"])
 def test_shipped_configs_are_valid(path):
     cfg = yaml.safe_load((ROOT / path).read_text())
@@ -147,6 +153,54 @@ def test_init_of_another_architecture():
 def test_weights_source_keys_are_checked():
     message = bad(lambda c: c["models"]["resnet18"].update(weights={"source": "torchvision"}))
     assert message == "config: models.resnet18.weights: 'name' is a required property"
+
+
+def test_figure_units_name_models_and_layers_of_the_config():
+    def units(value):
+        return lambda c: c.setdefault("figures", {}).update(units=value)
+
+    checked(_with(units({"resnet18": {"layer4": [1, 3]}, "alexnet": {"conv5": [2]}})))
+    message = bad(units({"resnet81": {"layer4": [1]}}))
+    assert message.startswith("config: figures.units.resnet81: unknown model 'resnet81' (defined: resnet18, ")
+    message = bad(units({"resnet18": {"layer4": [1], "layr3": [2]}}))
+    assert message == (
+        "config: figures.units.resnet18.layr3: 'layr3' is not one of the layers of model 'resnet18' "
+        "(layer3, layer4; write it as models.resnet18.layers does)"
+    )
+    # A module name that the layer list gives as an alias is not the name the pictures go by.
+    message = bad(units({"alexnet": {"features.11": [1]}}))
+    assert message.startswith("config: figures.units.alexnet.features.11: 'features.11' is not one of the layers")
+
+
+def test_unknown_architecture_is_reported_under_arch():
+    cfg = checked(_with(lambda c: c["models"]["resnet18_random"].update(arch="resnet81")))
+    with pytest.raises(ConfigError) as info:
+        adconfig.check_layers(cfg)
+    message = str(info.value)
+    assert message.startswith("config: models.resnet18_random.arch: unknown architecture 'resnet81' (torchvision's ")
+    assert "resnet18" in message and "\n" not in message
+
+
+def test_one_module_under_two_layer_names_is_refused_at_planning():
+    cfg = checked(_with(lambda c: c["models"]["resnet18"].update(layers=["layer4", "last_conv"])))
+    with pytest.raises(ConfigError, match=r"^config: models.resnet18.layers: 'layer4' and 'last_conv' are the same"):
+        adconfig.check_layers(cfg)
+    adconfig.check_layers(checked(copy.deepcopy(DEFAULT)))
+
+
+def test_a_users_weights_file_can_be_pinned_in_the_config():
+    digest = "0123456789abcdef" * 4
+
+    def weights(**keys):
+        return lambda c: c["models"]["resnet18"].update(weights={"source": "file", "path": "w.pt", **keys})
+
+    cfg = checked(_with(weights(sha256=digest)))
+    assert specs.model_spec(cfg, "resnet18").weights_sha256 == digest
+    assert "weights_sha256" not in specs.model_spec(checked(_with(weights())), "resnet18").to_dict()
+    message = bad(weights(sha256="abc"))
+    assert message.startswith("config: models.resnet18.weights.sha256: 'abc' does not match ")
+    message = bad(lambda c: c["models"]["resnet18_random"]["weights"].update(sha256=digest))
+    assert message.startswith("config: models.resnet18_random.weights: unknown key 'sha256'")
 
 
 def test_unknown_model_attack():
