@@ -20,9 +20,11 @@ import os
 import re
 import shutil
 import uuid
-from collections.abc import Sequence
+import warnings
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -471,14 +473,8 @@ class BrodenDataset:
         """The row's image as uint8 (ih, iw, 3), bilinearly resized if the file differs."""
         row = self._check_row(row)
         path = self._file(row, self.index["image"].iat[row].strip())
-        try:
-            with Image.open(path) as im:
-                im.load()
-                im = im.convert("RGB")
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise DatasetError(
-                f"{_where(self._table.path, self.index, row)}: image {path} cannot be read ({exc})"
-            ) from None
+        where = _where(self._table.path, self.index, row)
+        im = _decode(path, f"{where}: image", lambda im: im.convert("RGB"))
         ih, iw = self.image_size
         if im.size != (iw, ih):
             im = im.resize((iw, ih), Image.BILINEAR)
@@ -487,19 +483,15 @@ class BrodenDataset:
     def _load_mask(self, row: int, item: str) -> np.ndarray:
         path = self._file(row, item)
         where = _where(self._table.path, self.index, row)
-        try:
-            with Image.open(path) as im:
-                im.load()
-                if im.mode in ("P", "LA", "PA", "RGBA", "RGB"):
-                    labels = decode_mask(np.asarray(im.convert("RGB")))
-                elif im.mode in ("L", "I", "I;16", "I;16B", "I;16L"):
-                    labels = np.asarray(im).astype(np.int32)
-                else:
-                    raise DatasetError(
-                        f"{where}: mask {path} has image mode {im.mode}; expected RGB (R + 256*G) or grayscale"
-                    )
-        except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as exc:
-            raise DatasetError(f"{where}: mask {path} cannot be read ({exc})") from None
+
+        def labels_of(im: Image.Image) -> np.ndarray:
+            if im.mode in ("P", "LA", "PA", "RGBA", "RGB"):
+                return decode_mask(np.asarray(im.convert("RGB")))
+            if im.mode in ("L", "I", "I;16", "I;16B", "I;16L"):
+                return np.asarray(im).astype(np.int32)
+            raise DatasetError(f"{where}: mask {path} has image mode {im.mode}; expected RGB (R + 256*G) or grayscale")
+
+        labels = _decode(path, f"{where}: mask", labels_of)
         sh, sw = self.seg_size
         if labels.shape != (sh, sw):
             if labels.shape != self.image_size:
@@ -543,6 +535,35 @@ class BrodenDataset:
             ]
         )
         return Segmentation(pixel.astype(np.int32, copy=False), np.array(layer_cats, dtype=np.int64), image_labels)
+
+
+def _decode(path: Path, what: str, convert: Callable[[Image.Image], Any]) -> Any:
+    """`convert` of the image file, decoded in full; a file damaged in a way the decoder can
+    tell raises DatasetError naming `what` (the row and the kind of file) and `path`.
+
+    PIL makes up what a damaged file lacks, silently or with a warning: a warning here is an
+    error, and a JPEG must end with its end-of-image marker (a JPEG has no checksum: damage
+    that keeps its structure goes unseen).
+    """
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            with Image.open(path) as im:
+                im.load()
+                if im.format == "JPEG":
+                    _check_jpeg_end(path)
+                return convert(im)
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError, Warning) as exc:
+        raise DatasetError(f"{what} {path} cannot be read ({exc}); the file is damaged or not an image") from None
+
+
+def _check_jpeg_end(path: Path) -> None:
+    # Entropy-coded data never holds the bytes FF D9 (0xFF is stuffed there), so the last scan
+    # (FF DA) of a whole JPEG is followed by its end-of-image marker: missing, the data after
+    # the break was decoded from whatever bytes were there.
+    data = path.read_bytes()
+    if data.rfind(b"\xff\xd9") < data.rfind(b"\xff\xda"):
+        raise ValueError("its JPEG data breaks off before the end-of-image marker")
 
 
 def _nearest(labels: np.ndarray, size: tuple[int, int]) -> np.ndarray:

@@ -298,6 +298,41 @@ def test_truncated_jpeg(handmade):
         BrodenDataset(root).load_image(2)
 
 
+def test_a_jpeg_with_its_second_half_zeroed_is_refused(handmade):
+    root, _ = handmade
+    path = root / "images" / "sub" / "z.jpg"
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(path)
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2] + bytes(len(data) - len(data) // 2))
+    with Image.open(path) as im:
+        im.load()  # PIL itself decodes it, making up the second half
+    _edit_index(root, 2, "image", "sub/z.jpg")
+    with pytest.raises(
+        DatasetError, match=r"row 2 \(line 4, image 'sub/z.jpg'\): image .*z.jpg cannot be read \(.*end-of-image"
+    ):
+        BrodenDataset(root).load_image(2)
+
+
+def test_a_whole_jpeg_is_read(handmade):
+    root, _ = handmade
+    pixels = np.random.default_rng(0).integers(0, 255, (IH, IH, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(root / "images" / "sub" / "w.jpg", quality=95)
+    _edit_index(root, 2, "image", "sub/w.jpg")
+    with Image.open(root / "images" / "sub" / "w.jpg") as im:
+        assert np.array_equal(BrodenDataset(root).load_image(2), np.asarray(im.convert("RGB")))
+
+
+def test_a_decoder_warning_is_an_error_naming_row_and_file(handmade, monkeypatch):
+    root, _ = handmade
+    # PIL warns (DecompressionBombWarning) above MAX_IMAGE_PIXELS and refuses above twice that.
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", IH * IH - 1)
+    ds = BrodenDataset(root)
+    with pytest.raises(DatasetError, match=r"row 0 \(line 2, image 'sub/im0.png'\): image .*im0.png cannot be read"):
+        ds.load_image(0)
+    with pytest.raises(DatasetError, match=r"row 0 .*: mask .*im0_m.png cannot be read \(Image size"):
+        ds.load_segmentation(0)
+
+
 def test_mask_of_wrong_size(handmade):
     root, _ = handmade
     _png(root / "images" / "sub" / "im0_c.png", np.zeros((SH, SH + 1), int))
