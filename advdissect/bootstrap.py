@@ -29,8 +29,8 @@ import pandas as pd
 from tqdm import tqdm
 
 from . import store
-from .broden import BrodenDataset
 from .errors import ArtifactError, ConfigError
+from .segmentations import ShardSegmentations
 from .tally import (
     CATEGORIES,
     COUNT_KEYS,
@@ -219,7 +219,7 @@ def write_bootstrap(
     activation_paths: Sequence[str | os.PathLike],
     thresholds_path: str | os.PathLike,
     count_paths: Sequence[str | os.PathLike],
-    dataset_root: str | os.PathLike,
+    segmentation_paths: Sequence[str | os.PathLike] | None,
     identity: Mapping[str, Any],
     threshold_identity: Mapping[str, Any],
     resamples: int,
@@ -231,19 +231,23 @@ def write_bootstrap(
     """Recount a layer's activation shards image by image and write the resamples' detector counts.
 
     `identity`: dataset/model/attack/mode/layer of the counts; the activation shards carry the
-    same without mode, plus their shard number. The recount must equal the stored counts.
+    same without mode, plus their shard number. The recount must equal the stored counts. The
+    segmentations come from the shards' segmentations files, or from `dataset` when given.
     """
     if len(activation_paths) != len(count_paths) or not count_paths:
         raise ArtifactError(f"{len(activation_paths)} activation shards for {len(count_paths)} count shards")
-    if dataset is None:
-        dataset = BrodenDataset(dataset_root)
+    if dataset is None and len(segmentation_paths or ()) != len(count_paths):
+        raise ArtifactError(f"{len(segmentation_paths or ())} segmentation shards for {len(count_paths)} count shards")
     expect = {k: v for k, v in identity.items() if k != "mode"}
     parts = []
     for shard, (acts_path, counts_path) in enumerate(zip(activation_paths, count_paths)):
+        segs = dataset
+        if segs is None:
+            segs = ShardSegmentations(segmentation_paths[shard], {"dataset": identity["dataset"], "shard": shard})
         counts, _ = count_file(
             acts_path,
             thresholds_path,
-            dataset,
+            segs,
             expect_activations=dict(expect, shard=shard),
             expect_thresholds=threshold_identity,
             per_image=True,

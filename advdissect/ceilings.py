@@ -15,9 +15,10 @@ central cells of the most covered images, as a real unit's peaked response does.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,8 +27,9 @@ import pandas as pd
 from . import store
 from .broden import CATEGORIES, BrodenDataset
 from .errors import ArtifactError, ConfigError
-from .tally import count_shard, iou
-from .thresholds import threshold_from_top, top_count, top_values
+from .segmentations import ShardSegmentations
+from .tally import count_shard, iou, merge_counts
+from .thresholds import merge_top, threshold_from_top, top_count, top_values
 
 TIE_BREAK = 1e-3
 
@@ -70,27 +72,70 @@ def ideal_maps(
     return out
 
 
+# Images whose ideal maps are held at once when the rows are decoded here: the maps of every
+# concept of 1,000 images at 14 x 14 are about 1 GB at Broden's 1,197 concepts.
+CHUNK_IMAGES = 1000
+
+Chunks = Sequence[Callable[[], Sequence[Any]]]
+
+
+def row_chunks(dataset: Any, rows: Sequence[int], size: int = CHUNK_IMAGES) -> Chunks:
+    """Loaders of the rows' segmentations, `size` rows at a time, decoded by the dataset."""
+    rows = [int(r) for r in rows]
+    return [
+        functools.partial(lambda part: [dataset.load_segmentation(r) for r in part], rows[i : i + size])
+        for i in range(0, len(rows), size)
+    ]
+
+
 def ideal_unit_iou(
-    dataset: BrodenDataset,
+    dataset: Any,
     rows: Sequence[int],
     map_size: tuple[int, int],
     quantile: float = 0.005,
     denominator: str = "lite",
+    chunks: Chunks | None = None,
 ) -> pd.DataFrame:
-    """One row per concept present in `rows`: label, name, category, iou of its ideal unit."""
-    segs = [dataset.load_segmentation(int(r)) for r in rows]
-    present = np.unique(np.concatenate([np.unique(s.pixel) for s in segs] + [s.image_labels for s in segs]))
-    concepts = present[(present > 0) & (dataset.label_category[np.minimum(present, dataset.n_labels - 1)] >= 0)]
-    maps = ideal_maps(segs, concepts, dataset.seg_size, map_size)
-    n_total = maps.shape[0] * maps.shape[2] * maps.shape[3]
-    thresholds = threshold_from_top(top_values(maps, top_count(n_total, quantile)), n_total, quantile)
-    counts = count_shard(maps, thresholds, segs, dataset.label_category, dataset.n_labels, dataset.seg_size)
-    scores = iou(counts, denominator)[np.arange(len(concepts)), concepts]
+    """One row per concept present in `rows`: label, name, category, iou of its ideal unit.
+
+    Streams: the segmentations come one chunk at a time (`chunks`: loaders, each returning the
+    next rows' segmentations in order; default `row_chunks(dataset, rows)`), in three passes
+    (the concepts present, the exact top values for the thresholds, the IoU counts), so memory
+    holds one chunk's ideal maps and the top values, never the whole dataset's maps.
+    `dataset` gives label_category, n_labels, seg_size and label_names.
+    """
+    chunks = row_chunks(dataset, rows) if chunks is None else chunks
+    n_labels, category = dataset.n_labels, np.asarray(dataset.label_category)
+    present: set[int] = set()
+    n_images = 0
+    for load in chunks:
+        segs = load()
+        n_images += len(segs)
+        for seg in segs:
+            present.update(int(v) for v in np.unique(seg.pixel))
+            present.update(int(v) for v in seg.image_labels)
+    if n_images != len(rows):
+        raise ArtifactError(f"ideal units: the segmentations hold {n_images} images, the rows {len(rows)}")
+    known = np.array(sorted(present), np.int64)
+    concepts = known[(known > 0) & (category[np.minimum(known, n_labels - 1)] >= 0)]
+    n_total = n_images * map_size[0] * map_size[1]
+    k = top_count(n_total, quantile)
+    top = None
+    for load in chunks:
+        chunk_top = top_values(ideal_maps(load(), concepts, dataset.seg_size, map_size), k)
+        top = chunk_top if top is None else merge_top(top, chunk_top, k)
+    thresholds = threshold_from_top(top, n_total, quantile)
+    parts = []
+    for load in chunks:
+        segs = load()
+        maps = ideal_maps(segs, concepts, dataset.seg_size, map_size)
+        parts.append(count_shard(maps, thresholds, segs, category, n_labels, dataset.seg_size))
+    scores = iou(merge_counts(parts), denominator)[np.arange(len(concepts)), concepts]
     return pd.DataFrame(
         {
             "label": concepts.astype(np.int64),
             "name": [dataset.label_names[c] for c in concepts],
-            "category": [CATEGORIES[dataset.label_category[c]] for c in concepts],
+            "category": [CATEGORIES[category[c]] for c in concepts],
             "iou": scores,
         }
     )
@@ -129,12 +174,13 @@ def ceilings_table(
 ) -> pd.DataFrame:
     """Ideal-unit IoU of every concept at every dissected layer's map size.
 
-    `datasets`: name -> {root, split, n_images}; the dissected rows are
-    `rows(split)[:n_images]`. `layers`: [{dataset, model, layer, arch, num_classes}].
+    `datasets`: name -> {root, split, n_images, segmentations (optional)}; the dissected rows
+    are `rows(split)[:n_images]`, read from their segmentations files (one per shard, in shard
+    order) when given, else decoded from the dataset. `layers`: [{dataset, model, layer, arch, num_classes}].
     Each distinct (dataset, h, w) is scored once; iou is rounded to 6 decimals so the
     file is byte-stable.
     """
-    loaded: dict[str, tuple[BrodenDataset, np.ndarray]] = {}
+    loaded: dict[str, tuple[BrodenDataset, np.ndarray, Chunks | None]] = {}
     sizes: dict[tuple, tuple[int, int]] = {}
     scores: dict[tuple[str, int, int], pd.DataFrame] = {}
     frames = []
@@ -148,15 +194,21 @@ def ceilings_table(
             rows = ds.rows(spec.get("split", "all"))
             if spec.get("n_images") is not None:
                 rows = rows[: int(spec["n_images"])]
-            loaded[name] = (ds, rows)
-        ds, rows = loaded[name]
+            chunks = None
+            if spec.get("segmentations"):
+                chunks = [
+                    functools.partial(_shard_segmentations, path, {"dataset": name, "shard": shard})
+                    for shard, path in enumerate(spec["segmentations"])
+                ]
+            loaded[name] = (ds, rows, chunks)
+        ds, rows, chunks = loaded[name]
         size_key = (item["arch"], int(item["num_classes"]), item["layer"], tuple(ds.image_size))
         if size_key not in sizes:
             sizes[size_key] = map_size(item["arch"], int(item["num_classes"]), item["layer"], ds.image_size)
         h, w = sizes[size_key]
         if (name, h, w) not in scores:
             log.info("ideal units: dataset %s, %d images, map %dx%d", name, len(rows), h, w)
-            scores[(name, h, w)] = ideal_unit_iou(ds, rows, (h, w), quantile, denominator)
+            scores[(name, h, w)] = ideal_unit_iou(ds, rows, (h, w), quantile, denominator, chunks=chunks)
         frame = scores[(name, h, w)].copy()
         frame.insert(0, "dataset", name)
         frame.insert(1, "model", item["model"])
@@ -169,6 +221,11 @@ def ceilings_table(
     out = pd.concat(frames, ignore_index=True)[CEILINGS_COLUMNS]
     out["iou"] = out["iou"].astype(float).round(6)
     return out
+
+
+def _shard_segmentations(path: str | os.PathLike, expect: Mapping[str, Any]) -> list:
+    shard = ShardSegmentations(path, expect)
+    return [shard.load_segmentation(int(r)) for r in shard.rows]
 
 
 def write_ceilings(

@@ -35,7 +35,37 @@ FILE_OVERHEAD = 5632
 ARRAY_OVERHEAD = 448
 CHUNK_INDEX = 4096
 CHUNK_OVERHEAD = 32
-KINDS = ("images", "activations", "thresholds", "counts", "iou")
+# Every array is chunked (Fletcher-32 needs chunks); one in h5py's own chunks adds its index.
+OTHER_CHUNKED = 2100
+KINDS = ("segmentations", "images", "activations", "thresholds", "counts", "iou")
+# Pixel-level layers (color, object, part layers, material) per image where no index.csv can be
+# read yet: the mean of the 22,210 ADE20K rows of the real broden1_224 index (its richest
+# source), and about what the synthetic generator draws.
+BRODEN_LAYERS_PER_IMAGE = 2.72
+SYNTHETIC_LAYERS_PER_IMAGE = 4.0
+PIXEL_CATEGORIES = ("color", "object", "part", "material")
+
+
+def dataset_root(name: str, spec: Mapping) -> Path:
+    if spec["source"] == "synthetic":
+        return Path("resources/synthetic") / name
+    if spec["source"] == "broden":
+        return Path("resources/broden") / spec["variant"]
+    return Path(spec["path"])
+
+
+def pixel_layers(name: str, spec: Mapping, n_images: int) -> float:
+    """Pixel-level layers of the first n_images rows of the dissected split: counted in the
+    dataset's index.csv when it exists, else estimated per image."""
+    index = dataset_root(name, spec) / "index.csv"
+    if not index.is_file():
+        per_image = BRODEN_LAYERS_PER_IMAGE if spec["source"] == "broden" else SYNTHETIC_LAYERS_PER_IMAGE
+        return per_image * n_images
+    frame = pd.read_csv(index, dtype=str, keep_default_na=False)
+    if spec["split"] != "all":
+        frame = frame[frame["split"] == spec["split"]]
+    cells = frame.head(n_images)[list(PIXEL_CATEGORIES)]
+    return float(sum(cells[c].map(lambda s: sum(1 for x in s.split(";") if x.strip())).sum() for c in PIXEL_CATEGORIES))
 
 
 def dataset_facts(spec: Mapping) -> tuple[tuple[int, int], int]:
@@ -68,9 +98,11 @@ def layer_shapes(model_spec: Mapping, image_size: tuple[int, int]) -> dict[str, 
     return feature_shapes(model.eval(), model_spec["layers"], image_size)
 
 
-def _file(array_bytes: int, n_arrays: int, chunked_rows: int = 0) -> int:
+def _file(array_bytes: int, n_arrays: int, chunked_rows: int = 0, other_chunked: int = 0) -> int:
+    """Bytes of a file of `n_arrays` arrays: one chunked one row per chunk into `chunked_rows`
+    chunks (if any) and `other_chunked` in h5py's own chunks (1-D arrays, the count tables)."""
     index = CHUNK_INDEX + chunked_rows * CHUNK_OVERHEAD if chunked_rows else 0
-    return FILE_OVERHEAD + n_arrays * ARRAY_OVERHEAD + index + array_bytes
+    return FILE_OVERHEAD + n_arrays * ARRAY_OVERHEAD + index + other_chunked * OTHER_CHUNKED + array_bytes
 
 
 def _shard_sizes(n_images: int, shard_size: int) -> list[int]:
@@ -90,33 +122,47 @@ def estimate(config: Mapping) -> pd.DataFrame:
     def add(kind: str, dataset: str, model: str, files: int, size: int) -> None:
         rows.append({"kind": kind, "dataset": dataset, "model": model, "files": files, "bytes": size})
 
+    for dataset in facts:
+        spec = config["datasets"][dataset]
+        (ih, iw), _ = facts[dataset]
+        sh, sw = ih // 2, iw // 2  # Broden's segmentations: half the image size (112 for 224, 113 for 227)
+        n_images = adconfig.dataset_size(dataset, spec)
+        shards = _shard_sizes(n_images, spec["shard_size"])
+        layers = pixel_layers(dataset, spec, n_images) / n_images  # per image
+        # rows, both offsets, image labels (about one) and layer categories: 8 bytes each
+        per_image = 8 * 4 + 8 * layers + layers * sh * sw * 2
+        size = sum(_file(round(n * per_image), 7, round(n * layers), 6) for n in shards)
+        add("segmentations", dataset, "", len(shards), size + len(shards) * 8 * facts[dataset][1])
     for dataset, model, attack in chains:
         spec = config["datasets"][dataset]
         (ih, iw), n_labels = facts[dataset]
         shards = _shard_sizes(adconfig.dataset_size(dataset, spec), spec["shard_size"])
         if (dataset, model) not in shapes:
             shapes[dataset, model] = layer_shapes(config["models"][model], (ih, iw))
-        add("images", dataset, model, len(shards), sum(_file(n * (3 * ih * iw + IMAGE_EXTRAS), 10, n) for n in shards))
+        images = sum(_file(n * (3 * ih * iw + IMAGE_EXTRAS), 10, n, 9) for n in shards)
+        add("images", dataset, model, len(shards), images)
         modes = adconfig.attack_modes(config, attack)
         # One activations file per shard holds every layer (rows plus one chunked array a layer).
         layers = shapes[dataset, model].values()
         per_image = 8 + sum(c * h * w * dtype_bytes for c, h, w in layers)
-        activations = sum(_file(n * per_image, 1 + len(layers), n * len(layers)) for n in shards)
+        activations = sum(_file(n * per_image, 1 + len(layers), n * len(layers), 1) for n in shards)
         add("activations", dataset, model, len(shards), activations)
         # One counts file per shard holds every layer and threshold mode (6 arrays each).
         counts = {c: 8 * (c * n_labels + 2 * n_labels + c * (2 * len(CATEGORIES) + 1)) for c, _, _ in layers}
         per_shard = len(modes) * sum(counts[c] for c, _, _ in layers)
-        add("counts", dataset, model, len(shards), len(shards) * _file(per_shard, 6 * len(modes) * len(layers)))
+        groups = len(modes) * len(layers)
+        add("counts", dataset, model, len(shards), len(shards) * _file(per_shard, 6 * groups, 0, 6 * groups))
         for c, _, _ in layers:
-            add("thresholds", dataset, model, 1, _file(8 * c, 1))
+            add("thresholds", dataset, model, 1, _file(8 * c, 1, 0, 1))
             iou = counts[c] + 8 * c * n_labels + 16 * n_labels + 8 * len(CATEGORIES)  # + iou, label and category names
-            add("iou", dataset, model, len(modes), len(modes) * _file(iou, 9))
+            add("iou", dataset, model, len(modes), len(modes) * _file(iou, 9, 0, 9))
     frame = pd.DataFrame(rows, columns=["kind", "dataset", "model", "files", "bytes"])
     return frame.groupby(["kind", "dataset", "model"], sort=False, as_index=False).sum()
 
 
 # Where each kind lives under a workdir: results/<dataset>/<model>/<attack>/...
 PATTERNS = {
+    "segmentations": "results/segmentations/*/*.h5",
     "images": "results/*/*/*/images/*.h5",
     "activations": "results/*/*/*/activations/*.h5",
     "thresholds": "results/*/*/*/thresholds/*.h5",

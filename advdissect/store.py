@@ -39,6 +39,15 @@ FORMATS = {
     "images": ("rows", "images"),
     "activations": ("rows", "activations"),
     "thresholds": ("thresholds",),
+    "segmentations": (
+        "rows",
+        "pixel",
+        "layer_offsets",
+        "layer_category",
+        "image_labels",
+        "label_offsets",
+        "label_category",
+    ),
     # A counts file holds one image shard's counts of every layer and threshold mode of its image
     # set, each in a group "<mode>/<layer>" of COUNTS (advdissect.tally.read_counts).
     "counts": (),

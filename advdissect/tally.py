@@ -42,6 +42,7 @@ from . import store
 from .broden import BrodenDataset
 from .errors import ArtifactError, ConfigError, DatasetError
 from .masks import UpsamplePlan, active_bands
+from .segmentations import ShardSegmentations
 from .store import COUNT_KEYS
 
 CATEGORIES = ("color", "object", "part", "material", "scene", "texture")
@@ -484,23 +485,24 @@ def write_shard_counts(
     out: str | os.PathLike,
     *,
     activations_path: str | os.PathLike,
+    segmentations_path: str | os.PathLike | None,
     dissections: Sequence[Mapping[str, Any]],
-    dataset_root: str | os.PathLike,
     identity: Mapping[str, Any],
     dataset: Any = None,
 ) -> None:
-    """Count one activations shard against its rows' segmentations, decoded once, for every
-    dissection of its image set; write kind "counts" with one group per dissection.
+    """Count one activations shard against its rows' segmentations for every dissection of its
+    image set; write kind "counts" with one group per dissection.
 
     identity: dataset, model, attack, shard (the activations file's identity).
     dissections: one mapping per (mode, layer): mode, layer, thresholds (path) and
     threshold_identity (what the thresholds file must say it is).
-    `dataset` defaults to BrodenDataset(dataset_root).
+    The segmentations come from the shard's segmentations file (advdissect.segmentations), or
+    from `dataset` when given (anything with load_segmentation, label_category, n_labels, seg_size).
     """
     if not dissections:
         raise ArtifactError(f"{out}: no dissections to count")
     if dataset is None:
-        dataset = BrodenDataset(dataset_root)
+        dataset = ShardSegmentations(segmentations_path, {k: identity[k] for k in ("dataset", "shard")})
     with store.open_h5(activations_path, "activations", expect=identity) as f:
         rows = f["rows"][()].astype(np.int64)
     segs = [dataset.load_segmentation(int(r)) for r in tqdm(rows, desc="segmentations", unit="img", disable=None)]

@@ -163,7 +163,7 @@ def test_write_bootstrap_recounts_the_shards(tmp_path):
             dissections=[
                 {"mode": "clean", "layer": "l", "thresholds": tmp_path / "t.h5", "threshold_identity": t_identity}
             ],
-            dataset_root=tmp_path,
+            segmentations_path=None,
             identity={k: v for k, v in a_identity.items() if k != "layer"},
             dataset=dataset,
         )
@@ -173,7 +173,7 @@ def test_write_bootstrap_recounts_the_shards(tmp_path):
         activation_paths=acts_paths,
         thresholds_path=tmp_path / "t.h5",
         count_paths=count_paths,
-        dataset_root=tmp_path,
+        segmentation_paths=None,
         identity=identity,
         threshold_identity=t_identity,
         resamples=6,

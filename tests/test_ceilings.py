@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -112,3 +113,13 @@ def test_every_category_can_host_a_detector(demo_sets, model, dataset):
     best = frame.groupby("category")["iou"].max()
     assert set(best.index) == set(CATEGORIES)
     assert (best >= 0.3).all(), (size, best.to_dict())
+
+
+def test_ideal_units_streamed_in_chunks_equal_one_pass(tiny_broden):
+    # thresholds from merged top values and summed counts: any chunking gives the same table
+    ds = BrodenDataset(tiny_broden)
+    rows = ds.rows()
+    whole = ceilings.ideal_unit_iou(ds, rows, (4, 4), 0.02, "lite", chunks=ceilings.row_chunks(ds, rows, len(rows)))
+    for size in (1, 7):
+        parts = ceilings.ideal_unit_iou(ds, rows, (4, 4), 0.02, "lite", chunks=ceilings.row_chunks(ds, rows, size))
+        pd.testing.assert_frame_equal(parts, whole)

@@ -33,6 +33,7 @@ def planned_jobs(config_path: Path, workdir: Path) -> dict[str, int]:
 def test_files_counted_are_the_jobs_planned(tmp_path):
     estimated = disk.by_kind(disk.estimate(adconfig.load_config([TINY], SCHEMA)))
     jobs = planned_jobs(TINY, tmp_path)
+    assert estimated.loc["segmentations", "files"] == jobs["segmentations"]
     assert estimated.loc["images", "files"] == jobs["attack_shard"]
     assert estimated.loc["activations", "files"] == jobs["activations"]
     assert estimated.loc["thresholds", "files"] == jobs["thresholds"]
@@ -45,13 +46,13 @@ def test_sizes_follow_the_arrays():
     frame = disk.estimate(config).set_index(["kind", "model"])
     # rand18: 3 attacks x 2 shards of 12 images of 3 x 64 x 64 bytes and 56 bytes of per-image values
     images = frame.loc[("images", "rand18"), "bytes"]
-    assert images == 6 * disk._file(12 * (3 * 64 * 64 + 56), 10, 12)
+    assert images == 6 * disk._file(12 * (3 * 64 * 64 + 56), 10, 12, 9)
     # layer3 (256 x 4 x 4) and layer4 (512 x 2 x 2) float32 activations, as float16 half the array bytes
     config["dissection"]["activation_dtype"] = "float16"
     half = disk.estimate(config).set_index(["kind", "model"]).loc[("activations", "rand18"), "bytes"]
     full = frame.loc[("activations", "rand18"), "bytes"]
     # 3 attacks x 2 shards, each file holding rows and both layers
-    overhead = 6 * disk._file(12 * 8, 3, 24)
+    overhead = 6 * disk._file(12 * 8, 3, 24, 1)
     assert full - overhead == 3 * 2 * 12 * (256 * 16 + 512 * 4) * 4
     assert half - overhead == (full - overhead) // 2
 
@@ -72,7 +73,8 @@ def test_a_training_only_dataset_is_not_read(tmp_path):
     assert not Path(config["datasets"]["imagenet"]["path"]).exists()
     frame = disk.estimate(config)
     assert set(frame["dataset"]) == {"broden224"}
-    assert set(frame["model"]) == set(config["models"])
+    assert set(frame[frame["kind"] != "segmentations"]["model"]) == set(config["models"])
+    assert set(frame[frame["kind"] == "segmentations"]["model"]) == {""}  # a dataset's, not a model's
 
 
 def test_command_reports_a_bad_config(tmp_path):

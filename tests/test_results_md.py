@@ -548,9 +548,9 @@ def test_write_ceilings_scores_each_map_size_once(tiny_broden, tmp_path, monkeyp
     calls = []
     real = ceilings.ideal_unit_iou
 
-    def counted(dataset, rows, size, quantile, denominator):
+    def counted(dataset, rows, size, quantile, denominator, **kw):
         calls.append(tuple(size))
-        return real(dataset, rows, size, quantile, denominator)
+        return real(dataset, rows, size, quantile, denominator, **kw)
 
     monkeypatch.setattr(ceilings, "ideal_unit_iou", counted)
     datasets = {"tiny": {"root": tiny_broden, "split": "val", "n_images": 8}}

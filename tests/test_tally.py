@@ -433,7 +433,7 @@ def test_one_count_job_counts_every_layer_and_mode(tmp_path):
         tmp_path / "counts.h5",
         activations_path=tmp_path / "act.h5",
         dissections=dissections,
-        dataset_root=None,
+        segmentations_path=None,
         identity=ident,
         dataset=data,
     )
@@ -463,7 +463,7 @@ def test_files_tally_and_units(tmp_path):
             dissections=[
                 {"mode": "self", "layer": "layer4", "thresholds": tmp_path / "thr.h5", "threshold_identity": ident}
             ],
-            dataset_root=None,
+            segmentations_path=None,
             identity={k: v for k, v in dict(ident, shard=s).items() if k != "layer"},
             dataset=data,
         )
@@ -589,7 +589,7 @@ def test_chain_on_synthetic_broden_through_the_scripts(tiny_broden, tmp_path):
     acts = np.maximum(rng.normal(size=(len(rows), 6, 4, 4)), 0).astype(np.float32)
     ident = {"dataset": "tiny", "model": "m", "attack": "clean", "layer": "conv"}
     paths = []
-    for s, (a, b) in enumerate([(0, 5), (5, 12)]):
+    for s, (a, b) in enumerate([(0, 7), (7, 12)]):
         path = tmp_path / "acts" / f"{s:04d}.h5"
         store.write_h5(
             path,
@@ -610,12 +610,26 @@ def test_chain_on_synthetic_broden_through_the_scripts(tiny_broden, tmp_path):
     cident = dict(ident, mode="self")
     counts = []
     for s, path in enumerate(paths):
+        segs = tmp_path / "segmentations" / f"{s:04d}.h5"
+        _run_script(
+            "segmentations",
+            FakeSnakemake(
+                log,
+                input={"dataset": index},
+                output={"segmentations": segs},
+                params={
+                    "plan": {"split": "all", "n_images": 12, "shard_size": 7},
+                    "identity": {"dataset": "tiny", "shard": s},
+                },
+                wildcards={"shard": f"{s:04d}"},
+            ),
+        )
         out = tmp_path / "counts" / f"{s:04d}.h5"
         _run_script(
             "count_shard",
             FakeSnakemake(
                 log,
-                input={"activations": path, "thresholds": [thr], "dataset": index},
+                input={"activations": path, "thresholds": [thr], "segmentations": segs},
                 output={"counts": out},
                 params={
                     "identity": {"dataset": "tiny", "model": "m", "attack": "clean", "shard": s},

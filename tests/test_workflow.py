@@ -189,11 +189,13 @@ def test_changing_one_eps_reruns_only_that_attack(study, tmp_path):
     changed.write_text(yaml.safe_dump(config))
     output = snakemake(study, "--dry-run", config=changed)
     jobs = planned_jobs(output)
-    # 2 models use fgsm_2 on 3 shards; rand18 has 2 layers, small18 1 and small18_atda 1.
+    # 3 models use fgsm_2 on 3 shards; rand18 has 2 layers, small18 1 and small18_atda 1. One
+    # activations job and one count job per shard hold every layer (and both threshold modes).
     assert jobs["attack_shard"] == 3 * 3
-    assert jobs["activations"] == 3 * (2 + 1 + 1)
+    assert jobs["activations"] == 3 * 3
     assert jobs["thresholds"] == 2 + 1 + 1
-    assert jobs["count_shard"] == 3 * 2 * (2 + 1 + 1)  # both threshold modes
+    assert jobs["count_shard"] == 3 * 3
+    assert jobs["merge_counts"] == 2 * (2 + 1 + 1)  # both threshold modes
     assert "train_model" not in jobs and "make_synthetic" not in jobs
     attacks = {w["attack"] for _, w in job_wildcards(output) if "attack" in w}
     assert attacks == {"fgsm_2"}

@@ -44,6 +44,7 @@ wildcard_constraints:
 PATHS = {
     "images": "results/{dataset}/{model}/{attack}/images/{shard}.h5",
     "attack_stats": "results/{dataset}/{model}/{attack}/attack_stats.csv",
+    "segmentations": "results/segmentations/{dataset}/{shard}.h5",
     "activations": "results/{dataset}/{model}/{attack}/activations/{shard}.h5",
     "thresholds": "results/{dataset}/{model}/{attack}/thresholds/{layer}.h5",
     "counts": "results/{dataset}/{model}/{attack}/counts/{shard}.h5",

@@ -16,6 +16,26 @@ rule make_synthetic:
         "../scripts/make_synthetic.py"
 
 
+# The label masks of a dataset shard, decoded once for the count and bootstrap jobs of every
+# model and attack.
+rule segmentations:
+    input:
+        dataset=dataset_of,
+    output:
+        segmentations=path("segmentations"),
+    log:
+        "results/logs/segmentations/{dataset}/{shard}.log",
+    benchmark:
+        "results/benchmarks/segmentations/{dataset}/{shard}.tsv"
+    conda:
+        "../../envs/advdissect.yaml"
+    params:
+        plan=shard_plan_of,
+        identity=identity("dataset", "shard"),
+    script:
+        "../scripts/segmentations.py"
+
+
 rule download_broden:
     output:
         index="resources/broden/{variant}/index.csv",

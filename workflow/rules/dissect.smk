@@ -49,7 +49,7 @@ rule count_shard:
     input:
         activations=path("activations"),
         thresholds=shard_thresholds,
-        dataset=dataset_of,
+        segmentations=path("segmentations"),
     output:
         counts=path("counts"),
     log:
@@ -92,7 +92,7 @@ rule bootstrap:
         activations=per_shard("activations"),
         thresholds=thresholds_used,
         counts=per_shard("counts"),
-        dataset=dataset_of,
+        segmentations=per_shard("segmentations"),
     output:
         table=path("bootstrap"),
     log:

@@ -322,6 +322,10 @@ rule training_summary:
 
 rule ceilings:
     input:
+        **{
+            f"segmentations_{d}": shard_files("segmentations", d)
+            for d in ceiling_datasets()
+        },
         indexes=[dataset_index(d) for d in ceiling_datasets()],
     output:
         table=report(

@@ -1,7 +1,5 @@
 """Rule bootstrap: detector counts of a dissected layer on resamples of its images."""
 
-from pathlib import Path
-
 from advdissect.joblog import log_to
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
@@ -14,7 +12,7 @@ write_bootstrap(
     activation_paths=list(sm.input.activations),
     thresholds_path=sm.input.thresholds,
     count_paths=list(sm.input.counts),
-    dataset_root=Path(sm.input.dataset).parent,
+    segmentation_paths=list(sm.input.segmentations),
     identity=dict(sm.params.identity),
     threshold_identity=dict(sm.params.threshold_identity),
     resamples=int(sm.params.resamples),

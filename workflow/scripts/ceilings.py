@@ -11,7 +11,12 @@ from advdissect import ceilings  # noqa: E402
 
 # params.datasets and input.indexes list the same datasets in the same order.
 datasets = {
-    spec["name"]: {"root": Path(index).parent, "split": spec["split"], "n_images": spec["n_images"]}
+    spec["name"]: {
+        "root": Path(index).parent,
+        "split": spec["split"],
+        "n_images": spec["n_images"],
+        "segmentations": list(sm.input[f"segmentations_{spec['name']}"]),
+    }
     for spec, index in zip(sm.params.datasets, list(sm.input.indexes), strict=True)
 }
 ceilings.write_ceilings(

@@ -1,7 +1,5 @@
 """Rule count_shard: IoU counts of one activations shard, every layer and threshold mode."""
 
-from pathlib import Path
-
 from advdissect.joblog import log_to
 
 log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
@@ -11,7 +9,7 @@ from advdissect.tally import write_shard_counts  # noqa: E402
 write_shard_counts(
     snakemake.output.counts,  # noqa: F821
     activations_path=snakemake.input.activations,  # noqa: F821
+    segmentations_path=snakemake.input.segmentations,  # noqa: F821
     dissections=list(snakemake.params.dissections),  # noqa: F821
-    dataset_root=Path(snakemake.input.dataset).parent,  # noqa: F821
     identity=dict(snakemake.params.identity),  # noqa: F821
 )
