@@ -537,8 +537,37 @@ def check_layer_names(arch: str, num_classes: int, layers: Sequence[str], where:
                     f"{named[module]!r} and {layer!r} are the same module ({module}) of {arch}; list it once"
                 )
             named[module] = layer
+        _check_single_map_calls(model, arch, named)
     except ModelError as exc:
         raise ConfigError(f"config: {where}: {exc}") from None
+
+
+def _check_single_map_calls(model: nn.Module, arch: str, named: Mapping[str, str]) -> None:
+    """Each named module runs once per forward pass and returns an (N, C, h, w) map: one meta
+    forward pass (shapes only) with a hook on each. A module run twice (ResNet's `relu` of a
+    block runs after bn1 and after the sum) has no single output to dissect."""
+    calls: dict[str, list[Any]] = {module: [] for module in named}
+    with contextlib.ExitStack() as hooks:
+        for module in named:
+            hooks.enter_context(
+                hook_layer(_bare(model), module, lambda _m, _i, out, key=module: calls[key].append(out))
+            )
+        with torch.no_grad():
+            model(torch.empty(1, 3, 224, 224, device="meta"))
+    for module, layer in named.items():
+        outs = calls[module]
+        if len(outs) != 1:
+            raise ModelError(
+                f"{layer!r} ({module}) runs {len(outs)} times in one forward pass of {arch}, so it has no "
+                "single output to dissect; name the block that contains it, or a module that runs once"
+            )
+        out = outs[0]
+        if not isinstance(out, torch.Tensor) or out.ndim != 4:
+            shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
+            raise ModelError(
+                f"{layer!r} ({module}) of {arch} returns {shape}, not a feature map (N, C, h, w); pick a "
+                "convolution or a block"
+            )
 
 
 class LayerCapture:

@@ -584,3 +584,21 @@ def test_softmax_prediction_on_known_logits():
     pred, conf = models.softmax_prediction(torch.tensor([[0.0, 0.0, np.log(2.0)], [5.0, 1.0, 1.0]]))
     assert pred.tolist() == [2, 0]
     np.testing.assert_allclose(conf.numpy(), [0.5, np.exp(5) / (np.exp(5) + 2 * np.e)], rtol=1e-6)
+
+
+def test_layers_that_run_twice_or_are_no_map_are_refused_at_planning():
+    # one meta forward pass (no memory, no weights): ResNet's block ReLU runs twice, fc is no map
+    from advdissect.errors import ConfigError
+    from advdissect.models import check_layer_names
+
+    with pytest.raises(ConfigError, match=r"models.m.layers: 'layer4.0.relu' \(layer4.0.relu\) runs 2 times"):
+        check_layer_names("resnet18", 16, ["layer4", "layer4.0.relu"], where="models.m.layers")
+    with pytest.raises(ConfigError, match=r"'fc' \(fc\) of resnet18 returns \(1, 16\), not a feature map"):
+        check_layer_names("resnet18", 16, ["fc"])
+    for arch, layers in (
+        ("resnet18", ["layer3", "layer4", "layer4.0.conv1"]),
+        ("alexnet", ["conv2", "conv5"]),
+        ("vgg11_bn", ["conv6", "last_conv"]),
+        ("vgg11", ["last_conv"]),
+    ):
+        check_layer_names(arch, 16, layers)
