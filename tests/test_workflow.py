@@ -218,6 +218,16 @@ def test_adding_a_layer_reruns_its_models_dissection_only(study, tmp_path):
     assert {w["model"] for w in per_layer} == {"small18"}
 
 
+def test_forcerun_of_one_shard_reruns_it_and_what_reads_it(study):
+    # the README's recovery command for one shard
+    output = snakemake(study, "--dry-run", "--forcerun", "results/tiny/rand18/fgsm_2/images/0001.h5")
+    jobs = planned_jobs(output)
+    assert jobs["attack_shard"] == 1 and jobs["activations"] == 1 and jobs["count_shard"] == 1
+    assert "train_model" not in jobs and "segmentations" not in jobs
+    shards = {w["shard"] for rule, w in job_wildcards(output) if "shard" in w}
+    assert shards == {"0001"}
+
+
 def test_changing_the_iou_cut_reruns_only_merges_and_summaries(study, tmp_path):
     config = yaml.safe_load((study / "config.yaml").read_text())
     config["dissection"]["iou_threshold"] = 0.05
