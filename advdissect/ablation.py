@@ -81,7 +81,7 @@ class _Ablate:
 
 def ablated_predictions(
     model: nn.Module,
-    images_uint8: np.ndarray,
+    images_uint8: np.ndarray | ShardedImages,
     layer: str,
     masks: np.ndarray,
     mean: np.ndarray,
@@ -176,6 +176,38 @@ def ablation_table(
 # ---------------------------------------------------------------- files
 
 
+class ShardedImages:
+    """An attack's images across its shard files, read one range of rows at a time, so the
+    ablation holds a batch of images rather than the whole attack; with their clean and
+    adversarial predictions (small) in memory."""
+
+    def __init__(self, paths: Sequence[str | os.PathLike], expect: Mapping[str, Any]):
+        self.paths, self.expect = [str(p) for p in paths], dict(expect)
+        sizes, clean, adv = [], [], []
+        image_shape: tuple[int, ...] = ()
+        for shard, path in enumerate(self.paths):
+            with store.open_h5(path, "images", expect=dict(self.expect, shard=shard)) as f:
+                sizes.append(f["images"].shape[0])
+                image_shape = tuple(f["images"].shape[1:])
+                clean.append(f["clean_pred"][()])
+                adv.append(f["adv_pred"][()])
+        if not sizes:
+            raise ArtifactError("no image shards to ablate")
+        self.starts = np.concatenate([[0], np.cumsum(sizes)]).astype(np.int64)
+        self.shape = (int(self.starts[-1]), *image_shape)
+        self.clean_pred, self.adv_pred = np.concatenate(clean), np.concatenate(adv)
+
+    def __getitem__(self, rows: slice) -> np.ndarray:
+        start, stop, _ = rows.indices(self.shape[0])
+        parts = []
+        for shard, path in enumerate(self.paths):
+            a, b = max(start, self.starts[shard]), min(stop, self.starts[shard + 1])
+            if a < b:
+                with store.open_h5(path, "images", expect=dict(self.expect, shard=shard)) as f:
+                    parts.append(f["images"][a - self.starts[shard] : b - self.starts[shard]])
+        return np.concatenate(parts) if parts else np.zeros((0, *self.shape[1:]), np.uint8)
+
+
 def write_ablation(
     out: str | os.PathLike,
     *,
@@ -198,19 +230,15 @@ def write_ablation(
     """
     layer = identity["layer"]
     image_id = {k: identity[k] for k in ("dataset", "model", "attack")}
-    images, clean_pred, adv_pred = [], [], []
-    for shard, path in enumerate(images_paths):
-        with store.open_h5(path, "images", expect=dict(image_id, shard=shard)) as f:
-            images.append(f["images"][()])
-            clean_pred.append(f["clean_pred"][()])
-            adv_pred.append(f["adv_pred"][()])
-    images, clean_pred, adv_pred = np.concatenate(images), np.concatenate(clean_pred), np.concatenate(adv_pred)
+    images = ShardedImages(images_paths, image_id)
     act_id = dict(image_id, attack=clean_attack, layer=layer)
-    shards = []
-    for shard, path in enumerate(clean_activation_paths):
-        with store.open_layer(path, dict(act_id, shard=shard)) as (_, acts):
-            shards.append(acts[()])
-    mean = mean_map(shards)
+
+    def clean_maps():
+        for shard, path in enumerate(clean_activation_paths):
+            with store.open_layer(path, dict(act_id, shard=shard)) as (_, acts):
+                yield acts[()]
+
+    mean = mean_map(clean_maps())
     n_units = mean.shape[0]
     unit_tables = {
         mode: (tables.read_units(clean), tables.read_units(attacked)) for mode, (clean, attacked) in units_paths.items()
@@ -223,10 +251,12 @@ def write_ablation(
         model = load_model_spec(model_spec, weights_file)
     model = model.to(device).eval()
     predictions = ablated_predictions(model, images, layer, masks, mean, batch_size, device)
-    differ = int(np.sum(predictions[0] != adv_pred))
+    differ = int(np.sum(predictions[0] != images.adv_pred))
     if differ:
-        log.warning("%d of %d attacked images predicted differently from their shard's adv_pred", differ, len(adv_pred))
-    frame = ablation_table(sets, predictions, clean_pred, n_units)
+        log.warning(
+            "%d of %d attacked images predicted differently from their shard's adv_pred", differ, len(images.adv_pred)
+        )
+    frame = ablation_table(sets, predictions, images.clean_pred, n_units)
     frame.insert(0, "layer", layer)
     for i, key in enumerate(("dataset", "model")):
         frame.insert(i, key, identity[key])

@@ -163,3 +163,25 @@ def test_mean_map_over_shards():
     rng = np.random.default_rng(0)
     a, b = rng.normal(size=(3, 4, 2, 2)), rng.normal(size=(5, 4, 2, 2))
     np.testing.assert_allclose(ablation.mean_map([a, b]), np.concatenate([a, b]).mean(axis=0))
+
+
+def test_sharded_images_read_any_range_across_shards(tmp_path):
+    from advdissect import store
+    from advdissect.ablation import ShardedImages
+
+    rng = np.random.default_rng(0)
+    images = rng.integers(0, 256, (11, 3, 4, 4), dtype=np.uint8)
+    ident = {"dataset": "d", "model": "m", "attack": "fgsm"}
+    paths = []
+    for shard, (a, b) in enumerate(((0, 4), (4, 5), (5, 11))):
+        arrays = {"rows": np.arange(a, b), "images": images[a:b], "clean_pred": np.arange(a, b)}
+        arrays["adv_pred"] = np.arange(a, b) + 1
+        store.write_h5(tmp_path / f"{shard}.h5", "images", dict(ident, shard=shard), arrays)
+        paths.append(tmp_path / f"{shard}.h5")
+    sharded = ShardedImages(paths, ident)
+    assert sharded.shape == images.shape
+    np.testing.assert_array_equal(sharded.clean_pred, np.arange(11))
+    np.testing.assert_array_equal(sharded.adv_pred, np.arange(11) + 1)
+    for start in range(12):
+        for stop in range(start, 12):
+            np.testing.assert_array_equal(sharded[start:stop], images[start:stop])
