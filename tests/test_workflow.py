@@ -359,6 +359,17 @@ def test_report_holds_every_figure_and_table(study):
         assert category in html, category
 
 
+def test_a_config_error_is_one_line(tmp_path):
+    config = write_config(tmp_path / "config.yaml")
+    config["dissection"]["quantile"] = 1.5
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    cmd = [*snakemake_command(tmp_path), "--dry-run"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path)
+    assert proc.returncode == 1
+    lines = [line for line in proc.stderr.splitlines() if line and not line.startswith("Using workflow")]
+    assert lines == ["config: dissection.quantile: 1.5 is greater than or equal to the maximum of 1"]
+
+
 def test_lint_is_clean():
     proc = subprocess.run([*SNAKEMAKE, "--lint"], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr

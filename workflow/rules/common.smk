@@ -1,21 +1,26 @@
 # Config checking and the input functions every stage shares.
 
+import sys
 from argparse import Namespace
 from pathlib import Path
 
 from advdissect import config as adconfig
 from advdissect import specs as adspecs
+from advdissect.errors import AdvDissectError
 
 SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
 
-adconfig.check_config_files(
-    [*workflow.configfiles, *(workflow.overwrite_configfiles or [])]
-)
-adconfig.validate(config, adconfig.load_schema(SCHEMA))
-validate(config, SCHEMA)  # fills in the schema's defaults
-adconfig.check_semantics(config)
-adconfig.check_layers(config)
-adconfig.sort_keys(config)
+try:
+    adconfig.check_config_files(
+        [*workflow.configfiles, *(workflow.overwrite_configfiles or [])]
+    )
+    adconfig.validate(config, adconfig.load_schema(SCHEMA))
+    validate(config, SCHEMA)  # fills in the schema's defaults
+    adconfig.check_semantics(config)
+    adconfig.check_layers(config)
+    adconfig.sort_keys(config)
+except AdvDissectError as exc:
+    sys.exit(str(exc))  # the one line that names the key, no stack frames
 
 DATASETS = config["datasets"]
 MODELS = config["models"]
