@@ -218,7 +218,21 @@ def check_semantics(config: Mapping) -> None:
                     f"{weights['dataset']!r} has {n_classes} classes"
                 )
         _check_init_chain(models, name)
+    for name in models:
+        _check_target_classes(config, name)
     check_figure_units(config)
+
+
+def _check_target_classes(config: Mapping, model: str) -> None:
+    """A class index as an attack's target must be one of the model's classes."""
+    num_classes = config["models"][model]["num_classes"]
+    for attack in model_attacks(config, model):
+        target = config["attacks"][attack].get("target")
+        if isinstance(target, int) and not isinstance(target, bool) and target >= num_classes:
+            raise ConfigError(
+                f"config: attacks.{attack}.target: class {target} does not exist in model {model!r} "
+                f"({num_classes} classes: 0..{num_classes - 1})"
+            )
 
 
 def check_figure_units(config: Mapping) -> None:

@@ -140,6 +140,19 @@ def test_num_classes_must_match_the_synthetic_classes():
     assert message == "config: models.resnet18.num_classes: 10 but dataset 'synthetic' has 16 classes"
 
 
+def test_a_target_class_beyond_a_models_classes_is_refused_at_planning():
+    def mutate(c):
+        c["attacks"]["fgsm_t"] = {"method": "fgsm", "eps": "2/255", "labels": "target", "target": 16}
+
+    message = bad(mutate)
+    assert message == "config: attacks.fgsm_t.target: class 16 does not exist in model 'resnet18' (16 classes: 0..15)"
+
+
+def test_a_negative_synthetic_seed_is_refused_at_planning():
+    message = bad(lambda c: c["datasets"]["synthetic"]["synthetic"].update(seed=-1))
+    assert message.startswith("config: datasets.synthetic.synthetic.seed: -1 is less than the minimum of 0")
+
+
 def test_unknown_init_model():
     message = bad(lambda c: c["models"]["resnet18_at"]["weights"].update(init="resnet50"))
     assert message.startswith("config: models.resnet18_at.weights.init: unknown model 'resnet50' (defined: ")
