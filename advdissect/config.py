@@ -176,6 +176,8 @@ def check_semantics(config: Mapping) -> None:
             raise ConfigError(f"config: datasets.{name}.synthetic: only for source 'synthetic'")
         if not dissectable(spec):
             continue
+        if source == "local":
+            _check_index_header(name, Path(spec["path"]) / "index.csv")
         wanted, available = dataset_size(name, spec), available_images(spec)
         if available is not None and wanted > available:
             raise ConfigError(
@@ -221,6 +223,22 @@ def check_semantics(config: Mapping) -> None:
     for name in models:
         _check_target_classes(config, name)
     check_figure_units(config)
+
+
+def _check_index_header(name: str, index: Path) -> None:
+    """A local dataset's index.csv has Broden's columns (when it is there to read at planning)."""
+    from .broden import INDEX_COLUMNS
+
+    if not index.is_file():
+        return
+    with open(index, newline="", encoding="utf-8", errors="replace") as f:
+        header = next(csv.reader(f), [])
+    missing = [c for c in INDEX_COLUMNS if c not in header]
+    if missing:
+        raise ConfigError(
+            f"config: datasets.{name}.path: {index} lacks column(s) {', '.join(missing)}; a Broden index.csv "
+            f"starts {','.join(INDEX_COLUMNS)}"
+        )
 
 
 def _check_target_classes(config: Mapping, model: str) -> None:

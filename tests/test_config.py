@@ -310,3 +310,11 @@ def test_imagefolder_needs_a_path_and_is_not_dissected():
     # a model without its own list is dissected on every Broden-format dataset, not the ImageFolder one
     assert adconfig.model_datasets(cfg, "alexnet") == ["synthetic", "synthetic64"]
     assert cfg["datasets"]["imagenet"]["image_size"] == 224
+
+
+def test_a_local_index_without_brodens_header_is_refused_at_planning(tmp_path):
+    root = local_dataset(tmp_path / "mine", ["val", "val"])
+    text = (root / "index.csv").read_text().splitlines()
+    (root / "index.csv").write_text("\n".join([text[0].replace("sh,sw", "seg_h,seg_w"), *text[1:]]) + "\n")
+    with pytest.raises(ConfigError, match=r"datasets\.mine\.path: .*index.csv lacks column\(s\) sh, sw"):
+        checked(local_config(root, split="val", n_images=2))
