@@ -6,7 +6,8 @@
    (smooth random ReLU activations, thresholds at q = 0.005 computed exactly, segmentations
    with a few labels per image in 3 pixel layers plus scene/texture), against a naive
    per-image, per-unit loop in NetDissect-Lite's style on a slice of the images.
-2. Activation extraction (ResNet-18, 112 px, batch 32) as a ratio of a bare forward pass.
+2. Activation extraction (ResNet-18, 112 px, batch 32) as a ratio of a bare forward pass: layer4,
+   layer3, and both from one pass (what an activations job does).
 3. Peak traced memory of compute_thresholds and of the count merge for 2 and 8 shards.
 
 With --broden-layer it instead times the counting of one full-Broden-sized layer: 63,305 images
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from advdissect import store
-from advdissect.activations import extract_activations
+from advdissect.activations import extract_activations, extract_layers
 from advdissect.tally import count_shard, counts_group, merge_counts, read_counts
 from advdissect.thresholds import compute_thresholds, threshold_from_top, top_count, top_values
 
@@ -190,6 +191,7 @@ def bench_activations(n_images: int = 64, batch: int = 32, repeat: int = 3) -> N
     runs = {"bare": bare}
     for layer in ("layer4", "layer3"):
         runs[layer] = lambda layer=layer: extract_activations(model, imgs, layer, batch, "cpu")
+    runs["layer3+layer4"] = lambda: extract_layers(model, imgs, ["layer3", "layer4"], batch, "cpu")
     bare()
     best = {name: float("inf") for name in runs}
     for _ in range(repeat):  # interleaved, so load changes hit every variant alike
@@ -197,9 +199,9 @@ def bench_activations(n_images: int = 64, batch: int = 32, repeat: int = 3) -> N
             best[name] = min(best[name], best_of(fn, 1))
     print(f"Activation extraction, ResNet-18 at 112 px, batch {batch}, {n_images} images (best of {repeat})")
     print(f"  bare forward pass:         {best['bare'] / n_images * 1e3:8.2f} ms per image")
-    for layer in ("layer4", "layer3"):
+    for layer in ("layer4", "layer3", "layer3+layer4"):
         print(
-            f"  extract {layer}:            {best[layer] / n_images * 1e3:8.2f} ms per image  "
+            f"  extract {layer + ':':<15} {best[layer] / n_images * 1e3:8.2f} ms per image  "
             f"(ratio to bare forward {best[layer] / best['bare']:.2f})"
         )
 
