@@ -222,10 +222,13 @@ def test_forcerun_of_one_shard_reruns_it_and_what_reads_it(study):
     # the README's recovery command for one shard
     output = snakemake(study, "--dry-run", "--forcerun", "results/tiny/rand18/fgsm_2/images/0001.h5")
     jobs = planned_jobs(output)
-    assert jobs["attack_shard"] == 1 and jobs["activations"] == 1 and jobs["count_shard"] == 1
+    assert jobs["attack_shard"] == 1 and jobs["activations"] == 1
+    # the image set's thresholds (layer3, layer4) come from every shard, so every shard is recounted
+    assert jobs["thresholds"] == 2 and jobs["count_shard"] == 3
     assert "train_model" not in jobs and "segmentations" not in jobs
-    shards = {w["shard"] for rule, w in job_wildcards(output) if "shard" in w}
-    assert shards == {"0001"}
+    wildcards = [(rule, w) for rule, w in job_wildcards(output) if "attack" in w]
+    assert {w["shard"] for rule, w in wildcards if rule in ("attack_shard", "activations")} == {"0001"}
+    assert {(w["model"], w["attack"]) for rule, w in wildcards if rule != "eps_sweep"} == {("rand18", "fgsm_2")}
 
 
 def test_changing_the_iou_cut_reruns_only_merges_and_summaries(study, tmp_path):
