@@ -160,7 +160,12 @@ def write_h5(
     Arrays with 2+ dimensions are chunked one row (first axis) per chunk when `chunk_rows`,
     so a reader can take one image without reading the shard; other arrays get h5py's chunk
     shape. Every chunk carries a Fletcher-32 checksum.
+
+    A disk without room for the arrays is refused before HDF5 writes anything (HDF5 can crash
+    the process when a write fails for want of space, leaving an empty job log).
     """
+    arrays = {name: np.asarray(array) for name, array in arrays.items()}
+    check_space(path, sum(array.nbytes for array in arrays.values()))
     with atomic_path(path) as tmp:
         with h5py.File(tmp, "w") as f:
             f.attrs["kind"] = kind
@@ -169,6 +174,23 @@ def write_h5(
             for name, array in arrays.items():
                 array = np.asarray(array)
                 f.create_dataset(name, data=array, **_storage(array, chunk_rows))
+
+
+# Room kept free beyond a file's arrays: HDF5's headers, chunk indexes and checksums, and a margin.
+SPACE_MARGIN = 16 * 2**20
+
+
+def check_space(path: str | os.PathLike, nbytes: int) -> None:
+    """Raise ArtifactError ("no space left on device: <file>") unless the target's file system
+    has room for `nbytes` more plus SPACE_MARGIN."""
+    target = Path(path)
+    where = next((p for p in (target.parent, *target.parents) if p.exists()), Path("."))
+    free = shutil.disk_usage(where).free
+    if free < nbytes + SPACE_MARGIN:
+        raise ArtifactError(
+            f"no space left on device: {target} needs about {nbytes / 2**20:.1f} MiB, {where} has "
+            f"{free / 2**20:.1f} MiB free; free some space and run again"
+        )
 
 
 def _storage(array: np.ndarray, chunk_rows: bool) -> dict[str, Any]:

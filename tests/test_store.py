@@ -161,3 +161,20 @@ def test_only_the_damaged_file_is_named(tmp_path):
         with open_h5(good, "activations", expect={"model": "m"}) as f:
             f["rows"][()]
             raise OSError(28, "no space left on device")
+
+
+def test_a_full_disk_is_refused_before_hdf5_writes(tmp_path, monkeypatch):
+    import shutil as _shutil
+    from collections import namedtuple
+
+    from advdissect import store
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(_shutil, "disk_usage", lambda path: usage(2**30, 2**30 - 2**20, 2**20))
+    out = tmp_path / "deep" / "a.h5"
+    with pytest.raises(ArtifactError, match=r"no space left on device: .*a\.h5 needs about 8\.0 MiB"):
+        store.write_h5(out, "thresholds", {}, {"thresholds": np.zeros(2**20)})
+    assert not out.exists() and not list(tmp_path.rglob("*.tmp"))
+    monkeypatch.undo()
+    store.write_h5(out, "thresholds", {}, {"thresholds": np.zeros(2**20)})
+    assert out.exists()
