@@ -124,6 +124,16 @@ def clean_attack(config: Mapping) -> str:
     return names[0]
 
 
+def dataset_root(name: str, spec: Mapping) -> Path:
+    """The directory of dataset `name`: generated (resources/synthetic/<name>), downloaded
+    (resources/broden/<variant>) or given (`path`, also of an ImageFolder)."""
+    if spec["source"] == "synthetic":
+        return Path("resources/synthetic") / name
+    if spec["source"] == "broden":
+        return Path("resources/broden") / spec["variant"]
+    return Path(spec["path"])
+
+
 def dataset_size(name: str, spec: Mapping) -> int:
     """How many rows of dataset `name` are dissected (known before any job runs)."""
     if "n_images" in spec:

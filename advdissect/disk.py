@@ -20,7 +20,7 @@ from pathlib import Path
 import pandas as pd
 
 from . import config as adconfig
-from .broden import CATEGORIES
+from .broden import CATEGORIES, PIXEL_CATEGORIES
 from .errors import AdvDissectError
 
 BRODEN_IMAGE_SIZE = {"broden1_224": 224, "broden1_227": 227}
@@ -43,21 +43,12 @@ KINDS = ("segmentations", "images", "activations", "thresholds", "counts", "iou"
 # source), and about what the synthetic generator draws.
 BRODEN_LAYERS_PER_IMAGE = 2.72
 SYNTHETIC_LAYERS_PER_IMAGE = 4.0
-PIXEL_CATEGORIES = ("color", "object", "part", "material")
-
-
-def dataset_root(name: str, spec: Mapping) -> Path:
-    if spec["source"] == "synthetic":
-        return Path("resources/synthetic") / name
-    if spec["source"] == "broden":
-        return Path("resources/broden") / spec["variant"]
-    return Path(spec["path"])
 
 
 def pixel_layers(name: str, spec: Mapping, n_images: int) -> float:
     """Pixel-level layers of the first n_images rows of the dissected split: counted in the
     dataset's index.csv when it exists, else estimated per image."""
-    index = dataset_root(name, spec) / "index.csv"
+    index = adconfig.dataset_root(name, spec) / "index.csv"
     if not index.is_file():
         per_image = BRODEN_LAYERS_PER_IMAGE if spec["source"] == "broden" else SYNTHETIC_LAYERS_PER_IMAGE
         return per_image * n_images

@@ -2,7 +2,6 @@
 
 import sys
 from argparse import Namespace
-from pathlib import Path
 
 from advdissect import config as adconfig
 from advdissect import specs as adspecs
@@ -156,13 +155,8 @@ def stored(kind, file):
 def dataset_index(name):
     """index.csv of a dataset: generated, downloaded or given."""
     spec = DATASETS[name]
-    if spec["source"] == "synthetic":
-        return f"resources/synthetic/{name}/index.csv"
-    if spec["source"] == "broden":
-        return f"resources/broden/{spec['variant']}/index.csv"
-    if spec["source"] == "imagefolder":
-        return str(Path(spec["path"]) / "train")
-    return str(Path(spec["path"]) / "index.csv")
+    root = adconfig.dataset_root(name, spec)
+    return str(root / ("train" if spec["source"] == "imagefolder" else "index.csv"))
 
 
 def shards(dataset):
