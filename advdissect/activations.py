@@ -72,9 +72,10 @@ def extract_layers(
             if not isinstance(output, torch.Tensor) or output.ndim != 4:
                 raise ModelError(f"layer {layer!r} does not return a 4-D feature map (N, C, h, w); pick a conv layer")
             if layer not in captured:
-                # A copy: the forward pass goes on to later layers, and an in-place op after this
-                # one (AlexNet's ReLU(inplace=True)) would overwrite the output it returned.
-                captured[layer] = output.detach().to(dtype=dtype, copy=True)
+                last = len(captured) + 1 == len(layers)
+                # A copy unless the pass stops here: it goes on to later layers, and an in-place
+                # op after this one (AlexNet's ReLU(inplace=True)) would overwrite the output.
+                captured[layer] = output.detach().to(dtype=dtype, copy=not last)
             if len(captured) == len(layers):
                 raise _StopForward
 

@@ -119,7 +119,7 @@ def adversarial_batch(model: nn.Module, x: torch.Tensor, eps: float) -> torch.Te
 
 def _forward(
     model: nn.Module, x: torch.Tensor, feature: str | None, cfg: TrainSpec
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor | None]:
     """(logits, φ) in float32 from one forward pass of the update (bf16 autocast under
     `precision: bf16`); φ is the logits, the named layer's output or, for feature None, None."""
     mixed = cfg.precision == "bf16"
