@@ -19,24 +19,22 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import sys
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from os import PathLike
 from typing import Any
 
 import numpy as np
-import pandas as pd
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from .broden import BrodenDataset, shard_rows
 from .device import in_batches, select_device
-from .errors import ArtifactError, AttackError, ConfigError
+from .errors import AttackError
 from .models import load_model_spec
 from .specs import GRADIENT_METHODS, AttackSpec, ModelSpec, ShardPlan, grid_steps
-from .store import open_h5, read_attrs, write_csv, write_h5
+from .store import write_h5
 
 log = logging.getLogger(__name__)
 
@@ -470,93 +468,3 @@ def write_attack_shard(
         int((result["adv_pred"] != result["clean_pred"]).sum()),
     )
     return arrays
-
-
-# --------------------------------------------------------------------------- statistics
-
-_STAT_ARRAYS = ("labels", "clean_pred", "clean_conf", "adv_pred", "adv_conf", "linf", "l2", "target")
-
-
-def attack_statistics(shard_paths: Iterable[str | PathLike], identity: Mapping[str, Any]) -> pd.DataFrame:
-    """One row summarising an attack over its image shards.
-
-    agreement: share of images whose adversarial prediction equals the clean prediction.
-    success_rate: untargeted attacks (and noise, clean): 1 − agreement (the flip rate);
-    targeted attacks: share of images predicted as their target.
-    clean_accuracy / adversarial_accuracy: against the class labels, over the images that
-    have one (NaN when none has).
-    """
-    paths = list(shard_paths)
-    if not paths:
-        raise ArtifactError(f"attack {identity.get('attack')!r}: no image shards to summarise")
-    columns: dict[str, list[np.ndarray]] = {key: [] for key in _STAT_ARRAYS}
-    params = attrs = None
-    for path in paths:
-        with open_h5(path, "images", expect=identity) as f:
-            attrs = read_attrs(f)
-            if params is None:
-                params = attrs.get("attack_params")
-            elif attrs.get("attack_params") != params:
-                raise ArtifactError(
-                    f"{path}: made with attack_params={attrs.get('attack_params')!r}, but "
-                    f"{paths[0]} with {params!r}; delete the stale shards and re-run"
-                )
-            n = f["rows"].shape[0]
-            for key in _STAT_ARRAYS:
-                columns[key].append(f[key][()] if key in f else np.full(n, -1, np.int64))
-    data = {key: np.concatenate(value) for key, value in columns.items()}
-    name = identity.get("attack", attrs.get("attack"))
-    if not isinstance(params, Mapping):
-        raise ArtifactError(f"{paths[0]}: attribute 'attack_params' is missing")
-    try:
-        spec = AttackSpec(**params)
-    except (TypeError, ConfigError):
-        raise ArtifactError(
-            f"{paths[0]}: attribute 'attack_params' ({params!r}) is not an attack spec; the shards "
-            "predate this version: delete them and re-run"
-        ) from None
-
-    n = data["clean_pred"].shape[0]
-    agree = data["adv_pred"] == data["clean_pred"]
-    agreement = float(agree.mean()) if n else math.nan
-    if spec.targeted:
-        success = float((data["adv_pred"] == data["target"]).mean()) if n else math.nan
-    else:
-        success = 1.0 - agreement
-    has_label = data["labels"] >= 0
-    n_labelled = int(has_label.sum())
-
-    def accuracy(pred: np.ndarray) -> float:
-        return float((pred[has_label] == data["labels"][has_label]).mean()) if n_labelled else math.nan
-
-    row = {
-        "dataset": identity.get("dataset", attrs.get("dataset")),
-        "model": identity.get("model", attrs.get("model")),
-        "attack": name,
-        "method": spec.method,
-        "eps": spec.eps,
-        "eps_255": round(spec.eps * 255, 6),
-        "labels": spec.labels if spec.method in GRADIENT_METHODS else "",
-        "n_images": n,
-        "agreement": agreement,
-        "success_rate": success,
-        "linf_mean": float(data["linf"].mean()) if n else math.nan,
-        "linf_max": float(data["linf"].max()) if n else math.nan,
-        "l2_mean": float(data["l2"].mean()) if n else math.nan,
-        "l2_max": float(data["l2"].max()) if n else math.nan,
-        "clean_accuracy": accuracy(data["clean_pred"]),
-        "adversarial_accuracy": accuracy(data["adv_pred"]),
-        "n_labelled": n_labelled,
-        "clean_conf_mean": float(data["clean_conf"].mean()) if n else math.nan,
-        "adv_conf_mean": float(data["adv_conf"].mean()) if n else math.nan,
-    }
-    return pd.DataFrame([row])
-
-
-def write_attack_statistics(
-    out_path: str | PathLike, shard_paths: Iterable[str | PathLike], identity: Mapping[str, Any]
-) -> pd.DataFrame:
-    """`attack_statistics` written as a one-row CSV."""
-    frame = attack_statistics(shard_paths, identity)
-    write_csv(out_path, frame)
-    return frame

@@ -2,10 +2,10 @@
 
 A resample draws N images with replacement from the N dissected ones (multinomial weights
 w_i, seeded). Its counts are the exact weighted sums of per-image records (`tally.IMAGE_RECORDS`,
-recounted here from the activation shards and checked against the stored counts):
+written by the count jobs beside their counts and checked against them):
 intersection[u, l] = sum_i w_i·|M_u ∩ L_l|_i and so on, so every resample is scored by the
 pipeline's own IoU, best-concept and detector rules, as if the resampled image list had been
-dissected (thresholds stay those of the full set). The
+dissected (thresholds stay those of the full set); nothing is recounted. The
 weights depend only on (N, seed, resample), so every model, attack and layer of a dataset
 sees the same resamples: a clean-vs-attack difference is paired resample by resample.
 
@@ -21,7 +21,7 @@ value and moves the interval against it; ratios are clipped to [0, 100] %.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -30,15 +30,14 @@ from tqdm import tqdm
 
 from . import store
 from .errors import ArtifactError, ConfigError
-from .segmentations import ShardSegmentations
 from .tally import (
     CATEGORIES,
     COUNT_KEYS,
     IMAGE_RECORDS,
     N_CAT,
     _bits_to_matrix,
+    _check_denominator,
     best_concepts,
-    count_file,
     iou,
     merge_counts,
     read_counts,
@@ -58,17 +57,18 @@ def resample_weights(n_images: int, resamples: int, seed: int) -> np.ndarray:
 
 
 class ImageCounts:
-    """The per-image records of a layer's count shards, images numbered across the shards."""
+    """The per-image records of a dissection's count shards, images numbered across the shards."""
 
     def __init__(self, records: Mapping[str, Mapping[str, np.ndarray]], totals: Mapping[str, np.ndarray]):
         self.records = records
         self.label_category = np.asarray(totals["label_category"], np.int64)
         self.n_images = int(totals["n_images"])
         self.n_units, self.n_labels = np.asarray(totals["intersection"]).shape
+        self._scorers: dict[str, _Scorer] = {}
 
     @classmethod
     def from_shards(cls, parts: Sequence[Mapping[str, np.ndarray]]) -> ImageCounts:
-        """`parts`: count_shard outputs with per-image records, in the shards' order."""
+        """`parts`: counts with per-image records (count_shard's or read_counts'), in the shards' order."""
         if not parts:
             raise ArtifactError("no count shards given")
         records = {name: {col: [] for col in cols} for name, cols in IMAGE_RECORDS.items()}
@@ -100,29 +100,16 @@ class ImageCounts:
 
     def counts(self, weights: np.ndarray) -> list[dict[str, np.ndarray]]:
         """Counts (tally's keys) of each row of weights (k, n_images)."""
-        weights = np.asarray(weights, np.int64)
-        if weights.ndim != 2 or weights.shape[1] != self.n_images:
-            raise ArtifactError(f"weights of shape {weights.shape} for {self.n_images} images")
+        weights = self._check_weights(weights)
         u, nl = self.n_units, self.n_labels
         r = self.records
-        inter = _weighted_sums(
-            weights, r["intersection"]["image"], r["intersection"]["unit"] * nl + r["intersection"]["label"],
+        inter = _WeightedSums(
+            r["intersection"]["image"], r["intersection"]["unit"] * nl + r["intersection"]["label"],
             r["intersection"]["count"], u * nl,
-        )  # fmt: skip
-        area = _weighted_sums(weights, r["label_area"]["image"], r["label_area"]["label"], r["label_area"]["area"], nl)
-        act = r["activation"]
-        size = _weighted_sums(weights, act["image"], act["unit"], act["size"], u)
-        inside = _bits_to_matrix(act["inside"])  # (records, N_CAT)
-        cells = (act["unit"][:, None] * N_CAT + np.arange(N_CAT)).ravel()
-        lite = _weighted_sums(
-            weights, np.repeat(act["image"], N_CAT), cells, (act["size"][:, None] * inside).ravel(), u * N_CAT
-        )
-        image_bits = np.zeros(self.n_images, np.int64)
-        image_bits[r["image_categories"]["image"]] = r["image_categories"]["bits"]
-        annotated = _bits_to_matrix(image_bits[act["image"]].astype(np.uint8))
-        original = _weighted_sums(
-            weights, np.repeat(act["image"], N_CAT), cells, (act["size"][:, None] * annotated).ravel(), u * N_CAT
-        )
+        )(weights)  # fmt: skip
+        area = self._area_sums()(weights)
+        size = _WeightedSums(r["activation"]["image"], r["activation"]["unit"], r["activation"]["size"], u)(weights)
+        lite, original = self._activation_sums("lite")(weights), self._activation_sums("original")(weights)
         return [
             {
                 "intersection": inter[k].reshape(u, nl),
@@ -136,20 +123,115 @@ class ImageCounts:
             for k in range(len(weights))
         ]
 
+    def detectors(self, weights: np.ndarray, denominator: str, iou_threshold: float) -> np.ndarray:
+        """(k, N_CAT + 1) int64: `detectors` of each row of weights, columns DETECTOR_COLUMNS.
 
-def _weighted_sums(weights: np.ndarray, image: np.ndarray, cell: np.ndarray, value: np.ndarray, n_cells: int):
-    """(k, n_cells) int64: sum over records of weights[:, image]·value, per cell."""
-    out = np.zeros((len(weights), n_cells), np.int64)
-    if image.size == 0:
+        The same numbers as `detectors(counts)[...]` of `counts(weights)`, computed only on the
+        (unit, label) cells that some image's records intersect: elsewhere the IoU is 0, which
+        never raises a unit's best IoU above 0.
+        """
+        weights = self._check_weights(weights)
+        if denominator not in self._scorers:
+            self._scorers[denominator] = _Scorer(self, denominator)
+        scorer = self._scorers[denominator]
+        out = np.empty((len(weights), N_CAT + 1), np.int64)
+        step = max(1, CHUNK_ELEMENTS // max(1, scorer.n_records))
+        for lo in range(0, len(weights), step):
+            out[lo : lo + step] = scorer(weights[lo : lo + step], float(iou_threshold))
         return out
-    order = np.argsort(cell, kind="stable")
-    image, cell, value = image[order], cell[order], value[order]
-    starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]])
-    step = max(1, CHUNK_ELEMENTS // image.size)
-    for lo in range(0, len(weights), step):
-        products = weights[lo : lo + step, image] * value  # exact: int64
-        out[lo : lo + step, cell[starts]] = np.add.reduceat(products, starts, axis=1)
-    return out
+
+    def _check_weights(self, weights: np.ndarray) -> np.ndarray:
+        weights = np.asarray(weights, np.int64)
+        if weights.ndim != 2 or weights.shape[1] != self.n_images:
+            raise ArtifactError(f"weights of shape {weights.shape} for {self.n_images} images")
+        return weights
+
+    def _area_sums(self) -> _WeightedSums:
+        r = self.records["label_area"]
+        return _WeightedSums(r["image"], r["label"], r["area"], self.n_labels)
+
+    def _activation_sums(self, denominator: str) -> _WeightedSums:
+        """Mask sizes per (unit, category): where a label of the category lies inside the mask
+        (lite) or where the category is annotated in the image (original)."""
+        act = self.records["activation"]
+        if denominator == "lite":
+            bits = act["inside"]
+        else:
+            image_bits = np.zeros(self.n_images, np.int64)
+            image_bits[self.records["image_categories"]["image"]] = self.records["image_categories"]["bits"]
+            bits = image_bits[act["image"]]
+        inside = _bits_to_matrix(np.asarray(bits).astype(np.uint8))  # (records, N_CAT)
+        cells = (act["unit"][:, None] * N_CAT + np.arange(N_CAT)).ravel()
+        value = (act["size"][:, None] * inside).ravel()
+        return _WeightedSums(np.repeat(act["image"], N_CAT), cells, value, self.n_units * N_CAT)
+
+
+class _WeightedSums:
+    """sum over records of weights[:, image]·value per cell, for any weights (k, n_images);
+    the records are sorted by cell once."""
+
+    def __init__(self, image: np.ndarray, cell: np.ndarray, value: np.ndarray, n_cells: int):
+        order = np.argsort(cell, kind="stable")
+        self.image, self.value = np.asarray(image)[order], np.asarray(value, np.int64)[order]
+        cell = np.asarray(cell, np.int64)[order]
+        self.starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]]) if cell.size else cell
+        self.cells = cell[self.starts]  # the distinct cells, ascending
+        self.n_cells = n_cells
+
+    def compact(self, weights: np.ndarray) -> np.ndarray:
+        """(k, len(self.cells)): the sums of the cells that have records."""
+        if self.image.size == 0:
+            return np.zeros((len(weights), 0), np.int64)
+        return np.add.reduceat(weights[:, self.image] * self.value, self.starts, axis=1)  # exact: int64
+
+    def __call__(self, weights: np.ndarray) -> np.ndarray:
+        """(k, n_cells): every cell, 0 where no record falls."""
+        out = np.zeros((len(weights), self.n_cells), np.int64)
+        step = max(1, CHUNK_ELEMENTS // max(1, self.image.size))
+        for lo in range(0, len(weights), step):
+            out[lo : lo + step, self.cells] = self.compact(weights[lo : lo + step])
+        return out
+
+
+class _Scorer:
+    """Detectors per category of resampled counts, from the IoU of the intersected cells only."""
+
+    def __init__(self, image_counts: ImageCounts, denominator: str):
+        _check_denominator(denominator)
+        nl = image_counts.n_labels
+        cat = image_counts.label_category
+        r = image_counts.records["intersection"]
+        label = np.asarray(r["label"], np.int64)
+        scored = (label > 0) & (cat[label] >= 0)  # label 0 and labels without a category score 0
+        unit, label = np.asarray(r["unit"], np.int64)[scored], label[scored]
+        # Cells ordered by (unit, category, label): each (unit, category) group is contiguous.
+        group = unit * N_CAT + cat[label]
+        self.inter = _WeightedSums(r["image"][scored], group * nl + label, r["count"][scored], 0)
+        cells = self.inter.cells
+        self.label, self.group = cells % nl, cells // nl
+        self.group_starts = np.flatnonzero(np.r_[True, self.group[1:] != self.group[:-1]]) if cells.size else cells
+        self.groups = self.group[self.group_starts]
+        self.area = image_counts._area_sums()
+        self.activation = image_counts._activation_sums(denominator)
+        self.n_units = image_counts.n_units
+        self.n_records = self.inter.image.size + self.activation.image.size
+
+    def __call__(self, weights: np.ndarray, iou_threshold: float) -> np.ndarray:
+        k = len(weights)
+        score = np.zeros((k, self.n_units * N_CAT), np.float64)
+        if self.label.size:
+            inter = self.inter.compact(weights)
+            union = self.activation(weights)[:, self.group] + self.area(weights)[:, self.label] - inter
+            # inter > 0 implies union >= inter > 0; where inter == 0 the IoU is 0.
+            iou_cells = np.divide(inter, union, out=np.zeros(inter.shape, np.float64), where=inter > 0)
+            score[:, self.groups] = np.maximum.reduceat(iou_cells, self.group_starts, axis=1)
+        score = score.reshape(k, self.n_units, N_CAT)
+        # The best category of a unit, ties to the last category (tally._best_overall).
+        ci = N_CAT - 1 - score[:, :, ::-1].argmax(axis=2)
+        top = np.take_along_axis(score, ci[:, :, None], axis=2)[:, :, 0]
+        is_det = top > iou_threshold
+        per_cat = np.stack([np.sum(is_det & (ci == c), axis=1) for c in range(N_CAT)], axis=1)
+        return np.concatenate([per_cat, is_det.sum(axis=1)[:, None]], axis=1).astype(np.int64)
 
 
 def detectors(counts: Mapping[str, np.ndarray], denominator: str, iou_threshold: float) -> dict[str, int]:
@@ -172,22 +254,15 @@ def bootstrap_detectors(
 ) -> pd.DataFrame:
     """One row per resample: resample (1-based), units, and the detectors of each category and in all."""
     weights = resample_weights(image_counts.n_images, resamples, seed)
-    rows = []
-    for first, counts in _chunks(image_counts, weights, progress):
-        for k, c in enumerate(counts):
-            rows.append(
-                {"resample": first + k + 1, "units": image_counts.n_units, **detectors(c, denominator, iou_threshold)}
-            )
-    return pd.DataFrame(rows, columns=["resample", "units", *DETECTOR_COLUMNS])
-
-
-def _chunks(image_counts: ImageCounts, weights: np.ndarray, progress: bool) -> Iterator[tuple[int, list]]:
-    step = 16
+    step = 100
     starts = range(0, len(weights), step)
     if progress:
         starts = tqdm(starts, desc="bootstrap", unit=f"×{step} resamples", disable=None)
-    for lo in starts:
-        yield lo, image_counts.counts(weights[lo : lo + step])
+    parts = [image_counts.detectors(weights[lo : lo + step], denominator, iou_threshold) for lo in starts]
+    frame = pd.DataFrame(np.concatenate(parts), columns=list(DETECTOR_COLUMNS))
+    frame.insert(0, "units", image_counts.n_units)
+    frame.insert(0, "resample", np.arange(1, len(weights) + 1))
+    return frame
 
 
 def percentile_interval(values: np.ndarray, level: float) -> tuple[float, float]:
@@ -216,55 +291,47 @@ def basic_interval(
 def write_bootstrap(
     out: str | os.PathLike,
     *,
-    activation_paths: Sequence[str | os.PathLike],
-    thresholds_path: str | os.PathLike,
     count_paths: Sequence[str | os.PathLike],
-    segmentation_paths: Sequence[str | os.PathLike] | None,
     identity: Mapping[str, Any],
-    threshold_identity: Mapping[str, Any],
+    dissections: Sequence[Mapping[str, str]],
     resamples: int,
     seed: int,
     denominator: str,
     iou_threshold: float,
-    dataset: Any = None,
 ) -> None:
-    """Recount a layer's activation shards image by image and write the resamples' detector counts.
+    """Resample every dissection of an image set from its count shards' per-image records; write
+    one table with a row per (mode, layer, resample).
 
-    `identity`: dataset/model/attack/mode/layer of the counts; the activation shards carry the
-    same without mode, plus their shard number. The recount must equal the stored counts. The
-    segmentations come from the shards' segmentations files, or from `dataset` when given.
+    `identity`: dataset, model and attack of the count shards (numbered 0, 1, ... in order);
+    `dissections`: {mode, layer} of each dissection. The records must add up to each shard's
+    stored counts (`ImageCounts.check`).
     """
-    if len(activation_paths) != len(count_paths) or not count_paths:
-        raise ArtifactError(f"{len(activation_paths)} activation shards for {len(count_paths)} count shards")
-    if dataset is None and len(segmentation_paths or ()) != len(count_paths):
-        raise ArtifactError(f"{len(segmentation_paths or ())} segmentation shards for {len(count_paths)} count shards")
-    expect = {k: v for k, v in identity.items() if k != "mode"}
-    parts = []
-    for shard, (acts_path, counts_path) in enumerate(zip(activation_paths, count_paths)):
-        segs = dataset
-        if segs is None:
-            segs = ShardSegmentations(segmentation_paths[shard], {"dataset": identity["dataset"], "shard": shard})
-        counts, _ = count_file(
-            acts_path,
-            thresholds_path,
-            segs,
-            expect_activations=dict(expect, shard=shard),
-            expect_thresholds=threshold_identity,
-            per_image=True,
-        )
-        stored = read_counts(counts_path, dict(identity, shard=shard))
-        for key in COUNT_KEYS:
-            if not np.array_equal(counts[key], stored[key]):
-                raise ArtifactError(f"{counts_path}: {key} differs from a recount of {acts_path}; re-run its count job")
-        parts.append(counts)
-    image_counts = ImageCounts.from_shards(parts)
-    frame = bootstrap_detectors(image_counts, resamples, seed, denominator, iou_threshold, progress=True)
-    store.write_csv(out, frame)
+    if not count_paths:
+        raise ArtifactError(f"{out}: no count shards")
+    if not dissections:
+        raise ArtifactError(f"{out}: no dissections to resample")
+    frames = []
+    for d in dissections:
+        parts = [
+            read_counts(p, dict(identity, mode=d["mode"], layer=d["layer"], shard=shard), per_image=True)
+            for shard, p in enumerate(count_paths)
+        ]
+        frame = bootstrap_detectors(ImageCounts.from_shards(parts), resamples, seed, denominator, iou_threshold)
+        frame.insert(0, "layer", d["layer"])
+        frame.insert(0, "mode", d["mode"])
+        frames.append(frame)
+    store.write_csv(out, pd.concat(frames, ignore_index=True))
 
 
-def read_bootstrap(path: str | os.PathLike) -> pd.DataFrame:
+def read_bootstrap(path: str | os.PathLike, mode: str | None = None, layer: str | None = None) -> pd.DataFrame:
+    """A bootstrap table, or its rows of one dissection (mode and layer) in resample order."""
     frame = pd.read_csv(path)
-    missing = [c for c in ("resample", "units", *DETECTOR_COLUMNS) if c not in frame.columns]
+    missing = [c for c in ("mode", "layer", "resample", "units", *DETECTOR_COLUMNS) if c not in frame.columns]
     if missing:
         raise ArtifactError(f"{path}: not a bootstrap table (missing {', '.join(missing)})")
-    return frame
+    if mode is None and layer is None:
+        return frame
+    rows = frame[(frame["mode"] == mode) & (frame["layer"] == layer)].reset_index(drop=True)
+    if rows.empty:
+        raise ArtifactError(f"{path}: holds no resamples of {mode}/{layer}; delete it and re-run")
+    return rows

@@ -276,8 +276,10 @@ def table2_rows(units: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def _resampled_percent(path: PathLike, category: str) -> np.ndarray:
-    frame = read_bootstrap(path)
+def _resampled_percent(entry: Mapping[str, Any], category: str) -> np.ndarray:
+    # The clean set is dissected once, with its own thresholds: mode 'clean' is its 'self' run.
+    mode = "self" if is_clean_entry(entry) else entry["mode"]
+    frame = read_bootstrap(entry["bootstrap"], mode=mode, layer=entry["layer"])
     return 100.0 * frame[category].to_numpy(np.float64) / frame["units"].to_numpy(np.float64)
 
 
@@ -296,7 +298,7 @@ def table2(entries: Sequence[Mapping[str, Any]], level: float = 0.95) -> pd.Data
         for r in table2_rows(units):
             lo = hi = float("nan")
             if e.get("bootstrap"):
-                resampled = _resampled_percent(e["bootstrap"], r["category"])
+                resampled = _resampled_percent(e, r["category"])
                 lo, hi = basic_interval(r["ratio_percent"], resampled, level, bounds=(0.0, 100.0))
             r.update(ci_low_percent=lo, ci_high_percent=hi)
             rows.append(
@@ -394,7 +396,7 @@ def attack_effects(entries: Sequence[Mapping[str, Any]], level: float = 0.95) ->
         attacked, reference = read_units(e["path"]), read_units(base["path"])
         for r_att, r_ref in zip(table2_rows(attacked), table2_rows(reference)):
             category = r_att["category"]
-            diff = _resampled_percent(e["bootstrap"], category) - _resampled_percent(base["bootstrap"], category)
+            diff = _resampled_percent(e, category) - _resampled_percent(base, category)
             point = r_att["ratio_percent"] - r_ref["ratio_percent"]
             lo, hi = basic_interval(point, diff, level)
             rows.append(

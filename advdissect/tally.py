@@ -423,18 +423,31 @@ def counts_group(mode: str, layer: str) -> str:
     return f"{mode}/{layer}"
 
 
-def read_counts(path: str | os.PathLike, expect: Mapping[str, Any]) -> dict[str, np.ndarray]:
+def _record_dtype(column: str) -> type:
+    """Stored per-image record columns: category bits in a byte, the rest int32 (an image's
+    pixel counts, unit and label numbers and a shard's image positions all fit)."""
+    return np.uint8 if column in ("inside", "bits") else np.int32
+
+
+def record_keys() -> list[str]:
+    """The per-image record arrays of a dissection, as "per_image/<record>/<column>"."""
+    return [f"per_image/{name}/{col}" for name, cols in IMAGE_RECORDS.items() for col in cols]
+
+
+def read_counts(path: str | os.PathLike, expect: Mapping[str, Any], per_image: bool = False) -> dict[str, np.ndarray]:
     """The counts of dissection (`expect["mode"]`, `expect["layer"]`) in a counts file; the other
-    keys of `expect` are checked against the file's identity."""
+    keys of `expect` are checked against the file's identity. With `per_image`, also its
+    per-image records (written when the count job was asked for them)."""
     want = dict(expect)
     group = counts_group(want.pop("mode"), want.pop("layer"))
+    keys = list(store.COUNTS) + (record_keys() if per_image else [])
     with store.open_h5(path, "counts", expect=want) as f:
         if group not in f:
             raise ArtifactError(f"{path}: holds no counts of {group}; delete it and re-run")
-        missing = [k for k in store.COUNTS if k not in f[group]]
+        missing = [k for k in keys if k not in f[group]]
         if missing:
             raise ArtifactError(f"{path}: counts {group} without {', '.join(missing)}; delete it and re-run")
-        out = {k: f[group][k][()] for k in store.COUNTS}
+        out = {k: f[group][k][()] for k in keys}
         out["n_images"] = np.array(store.read_attrs(f).get("n_images", 0), np.int64)
     return out
 
@@ -489,9 +502,11 @@ def write_shard_counts(
     dissections: Sequence[Mapping[str, Any]],
     identity: Mapping[str, Any],
     dataset: Any = None,
+    per_image: bool = False,
 ) -> None:
     """Count one activations shard against its rows' segmentations for every dissection of its
-    image set; write kind "counts" with one group per dissection.
+    image set; write kind "counts" with one group per dissection, and with `per_image` each
+    dissection's per-image records too (what the bootstrap resamples).
 
     identity: dataset, model, attack, shard (the activations file's identity).
     dissections: one mapping per (mode, layer): mode, layer, thresholds (path) and
@@ -517,9 +532,12 @@ def write_shard_counts(
             expect_activations=dict(identity, layer=d["layer"]),
             expect_thresholds=d["threshold_identity"],
             segmentations=segs,
+            per_image=per_image,
         )
         group = counts_group(d["mode"], d["layer"])
         arrays.update({f"{group}/{k}": counts[k] for k in store.COUNTS})
+        if per_image:
+            arrays.update({f"{group}/{k}": counts[k].astype(_record_dtype(k.rsplit("/", 1)[1])) for k in record_keys()})
         quantiles[group] = t_attrs.get("quantile")
         n_images = int(counts["n_images"])
     attrs = dict(

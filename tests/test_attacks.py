@@ -22,8 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from advdissect import attacks
+from advdissect.attack_stats import attack_statistics
 from advdissect.attacks import (
-    attack_statistics,
     bim,
     fgsm,
     image_generator,

@@ -14,6 +14,7 @@ from advdissect.bootstrap import (
     bootstrap_detectors,
     detectors,
     percentile_interval,
+    read_bootstrap,
     resample_weights,
     write_bootstrap,
 )
@@ -139,60 +140,91 @@ def test_counts_without_records_are_refused(tmp_path):
         ImageCounts.from_shards([])
 
 
-def test_write_bootstrap_recounts_the_shards(tmp_path):
+@pytest.mark.parametrize("seed", range(6))
+@pytest.mark.parametrize("denominator", ["lite", "original"])
+def test_resample_detectors_equal_scoring_each_resample_in_full(seed, denominator):
+    """The sparse scorer against the dense reference: counts(weights), then detectors(counts)."""
+    acts, thresholds, segs = random_shard(seed, n=11, c=9)
+    parts = [counted(acts[:6], thresholds, segs[:6]), counted(acts[6:], thresholds, segs[6:])]
+    image_counts = ImageCounts.from_shards(parts)
+    weights = resample_weights(len(segs), 40, seed)
+    for cut in (0.0, 0.05, 0.2):
+        got = image_counts.detectors(weights, denominator, cut)
+        want = [[detectors(c, denominator, cut)[k] for k in DETECTOR_COLUMNS] for c in image_counts.counts(weights)]
+        np.testing.assert_array_equal(got, np.array(want))
 
-    acts, thresholds, segs = random_shard(7, n=9)
+
+def write_count_shards(tmp_path, acts, segs, thresholds, bounds, per_image=True):
+    """Count files of shards [a, b) for dissections clean/l and self/l, as the count jobs write them."""
     dataset = FakeDataset(segs)
-    identity = {"dataset": "d", "model": "m", "attack": "fgsm_8", "mode": "clean", "layer": "l"}
-    t_identity = {"dataset": "d", "model": "m", "attack": "clean", "layer": "l"}
-    store.write_h5(tmp_path / "t.h5", "thresholds", t_identity, {"thresholds": thresholds})
-    acts_paths, count_paths = [], []
-    for shard, (a, b) in enumerate(((0, 5), (5, 9))):
-        a_identity = dict(identity, shard=shard)
-        del a_identity["mode"]
-        rows = np.arange(a, b)
+    identity = {"dataset": "d", "model": "m", "attack": "fgsm_8"}
+    dissections = []
+    for mode, attack in (("clean", "clean"), ("self", "fgsm_8")):
+        t_identity = {"dataset": "d", "model": "m", "attack": attack, "layer": "l"}
+        store.write_h5(tmp_path / f"t_{mode}.h5", "thresholds", t_identity, {"thresholds": thresholds[mode]})
+        dissections.append(
+            {"mode": mode, "layer": "l", "thresholds": tmp_path / f"t_{mode}.h5", "threshold_identity": t_identity}
+        )
+    paths = []
+    for shard, (a, b) in enumerate(bounds):
+        shard_identity = dict(identity, shard=shard)
         store.write_h5(
             tmp_path / f"a{shard}.h5",
             "activations",
-            a_identity,
-            {store.layer_key(a_identity["layer"]): acts[a:b], "rows": rows},
+            shard_identity,
+            {store.layer_key("l"): acts[a:b], "rows": np.arange(a, b)},
         )
         write_shard_counts(
             tmp_path / f"c{shard}.h5",
             activations_path=tmp_path / f"a{shard}.h5",
-            dissections=[
-                {"mode": "clean", "layer": "l", "thresholds": tmp_path / "t.h5", "threshold_identity": t_identity}
-            ],
+            dissections=dissections,
             segmentations_path=None,
-            identity={k: v for k, v in a_identity.items() if k != "layer"},
+            identity=shard_identity,
             dataset=dataset,
+            per_image=per_image,
         )
-        acts_paths.append(tmp_path / f"a{shard}.h5")
-        count_paths.append(tmp_path / f"c{shard}.h5")
+        paths.append(tmp_path / f"c{shard}.h5")
+    return paths, identity
+
+
+def test_write_bootstrap_resamples_the_count_shards_records(tmp_path):
+    acts, thresholds, segs = random_shard(7, n=9)
+    both = {"self": thresholds, "clean": thresholds - 0.25}
+    paths, identity = write_count_shards(tmp_path, acts, segs, both, ((0, 5), (5, 9)))
     kwargs = dict(
-        activation_paths=acts_paths,
-        thresholds_path=tmp_path / "t.h5",
-        count_paths=count_paths,
-        segmentation_paths=None,
+        count_paths=paths,
         identity=identity,
-        threshold_identity=t_identity,
+        dissections=[{"mode": "self", "layer": "l"}, {"mode": "clean", "layer": "l"}],
         resamples=6,
         seed=1,
         denominator="lite",
         iou_threshold=0.05,
-        dataset=dataset,
     )
     write_bootstrap(tmp_path / "boot.csv", **kwargs)
-    whole = ImageCounts.from_shards([counted(acts, thresholds, segs)])
-    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "boot.csv"), bootstrap_detectors(whole, 6, 1, "lite", 0.05))
-    # counts that no longer match their activations are refused
-    store.write_h5(
-        tmp_path / "a1.h5", "activations", dict(t_identity, attack="fgsm_8", shard=1),
-        {store.layer_key(t_identity["layer"]): acts[5:9] + 1.0, "rows": np.arange(5, 9)},
-    )  # fmt: skip
-    with pytest.raises(ArtifactError, match="differs from a recount"):
-        write_bootstrap(tmp_path / "boot2.csv", **kwargs)
+    table = pd.read_csv(tmp_path / "boot.csv")
+    assert list(table.columns) == ["mode", "layer", "resample", "units", *DETECTOR_COLUMNS]
+    for mode in ("self", "clean"):
+        whole = ImageCounts.from_shards([counted(acts, both[mode], segs)])
+        want = bootstrap_detectors(whole, 6, 1, "lite", 0.05)
+        got = read_bootstrap(tmp_path / "boot.csv", mode=mode, layer="l")
+        assert (got["mode"] == mode).all() and (got["layer"] == "l").all()
+        pd.testing.assert_frame_equal(got.drop(columns=["mode", "layer"]), want)
+    with pytest.raises(ArtifactError, match="no resamples of self/l2"):
+        read_bootstrap(tmp_path / "boot.csv", mode="self", layer="l2")
+
+    # counts written without records (the bootstrap was off) are refused, naming the file
+    plain, _ = write_count_shards(tmp_path / "plain", acts, segs, both, ((0, 9),), per_image=False)
+    with pytest.raises(ArtifactError, match="without per_image/intersection/image"):
+        write_bootstrap(tmp_path / "boot2.csv", **dict(kwargs, count_paths=plain))
     assert not (tmp_path / "boot2.csv").exists()
+
+
+def test_records_that_do_not_add_up_are_refused():
+    acts, thresholds, segs = random_shard(8)
+    part = counted(acts, thresholds, segs)
+    part["per_image/intersection/count"] = part["per_image/intersection/count"] + 1
+    with pytest.raises(ArtifactError, match="do not add up to the counts' intersection"):
+        ImageCounts.from_shards([part])
 
 
 class FakeDataset:

@@ -392,13 +392,19 @@ def test_table_categories_are_the_broden_categories():
     assert set(tables.CATEGORY_ORDER) == set(broden.CATEGORIES)
 
 
-def write_bootstrap_table(path, all_detectors, object_detectors, units=5):
-    frame = pd.DataFrame({"resample": np.arange(1, len(all_detectors) + 1), "units": units})
-    for category in ("color", "object", "part", "material", "scene", "texture"):
-        frame[category] = 0
-    frame["object"] = object_detectors
-    frame["all"] = all_detectors
-    frame.to_csv(path, index=False)
+def write_bootstrap_table(path, dissections, units=5):
+    """A bootstrap table of an image set: dissections maps (mode, layer) to (all, object) per resample."""
+    frames = []
+    for (mode, layer), (all_detectors, object_detectors) in dissections.items():
+        frame = pd.DataFrame({"resample": np.arange(1, len(all_detectors) + 1), "units": units})
+        for category in ("color", "object", "part", "material", "scene", "texture"):
+            frame[category] = 0
+        frame["object"] = object_detectors
+        frame["all"] = all_detectors
+        frame.insert(0, "layer", layer)
+        frame.insert(0, "mode", mode)
+        frames.append(frame)
+    pd.concat(frames).to_csv(path, index=False)
     return str(path)
 
 
@@ -408,9 +414,17 @@ def test_intervals_and_paired_attack_effects(entries, tmp_path):
     # the attack removes exactly one detector in every resample: its paired interval is [-20, -20]
     # although the two sets' own intervals overlap
     attack_all = clean_all - 1
-    entries[0]["bootstrap"] = write_bootstrap_table(tmp_path / "b0.csv", clean_all, clean_all // 2)
-    entries[1]["bootstrap"] = write_bootstrap_table(tmp_path / "b1.csv", attack_all, clean_all // 2)
-    entries[2]["bootstrap"] = write_bootstrap_table(tmp_path / "b2.csv", rng.integers(0, 6, 200), clean_all // 2)
+    entries[0]["bootstrap"] = write_bootstrap_table(
+        tmp_path / "boot_clean.csv", {("self", "layer3"): (clean_all, clean_all // 2)}
+    )
+    # one table per image set: fgsm_2 under both threshold modes
+    entries[1]["bootstrap"] = entries[2]["bootstrap"] = write_bootstrap_table(
+        tmp_path / "boot_fgsm_2.csv",
+        {
+            ("self", "layer3"): (attack_all, clean_all // 2),
+            ("clean", "layer3"): (rng.integers(0, 6, 200), clean_all // 2),
+        },
+    )
     df = tables.table2(entries, level=0.9)
     r = cell(df, "clean", "self", "all")
     # basic interval around the units table's 60 %: 2·60 − (95th, 5th percentile), within [0, 100]

@@ -474,8 +474,9 @@ def test_intervals_ablation_sweeps_and_browser_in_the_tiny_study(study):
     # rand18 (2 layers, fgsm_2 and noise_2), small18 and small18_atda (layer4, fgsm_2); 2 modes, 7 categories
     assert len(effects) == (2 * 2 + 1 + 1) * 2 * 7
     assert (effects["difference"] == effects["attack_percent"] - effects["clean_percent"]).all()
-    boot = pd.read_csv(study / "results/tiny/rand18/clean/self/bootstrap/layer4.csv")
-    assert len(boot) == 1000 and (boot["units"] == 512).all()
+    boot = pd.read_csv(study / "results/tiny/rand18/clean/bootstrap.csv")  # one table per image set
+    assert boot.groupby(["mode", "layer"]).size().to_dict() == {("self", "layer3"): 1000, ("self", "layer4"): 1000}
+    assert (boot.loc[boot["layer"] == "layer4", "units"] == 512).all()
     ablation = pd.read_csv(summary / "ablation.csv")
     # deepest layers: rand18 layer4 (fgsm_2, noise_2), small18 and small18_atda layer4 (fgsm_2); 2 modes
     assert len(ablation) == 4 * 2 * (1 + 5)

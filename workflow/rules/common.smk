@@ -55,7 +55,7 @@ PATHS = {
     "iou": "results/{dataset}/{model}/{attack}/{mode}/iou/{layer}.h5",
     "tally": "results/{dataset}/{model}/{attack}/{mode}/tally/{layer}.csv",
     "units": "results/{dataset}/{model}/{attack}/{mode}/units/{layer}.csv",
-    "bootstrap": "results/{dataset}/{model}/{attack}/{mode}/bootstrap/{layer}.csv",
+    "bootstrap": "results/{dataset}/{model}/{attack}/bootstrap.csv",
     "ablation": "results/{dataset}/{model}/{attack}/ablation/{layer}.csv",
 }
 
@@ -364,7 +364,7 @@ def bootstrap_paths(items):
     return [
         path(
             "bootstrap",
-            **{k: e[k] for k in ("dataset", "model", "attack", "mode", "layer")},
+            **{k: e[k] for k in ("dataset", "model", "attack")},
         )
         for e in items
     ]

@@ -61,6 +61,7 @@ rule count_shard:
     params:
         identity=identity("dataset", "model", "attack", "shard"),
         dissections=shard_dissections,
+        per_image=BOOTSTRAP["resamples"] > 0,
     script:
         "../scripts/count_shard.py"
 
@@ -89,16 +90,13 @@ rule merge_counts:
 
 rule bootstrap:
     input:
-        activations=per_shard("activations"),
-        thresholds=thresholds_used,
         counts=per_shard("counts"),
-        segmentations=per_shard("segmentations"),
     output:
         table=path("bootstrap"),
     log:
-        "results/logs/bootstrap/{dataset}/{model}/{attack}/{mode}/{layer}.log",
+        "results/logs/bootstrap/{dataset}/{model}/{attack}.log",
     benchmark:
-        "results/benchmarks/bootstrap/{dataset}/{model}/{attack}/{mode}/{layer}.tsv"
+        "results/benchmarks/bootstrap/{dataset}/{model}/{attack}.tsv"
     conda:
         "../../envs/advdissect.yaml"
     params:
@@ -106,7 +104,7 @@ rule bootstrap:
         seed=BOOTSTRAP["seed"],
         denominator=DISSECTION["denominator"],
         iou_threshold=DISSECTION["iou_threshold"],
-        identity=identity("dataset", "model", "attack", "mode", "layer"),
-        threshold_identity=threshold_identity,
+        identity=identity("dataset", "model", "attack"),
+        dissections=shard_dissections,
     script:
         "../scripts/bootstrap.py"

@@ -1,4 +1,4 @@
-"""Rule bootstrap: detector counts of a dissected layer on resamples of its images."""
+"""Rule bootstrap: detector counts of every dissection of an image set on resamples of its images."""
 
 from advdissect.joblog import log_to
 
@@ -9,12 +9,9 @@ from advdissect.bootstrap import write_bootstrap  # noqa: E402
 
 write_bootstrap(
     sm.output.table,
-    activation_paths=list(sm.input.activations),
-    thresholds_path=sm.input.thresholds,
     count_paths=list(sm.input.counts),
-    segmentation_paths=list(sm.input.segmentations),
     identity=dict(sm.params.identity),
-    threshold_identity=dict(sm.params.threshold_identity),
+    dissections=[{"mode": d["mode"], "layer": d["layer"]} for d in sm.params.dissections],
     resamples=int(sm.params.resamples),
     seed=int(sm.params.seed),
     denominator=sm.params.denominator,

@@ -12,4 +12,5 @@ write_shard_counts(
     segmentations_path=snakemake.input.segmentations,  # noqa: F821
     dissections=list(snakemake.params.dissections),  # noqa: F821
     identity=dict(snakemake.params.identity),  # noqa: F821
+    per_image=bool(snakemake.params.per_image),  # noqa: F821
 )
