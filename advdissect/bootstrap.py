@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import scipy.sparse
 from tqdm import tqdm
 
 from . import store
@@ -43,7 +44,7 @@ from .tally import (
     read_counts,
 )
 
-# One resample chunk holds at most this many (resample, record) products.
+# One chunk of resamples holds at most this many (resample, cell) values per array.
 CHUNK_ELEMENTS = 1 << 24
 DETECTOR_COLUMNS = (*CATEGORIES, "all")
 
@@ -82,8 +83,8 @@ class ImageCounts:
                             f"counts without per-image records ({key}); they are written when "
                             "dissection.bootstrap.resamples > 0"
                         )
-                    value = np.asarray(part[key], np.int64)
-                    records[name][col].append(value + offset if col == "image" else value)
+                    value = np.asarray(part[key])  # kept as stored (int32, uint8): a layer's records are many
+                    records[name][col].append(value.astype(np.int64) + offset if col == "image" else value)
             offset += int(part["n_images"])
         joined = {name: {col: np.concatenate(v) for col, v in cols.items()} for name, cols in records.items()}
         totals = merge_counts(parts)
@@ -104,11 +105,12 @@ class ImageCounts:
         u, nl = self.n_units, self.n_labels
         r = self.records
         inter = _WeightedSums(
-            r["intersection"]["image"], r["intersection"]["unit"] * nl + r["intersection"]["label"],
-            r["intersection"]["count"], u * nl,
+            r["intersection"]["image"], r["intersection"]["unit"].astype(np.int64) * nl + r["intersection"]["label"],
+            r["intersection"]["count"], u * nl, self.n_images,
         )(weights)  # fmt: skip
         area = self._area_sums()(weights)
-        size = _WeightedSums(r["activation"]["image"], r["activation"]["unit"], r["activation"]["size"], u)(weights)
+        act = r["activation"]
+        size = _WeightedSums(act["image"], act["unit"], act["size"], u, self.n_images)(weights)
         lite, original = self._activation_sums("lite")(weights), self._activation_sums("original")(weights)
         return [
             {
@@ -135,7 +137,7 @@ class ImageCounts:
             self._scorers[denominator] = _Scorer(self, denominator)
         scorer = self._scorers[denominator]
         out = np.empty((len(weights), N_CAT + 1), np.int64)
-        step = max(1, CHUNK_ELEMENTS // max(1, scorer.n_records))
+        step = max(1, CHUNK_ELEMENTS // max(1, scorer.n_cells))
         for lo in range(0, len(weights), step):
             out[lo : lo + step] = scorer(weights[lo : lo + step], float(iou_threshold))
         return out
@@ -148,7 +150,7 @@ class ImageCounts:
 
     def _area_sums(self) -> _WeightedSums:
         r = self.records["label_area"]
-        return _WeightedSums(r["image"], r["label"], r["area"], self.n_labels)
+        return _WeightedSums(r["image"], r["label"], r["area"], self.n_labels, self.n_images)
 
     def _activation_sums(self, denominator: str) -> _WeightedSums:
         """Mask sizes per (unit, category): where a label of the category lies inside the mask
@@ -161,35 +163,33 @@ class ImageCounts:
             image_bits[self.records["image_categories"]["image"]] = self.records["image_categories"]["bits"]
             bits = image_bits[act["image"]]
         inside = _bits_to_matrix(np.asarray(bits).astype(np.uint8))  # (records, N_CAT)
-        cells = (act["unit"][:, None] * N_CAT + np.arange(N_CAT)).ravel()
-        value = (act["size"][:, None] * inside).ravel()
-        return _WeightedSums(np.repeat(act["image"], N_CAT), cells, value, self.n_units * N_CAT)
+        cells = (act["unit"].astype(np.int64)[:, None] * N_CAT + np.arange(N_CAT)).ravel()
+        value = (act["size"].astype(np.int64)[:, None] * inside).ravel()
+        return _WeightedSums(np.repeat(act["image"], N_CAT), cells, value, self.n_units * N_CAT, self.n_images)
 
 
 class _WeightedSums:
-    """sum over records of weights[:, image]·value per cell, for any weights (k, n_images);
-    the records are sorted by cell once."""
+    """sum over records of weights[:, image]·value per cell, for any weights (k, n_images): a
+    sparse (distinct cells × images) int64 matrix times the weights, exact in integers."""
 
-    def __init__(self, image: np.ndarray, cell: np.ndarray, value: np.ndarray, n_cells: int):
-        order = np.argsort(cell, kind="stable")
-        self.image, self.value = np.asarray(image)[order], np.asarray(value, np.int64)[order]
-        cell = np.asarray(cell, np.int64)[order]
-        self.starts = np.flatnonzero(np.r_[True, cell[1:] != cell[:-1]]) if cell.size else cell
-        self.cells = cell[self.starts]  # the distinct cells, ascending
+    def __init__(self, image: np.ndarray, cell: np.ndarray, value: np.ndarray, n_cells: int, n_images: int):
+        cell = np.asarray(cell, np.int64)
+        self.cells, row = np.unique(cell, return_inverse=True)  # the distinct cells, ascending
+        # Records of the same (cell, image) are summed by the matrix constructor.
+        self.matrix = scipy.sparse.csr_matrix(
+            (np.asarray(value, np.int64), (row.ravel(), np.asarray(image, np.int64))),
+            shape=(len(self.cells), n_images),
+        )
         self.n_cells = n_cells
 
     def compact(self, weights: np.ndarray) -> np.ndarray:
         """(k, len(self.cells)): the sums of the cells that have records."""
-        if self.image.size == 0:
-            return np.zeros((len(weights), 0), np.int64)
-        return np.add.reduceat(weights[:, self.image] * self.value, self.starts, axis=1)  # exact: int64
+        return np.asarray(self.matrix @ weights.T).T
 
     def __call__(self, weights: np.ndarray) -> np.ndarray:
         """(k, n_cells): every cell, 0 where no record falls."""
         out = np.zeros((len(weights), self.n_cells), np.int64)
-        step = max(1, CHUNK_ELEMENTS // max(1, self.image.size))
-        for lo in range(0, len(weights), step):
-            out[lo : lo + step, self.cells] = self.compact(weights[lo : lo + step])
+        out[:, self.cells] = self.compact(weights)
         return out
 
 
@@ -206,7 +206,7 @@ class _Scorer:
         unit, label = np.asarray(r["unit"], np.int64)[scored], label[scored]
         # Cells ordered by (unit, category, label): each (unit, category) group is contiguous.
         group = unit * N_CAT + cat[label]
-        self.inter = _WeightedSums(r["image"][scored], group * nl + label, r["count"][scored], 0)
+        self.inter = _WeightedSums(r["image"][scored], group * nl + label, r["count"][scored], 0, image_counts.n_images)
         cells = self.inter.cells
         self.label, self.group = cells % nl, cells // nl
         self.group_starts = np.flatnonzero(np.r_[True, self.group[1:] != self.group[:-1]]) if cells.size else cells
@@ -214,7 +214,8 @@ class _Scorer:
         self.area = image_counts._area_sums()
         self.activation = image_counts._activation_sums(denominator)
         self.n_units = image_counts.n_units
-        self.n_records = self.inter.image.size + self.activation.image.size
+        # per resample: the intersected cells' sums and IoUs, and every (unit, category) cell
+        self.n_cells = 2 * len(cells) + 2 * self.n_units * N_CAT + image_counts.n_labels
 
     def __call__(self, weights: np.ndarray, iou_threshold: float) -> np.ndarray:
         k = len(weights)

@@ -184,6 +184,26 @@ def page_html(frame: pd.DataFrame, title: str, set_names: Sequence[str], picture
     )
 
 
+def _set_thumbnails(
+    image_set: Mapping[str, Any], ident: Mapping[str, Any], layer: str, unit_ids: Sequence[int], n: int, size: int
+) -> dict[int, list[Image.Image | None]]:
+    """{unit: the thumbnails of its n top images in one image set (None where it has fewer)}."""
+    top = top_activating(image_set["activations"], unit_ids, n, dict(ident, layer=layer))
+    rows = {row for picks in top.values() for row, _ in picks}
+    images = read_rows(image_set["images"], "images", ident, "images", rows)
+    maps = read_rows(image_set["activations"], "activations", ident, store.layer_key(layer), rows)
+    thresholds = read_thresholds(image_set["thresholds"], dict(ident, layer=layer))
+    out = {}
+    for unit in unit_ids:
+        thumbs: list[Image.Image | None] = []
+        for row, _ in top[unit]:
+            image = images[row]
+            mask = unit_mask(maps[row][unit - 1], float(thresholds[unit - 1]), image.shape[-2:])
+            thumbs.append(thumbnail(image, mask, size))
+        out[unit] = thumbs + [None] * (n - len(thumbs))
+    return out
+
+
 def write_browser(
     out_dir: str | os.PathLike,
     *,
@@ -205,30 +225,18 @@ def write_browser(
         raise ArtifactError(f"the unit browser needs the clean set '{clean_attack}' first")
     frame = browser_table({k: tables.read_units(p) for k, p in units.items()}, clean_attack)
     unit_ids = [int(u) for u in frame["unit"]]
-    per_set = []
-    for s in sets:
-        ident = {"dataset": dataset, "model": model, "attack": s["attack"]}
-        top = top_activating(s["activations"], unit_ids, n_images, dict(ident, layer=layer))
-        rows = {row for picks in top.values() for row, _ in picks}
-        images = read_rows(s["images"], "images", ident, "images", rows)
-        maps = read_rows(s["activations"], "activations", ident, store.layer_key(layer), rows)
-        thresholds = read_thresholds(s["thresholds"], dict(ident, layer=layer))
-        per_set.append((top, images, maps, thresholds))
+    # One image set at a time: only its thumbnails are kept, not its images and maps.
+    per_set = [
+        _set_thumbnails(s, dict(dataset=dataset, model=model, attack=s["attack"]), layer, unit_ids, n_images, thumb)
+        for s in sets
+    ]
     out = Path(out_dir)
     pictures = {}
     with store.atomic_dir(out) as tmp:
         (tmp / "units").mkdir()
         for unit in unit_ids:
-            thumbs = []
-            for top, images, maps, thresholds in per_set:
-                row_thumbs: list[Image.Image | None] = []
-                for row, _ in top[unit]:
-                    image = images[row]
-                    mask = unit_mask(maps[row][unit - 1], float(thresholds[unit - 1]), image.shape[-2:])
-                    row_thumbs.append(thumbnail(image, mask, thumb))
-                thumbs.append(row_thumbs + [None] * (n_images - len(row_thumbs)))
             name = f"units/{unit:04d}.jpg"
-            unit_strip(thumbs, thumb).save(tmp / name, format="JPEG", quality=85)
+            unit_strip([thumbs[unit] for thumbs in per_set], thumb).save(tmp / name, format="JPEG", quality=85)
             pictures[unit] = name
         title = f"Unit browser — {dataset} / {model} / {layer}"
         page = page_html(frame, title, [s["attack"] for s in sets], pictures)

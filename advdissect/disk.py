@@ -37,7 +37,19 @@ CHUNK_INDEX = 4096
 CHUNK_OVERHEAD = 32
 # Every array is chunked (Fletcher-32 needs chunks); one in h5py's own chunks adds its index.
 OTHER_CHUNKED = 2100
-KINDS = ("segmentations", "images", "activations", "thresholds", "counts", "iou")
+KINDS = ("segmentations", "images", "activations", "thresholds", "counts", "records", "iou")
+# The per-image records that the count jobs write for the bootstrap (inside the counts files,
+# counted apart: their size depends on the data, not only on the shapes). Per (image, unit) of
+# a dissection: RECORDED_PAIRS records of a unit's mask size (3 int32 and a byte each) and,
+# per such mask, LABELS_PER_MASK records of its intersection with a label (4 int32 each); per
+# image, LABELS_PER_IMAGE label-area records (3 int32) and one byte of annotated categories.
+# The rates are the largest of the demo's models (a random AlexNet's conv2: 0.29 masks per
+# (image, unit), 3.4 labels per mask; trained layers 0.03-0.13), so for those models the
+# estimate is an upper bound; Broden's richer images may hold more labels per mask.
+RECORDED_PAIRS = 0.3
+LABELS_PER_MASK = 3.5
+LABELS_PER_IMAGE = 10
+RECORD_ARRAYS = 11
 # Pixel-level layers (color, object, part layers, material) per image where no index.csv can be
 # read yet: the mean of the 22,210 ADE20K rows of the real broden1_224 index (its richest
 # source), and about what the synthetic generator draws.
@@ -147,6 +159,19 @@ def estimate(config: Mapping) -> pd.DataFrame:
             add("thresholds", dataset, model, 1, _file(8 * c, 1, 0, 1))
             iou = counts[c] + 8 * c * n_labels + 16 * n_labels + 8 * len(CATEGORIES)  # + iou, label and category names
             add("iou", dataset, model, len(modes), len(modes) * _file(iou, 9, 0, 9))
+        if config["dissection"]["bootstrap"]["resamples"] > 0:
+            units = sum(c for c, _, _ in layers)
+            per_pair = RECORDED_PAIRS * (13 + LABELS_PER_MASK * 16)
+            per_image = LABELS_PER_IMAGE * 12 + 1
+            n = sum(shards)
+            size = round(len(modes) * (n * units * per_pair + len(layers) * n * per_image))
+            add(
+                "records",
+                dataset,
+                model,
+                0,
+                size + len(shards) * groups * RECORD_ARRAYS * (ARRAY_OVERHEAD + OTHER_CHUNKED),
+            )
     frame = pd.DataFrame(rows, columns=["kind", "dataset", "model", "files", "bytes"])
     return frame.groupby(["kind", "dataset", "model"], sort=False, as_index=False).sum()
 
@@ -163,14 +188,33 @@ PATTERNS = {
 
 
 def measured(workdir: str | Path) -> pd.DataFrame:
-    """files and bytes per artifact kind that a run's workdir holds now (same shape as by_kind)."""
+    """files and bytes per artifact kind that a run's workdir holds now (same shape as by_kind);
+    the counts files' per-image records are counted as kind "records" (0 files of their own)."""
     rows = []
     for kind, pattern in PATTERNS.items():
         paths = list(Path(workdir).glob(pattern))
         rows.append({"kind": kind, "files": len(paths), "bytes": sum(p.stat().st_size for p in paths)})
+    records = sum(_record_bytes(p) for p in Path(workdir).glob(PATTERNS["counts"]))
+    rows[KINDS.index("counts")]["bytes"] -= records
+    rows.insert(KINDS.index("records"), {"kind": "records", "files": 0, "bytes": records})
     table = pd.DataFrame(rows).set_index("kind")
     table.loc["total"] = table.sum()
     return table
+
+
+def _record_bytes(path: Path) -> int:
+    """Bytes stored for the per-image record arrays of a counts file."""
+    import h5py
+
+    sizes = []
+
+    def visit(name: str, obj) -> None:
+        if isinstance(obj, h5py.Dataset) and "/per_image/" in f"/{name}/":
+            sizes.append(obj.id.get_storage_size() + ARRAY_OVERHEAD + OTHER_CHUNKED)  # + its chunk index, groups
+
+    with h5py.File(path, "r") as f:
+        f.visititems(visit)
+    return sum(sizes)
 
 
 def by_kind(frame: pd.DataFrame) -> pd.DataFrame:

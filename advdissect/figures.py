@@ -286,6 +286,9 @@ class _ShardSet:
             return np.asarray(f[self.dataset][(pos,) + index])
 
 
+TOP_CHUNK = 256  # images read at once when looking for each unit's top images
+
+
 def top_activating(
     activation_paths: Sequence[PathLike], units: Sequence[int], n: int, expect: Mapping[str, Any]
 ) -> dict[int, list[tuple[int, float]]]:
@@ -299,8 +302,12 @@ def top_activating(
             if channels and channels[-1] >= acts.shape[1]:
                 raise ConfigError(f"unit {channels[-1] + 1} does not exist: {p} has {acts.shape[1]} units")
             rows_all.append(np.asarray(f["rows"][:], dtype=np.int64))
-            block = acts[:, channels, :, :] if channels else np.zeros((acts.shape[0], 0, 1, 1))
-            maxima.append(np.asarray(block, dtype=np.float64).max(axis=(2, 3)))
+            # A few images at a time, each image's maximum per unit kept (exact in float32).
+            shard_max = np.zeros((acts.shape[0], len(channels)), np.float32)
+            for lo in range(0, acts.shape[0] if channels else 0, TOP_CHUNK):
+                block = np.asarray(acts[lo : lo + TOP_CHUNK], dtype=np.float32)[:, channels]
+                shard_max[lo : lo + TOP_CHUNK] = block.max(axis=(2, 3))
+            maxima.append(shard_max)
     rows = np.concatenate(rows_all) if rows_all else np.zeros(0, np.int64)
     peak = np.concatenate(maxima) if maxima else np.zeros((0, len(channels)))
     out = {}

@@ -64,7 +64,7 @@ pytestmark = [pytest.mark.workflow, pytest.mark.slurm]
 @dataclass
 class SlurmJob:
     job_id: str
-    rule: str
+    rules: tuple[str, ...]  # the rule of each Snakemake job in the submission (a group job has several)
     name: str  # the run's uuid, Snakemake's --job-name
     state: str
     partition: str
@@ -102,7 +102,7 @@ class Cluster:
             job_id, name, state, partition, gres, start, end = line.strip().split("|")
             jobs[job_id] = SlurmJob(
                 job_id,
-                rule_of(submitted.get(job_id, [])),
+                rules_of(submitted.get(job_id, [])),
                 name,
                 state,
                 partition,
@@ -128,15 +128,16 @@ def parse_time(text: str) -> datetime | None:
         return None
 
 
-def rule_of(sbatch_args: list[str]) -> str:
-    """The rule of a submission: its log goes to .snakemake/slurm_logs/rule_<name>/..."""
-    for flag, value in zip(sbatch_args, sbatch_args[1:]):
-        if flag == "--output":
-            parts = Path(value).parts
-            if "slurm_logs" in parts:
-                part = parts[parts.index("slurm_logs") + 1]
-                return part.removeprefix("rule_")
-    return "?"
+def rules_of(sbatch_args: list[str]) -> tuple[str, ...]:
+    """The rules of a submission's Snakemake jobs, from the `--target-jobs 'rule:wildcards' ...`
+    of the command it wraps: one job, or every member of a group job."""
+    for i, arg in enumerate(sbatch_args):
+        if arg.startswith("--wrap"):
+            value = arg.removeprefix("--wrap=") if arg != "--wrap" else sbatch_args[i + 1]
+            targets = re.search(r"--target-jobs ((?:'[^']*' ?)+)", value)
+            if targets:
+                return tuple(re.findall(r"'(\w+):[^']*'", targets.group(1)))
+    return ("?",)
 
 
 def job_env(**extra: str) -> dict[str, str]:
@@ -188,10 +189,14 @@ def cluster(tmp_path_factory):
         subprocess.run(["bash", str(CLUSTER_SH), "stop", str(state)], timeout=120)
 
 
-def cluster_profile(dest: Path) -> Path:
-    """profiles/slurm with PROFILE_CHANGES and small memory/CPU requests; its directory."""
+def cluster_profile(dest: Path, grouped: bool = True) -> Path:
+    """profiles/slurm with PROFILE_CHANGES and small memory/CPU requests, without its job groups
+    unless `grouped`; its directory."""
     profile = yaml.safe_load(PROFILE.read_text())
     profile.update(PROFILE_CHANGES)
+    if not grouped:
+        for key in ("groups", "group-components"):
+            profile.pop(key, None)
     profile["default-resources"].update(SMALL_RESOURCES)
     for resources in profile.get("set-resources", {}).values():
         resources.update({k: v for k, v in SMALL_RESOURCES.items() if k in resources})
@@ -271,15 +276,17 @@ def run_id(output: str) -> str:
 
 
 def check_every_job_submitted(cluster: Cluster, output: str) -> dict[str, SlurmJob]:
-    """Each non-local job of the run was one sbatch submission that ended COMPLETED."""
+    """Each non-local job of the run went through sbatch, alone or in a group job, and every
+    submission ended COMPLETED."""
     jobs = cluster.jobs(run_id(output))
     local = set(re.findall(r"^localrule (\w+):", output, re.M))
     expected = {rule: n for rule, n in job_stats(output).items() if rule not in local}
     submitted: dict[str, int] = {}
     for job in jobs.values():
-        submitted[job.rule] = submitted.get(job.rule, 0) + 1
+        for rule in job.rules:
+            submitted[rule] = submitted.get(rule, 0) + 1
     assert submitted == expected, f"SLURM jobs per rule {submitted}, Snakemake planned {expected}"
-    not_done = {j.job_id: (j.rule, j.state) for j in jobs.values() if j.state != "COMPLETED"}
+    not_done = {j.job_id: (j.rules, j.state) for j in jobs.values() if j.state != "COMPLETED"}
     assert not not_done, f"SLURM jobs not COMPLETED: {not_done}"
     return jobs
 
@@ -289,15 +296,16 @@ def check_gpu_jobs(
 ) -> str:
     """GPU jobs asked for a GPU in their partition, saw exactly one, and overlapping ones differed
     (`require_overlap`: some did overlap; the toy workflow's sleeping jobs always do)."""
-    gpu_jobs = [j for j in jobs.values() if j.rule in gpu_rules]
+    gpu_jobs = [j for j in jobs.values() if set(j.rules) & set(gpu_rules)]
     assert gpu_jobs, f"no jobs of {gpu_rules} in this run"
     devices = cluster.task_devices()
     seen = {}
     for job in gpu_jobs:
-        assert "gpu" in job.gres, f"job {job.job_id} ({job.rule}) requested no GPU: {job.gres}"
-        assert job.partition == partitions[job.rule], (job.job_id, job.rule, job.partition)
+        assert "gpu" in job.gres, f"job {job.job_id} ({job.rules}) requested no GPU: {job.gres}"
+        for rule in set(job.rules):
+            assert job.partition == partitions[rule], (job.job_id, rule, job.partition)
         got = devices.get(job.job_id, set())
-        why = f"job {job.job_id} ({job.rule}): tasks saw CUDA_VISIBLE_DEVICES {got}, want one of 0, 1"
+        why = f"job {job.job_id} ({job.rules}): tasks saw CUDA_VISIBLE_DEVICES {got}, want one of 0, 1"
         assert len(got) == 1 and got <= {"0", "1"}, why
         seen[job.job_id] = got.pop()
     overlapping = [
@@ -353,6 +361,37 @@ def test_profile_requests_gpus_for_gpu_rules():
         assert resources["slurm_partition"], rule
 
 
+def planned_submissions(output: str) -> dict[str, int]:
+    """Submissions per group (or per rule, for jobs outside a group) in a dry run's output."""
+    out: dict[str, int] = {}
+    for line in output.splitlines():
+        group = re.match(r"\[.*\] Group job (\w+)", line)
+        rule = re.match(r"rule (\w+):", line)  # unindented: a job outside any group
+        name = group.group(1) if group else rule.group(1) if rule else None
+        if name:
+            out[name] = out.get(name, 0) + 1
+    return out
+
+
+def test_paper_study_submits_hundreds_of_jobs(tmp_path):
+    """No cluster needed: the real study planned through profiles/slurm stays under a per-user
+    job cap of 500 submissions."""
+    pytest.importorskip("snakemake_executor_plugin_slurm", reason="no Snakemake slurm executor")
+    args = workflow_args(REPO / "Snakefile", tmp_path, "--configfile", str(REPO / "config" / "paper.yaml"))
+    args += ["--workflow-profile", str(PROFILE.parent)]
+    run = subprocess.run(
+        [sys.executable, "-m", "snakemake", "-n", *args], capture_output=True, text=True, env=job_env(), timeout=600
+    )
+    assert run.returncode == 0, run.stderr[-3000:]
+    output = run.stdout + run.stderr
+    jobs = sum(job_stats(output).values())
+    submissions = planned_submissions(output)
+    total = sum(n for name, n in submissions.items() if name != "all")
+    print(f"paper.yaml: {jobs} jobs in {total} submissions {submissions}")
+    assert jobs > 1000 and total <= 500
+    assert submissions["image_set"] == 384 // 4 and submissions["counts"] == 384 // 8
+
+
 TOY_SNAKEFILE = """
 rule all:
     input: expand("out/gpu{i}.txt", i=range(4))
@@ -375,14 +414,15 @@ def test_toy_workflow_through_slurm(cluster, tmp_path):
     work = tmp_path / "toy"
     work.mkdir()
     (work / "Snakefile").write_text(TOY_SNAKEFILE)
-    profile = cluster_profile(tmp_path / "profile")
+    # one submission per job (no groups), so that the GPU jobs run side by side
+    profile = cluster_profile(tmp_path / "profile", grouped=False)
     args = workflow_args(work / "Snakefile", work, "--workflow-profile", str(profile))
     output = Snakemake("toy on SLURM", args, cluster.env, tmp_path / "snakemake.log").wait(300)
     jobs = check_every_job_submitted(cluster, output)
     print(check_gpu_jobs(cluster, jobs, ("attack_shard",), profile_partitions(["attack_shard"])))
     # what the job's shell saw is what the TaskProlog recorded
     recorded = cluster.task_devices()
-    devices = set().union(*(recorded[j.job_id] for j in jobs.values() if j.rule == "attack_shard"))
+    devices = set().union(*(recorded[j.job_id] for j in jobs.values() if "attack_shard" in j.rules))
     written = {(work / f"out/gpu{i}.txt").read_text().strip() for i in range(4)}
     assert written <= devices <= {"0", "1"}, (written, devices)
 
@@ -453,7 +493,12 @@ def test_tiny_workflow_through_slurm(cluster, tmp_path):
         reference.kill()
 
     jobs = check_every_job_submitted(cluster, output)
-    gpu_rules = sorted({j.rule for j in jobs.values()} & set(GPU_RULES))
+    # the profile's groups: fewer submissions than jobs, and an image set's attack and
+    # activations in one submission
+    members = [j.rules for j in jobs.values()]
+    assert len(members) < sum(map(len, members)), f"no job was grouped: {members}"
+    assert any({"attack_shard", "activations"} <= set(m) for m in members), members
+    gpu_rules = sorted({r for j in jobs.values() for r in j.rules} & set(GPU_RULES))
     assert gpu_rules == sorted(GPU_RULES), f"GPU rules run: {gpu_rules}"
     # whether the study's GPU jobs overlap depends on timing; the toy test makes sure of it
     print(check_gpu_jobs(cluster, jobs, gpu_rules, profile_partitions(gpu_rules), require_overlap=False))
@@ -462,7 +507,7 @@ def test_tiny_workflow_through_slurm(cluster, tmp_path):
     logged = device_log_lines(remote)
     for job_id, value in logged.items():
         assert {value} == devices.get(job_id), (job_id, value, devices.get(job_id))
-    logging_rules = sorted({jobs[j].rule for j in logged if j in jobs})
+    logging_rules = sorted({r for j in logged if j in jobs for r in jobs[j].rules})
     print(f"{len(logged)} job logs name SLURM's CUDA_VISIBLE_DEVICES (rules {logging_rules})")
 
     want, got = result_tables(local), result_tables(remote)
