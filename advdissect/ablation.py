@@ -28,8 +28,8 @@ from torch import nn
 
 from . import store, tables
 from .device import in_batches, is_out_of_memory
-from .errors import ArtifactError, ModelError
-from .models import hook_layer, load_model_spec
+from .errors import ArtifactError
+from .models import layer_outputs, load_model_spec
 from .specs import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -68,9 +68,7 @@ class _Ablate:
         self.masks, self.mean, self.stacked = masks, mean, stacked
         self.variant = 0
 
-    def __call__(self, _module: nn.Module, _inputs: Any, output: Any) -> torch.Tensor:
-        if not isinstance(output, torch.Tensor) or output.ndim != 4:
-            raise ModelError("the ablated layer must return a 4-D feature map (N, C, h, w)")
+    def __call__(self, _layer: str, output: torch.Tensor) -> torch.Tensor:
         mean = self.mean.to(output.dtype)
         if not self.stacked:
             return torch.where(self.masks[self.variant][None, :, None, None], mean[None], output)
@@ -119,7 +117,7 @@ def ablated_predictions(
             hook.variant = k
             out[k, start:stop] = model(x).argmax(1).cpu().numpy()
 
-    with torch.no_grad(), hook_layer(model, layer, hook):
+    with torch.no_grad(), layer_outputs(model, [layer], hook):
         in_batches(n, batch_size, run)
     return out
 

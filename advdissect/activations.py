@@ -9,7 +9,6 @@ out-of-memory the batch is halved and retried.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 from collections.abc import Mapping, Sequence
@@ -22,7 +21,7 @@ from torch import nn
 from . import store
 from .device import in_batches, select_device
 from .errors import ArtifactError, ModelError
-from .models import hook_layer, load_model_spec
+from .models import layer_outputs, load_model_spec
 from .specs import ModelSpec
 
 log = logging.getLogger(__name__)
@@ -67,19 +66,13 @@ def extract_layers(
     device = torch.device(device)
     captured: dict[str, torch.Tensor] = {}
 
-    def hook_for(layer: str):
-        def hook(_module: nn.Module, _inputs: Any, output: Any) -> None:
-            if not isinstance(output, torch.Tensor) or output.ndim != 4:
-                raise ModelError(f"layer {layer!r} does not return a 4-D feature map (N, C, h, w); pick a conv layer")
-            if layer not in captured:
-                last = len(captured) + 1 == len(layers)
-                # A copy unless the pass stops here: it goes on to later layers, and an in-place
-                # op after this one (AlexNet's ReLU(inplace=True)) would overwrite the output.
-                captured[layer] = output.detach().to(dtype=dtype, copy=not last)
-            if len(captured) == len(layers):
-                raise _StopForward
-
-        return hook
+    def keep(layer: str, output: torch.Tensor) -> None:
+        stops_here = len(captured) + 1 == len(layers)
+        # A copy unless the pass stops here: it goes on to later layers, and an in-place
+        # op after this one (AlexNet's ReLU(inplace=True)) would overwrite the output.
+        captured[layer] = output.detach().to(dtype=dtype, copy=not stops_here)
+        if stops_here:
+            raise _StopForward
 
     n = images.shape[0]
     if n == 0:
@@ -108,9 +101,7 @@ def extract_layers(
             out[layer][start:stop].copy_(feats, non_blocking=pinned)
         captured.clear()
 
-    with torch.no_grad(), contextlib.ExitStack() as hooks:
-        for layer in layers:
-            hooks.enter_context(hook_layer(model, layer, hook_for(layer)))
+    with torch.no_grad(), layer_outputs(model, layers, keep):
         in_batches(n, batch_size, run)
     if pinned:
         torch.cuda.synchronize(device)

@@ -73,6 +73,8 @@ class ImageCounts:
         if not parts:
             raise ArtifactError("no count shards given")
         records = {name: {col: [] for col in cols} for name, cols in IMAGE_RECORDS.items()}
+        if sum(int(part["n_images"]) for part in parts) >= 2**31:
+            raise ArtifactError("more than 2**31 images to resample")
         offset = 0
         for part in parts:
             for name, cols in IMAGE_RECORDS.items():
@@ -84,7 +86,9 @@ class ImageCounts:
                             "dissection.bootstrap.resamples > 0"
                         )
                     value = np.asarray(part[key])  # kept as stored (int32, uint8): a layer's records are many
-                    records[name][col].append(value.astype(np.int64) + offset if col == "image" else value)
+                    if col == "image":
+                        value = (value.astype(np.int64) + offset).astype(np.int32)
+                    records[name][col].append(value)
             offset += int(part["n_images"])
         joined = {name: {col: np.concatenate(v) for col, v in cols.items()} for name, cols in records.items()}
         totals = merge_counts(parts)
@@ -94,7 +98,25 @@ class ImageCounts:
 
     def check(self, totals: Mapping[str, np.ndarray]) -> None:
         """The records must add up to the shard totals (all weights 1)."""
-        got = self.counts(np.ones((1, self.n_images), np.int64))[0]
+        u, nl, r = self.n_units, self.n_labels, self.records
+        act = r["activation"]
+        image_bits = np.zeros(self.n_images, np.uint8)
+        image_bits[r["image_categories"]["image"]] = r["image_categories"]["bits"]
+
+        def per_category(bits: np.ndarray) -> np.ndarray:
+            inside = _bits_to_matrix(np.asarray(bits).astype(np.uint8))
+            return np.stack([_sums(act["unit"], act["size"] * inside[:, c], u) for c in range(N_CAT)], axis=1)
+
+        got = {
+            "intersection": _sums(
+                r["intersection"]["unit"].astype(np.int64) * nl + r["intersection"]["label"],
+                r["intersection"]["count"], u * nl,
+            ).reshape(u, nl),
+            "label_area": _sums(r["label_area"]["label"], r["label_area"]["area"], nl),
+            "activation_lite": per_category(act["inside"]),
+            "activation_original": per_category(image_bits[act["image"]]),
+            "activation_total": _sums(act["unit"], act["size"], u),
+        }  # fmt: skip
         for key in COUNT_KEYS:
             if not np.array_equal(got[key], np.asarray(totals[key], np.int64)):
                 raise ArtifactError(f"per-image records do not add up to the counts' {key}")
@@ -168,18 +190,36 @@ class ImageCounts:
         return _WeightedSums(np.repeat(act["image"], N_CAT), cells, value, self.n_units * N_CAT, self.n_images)
 
 
+def _sums(cell: np.ndarray, value: np.ndarray, n_cells: int) -> np.ndarray:
+    """(n_cells,) int64: the sum of `value` per cell."""
+    out = np.zeros(n_cells, np.int64)
+    np.add.at(out, np.asarray(cell, np.int64), np.asarray(value, np.int64))
+    return out
+
+
 class _WeightedSums:
     """sum over records of weights[:, image]·value per cell, for any weights (k, n_images): a
-    sparse (distinct cells × images) int64 matrix times the weights, exact in integers."""
+    sparse (cells with records × images) int64 matrix times the weights, exact in integers.
+
+    The records come grouped by image (count jobs write them image by image, shards in order),
+    so the matrix is built by columns and converted by counting, without sorting int64 keys:
+    at Broden's size a layer has tens of millions of records."""
 
     def __init__(self, image: np.ndarray, cell: np.ndarray, value: np.ndarray, n_cells: int, n_images: int):
-        cell = np.asarray(cell, np.int64)
-        self.cells, row = np.unique(cell, return_inverse=True)  # the distinct cells, ascending
-        # Records of the same (cell, image) are summed by the matrix constructor.
-        self.matrix = scipy.sparse.csr_matrix(
-            (np.asarray(value, np.int64), (row.ravel(), np.asarray(image, np.int64))),
-            shape=(len(self.cells), n_images),
+        image = np.asarray(image)
+        cell, value = np.asarray(cell), np.asarray(value)
+        if image.size and np.any(image[1:] < image[:-1]):
+            order = np.argsort(image, kind="stable")
+            image, cell, value = image[order], cell[order], value[order]
+        index = np.int32 if n_cells < 2**31 else np.int64
+        indptr = np.searchsorted(image, np.arange(n_images + 1))
+        by_image = scipy.sparse.csc_matrix(
+            (value.astype(np.int64), cell.astype(index), indptr), shape=(n_cells, n_images)
         )
+        full = by_image.tocsr()
+        del by_image
+        self.cells = np.flatnonzero(np.diff(full.indptr))  # the cells with records, ascending
+        self.matrix = full[self.cells]
         self.n_cells = n_cells
 
     def compact(self, weights: np.ndarray) -> np.ndarray:
@@ -201,14 +241,17 @@ class _Scorer:
         nl = image_counts.n_labels
         cat = image_counts.label_category
         r = image_counts.records["intersection"]
-        label = np.asarray(r["label"], np.int64)
+        label = np.asarray(r["label"])
         scored = (label > 0) & (cat[label] >= 0)  # label 0 and labels without a category score 0
-        unit, label = np.asarray(r["unit"], np.int64)[scored], label[scored]
-        # Cells ordered by (unit, category, label): each (unit, category) group is contiguous.
-        group = unit * N_CAT + cat[label]
-        self.inter = _WeightedSums(r["image"][scored], group * nl + label, r["count"][scored], 0, image_counts.n_images)
-        cells = self.inter.cells
-        self.label, self.group = cells % nl, cells // nl
+        cell = np.asarray(r["unit"])[scored].astype(np.int64) * nl + label[scored]
+        n_images = image_counts.n_images
+        self.inter = _WeightedSums(r["image"][scored], cell, r["count"][scored], image_counts.n_units * nl, n_images)
+        unit, self.label = np.divmod(self.inter.cells, nl)
+        group = unit * N_CAT + cat[self.label]
+        # The cells reordered so that each (unit, category) group is contiguous.
+        self.order = np.argsort(group, kind="stable")
+        self.label, self.group = self.label[self.order], group[self.order]
+        cells = self.group
         self.group_starts = np.flatnonzero(np.r_[True, self.group[1:] != self.group[:-1]]) if cells.size else cells
         self.groups = self.group[self.group_starts]
         self.area = image_counts._area_sums()
@@ -221,7 +264,7 @@ class _Scorer:
         k = len(weights)
         score = np.zeros((k, self.n_units * N_CAT), np.float64)
         if self.label.size:
-            inter = self.inter.compact(weights)
+            inter = self.inter.compact(weights)[:, self.order]
             union = self.activation(weights)[:, self.group] + self.area(weights)[:, self.label] - inter
             # inter > 0 implies union >= inter > 0; where inter == 0 the IoU is 0.
             iou_cells = np.divide(inter, union, out=np.zeros(inter.shape, np.float64), where=inter > 0)

@@ -3,6 +3,12 @@
 The Snakefile calls `check_config_files` on the raw YAML (duplicate keys), `validate` (schema,
 defaults filled in), then `check_semantics` (cross-references; each attack and training built
 once as a spec, which checks its own values: `specs`).
+
+    python -m advdissect.config config/paper.yaml [more.yaml ...]
+
+runs the same checks on config files as Snakemake would merge them, and names the file, line
+and column of a YAML syntax error or a missing file (Snakemake reads `--configfile` before the
+workflow does, and its own messages name neither).
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .errors import ConfigError
+from .errors import AdvDissectError, ConfigError
 from .specs import AttackSpec, ShardPlan, attack_spec, train_spec
 
 # Broden as published by its authors: 63,305 images in both variants.
@@ -376,3 +382,25 @@ def layer_entries(config: Mapping) -> Iterator[tuple[str, str, str, str, str]]:
         for mode in attack_modes(config, attack):
             for layer in config["models"][model]["layers"]:
                 yield dataset, model, attack, mode, layer
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+    import sys
+
+    parser = argparse.ArgumentParser(description="Check config files as the workflow would, merged in order.")
+    parser.add_argument("configfile", nargs="+", help="config files, merged in order")
+    args = parser.parse_args(argv)
+    schema = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+    try:
+        config = load_config(args.configfile, schema)
+        check_layers(config)
+    except AdvDissectError as exc:
+        print(exc, file=sys.stderr)
+        return 1
+    print(f"config OK: {', '.join(args.configfile)}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -508,6 +508,14 @@ def find_layer(model: nn.Module, layer: str) -> nn.Module:
     raise ModelError(f"layer {layer!r} resolves to {name!r}, which is not a module of the network")
 
 
+def _module_name(model: nn.Module, layer: str) -> str:
+    """The module name that `find_layer` hooks for `layer` (itself, or what its alias stands for)."""
+    roots = [r for r in (getattr(model, "net", None), model) if isinstance(r, nn.Module)]
+    if layer and any(layer in dict(root.named_modules()) for root in roots):
+        return layer
+    return resolve_layer(model, layer)
+
+
 @contextlib.contextmanager
 def hook_layer(model: nn.Module, layer: str, hook: Callable[[nn.Module, Any, Any], Any]) -> Iterator[nn.Module]:
     """Call hook(module, inputs, output) after every forward of `layer` while inside (PyTorch's
@@ -518,6 +526,49 @@ def hook_layer(model: nn.Module, layer: str, hook: Callable[[nn.Module, Any, Any
         yield module
     finally:
         handle.remove()
+
+
+@contextlib.contextmanager
+def layer_outputs(
+    model: nn.Module,
+    layers: Sequence[str],
+    on_output: Callable[[str, torch.Tensor], Any],
+    maps: bool = True,
+) -> Iterator[None]:
+    """Hooks on the named layers that every reader of a layer's output goes through (activations,
+    ablation, captured features), so that they agree on what a layer's output is: the one
+    tensor the layer returns in a forward pass of `model`, an (N, C, h, w) map where `maps`.
+    A layer that runs a second time in the same pass, or returns anything else, raises
+    ModelError. `on_output(layer, output)` is called with it and may return a replacement
+    (PyTorch's forward-hook rule). Hooks are removed on exit, also on errors."""
+    calls: dict[str, int] = {}
+    resolved = {layer: _module_name(model, layer) for layer in dict.fromkeys(layers)}
+
+    def new_pass(_module: nn.Module, _inputs: Any) -> None:
+        calls.clear()
+
+    def hook_for(layer: str, target: str):
+        def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
+            calls[layer] = calls.get(layer, 0) + 1
+            if calls[layer] > 1:
+                raise ModelError(
+                    f"layer {layer!r} ({target}) of {_arch_name(model)} runs {calls[layer]} times in one forward "
+                    "pass, so it has no single output; name the block that contains it, or a module that runs once"
+                )
+            if not isinstance(output, torch.Tensor) or (maps and output.ndim != 4):
+                got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
+                want = "a 4-D feature map (N, C, h, w); pick a convolution or a block" if maps else "a tensor"
+                raise ModelError(f"layer {layer!r} ({target}) of {_arch_name(model)} returns {got}, not {want}")
+            return on_output(layer, output)
+
+        return hook
+
+    with contextlib.ExitStack() as hooks:
+        handle = model.register_forward_pre_hook(new_pass)
+        hooks.callback(handle.remove)
+        for layer, target in resolved.items():
+            hooks.enter_context(hook_layer(model, layer, hook_for(layer, target)))
+        yield
 
 
 def check_layer_names(arch: str, num_classes: int, layers: Sequence[str], where: str = "layers") -> None:
@@ -584,24 +635,17 @@ class LayerCapture:
         self.model = model
         self.layers = list(layers)
         self.resolved = {layer: resolve_layer(model, layer) for layer in self.layers}
-        self._records: dict[str, list[torch.Tensor]] = {}
+        # One hook per module: two names of the same module read the same output.
+        self._names = {target: layer for layer, target in reversed(self.resolved.items())}
+        self._records: dict[str, torch.Tensor] = {}
         self._hooks = contextlib.ExitStack()
 
     def __enter__(self) -> LayerCapture:
-        for target in dict.fromkeys(self.resolved.values()):
-            self._hooks.enter_context(hook_layer(_bare(self.model), target, self._hook(target)))
+        self._hooks.enter_context(layer_outputs(self.model, list(self._names.values()), self._record, maps=False))
         return self
 
-    def _hook(self, target: str):
-        def record(module: nn.Module, inputs: Any, output: Any) -> None:
-            if not isinstance(output, torch.Tensor):
-                raise ModelError(
-                    f"layer {target!r} of {_arch_name(self.model)} returns {type(output).__name__!r}, "
-                    "not a tensor; pick one of its sub-modules"
-                )
-            self._records.setdefault(target, []).append(output.clone())
-
-        return record
+    def _record(self, layer: str, output: torch.Tensor) -> None:
+        self._records[self.resolved[layer]] = output.clone()
 
     def __exit__(self, *exc: Any) -> None:
         self._hooks.close()
@@ -614,17 +658,11 @@ class LayerCapture:
         """{layer as given: output} of the last forward pass."""
         out = {}
         for layer, target in self.resolved.items():
-            calls = self._records.get(target, [])
-            if not calls:
+            if target not in self._records:
                 raise ModelError(
                     f"layer {layer!r} ({target}) of {_arch_name(self.model)} did not run in the forward pass"
                 )
-            if len(calls) > 1:
-                raise ModelError(
-                    f"layer {layer!r} ({target}) of {_arch_name(self.model)} runs {len(calls)} times in one "
-                    "forward pass (a shared module); capture its parent block instead"
-                )
-            out[layer] = calls[0]
+            out[layer] = self._records[target]
         return out
 
 

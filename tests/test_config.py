@@ -318,3 +318,17 @@ def test_a_local_index_without_brodens_header_is_refused_at_planning(tmp_path):
     (root / "index.csv").write_text("\n".join([text[0].replace("sh,sw", "seg_h,seg_w"), *text[1:]]) + "\n")
     with pytest.raises(ConfigError, match=r"datasets\.mine\.path: .*index.csv lacks column\(s\) sh, sw"):
         checked(local_config(root, split="val", n_images=2))
+
+
+def test_config_command_names_the_file_and_line_snakemake_does_not(tmp_path, capsys):
+    """Snakemake reads --configfile before the workflow: `python -m advdissect.config` is where a
+    YAML syntax error or a missing file gets its file and line, in one line."""
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("seed: 0\nmodels: [\n")
+    assert adconfig.main([str(bad)]) == 1
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(bad) in err and "line 3, column 1" in err
+    assert adconfig.main([str(tmp_path / "missing.yaml")]) == 1
+    assert capsys.readouterr().err.strip() == f"config file not found: {tmp_path / 'missing.yaml'}"
+    assert adconfig.main([str(ROOT / "config" / "config.yaml")]) == 0
+    assert capsys.readouterr().out.startswith("config OK")

@@ -602,3 +602,39 @@ def test_layers_that_run_twice_or_are_no_map_are_refused_at_planning():
         ("vgg11", ["last_conv"]),
     ):
         check_layer_names(arch, 16, layers)
+
+
+class _TwiceReLU(torch.nn.Module):
+    """A block whose ReLU runs twice per pass, as ResNet's blocks do."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv2d(3, 3, 3, padding=1)
+        self.relu = torch.nn.ReLU()
+        self.head = torch.nn.Sequential(torch.nn.AdaptiveAvgPool2d(1), torch.nn.Flatten(), torch.nn.Linear(3, 2))
+
+    def forward(self, x):
+        return self.head(self.relu(self.conv(self.relu(x))))
+
+
+def test_every_reader_of_a_layer_refuses_one_that_runs_twice():
+    """Activations, ablation and captured features read layers through one helper, so a module
+    run twice per pass is refused by all three with the same message (and none keeps a hook).
+    Activations stop after the last wanted layer, so they see a second call only before it;
+    the workflow refuses such layers when it plans (check_layer_names)."""
+    from advdissect.ablation import ablated_predictions
+    from advdissect.activations import extract_layers
+
+    model = models.NormalizedModel(_TwiceReLU(), "twice", "none").eval()
+    imgs = np.random.default_rng(0).integers(0, 256, (2, 3, 8, 8), dtype=np.uint8)
+    message = r"layer 'relu' \(relu\) of twice runs 2 times in one forward pass"
+    with pytest.raises(ModelError, match=message):
+        extract_layers(model, imgs, ["relu", "head.0"], 2, "cpu")
+    with pytest.raises(ModelError, match=message):
+        ablated_predictions(model, imgs, "relu", np.ones((1, 3), bool), np.zeros((3, 8, 8)), 2)
+    with pytest.raises(ModelError, match=message), torch.no_grad():
+        capture(model, torch.rand(2, 3, 8, 8), ["relu"])
+    # the same module once per pass is read by all three, and passes do not count against each other
+    assert extract_layers(model, imgs, ["conv"], 1, "cpu")["conv"].shape == (2, 3, 8, 8)
+    assert ablated_predictions(model, imgs, "conv", np.ones((1, 3), bool), np.zeros((3, 8, 8)), 1).shape == (1, 2)
+    assert _no_hooks(model)
