@@ -184,10 +184,10 @@ class ImageCounts:
             image_bits = np.zeros(self.n_images, np.int64)
             image_bits[self.records["image_categories"]["image"]] = self.records["image_categories"]["bits"]
             bits = image_bits[act["image"]]
-        inside = _bits_to_matrix(np.asarray(bits).astype(np.uint8))  # (records, N_CAT)
-        cells = (act["unit"].astype(np.int64)[:, None] * N_CAT + np.arange(N_CAT)).ravel()
-        value = (act["size"].astype(np.int64)[:, None] * inside).ravel()
-        return _WeightedSums(np.repeat(act["image"], N_CAT), cells, value, self.n_units * N_CAT, self.n_images)
+        # One entry per (record, category) whose bit is set: row-major, so still grouped by image.
+        record, category = np.nonzero(_bits_to_matrix(np.asarray(bits).astype(np.uint8)))
+        cells = act["unit"][record].astype(np.int32) * N_CAT + category.astype(np.int32)
+        return _WeightedSums(act["image"][record], cells, act["size"][record], self.n_units * N_CAT, self.n_images)
 
 
 def _sums(cell: np.ndarray, value: np.ndarray, n_cells: int) -> np.ndarray:
