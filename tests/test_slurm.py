@@ -197,6 +197,8 @@ def cluster_profile(dest: Path, grouped: bool = True) -> Path:
     if not grouped:
         for key in ("groups", "group-components"):
             profile.pop(key, None)
+    # a group job must fit this one node: its CPUs and a few of the small jobs' memory
+    profile["resources"] = ["gpu=1", f"cpus_per_task={os.cpu_count() or 1}", f"mem_mb={4 * SMALL_RESOURCES['mem_mb']}"]
     profile["default-resources"].update(SMALL_RESOURCES)
     for resources in profile.get("set-resources", {}).values():
         resources.update({k: v for k, v in SMALL_RESOURCES.items() if k in resources})
