@@ -19,21 +19,11 @@ import time
 import tracemalloc
 
 import numpy as np
+from broden_labels import N_LABELS, label_category  # benchmarks/: run as scripts
 
 from advdissect.bootstrap import ImageCounts, bootstrap_detectors
 from advdissect.disk import LABELS_PER_IMAGE, LABELS_PER_MASK, RECORDED_PAIRS
 from advdissect.tally import N_CAT
-
-N_LABELS = 1198
-# label blocks: color 1-11, object 12-595, part 596-829, material 830-861, scene 862-1150, texture 1151-1197
-BLOCKS = [(1, 12, 0), (12, 596, 1), (596, 830, 2), (830, 862, 3), (862, 1151, 4), (1151, 1198, 5)]
-
-
-def label_category() -> np.ndarray:
-    cat = np.full(N_LABELS, -1, np.int64)
-    for lo, hi, c in BLOCKS:
-        cat[lo:hi] = c
-    return cat
 
 
 def shard_records(rng: np.random.Generator, n: int, units: int, cat: np.ndarray) -> dict[str, np.ndarray]:

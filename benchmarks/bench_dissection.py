@@ -27,23 +27,14 @@ from pathlib import Path
 import numpy as np
 import torch
 import torch.nn.functional as F
+from broden_labels import N_LABELS, label_category  # benchmarks/: run as scripts
 
 from advdissect import store
 from advdissect.activations import extract_activations, extract_layers
 from advdissect.tally import count_shard, counts_group, merge_counts, read_counts
 from advdissect.thresholds import compute_thresholds, threshold_from_top, top_count, top_values
 
-N_LABELS = 1198
 SEG = (112, 112)
-# label blocks: color 1-11, object 12-595, part 596-829, material 830-861, scene 862-1150, texture 1151-1197
-BLOCKS = [(1, 12, 0), (12, 596, 1), (596, 830, 2), (830, 862, 3), (862, 1151, 4), (1151, 1198, 5)]
-
-
-def label_category() -> np.ndarray:
-    cat = np.full(N_LABELS, -1, np.int64)
-    for lo, hi, c in BLOCKS:
-        cat[lo:hi] = c
-    return cat
 
 
 def activations(n: int, c: int = 512, size: int = 7, seed: int = 0) -> np.ndarray:
