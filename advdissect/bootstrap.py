@@ -98,49 +98,25 @@ class ImageCounts:
 
     def check(self, totals: Mapping[str, np.ndarray]) -> None:
         """The records must add up to the shard totals (all weights 1)."""
-        u, nl, r = self.n_units, self.n_labels, self.records
-        act = r["activation"]
-        image_bits = np.zeros(self.n_images, np.uint8)
-        image_bits[r["image_categories"]["image"]] = r["image_categories"]["bits"]
-
-        def per_category(bits: np.ndarray) -> np.ndarray:
-            inside = _bits_to_matrix(np.asarray(bits).astype(np.uint8))
-            return np.stack([_sums(act["unit"], act["size"] * inside[:, c], u) for c in range(N_CAT)], axis=1)
-
-        got = {
-            "intersection": _sums(
-                r["intersection"]["unit"].astype(np.int64) * nl + r["intersection"]["label"],
-                r["intersection"]["count"], u * nl,
-            ).reshape(u, nl),
-            "label_area": _sums(r["label_area"]["label"], r["label_area"]["area"], nl),
-            "activation_lite": per_category(act["inside"]),
-            "activation_original": per_category(image_bits[act["image"]]),
-            "activation_total": _sums(act["unit"], act["size"], u),
-        }  # fmt: skip
         for key in COUNT_KEYS:
-            if not np.array_equal(got[key], np.asarray(totals[key], np.int64)):
+            _, cell, value, n_cells = self._entries(key)
+            got = np.zeros(n_cells, np.int64)
+            np.add.at(got, np.asarray(cell, np.int64), np.asarray(value, np.int64))
+            if not np.array_equal(got, np.asarray(totals[key], np.int64).ravel()):
                 raise ArtifactError(f"per-image records do not add up to the counts' {key}")
 
     def counts(self, weights: np.ndarray) -> list[dict[str, np.ndarray]]:
         """Counts (tally's keys) of each row of weights (k, n_images)."""
         weights = self._check_weights(weights)
-        u, nl = self.n_units, self.n_labels
-        r = self.records
-        inter = _WeightedSums(
-            r["intersection"]["image"], r["intersection"]["unit"].astype(np.int64) * nl + r["intersection"]["label"],
-            r["intersection"]["count"], u * nl, self.n_images,
-        )(weights)  # fmt: skip
-        area = self._area_sums()(weights)
-        act = r["activation"]
-        size = _WeightedSums(act["image"], act["unit"], act["size"], u, self.n_images)(weights)
-        lite, original = self._activation_sums("lite")(weights), self._activation_sums("original")(weights)
+        summed = {key: self.weighted_sums(key)(weights) for key in COUNT_KEYS}
+        shapes = {
+            "intersection": (self.n_units, self.n_labels),
+            "activation_lite": (self.n_units, N_CAT),
+            "activation_original": (self.n_units, N_CAT),
+        }
         return [
             {
-                "intersection": inter[k].reshape(u, nl),
-                "label_area": area[k],
-                "activation_lite": lite[k].reshape(u, N_CAT),
-                "activation_original": original[k].reshape(u, N_CAT),
-                "activation_total": size[k],
+                **{key: sums[k].reshape(shapes.get(key, (-1,))) for key, sums in summed.items()},
                 "label_category": self.label_category,
                 "n_images": np.array(weights[k].sum(), np.int64),
             }
@@ -170,31 +146,35 @@ class ImageCounts:
             raise ArtifactError(f"weights of shape {weights.shape} for {self.n_images} images")
         return weights
 
-    def _area_sums(self) -> _WeightedSums:
-        r = self.records["label_area"]
-        return _WeightedSums(r["image"], r["label"], r["area"], self.n_labels, self.n_images)
+    def weighted_sums(self, key: str) -> _WeightedSums:
+        """The count `key` (one of COUNT_KEYS) of any image weights."""
+        image, cell, value, n_cells = self._entries(key)
+        return _WeightedSums(image, cell, value, n_cells, self.n_images)
 
-    def _activation_sums(self, denominator: str) -> _WeightedSums:
-        """Mask sizes per (unit, category): where a label of the category lies inside the mask
-        (lite) or where the category is annotated in the image (original)."""
-        act = self.records["activation"]
-        if denominator == "lite":
+    def _entries(self, key: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+        """(image, cell, value, number of cells) of the records that make count `key`, the cells
+        numbered as the count's array ravelled; grouped by image like the records."""
+        r, u, nl = self.records, self.n_units, self.n_labels
+        if key == "intersection":
+            inter = r["intersection"]
+            return inter["image"], inter["unit"].astype(np.int64) * nl + inter["label"], inter["count"], u * nl
+        if key == "label_area":
+            return r["label_area"]["image"], r["label_area"]["label"], r["label_area"]["area"], nl
+        act = r["activation"]
+        if key == "activation_total":
+            return act["image"], act["unit"], act["size"], u
+        # Mask sizes per (unit, category): where a label of the category lies inside the mask
+        # (lite) or where the category is annotated in the image (original).
+        if key == "activation_lite":
             bits = act["inside"]
         else:
-            image_bits = np.zeros(self.n_images, np.int64)
-            image_bits[self.records["image_categories"]["image"]] = self.records["image_categories"]["bits"]
+            image_bits = np.zeros(self.n_images, np.uint8)
+            image_bits[r["image_categories"]["image"]] = r["image_categories"]["bits"]
             bits = image_bits[act["image"]]
         # One entry per (record, category) whose bit is set: row-major, so still grouped by image.
         record, category = np.nonzero(_bits_to_matrix(np.asarray(bits).astype(np.uint8)))
         cells = act["unit"][record].astype(np.int32) * N_CAT + category.astype(np.int32)
-        return _WeightedSums(act["image"][record], cells, act["size"][record], self.n_units * N_CAT, self.n_images)
-
-
-def _sums(cell: np.ndarray, value: np.ndarray, n_cells: int) -> np.ndarray:
-    """(n_cells,) int64: the sum of `value` per cell."""
-    out = np.zeros(n_cells, np.int64)
-    np.add.at(out, np.asarray(cell, np.int64), np.asarray(value, np.int64))
-    return out
+        return act["image"][record], cells, act["size"][record], u * N_CAT
 
 
 class _WeightedSums:
@@ -251,14 +231,14 @@ class _Scorer:
         # The cells reordered so that each (unit, category) group is contiguous.
         self.order = np.argsort(group, kind="stable")
         self.label, self.group = self.label[self.order], group[self.order]
-        cells = self.group
-        self.group_starts = np.flatnonzero(np.r_[True, self.group[1:] != self.group[:-1]]) if cells.size else cells
+        new_group = np.r_[True, self.group[1:] != self.group[:-1]] if self.group.size else np.zeros(0, bool)
+        self.group_starts = np.flatnonzero(new_group)
         self.groups = self.group[self.group_starts]
-        self.area = image_counts._area_sums()
-        self.activation = image_counts._activation_sums(denominator)
+        self.area = image_counts.weighted_sums("label_area")
+        self.activation = image_counts.weighted_sums(f"activation_{denominator}")
         self.n_units = image_counts.n_units
         # per resample: the intersected cells' sums and IoUs, and every (unit, category) cell
-        self.n_cells = 2 * len(cells) + 2 * self.n_units * N_CAT + image_counts.n_labels
+        self.n_cells = 2 * len(self.group) + 2 * self.n_units * N_CAT + image_counts.n_labels
 
     def __call__(self, weights: np.ndarray, iou_threshold: float) -> np.ndarray:
         k = len(weights)
@@ -360,7 +340,8 @@ def write_bootstrap(
             read_counts(p, dict(identity, mode=d["mode"], layer=d["layer"], shard=shard), per_image=True)
             for shard, p in enumerate(count_paths)
         ]
-        frame = bootstrap_detectors(ImageCounts.from_shards(parts), resamples, seed, denominator, iou_threshold)
+        image_counts = ImageCounts.from_shards(parts)
+        frame = bootstrap_detectors(image_counts, resamples, seed, denominator, iou_threshold, progress=True)
         frame.insert(0, "layer", d["layer"])
         frame.insert(0, "mode", d["mode"])
         frames.append(frame)
