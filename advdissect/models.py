@@ -495,23 +495,23 @@ def resolve_layer(model: nn.Module, name: str) -> str:
 def find_layer(model: nn.Module, layer: str) -> nn.Module:
     """The module called `layer`: a module name inside `model.net` (or `model`), or an alias
     that `resolve_layer` knows (e.g. conv5, last_conv)."""
-    roots = [r for r in (getattr(model, "net", None), model) if isinstance(r, nn.Module)]
-    for root in roots:
-        modules = dict(root.named_modules())
-        if layer in modules and layer:
-            return modules[layer]
-    name = resolve_layer(model, layer)  # raises ModelError naming the layers there are
-    for root in roots:
+    name = _module_name(model, layer)  # raises ModelError naming the layers there are
+    for root in _roots(model):
         modules = dict(root.named_modules())
         if name in modules:
             return modules[name]
     raise ModelError(f"layer {layer!r} resolves to {name!r}, which is not a module of the network")
 
 
+def _roots(model: nn.Module) -> list[nn.Module]:
+    """Where layer names are looked up: the bare network of a NormalizedModel first, then the model."""
+    return [r for r in (getattr(model, "net", None), model) if isinstance(r, nn.Module)]
+
+
 def _module_name(model: nn.Module, layer: str) -> str:
-    """The module name that `find_layer` hooks for `layer` (itself, or what its alias stands for)."""
-    roots = [r for r in (getattr(model, "net", None), model) if isinstance(r, nn.Module)]
-    if layer and any(layer in dict(root.named_modules()) for root in roots):
+    """The module name `layer` stands for: itself where a root has a module of that name, else
+    what `resolve_layer` makes of it (an alias)."""
+    if layer and any(layer in dict(root.named_modules()) for root in _roots(model)):
         return layer
     return resolve_layer(model, layer)
 
