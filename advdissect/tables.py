@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from . import store
-from .bootstrap import basic_interval, read_bootstrap
+from .bootstrap import DETECTOR_COLUMNS, basic_interval, read_bootstrap
 from .errors import ArtifactError, ConfigError
 
 log = logging.getLogger(__name__)
@@ -276,11 +276,14 @@ def table2_rows(units: pd.DataFrame) -> list[dict]:
     return rows
 
 
-def _resampled_percent(entry: Mapping[str, Any], category: str) -> np.ndarray:
+def _resampled_percent(entry: Mapping[str, Any]) -> pd.DataFrame:
+    """The detector share (% of units) of each category, per resample, of one dissection: its
+    bootstrap table read once."""
     # The clean set is dissected once, with its own thresholds: mode 'clean' is its 'self' run.
     mode = "self" if is_clean_entry(entry) else entry["mode"]
     frame = read_bootstrap(entry["bootstrap"], mode=mode, layer=entry["layer"])
-    return 100.0 * frame[category].to_numpy(np.float64) / frame["units"].to_numpy(np.float64)
+    units = frame["units"].to_numpy(np.float64)
+    return pd.DataFrame({c: 100.0 * frame[c].to_numpy(np.float64) / units for c in DETECTOR_COLUMNS})
 
 
 def table2(entries: Sequence[Mapping[str, Any]], level: float = 0.95) -> pd.DataFrame:
@@ -295,11 +298,12 @@ def table2(entries: Sequence[Mapping[str, Any]], level: float = 0.95) -> pd.Data
     rows = []
     for e in entries:
         units = read_units(e["path"])
+        resampled = _resampled_percent(e) if e.get("bootstrap") else None
         for r in table2_rows(units):
             lo = hi = float("nan")
-            if e.get("bootstrap"):
-                resampled = _resampled_percent(e, r["category"])
-                lo, hi = basic_interval(r["ratio_percent"], resampled, level, bounds=(0.0, 100.0))
+            if resampled is not None:
+                values = resampled[r["category"]].to_numpy()
+                lo, hi = basic_interval(r["ratio_percent"], values, level, bounds=(0.0, 100.0))
             r.update(ci_low_percent=lo, ci_high_percent=hi)
             rows.append(
                 {
@@ -394,9 +398,10 @@ def attack_effects(entries: Sequence[Mapping[str, Any]], level: float = 0.95) ->
         if is_clean_entry(e) or base is None or not e.get("bootstrap") or not base.get("bootstrap"):
             continue
         attacked, reference = read_units(e["path"]), read_units(base["path"])
+        resampled = _resampled_percent(e) - _resampled_percent(base)
         for r_att, r_ref in zip(table2_rows(attacked), table2_rows(reference)):
             category = r_att["category"]
-            diff = _resampled_percent(e, category) - _resampled_percent(base, category)
+            diff = resampled[category].to_numpy()
             point = r_att["ratio_percent"] - r_ref["ratio_percent"]
             lo, hi = basic_interval(point, diff, level)
             rows.append(
