@@ -22,7 +22,7 @@ import jsonschema
 import yaml
 
 from .errors import AdvDissectError, ConfigError
-from .specs import AttackSpec, ShardPlan, attack_spec, train_spec
+from .specs import SCHEMA_PATH, AttackSpec, ShardPlan, attack_spec, train_spec
 
 # Broden as published by its authors: 63,305 images in both variants.
 BRODEN_IMAGES = {"broden1_224": 63305, "broden1_227": 63305}
@@ -391,9 +391,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Check config files as the workflow would, merged in order.")
     parser.add_argument("configfile", nargs="+", help="config files, merged in order")
     args = parser.parse_args(argv)
-    schema = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
     try:
-        config = load_config(args.configfile, schema)
+        config = load_config(args.configfile, SCHEMA_PATH)
         check_layers(config)
     except AdvDissectError as exc:
         print(exc, file=sys.stderr)

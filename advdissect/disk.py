@@ -22,6 +22,7 @@ import pandas as pd
 from . import config as adconfig
 from .broden import CATEGORIES, PIXEL_CATEGORIES
 from .errors import AdvDissectError
+from .specs import SCHEMA_PATH
 
 BRODEN_IMAGE_SIZE = {"broden1_224": 224, "broden1_227": 227}
 BRODEN_LABELS = 1198  # label numbers 0..1197 of broden1_224/227's label.csv
@@ -241,7 +242,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--by-model", action="store_true", help="one row per kind, dataset and model")
     args = parser.parse_args(argv)
     try:
-        config = adconfig.load_config(args.configfile, root / "workflow" / "schemas" / "config.schema.yaml")
+        config = adconfig.load_config(args.configfile, SCHEMA_PATH)
         frame = estimate(config)
     except (AdvDissectError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)
