@@ -23,6 +23,7 @@ from . import config as adconfig
 from .broden import CATEGORIES, PIXEL_CATEGORIES
 from .errors import AdvDissectError
 from .specs import SCHEMA_PATH
+from .tally import IMAGE_RECORDS
 
 BRODEN_IMAGE_SIZE = {"broden1_224": 224, "broden1_227": 227}
 BRODEN_LABELS = 1198  # label numbers 0..1197 of broden1_224/227's label.csv
@@ -50,7 +51,7 @@ KINDS = ("segmentations", "images", "activations", "thresholds", "counts", "reco
 RECORDED_PAIRS = 0.3
 LABELS_PER_MASK = 3.5
 LABELS_PER_IMAGE = 10
-RECORD_ARRAYS = 11
+RECORD_ARRAYS = sum(len(columns) for columns in IMAGE_RECORDS.values())  # per dissection
 # Pixel-level layers (color, object, part layers, material) per image where no index.csv can be
 # read yet: the mean of the 22,210 ADE20K rows of the real broden1_224 index (its richest
 # source), and about what the synthetic generator draws.
