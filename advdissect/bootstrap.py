@@ -42,6 +42,7 @@ from .tally import (
     iou,
     merge_counts,
     read_counts,
+    record_key,
 )
 
 # One chunk of resamples holds at most this many (resample, cell) values per array.
@@ -79,7 +80,7 @@ class ImageCounts:
         for part in parts:
             for name, cols in IMAGE_RECORDS.items():
                 for col in cols:
-                    key = f"per_image/{name}/{col}"
+                    key = record_key(name, col)
                     if key not in part:
                         raise ArtifactError(
                             f"counts without per-image records ({key}); they are written when "

@@ -274,7 +274,7 @@ class _ImageRecords:
             parts = self.parts[name]
             for i, column in enumerate(columns):
                 values = np.concatenate([p[i] for p in parts]) if parts else np.empty(0, np.int64)
-                out[f"per_image/{name}/{column}"] = values
+                out[record_key(name, column)] = values
         return out
 
 
@@ -429,9 +429,14 @@ def _record_dtype(column: str) -> type:
     return np.uint8 if column in ("inside", "bits") else np.int32
 
 
+def record_key(name: str, column: str) -> str:
+    """Where column `column` of record `name` (IMAGE_RECORDS) sits in counts and their files."""
+    return f"per_image/{name}/{column}"
+
+
 def record_keys() -> list[str]:
     """The per-image record arrays of a dissection, as "per_image/<record>/<column>"."""
-    return [f"per_image/{name}/{col}" for name, cols in IMAGE_RECORDS.items() for col in cols]
+    return [record_key(name, col) for name, cols in IMAGE_RECORDS.items() for col in cols]
 
 
 def read_counts(path: str | os.PathLike, expect: Mapping[str, Any], per_image: bool = False) -> dict[str, np.ndarray]:
