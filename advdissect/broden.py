@@ -610,6 +610,22 @@ def check_dataset_dest(dest: str | os.PathLike) -> None:
         )
 
 
+def build_dataset_dir(dest: str | os.PathLike, write: Callable[[Path], None]) -> None:
+    """Run `write(build)` on an empty directory beside `dest`, then move it into place
+    (install_dataset_dir), so an interrupted run leaves no partial dataset at `dest`."""
+    dest = Path(dest)
+    check_dataset_dest(dest)  # fail before the work, not after it
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    build = dest.parent / f".{dest.name}.building-{uuid.uuid4().hex[:8]}"
+    build.mkdir()
+    try:
+        write(build)
+        install_dataset_dir(build, dest)
+    except BaseException:
+        shutil.rmtree(build, ignore_errors=True)
+        raise
+
+
 def install_dataset_dir(built: str | os.PathLike, dest: str | os.PathLike) -> None:
     """Move a complete dataset directory `built` to `dest` (same file system), replacing a
     previous dataset there (see check_dataset_dest)."""

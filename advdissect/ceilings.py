@@ -242,6 +242,26 @@ def write_ceilings(
     return frame
 
 
+def merge_ceilings(
+    out: str | os.PathLike, paths: Sequence[str | os.PathLike], layers: Sequence[Mapping[str, Any]]
+) -> pd.DataFrame:
+    """Write the ceilings of several files (one per dataset) as one CSV, each (dataset, model,
+    layer) of `layers` in that order, as `write_ceilings` over all datasets at once writes it."""
+    frames = [read_ceilings(p) for p in paths]
+    merged = pd.concat(frames, ignore_index=True) if frames else pd.DataFrame(columns=CEILINGS_COLUMNS)
+    by_layer = {key: part for key, part in merged.groupby(["dataset", "model", "layer"], sort=False)}
+    missing = [
+        (i["dataset"], i["model"], i["layer"]) for i in layers if (i["dataset"], i["model"], i["layer"]) not in by_layer
+    ]
+    if missing:
+        raise ArtifactError(f"ceilings files {[str(p) for p in paths]} lack the layer(s) {missing}")
+    ordered = [by_layer[(i["dataset"], i["model"], i["layer"])] for i in layers]
+    frame = pd.concat(ordered, ignore_index=True)[CEILINGS_COLUMNS] if ordered else merged
+    store.write_csv(out, frame)
+    log.info("ceilings: %d rows for %d layers from %d files", len(frame), len(layers), len(paths))
+    return frame
+
+
 def read_ceilings(path: str | os.PathLike) -> pd.DataFrame:
     """Read ceilings.csv with names kept as text (a concept may be called 'NA')."""
     text = {c: str for c in ("dataset", "model", "layer", "name", "category")}

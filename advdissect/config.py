@@ -228,6 +228,11 @@ def check_semantics(config: Mapping) -> None:
             )
         train_spec(weights, f"models.{name}.weights")
         train_set = datasets[weights["dataset"]]
+        if train_set.get("synthetic", {}).get("layout") == "broden":
+            raise ConfigError(
+                f"config: models.{name}.weights.dataset: {weights['dataset']!r} has the broden layout, "
+                "which has no class task to train on; use weights source random or file"
+            )
         if train_set["source"] == "synthetic":
             n_classes = train_set.get("synthetic", {}).get("n_classes", 16)
             if spec["num_classes"] != n_classes:

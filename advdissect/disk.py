@@ -59,13 +59,15 @@ BRODEN_LAYERS_PER_IMAGE = 2.72
 SYNTHETIC_LAYERS_PER_IMAGE = 4.0
 
 
-def pixel_layers(name: str, spec: Mapping, n_images: int) -> float:
+def pixel_layers(name: str, spec: Mapping, n_images: int, generated: Mapping | None = None) -> float:
     """Pixel-level layers of the first n_images rows of the dissected split: counted in the
-    dataset's index.csv when it exists, else estimated per image."""
+    dataset's index.csv when it exists, else estimated per image (from `generated`, the spec
+    of the synthetic dataset that will write it, where given)."""
     index = adconfig.dataset_root(name, spec) / "index.csv"
     if not index.is_file():
-        per_image = BRODEN_LAYERS_PER_IMAGE if spec["source"] == "broden" else SYNTHETIC_LAYERS_PER_IMAGE
-        return per_image * n_images
+        spec = generated or spec
+        broden_like = spec["source"] == "broden" or spec.get("synthetic", {}).get("layout") == "broden"
+        return (BRODEN_LAYERS_PER_IMAGE if broden_like else SYNTHETIC_LAYERS_PER_IMAGE) * n_images
     frame = pd.read_csv(index, dtype=str, keep_default_na=False)
     if spec["split"] != "all":
         frame = frame[frame["split"] == spec["split"]]
@@ -73,9 +75,25 @@ def pixel_layers(name: str, spec: Mapping, n_images: int) -> float:
     return float(sum(cells[c].map(lambda s: sum(1 for x in s.split(";") if x.strip())).sum() for c in PIXEL_CATEGORIES))
 
 
+def generated_spec(spec: Mapping, datasets: Mapping[str, Mapping]) -> Mapping:
+    """The spec of the synthetic dataset that a local one reads, where the local path is a
+    synthetic dataset's directory not generated yet (config/rehearsal.yaml's smaller sizes);
+    otherwise `spec` itself."""
+    if spec["source"] != "local" or (Path(spec["path"]) / "index.csv").is_file():
+        return spec
+    for name, other in datasets.items():
+        if other["source"] == "synthetic" and adconfig.dataset_root(name, other) == Path(spec["path"]):
+            return other
+    return spec
+
+
 def dataset_facts(spec: Mapping) -> tuple[tuple[int, int], int]:
     """((height, width) of the images, number of label numbers) of a dataset."""
     source = spec["source"]
+    if source == "synthetic" and spec.get("synthetic", {}).get("layout") == "broden":
+        from . import broden_shaped
+
+        return (broden_shaped.IMAGE_SIZE, broden_shaped.IMAGE_SIZE), broden_shaped.n_labels()
     if source == "synthetic":
         from .synthetic import vocabulary
 
@@ -119,7 +137,10 @@ def estimate(config: Mapping) -> pd.DataFrame:
     """One row per artifact file group: kind, dataset, model, files, bytes."""
     chains = list(adconfig.chains(config))
     # Only the dissected datasets: a training-only one (an ImageFolder) has no Broden files.
-    facts = {name: dataset_facts(config["datasets"][name]) for name in dict.fromkeys(d for d, _, _ in chains)}
+    datasets = config["datasets"]
+    facts = {
+        name: dataset_facts(generated_spec(datasets[name], datasets)) for name in dict.fromkeys(d for d, _, _ in chains)
+    }
     dtype_bytes = DTYPE_BYTES[config["dissection"]["activation_dtype"]]
     shapes: dict[tuple[str, str], dict[str, tuple[int, int, int]]] = {}
     rows = []
@@ -133,7 +154,7 @@ def estimate(config: Mapping) -> pd.DataFrame:
         sh, sw = ih // 2, iw // 2  # Broden's segmentations: half the image size (112 for 224, 113 for 227)
         n_images = adconfig.dataset_size(dataset, spec)
         shards = _shard_sizes(n_images, spec["shard_size"])
-        layers = pixel_layers(dataset, spec, n_images) / n_images  # per image
+        layers = pixel_layers(dataset, spec, n_images, generated_spec(spec, datasets)) / n_images  # per image
         # rows, both offsets, image labels (about one) and layer categories: 8 bytes each
         per_image = 8 * 4 + 8 * layers + layers * sh * sw * 2
         size = sum(_file(round(n * per_image), 7, round(n * layers), 6) for n in shards)

@@ -16,8 +16,8 @@ Layers are addressed by their module names inside the bare network (`features.10
   (alexnet: conv1..conv5 = features.1, .4, .7, .9, .11; vgg11: conv1..conv8 = features.1, .4,
   .7, .9, .12, .14, .17, .19); `last_conv` is the last ReLU of `features`, i.e. the output of
   the last conv block before the final max-pool (the paper's "feature layer").
-- ResNet family (resnet*, resnext*, wide_resnet*): `layer1` .. `layer4` are module names
-  already; `last_conv` is `layer4`.
+- ResNet family (resnet*, resnext*, wide_resnet*) and the stand-in resnet18_shapes: `layer1` ..
+  `layer4` are module names already; `last_conv` is `layer4`.
 """
 
 from __future__ import annotations
@@ -39,6 +39,7 @@ from torch import nn
 
 from .errors import ConfigError, ModelError
 from .specs import ModelSpec
+from .stand_ins import STAND_INS
 from .store import atomic_path, write_text
 
 log = logging.getLogger(__name__)
@@ -60,8 +61,9 @@ _SHOW_LAYERS = 40
 
 
 def list_architectures() -> list[str]:
-    """Names of torchvision's classification models (e.g. alexnet, vgg11, resnet18)."""
-    return list(torchvision.models.list_models(module=torchvision.models))
+    """Names of torchvision's classification models (e.g. alexnet, vgg11, resnet18), then the
+    stand-ins of `advdissect.stand_ins` (resnet18_shapes)."""
+    return list(torchvision.models.list_models(module=torchvision.models)) + list(STAND_INS)
 
 
 def build_network(arch: str, num_classes: int) -> nn.Module:
@@ -71,6 +73,8 @@ def build_network(arch: str, num_classes: int) -> nn.Module:
         raise ModelError(f"unknown architecture {arch!r}; valid names: {', '.join(valid)}")
     if isinstance(num_classes, bool) or not isinstance(num_classes, (int, np.integer)) or num_classes < 1:
         raise ModelError(f"num_classes must be a positive integer, got {num_classes!r} (arch {arch})")
+    if arch in STAND_INS:
+        return STAND_INS[arch](num_classes=int(num_classes))
     return torchvision.models.get_model(arch, weights=None, num_classes=int(num_classes))
 
 
@@ -467,7 +471,7 @@ def layer_aliases(model: nn.Module) -> dict[str, str]:
             aliases[f"conv{n_conv}"] = target
         if last_relu is not None:
             aliases["last_conv"] = last_relu
-    elif kind == "ResNet" and hasattr(net, "layer4"):
+    elif kind in ("ResNet", "ResNet18Shapes") and hasattr(net, "layer4"):
         aliases["last_conv"] = "layer4"
     return aliases
 

@@ -40,8 +40,6 @@ from __future__ import annotations
 import logging
 import math
 import os
-import shutil
-import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -50,7 +48,7 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from .broden import CATEGORIES, PIXEL_CATEGORIES, check_dataset_dest, encode_mask, install_dataset_dir
+from .broden import CATEGORIES, PIXEL_CATEGORIES, build_dataset_dir, encode_mask
 from .errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -540,17 +538,7 @@ def generate(
     """Write a synthetic Broden-format dataset to `root` (built beside it, then renamed into
     place, so an interrupted run leaves no partial dataset). Same arguments, same bytes."""
     _check_args(n_train, n_val, image_size, n_classes, seed)
-    root = Path(root)
-    check_dataset_dest(root)  # fail before the work, not after it
-    root.parent.mkdir(parents=True, exist_ok=True)
-    build = root.parent / f".{root.name}.building-{uuid.uuid4().hex[:8]}"
-    build.mkdir()
-    try:
-        _write(build, n_train, n_val, image_size, n_classes, seed)
-        install_dataset_dir(build, root)
-    except BaseException:
-        shutil.rmtree(build, ignore_errors=True)
-        raise
+    build_dataset_dir(root, lambda build: _write(build, n_train, n_val, image_size, n_classes, seed))
     log.info("synthetic dataset written to %s", root)
 
 
@@ -605,10 +593,10 @@ def _write(build: Path, n_train: int, n_val: int, image_size: int, n_classes: in
 
     columns = ["image", "split", "ih", "iw", "sh", "sw", *CATEGORIES, "class"]
     pd.DataFrame(records, columns=columns).to_csv(build / "index.csv", index=False)
-    _write_labels(build, vocab, freq, cover, category_images)
+    write_labels(build, vocab, freq, cover, category_images)
 
 
-def _write_labels(build: Path, vocab: Vocabulary, freq: dict, cover: dict, category_images: dict) -> None:
+def write_labels(build: Path, vocab: Vocabulary, freq: dict, cover: dict, category_images: dict) -> None:
     names: dict[int, str] = {}
     members: dict[str, list[int]] = {}
     for cat in CATEGORIES:

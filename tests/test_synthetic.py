@@ -168,7 +168,7 @@ def test_regenerate_replaces_and_failure_leaves_nothing(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise RuntimeError("killed")
 
-    monkeypatch.setattr(synthetic, "_write_labels", boom)
+    monkeypatch.setattr(synthetic, "write_labels", boom)
     with pytest.raises(RuntimeError):
         generate(tmp_path / "new", **small)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ds"]

@@ -57,6 +57,7 @@ PATHS = {
     "units": "results/{dataset}/{model}/{attack}/{mode}/units/{layer}.csv",
     "bootstrap": "results/{dataset}/{model}/{attack}/bootstrap.csv",
     "ablation": "results/{dataset}/{model}/{attack}/ablation/{layer}.csv",
+    "ceilings": "results/{dataset}/ceilings.csv",
 }
 
 
@@ -429,8 +430,9 @@ def ceiling_datasets():
     return list(dict.fromkeys(d for d, _, _ in figure_layers()))
 
 
-def ceiling_layers():
-    """Every dissected (dataset, model, layer) with what its feature-map size depends on."""
+def ceiling_layers(dataset=None):
+    """Every dissected (dataset, model, layer), or those of one dataset, with what its
+    feature-map size depends on."""
     return [
         {
             "dataset": d,
@@ -440,6 +442,7 @@ def ceiling_layers():
             "num_classes": MODELS[m]["num_classes"],
         }
         for d, m, layer in figure_layers()
+        if dataset in (None, d)
     ]
 
 

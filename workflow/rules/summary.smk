@@ -320,13 +320,34 @@ rule training_summary:
         "../scripts/training_summary.py"
 
 
+# The ideal units of one dataset, at every map size its dissected layers have.
 rule ceilings:
     input:
-        **{
-            f"segmentations_{d}": shard_files("segmentations", d)
-            for d in ceiling_datasets()
-        },
-        indexes=[dataset_index(d) for d in ceiling_datasets()],
+        segmentations=lambda wc: shard_files("segmentations", wc.dataset),
+        index=lambda wc: dataset_index(wc.dataset),
+    output:
+        table=path("ceilings"),
+    log:
+        "results/logs/ceilings/{dataset}.log",
+    benchmark:
+        "results/benchmarks/ceilings/{dataset}.tsv"
+    wildcard_constraints:
+        dataset="|".join(ceiling_datasets()),
+    conda:
+        "../../envs/advdissect.yaml"
+    params:
+        split=lambda wc: shard_plan(wc.dataset).split,
+        n_images=lambda wc: shard_plan(wc.dataset).n_images,
+        layers=lambda wc: ceiling_layers(wc.dataset),
+        quantile=DISSECTION["quantile"],
+        denominator=DISSECTION["denominator"],
+    script:
+        "../scripts/ceilings.py"
+
+
+rule summary_ceilings:
+    input:
+        tables=[path("ceilings", dataset=d) for d in ceiling_datasets()],
     output:
         table=report(
             "results/summary/ceilings.csv",
@@ -334,25 +355,15 @@ rule ceilings:
             category="Ceilings",
         ),
     log:
-        "results/logs/ceilings.log",
+        "results/logs/summary_ceilings.log",
     benchmark:
-        "results/benchmarks/ceilings.tsv"
+        "results/benchmarks/summary_ceilings.tsv"
     conda:
         "../../envs/advdissect.yaml"
     params:
-        datasets=[
-            {
-                "name": d,
-                "split": shard_plan(d).split,
-                "n_images": shard_plan(d).n_images,
-            }
-            for d in ceiling_datasets()
-        ],
         layers=ceiling_layers(),
-        quantile=DISSECTION["quantile"],
-        denominator=DISSECTION["denominator"],
     script:
-        "../scripts/ceilings.py"
+        "../scripts/summary_ceilings.py"
 
 
 rule demo_results:

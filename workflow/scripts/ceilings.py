@@ -1,4 +1,5 @@
-"""Rule ceilings: results/summary/ceilings.csv, the ideal-unit IoU of every concept per dissected layer."""
+"""Rule ceilings: results/<dataset>/ceilings.csv, the ideal-unit IoU of every concept at each
+map size of the dataset's dissected layers."""
 
 from pathlib import Path
 
@@ -9,19 +10,17 @@ log_to(sm.log[0])
 
 from advdissect import ceilings  # noqa: E402
 
-# params.datasets and input.indexes list the same datasets in the same order.
-datasets = {
-    spec["name"]: {
-        "root": Path(index).parent,
-        "split": spec["split"],
-        "n_images": spec["n_images"],
-        "segmentations": list(sm.input[f"segmentations_{spec['name']}"]),
-    }
-    for spec, index in zip(sm.params.datasets, list(sm.input.indexes), strict=True)
-}
+dataset = sm.wildcards.dataset
 ceilings.write_ceilings(
     sm.output.table,
-    datasets=datasets,
+    datasets={
+        dataset: {
+            "root": Path(sm.input.index).parent,
+            "split": sm.params.split,
+            "n_images": sm.params.n_images,
+            "segmentations": list(sm.input.segmentations),
+        }
+    },
     layers=[dict(item) for item in sm.params.layers],
     quantile=float(sm.params.quantile),
     denominator=sm.params.denominator,

@@ -2,17 +2,21 @@
 
 from pathlib import Path
 
+from advdissect import broden_shaped, synthetic
 from advdissect.joblog import log_to
-from advdissect.synthetic import generate
 
 log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
 
 params = dict(snakemake.params.synthetic)  # noqa: F821
-generate(
-    Path(snakemake.output.index).parent,  # noqa: F821
-    n_train=params["n_train"],
-    n_val=params["n_val"],
-    image_size=params.get("image_size", 112),
-    n_classes=params.get("n_classes", 16),
-    seed=params.get("seed", 0),
-)
+root = Path(snakemake.output.index).parent  # noqa: F821
+if params.get("layout", "recognition") == "broden":
+    broden_shaped.generate(root, n_train=params["n_train"], n_val=params["n_val"], seed=params.get("seed", 0))
+else:
+    synthetic.generate(
+        root,
+        n_train=params["n_train"],
+        n_val=params["n_val"],
+        image_size=params.get("image_size", 112),
+        n_classes=params.get("n_classes", 16),
+        seed=params.get("seed", 0),
+    )
