@@ -72,9 +72,9 @@ def ideal_maps(
     return out
 
 
-# Images whose ideal maps are held at once when the rows are decoded here: the maps of every
-# concept of 1,000 images at 14 x 14 are about 1 GB at Broden's 1,197 concepts.
-CHUNK_IMAGES = 1000
+# Images whose ideal maps are held at once: the maps of every concept of 500 images at 14 x 14
+# are about 0.5 GB at Broden's concepts, and a pass holds about three times its maps.
+CHUNK_IMAGES = 500
 
 Chunks = Sequence[Callable[[], Sequence[Any]]]
 
@@ -197,8 +197,9 @@ def ceilings_table(
             chunks = None
             if spec.get("segmentations"):
                 chunks = [
-                    functools.partial(_shard_segmentations, path, {"dataset": name, "shard": shard})
+                    load
                     for shard, path in enumerate(spec["segmentations"])
+                    for load in shard_chunks(path, {"dataset": name, "shard": shard})
                 ]
             loaded[name] = (ds, rows, chunks)
         ds, rows, chunks = loaded[name]
@@ -223,9 +224,22 @@ def ceilings_table(
     return out
 
 
-def _shard_segmentations(path: str | os.PathLike, expect: Mapping[str, Any]) -> list:
-    shard = ShardSegmentations(path, expect)
-    return [shard.load_segmentation(int(r)) for r in shard.rows]
+def shard_chunks(path: str | os.PathLike, expect: Mapping[str, Any], size: int = CHUNK_IMAGES) -> Chunks:
+    """Loaders of a segmentations file's rows, `size` rows at a time: a 4,000-image shard's
+    ideal maps at once would be about 4 GB at Broden's concepts, and their top values and
+    counts take twice that again."""
+    n = len(_open_shard(str(path), tuple(sorted(expect.items()))).rows)
+    return [functools.partial(_shard_rows, str(path), expect, i, min(i + size, n)) for i in range(0, n, size)]
+
+
+def _shard_rows(path: str, expect: Mapping[str, Any], start: int, stop: int) -> list:
+    shard = _open_shard(path, tuple(sorted(expect.items())))
+    return [shard.load_segmentation(int(r)) for r in shard.rows[start:stop]]
+
+
+@functools.lru_cache(maxsize=1)  # the passes read the shards in order: one open file at a time
+def _open_shard(path: str, expect: tuple) -> ShardSegmentations:
+    return ShardSegmentations(path, dict(expect))
 
 
 def write_ceilings(

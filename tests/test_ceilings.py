@@ -123,3 +123,29 @@ def test_ideal_units_streamed_in_chunks_equal_one_pass(tiny_broden):
     for size in (1, 7):
         parts = ceilings.ideal_unit_iou(ds, rows, (4, 4), 0.02, "lite", chunks=ceilings.row_chunks(ds, rows, size))
         pd.testing.assert_frame_equal(parts, whole)
+
+
+def test_a_shard_file_is_read_in_chunks_of_rows(tiny_broden, tmp_path):
+    """Rule ceilings reads each segmentations file a few hundred rows at a time; any chunk size
+    gives the table of one pass over the decoded dataset."""
+    from advdissect.segmentations import write_segmentations
+    from advdissect.specs import ShardPlan
+
+    ds = BrodenDataset(tiny_broden)
+    rows = ds.rows()[:30]
+    plan = ShardPlan(split="all", n_images=30, shard_size=15)
+    paths = []
+    for shard in (0, 1):
+        paths.append(tmp_path / f"{shard}.h5")
+        write_segmentations(
+            paths[-1], dataset_root=tiny_broden, plan=plan, shard=shard, identity={"dataset": "t", "shard": shard}
+        )
+    whole = ceilings.ideal_unit_iou(ds, rows, (4, 4), 0.02, "lite")
+    for size in (4, 15, 500):
+        chunks = [
+            load
+            for shard, p in enumerate(paths)
+            for load in ceilings.shard_chunks(p, {"dataset": "t", "shard": shard}, size)
+        ]
+        assert len(chunks) == 2 * -(-15 // size)
+        pd.testing.assert_frame_equal(ceilings.ideal_unit_iou(ds, rows, (4, 4), 0.02, "lite", chunks=chunks), whole)

@@ -45,7 +45,9 @@ def _with(mutate):
     return cfg
 
 
-@pytest.mark.parametrize("path", ["config/config.yaml", "config/paper.yaml", "config/imagenet_finetune.yaml"])
+@pytest.mark.parametrize(
+    "path", ["config/config.yaml", "config/paper.yaml", "config/imagenet_finetune.yaml", "config/rehearsal.yaml"]
+)
 def test_shipped_configs_are_valid(path):
     cfg = yaml.safe_load((ROOT / path).read_text())
     checked(cfg)
@@ -151,6 +153,20 @@ def test_a_target_class_beyond_a_models_classes_is_refused_at_planning():
 def test_a_negative_synthetic_seed_is_refused_at_planning():
     message = bad(lambda c: c["datasets"]["synthetic"]["synthetic"].update(seed=-1))
     assert message.startswith("config: datasets.synthetic.synthetic.seed: -1 is less than the minimum of 0")
+
+
+def test_training_on_the_broden_layout_is_refused():
+    message = bad(lambda c: c["datasets"]["synthetic"]["synthetic"].update(layout="broden"))
+    assert message == (
+        "config: models.resnet18.weights.dataset: 'synthetic' has the broden layout, which has no class task "
+        "to train on; use weights source random or file"
+    )
+
+
+@pytest.mark.parametrize("key", ["n_train", "n_val"])
+def test_the_recognition_layout_needs_train_and_val_images(key):
+    message = bad(lambda c: c["datasets"]["synthetic"]["synthetic"].update({key: 0}))
+    assert message == f"config: datasets.synthetic.synthetic.{key}: the recognition layout needs at least 1 image, got 0"
 
 
 def test_unknown_init_model():

@@ -57,6 +57,20 @@ def test_sizes_follow_the_arrays():
     assert half - overhead == (full - overhead) // 2
 
 
+def test_rehearsal_sizes_before_its_set_is_generated(tmp_path, monkeypatch):
+    """config/rehearsal.yaml's smaller sizes read the generated set's directory, which does not
+    exist before the run: their facts come from the generator's spec, at 224 px."""
+    monkeypatch.chdir(tmp_path)
+    config = adconfig.load_config([ROOT / "config" / "rehearsal.yaml"], SCHEMA)
+    frame = disk.estimate(config).set_index(["kind", "dataset"])["bytes"]
+    cells = 256 * 14 * 14 + 512 * 7 * 7  # resnet18_shapes' layer3 and layer4 at 224 px
+    for name, n in (("rehearsal4k", 4000), ("rehearsal8k", 8000), ("rehearsal", 16000)):
+        assert frame[("activations", name)] == pytest.approx(2 * n * cells * 4, rel=1e-3)
+        assert frame[("images", name)] == pytest.approx(2 * n * 3 * 224 * 224, rel=1e-3)
+        per_image = frame[("segmentations", name)] / n
+        assert per_image == pytest.approx(disk.BRODEN_LAYERS_PER_IMAGE * 112 * 112 * 2, rel=0.01)
+
+
 def test_command_prints_every_kind_and_the_total():
     proc = subprocess.run(
         [sys.executable, "-m", "advdissect.disk", "--configfile", str(TINY)], capture_output=True, text=True

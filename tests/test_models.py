@@ -86,6 +86,34 @@ def test_builds_with_num_classes_in_eval_mode(request, arch, images):
         assert model(images).shape == (2, N_CLASSES)
 
 
+def test_stand_in_has_resnet18s_dissected_shapes():
+    """resnet18_shapes: ResNet-18's layer3 and layer4 shapes at 224 px, a twenty-fifth of its multiply-adds."""
+    assert "resnet18_shapes" in models.list_architectures()
+    shapes = {}
+    for arch in ("resnet18", "resnet18_shapes"):
+        model = models.load_model(arch, num_classes=7, seed=0)
+        shapes[arch] = models.feature_shapes(model, ["layer3", "last_conv"], (224, 224))
+        assert models.resolve_layer(model, "last_conv") == "layer4"
+    assert shapes["resnet18_shapes"] == shapes["resnet18"]
+    assert list(shapes["resnet18"].values()) == [(256, 14, 14), (512, 7, 7)]
+
+    def macs(net):
+        total = []
+        hooks = [
+            m.register_forward_hook(lambda mod, _i, out: total.append(out[0].numel() * mod.weight[0].numel()))
+            for m in net.modules()
+            if isinstance(m, torch.nn.Conv2d)
+        ]
+        with torch.no_grad():
+            net(torch.zeros(1, 3, 224, 224))
+        for h in hooks:
+            h.remove()
+        return sum(total)
+
+    small, full = macs(models.build_network("resnet18_shapes", 7)), macs(models.build_network("resnet18", 7))
+    assert 60e6 < small < 80e6 and full / small > 24
+
+
 def test_build_network_takes_num_classes_from_the_argument():
     net = models.build_network("resnet18", 3)
     assert net.fc.out_features == 3

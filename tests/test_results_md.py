@@ -13,6 +13,7 @@ import yaml
 from advdissect import ceilings, results_md, store, tables
 from advdissect.broden import BrodenDataset
 from advdissect.config import sort_keys
+from advdissect.errors import ArtifactError
 
 ROOT = Path(__file__).resolve().parents[1]
 NAN = float("nan")
@@ -581,3 +582,30 @@ def test_write_ceilings_scores_each_map_size_once(tiny_broden, tmp_path, monkeyp
     ceilings.write_ceilings(out, datasets, layers, quantile=0.02, denominator="lite")
     assert out.read_bytes() == first
     assert not math.isnan(frame["iou"].max())
+
+
+def test_per_dataset_ceilings_merge_to_the_all_at_once_file(tiny_broden, tmp_path):
+    """Rule ceilings writes one file per dataset; merged in layer order they are the file that
+    one job over every dataset writes, byte for byte, with the datasets' layers interleaved."""
+    datasets = {
+        "a": {"root": tiny_broden, "split": "val", "n_images": 8},
+        "b": {"root": tiny_broden, "split": "train", "n_images": 6},
+    }
+    layers = [
+        {"dataset": d, "model": m, "layer": layer, "arch": "resnet18", "num_classes": 16}
+        for m, d in (("m1", "a"), ("m2", "b"), ("m3", "a"))
+        for layer in ("layer3", "layer4")
+    ]
+    whole = tmp_path / "whole.csv"
+    ceilings.write_ceilings(whole, datasets, layers, quantile=0.02, denominator="lite")
+    parts = []
+    for name in ("b", "a"):  # file order does not matter
+        part = tmp_path / f"{name}.csv"
+        mine = [item for item in layers if item["dataset"] == name]
+        ceilings.write_ceilings(part, {name: datasets[name]}, mine, quantile=0.02, denominator="lite")
+        parts.append(part)
+    merged = tmp_path / "merged.csv"
+    ceilings.merge_ceilings(merged, parts, layers)
+    assert merged.read_bytes() == whole.read_bytes()
+    with pytest.raises(ArtifactError, match=r"lack the layer\(s\) \[\('a', 'm1', 'layer3'\)"):
+        ceilings.merge_ceilings(tmp_path / "x.csv", parts[:1], layers)
