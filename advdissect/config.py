@@ -190,6 +190,14 @@ def check_semantics(config: Mapping) -> None:
             raise ConfigError(f"config: datasets.{name}.path: required for source {source!r}")
         if source != "synthetic" and "synthetic" in spec:
             raise ConfigError(f"config: datasets.{name}.synthetic: only for source 'synthetic'")
+        generator = spec.get("synthetic", {})
+        if source == "synthetic" and generator.get("layout", "recognition") == "recognition":
+            for key in ("n_train", "n_val"):
+                if generator.get(key, 1) < 1:
+                    raise ConfigError(
+                        f"config: datasets.{name}.synthetic.{key}: the recognition layout needs at least 1 image, "
+                        f"got {generator[key]}"
+                    )
         if not dissectable(spec):
             continue
         if source == "local":

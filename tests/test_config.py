@@ -166,7 +166,8 @@ def test_training_on_the_broden_layout_is_refused():
 @pytest.mark.parametrize("key", ["n_train", "n_val"])
 def test_the_recognition_layout_needs_train_and_val_images(key):
     message = bad(lambda c: c["datasets"]["synthetic"]["synthetic"].update({key: 0}))
-    assert message == f"config: datasets.synthetic.synthetic.{key}: the recognition layout needs at least 1 image, got 0"
+    expected = f"config: datasets.synthetic.synthetic.{key}: the recognition layout needs at least 1 image, got 0"
+    assert message == expected
 
 
 def test_unknown_init_model():
