@@ -332,9 +332,9 @@ def _check_normalizer(state: Mapping[str, torch.Tensor], path: Path, normalizati
     if any(s.shape != w.shape or not torch.allclose(s, w, atol=1e-6) for s, w in zip(saved, wanted)):
         shown = [[round(x, 4) for x in s.tolist()] for s in saved]
         raise ModelError(
-            f"weights file {path}: its normaliser has mean {shown[0]} and std {shown[1]}, but the model's "
-            f"normalization {normalization!r} is mean {list(mean)}, std {list(std)}; set the model's "
-            "`normalization` to the checkpoint's"
+            f"weights file {path}: its normaliser has mean {shown[0]} and std {shown[1]}"
+            f", but the model's normalization {normalization!r} is mean {list(mean)}, std {list(std)}; "
+            "set the model's `normalization` to the checkpoint's"
         )
 
 
