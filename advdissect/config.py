@@ -26,6 +26,8 @@ from .specs import SCHEMA_PATH, AttackSpec, ShardPlan, attack_spec, train_spec
 
 # Broden as published by its authors: 63,305 images in both variants.
 BRODEN_IMAGES = {"broden1_224": 63305, "broden1_227": 63305}
+# The keys of a broden dataset that say how its zip is downloaded.
+BRODEN_DOWNLOAD_KEYS = ("mirrors", "sha256")
 
 
 class _UniqueKeyLoader(yaml.SafeLoader):
@@ -172,6 +174,24 @@ def available_images(spec: Mapping) -> int | None:
     return len(rows) if split == "all" else sum(1 for row in rows if row.get("split") == split)
 
 
+def broden_download(config: Mapping, variant: str) -> dict[str, Any]:
+    """The extra mirrors and the pinned sha256 of a Broden variant's zip, as its datasets give them
+    (one download serves every dataset of the variant, so they must agree)."""
+    named = {name: spec for name, spec in config["datasets"].items() if spec.get("variant") == variant}
+    settings = {name: {key: spec.get(key) for key in BRODEN_DOWNLOAD_KEYS} for name, spec in named.items()}
+    if not settings:
+        return {"mirrors": [], "sha256": None}
+    first, *others = settings
+    for other in others:
+        for key in BRODEN_DOWNLOAD_KEYS:
+            if settings[other][key] != settings[first][key]:
+                raise ConfigError(
+                    f"config: datasets.{other}.{key}: differs from datasets.{first}.{key}; both download "
+                    f"{variant}, so give them the same {key}"
+                )
+    return {"mirrors": list(settings[first]["mirrors"] or []), "sha256": settings[first]["sha256"]}
+
+
 def shard_plan(name: str, spec: Mapping) -> ShardPlan:
     """How `datasets.<name>` is cut into shards."""
     return ShardPlan(split=spec["split"], n_images=dataset_size(name, spec), shard_size=spec["shard_size"])
@@ -198,6 +218,9 @@ def check_semantics(config: Mapping) -> None:
                         f"config: datasets.{name}.synthetic.{key}: the recognition layout needs at least 1 image, "
                         f"got {generator[key]}"
                     )
+        for key in BRODEN_DOWNLOAD_KEYS:
+            if source != "broden" and key in spec:
+                raise ConfigError(f"config: datasets.{name}.{key}: only for source 'broden'")
         if not dissectable(spec):
             continue
         if source == "local":
@@ -208,6 +231,8 @@ def check_semantics(config: Mapping) -> None:
                 f"config: datasets.{name}.n_images: {wanted} images asked for, but split "
                 f"{spec.get('split', 'all')!r} of the dataset holds {available}"
             )
+    for variant in {spec["variant"] for spec in datasets.values() if spec["source"] == "broden"}:
+        broden_download(config, variant)
     clean_attack(config)
     attack_specs(config)
     for name, spec in models.items():

@@ -53,6 +53,9 @@ NORMALIZATIONS: dict[str, tuple[tuple[float, float, float], tuple[float, float, 
 _CHECKPOINT_KEYS = ("state_dict", "model_state_dict", "model")
 # Prefixes added by DataParallel/DDP, torch.compile and by saving a NormalizedModel itself.
 _WRAPPER_PREFIXES = ("module.", "_orig_mod.")
+# The madrylab `robustness` library's AttackerModel: the network under "model.", a second
+# reference to it under "attacker.model.", and its input normaliser's mean and std.
+_ROBUSTNESS_PARTS = ("model.", "attacker.", "normalizer.")
 _SHOW_KEYS = 5
 _SHOW_LAYERS = 40
 
@@ -135,7 +138,7 @@ def load_model(
         torch.default_generator.manual_seed(int(seed))
         net = build_network(arch, num_classes)
     if weights_file is not None:
-        state = load_state_dict_file(weights_file, weights_sha256)
+        state = load_state_dict_file(weights_file, weights_sha256, normalization)
         load_into(net, state, weights_file, arch=arch, num_classes=num_classes)
     model = NormalizedModel(net, arch, normalization)
     model.eval()
@@ -173,7 +176,7 @@ def check_sha256(path: str | Path, pinned: str | None = None) -> None:
     `weights.sha256`) and the one its `.sha256` record holds, where there are such."""
     path = Path(path)
     record = sha256_record(path)
-    recorded = _read_record(record) if record.is_file() else None
+    recorded = read_sha256_record(record) if record.is_file() else None
     if pinned is None and recorded is None:
         return
     actual = sha256_of(path)
@@ -190,22 +193,31 @@ def check_sha256(path: str | Path, pinned: str | None = None) -> None:
         )
 
 
-def _read_record(record: Path) -> str:
-    # The format of `sha256sum`: "<64 hex digits>  <file name>".
-    text = record.read_text(errors="replace").split()
+def read_sha256_record(record: str | Path) -> str:
+    """The digest a `.sha256` record holds, in the format of `sha256sum`: "<64 hex digits>  <file name>"."""
+    text = Path(record).read_text(errors="replace").split()
     digest = text[0].lower() if text else ""
     if not re.fullmatch(r"[0-9a-f]{64}", digest):
-        raise ModelError(f"{record}: holds no sha256 digest; delete it and the weights file beside it, and re-run")
+        raise ModelError(f"{record}: holds no sha256 digest; delete it and the file beside it, and re-run")
     return digest
 
 
-def load_state_dict_file(path: str | Path, sha256: str | None = None) -> dict[str, torch.Tensor]:
+def write_sha256_record(path: str | Path, digest: str) -> None:
+    """Record `digest` as the sha256 of `path`, beside it, as `sha256sum` writes it."""
+    write_text(sha256_record(path), f"{digest}  {Path(path).name}\n")
+
+
+def load_state_dict_file(
+    path: str | Path, sha256: str | None = None, normalization: str | Mapping | None = None
+) -> dict[str, torch.Tensor]:
     """Read a weights file as a state_dict of tensors, refusing anything else.
 
     Accepts a plain state_dict or a checkpoint holding one under "state_dict",
     "model_state_dict" or "model" (as `save_weights` writes); strips "module." /
-    "_orig_mod." prefixes and the "net." prefix of a saved NormalizedModel. The file is
-    checked against its recorded or pinned digest first (`check_sha256`).
+    "_orig_mod." prefixes and the "net." prefix of a saved NormalizedModel, and reads the
+    robustness library's layout (`_from_robustness`), whose normaliser must equal
+    `normalization` where that is given. The file is checked against its recorded or pinned
+    digest first (`check_sha256`).
     """
     path = Path(path)
     if not path.is_file():
@@ -226,6 +238,8 @@ def load_state_dict_file(path: str | Path, sha256: str | None = None) -> dict[st
 
     state = _find_state_dict(obj, path)
     state = _strip_prefixes(state)
+    if any(key.startswith(_ROBUSTNESS_PARTS[1:]) for key in state):
+        state = _from_robustness(state, path, normalization)
     for key, value in state.items():
         if value.is_floating_point() or value.is_complex():
             finite = torch.isfinite(value)
@@ -254,6 +268,13 @@ def _find_state_dict(obj: Any, path: Path) -> dict[str, torch.Tensor]:
             if isinstance(obj.get(key), Mapping):
                 obj = obj[key]
                 break
+        else:
+            if not any(isinstance(v, torch.Tensor) for v in obj.values()):
+                raise ModelError(
+                    f"weights file {path}: a checkpoint of unknown layout, with keys "
+                    f"{_head([str(k) for k in obj], _SHOW_KEYS)}; none of {', '.join(_CHECKPOINT_KEYS)} holds "
+                    "a state_dict"
+                )
     if not isinstance(obj, Mapping) or not obj:
         raise ModelError(
             f"weights file {path} holds {type(obj).__name__!r}, not a state_dict (a non-empty mapping "
@@ -285,6 +306,36 @@ def _strip_prefixes(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     if rest and all(k.startswith("net.") for k in rest):
         state = {k[len("net.") :]: state[k] for k in rest}
     return state
+
+
+def _from_robustness(
+    state: dict[str, torch.Tensor], path: Path, normalization: str | Mapping | None
+) -> dict[str, torch.Tensor]:
+    """The network's own state_dict out of a robustness-library checkpoint: "model.*" with the
+    prefix stripped; the attacker's copy dropped; the normaliser dropped after checking that it
+    equals `normalization`, since NormalizedModel normalises inside."""
+    other = [k for k in state if not k.startswith(_ROBUSTNESS_PARTS)]
+    if other:
+        raise ModelError(
+            f"weights file {path}: a robustness-library checkpoint (keys under {', '.join(_ROBUSTNESS_PARTS)}) "
+            f"with other keys too: {_head(other, _SHOW_KEYS)}; not a layout this reads"
+        )
+    if normalization is not None and "normalizer.new_mean" in state:
+        _check_normalizer(state, path, normalization)
+    return {k[len("model.") :]: v for k, v in state.items() if k.startswith("model.")}
+
+
+def _check_normalizer(state: Mapping[str, torch.Tensor], path: Path, normalization: str | Mapping) -> None:
+    mean, std = resolve_normalization(normalization)
+    saved = [state[f"normalizer.new_{k}"].flatten().double() for k in ("mean", "std")]
+    wanted = [torch.tensor(v, dtype=torch.float64) for v in (mean, std)]
+    if any(s.shape != w.shape or not torch.allclose(s, w, atol=1e-6) for s, w in zip(saved, wanted)):
+        shown = [[round(x, 4) for x in s.tolist()] for s in saved]
+        raise ModelError(
+            f"weights file {path}: its normaliser has mean {shown[0]} and std {shown[1]}"
+            f", but the model's normalization {normalization!r} is mean {list(mean)}, std {list(std)}; "
+            "set the model's `normalization` to the checkpoint's"
+        )
 
 
 def load_into(
@@ -351,7 +402,7 @@ def save_weights(
         with open(tmp, "wb") as handle:
             torch.save(payload, handle)
         digest = sha256_of(tmp)
-    write_text(record, f"{digest}  {Path(path).name}\n")
+    write_sha256_record(path, digest)
 
 
 def _plain(value: Any, path: str | Path, where: str) -> Any:

@@ -110,7 +110,7 @@ class ShardPlan:
 class ModelSpec:
     """What a job needs to build a model's network: `models.<name>` without its layers and
     weights, plus the seed of its initialisation and the sha256 its weights file is pinned to
-    (`weights.sha256`, a user's own file)."""
+    (`weights.sha256` of a file or url source)."""
 
     arch: str
     num_classes: int

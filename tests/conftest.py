@@ -50,3 +50,21 @@ def make_imagefolder(root: Path, per_class=(8, 4), seed: int = 0) -> Path:
 def tiny_imagefolder(tmp_path) -> Path:
     """An ImageFolder dataset: 3 classes, 8 training and 4 held-out images each, 20-39 px."""
     return make_imagefolder(tmp_path / "imagefolder")
+
+
+def robustness_checkpoint(net, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225)) -> dict:
+    """A checkpoint laid out as the madrylab robustness library saves one: its AttackerModel's
+    state_dict under "model" (the network under module.model., the attacker's reference to the
+    same network under module.attacker.model., and the normalisers' mean and std), beside the
+    optimizer's state and the epoch."""
+    import torch
+
+    normal = {"new_mean": torch.tensor(mean).view(3, 1, 1), "new_std": torch.tensor(std).view(3, 1, 1)}
+    state = {}
+    for key, value in net.state_dict().items():
+        state[f"module.model.{key}"] = value
+        state[f"module.attacker.model.{key}"] = value
+    for key, value in normal.items():
+        state[f"module.normalizer.{key}"] = value
+        state[f"module.attacker.normalize.{key}"] = value
+    return {"model": state, "optimizer": {"state": {}, "param_groups": [{"lr": 0.1}]}, "epoch": 90}

@@ -233,6 +233,40 @@ def test_a_users_weights_file_can_be_pinned_in_the_config():
     assert message.startswith("config: models.resnet18_random.weights: unknown key 'sha256'")
 
 
+def test_weights_from_a_url_need_the_url_and_may_be_pinned():
+    digest = "0123456789abcdef" * 4
+
+    def weights(**keys):
+        return lambda c: c["models"]["resnet18"].update(weights={"source": "url", **keys})
+
+    cfg = checked(_with(weights(url="https://example.org/w.ckpt", sha256=digest)))
+    assert specs.model_spec(cfg, "resnet18").weights_sha256 == digest
+    assert bad(weights()) == "config: models.resnet18.weights: 'url' is a required property"
+    message = bad(weights(url="ftp://example.org/w.ckpt"))
+    assert message.startswith("config: models.resnet18.weights.url: 'ftp://example.org/w.ckpt' does not match ")
+
+
+def test_broden_mirrors_and_digest_belong_to_broden_datasets_and_agree():
+    def broden(name, **keys):
+        return lambda c: c["datasets"].update({name: {"source": "broden", "variant": "broden1_224", **keys}})
+
+    mirror = "https://example.org/broden1_224.zip"
+    cfg = checked(_with(broden("b1", mirrors=[mirror], sha256="ab" * 32)))
+    assert adconfig.broden_download(cfg, "broden1_224") == {"mirrors": [mirror], "sha256": "ab" * 32}
+    assert adconfig.broden_download(cfg, "broden1_227") == {"mirrors": [], "sha256": None}
+
+    def two(c):
+        broden("b1", mirrors=[mirror])(c)
+        broden("b2")(c)
+
+    assert bad(two) == (
+        "config: datasets.b2.mirrors: differs from datasets.b1.mirrors; both download broden1_224, "
+        "so give them the same mirrors"
+    )
+    message = bad(lambda c: c["datasets"]["synthetic"].update(mirrors=[mirror]))
+    assert message == "config: datasets.synthetic.mirrors: only for source 'broden'"
+
+
 def test_unknown_model_attack():
     message = bad(lambda c: c["models"]["alexnet"].update(attacks=["fgsm_3"]))
     assert message.startswith("config: models.alexnet.attacks: unknown attack 'fgsm_3' (defined: ")

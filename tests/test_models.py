@@ -666,3 +666,55 @@ def test_every_reader_of_a_layer_refuses_one_that_runs_twice():
     assert extract_layers(model, imgs, ["conv"], 1, "cpu")["conv"].shape == (2, 3, 8, 8)
     assert ablated_predictions(model, imgs, "conv", np.ones((1, 3), bool), np.zeros((3, 8, 8)), 1).shape == (1, 2)
     assert _no_hooks(model)
+
+
+# ---------------------------------------------------------------- the robustness library's checkpoints
+
+
+@pytest.fixture(scope="module")
+def robust_net():
+    torch.manual_seed(0)
+    return torchvision.models.resnet18(num_classes=3).eval()
+
+
+def test_robustness_checkpoints_load_without_attacker_and_normaliser(tmp_path, robust_net):
+    from conftest import robustness_checkpoint
+
+    torch.save(robustness_checkpoint(robust_net), tmp_path / "robust.ckpt")
+    state = load_state_dict_file(tmp_path / "robust.ckpt", normalization="imagenet")
+    assert list(state) == list(robust_net.state_dict())  # no attacker., normalizer. or model. keys
+    model = load_model("resnet18", 3, weights_file=tmp_path / "robust.ckpt")
+    for key, value in robust_net.state_dict().items():
+        assert torch.equal(model.net.state_dict()[key], value), key
+
+
+def test_a_robustness_normaliser_must_equal_the_models(tmp_path, robust_net):
+    from conftest import robustness_checkpoint
+
+    torch.save(robustness_checkpoint(robust_net, std=(0.2, 0.2, 0.2)), tmp_path / "robust.ckpt")
+    with pytest.raises(ModelError) as err:
+        load_model("resnet18", 3, weights_file=tmp_path / "robust.ckpt")
+    assert str(err.value) == (
+        f"weights file {tmp_path / 'robust.ckpt'}: its normaliser has mean [0.485, 0.456, 0.406] and std "
+        "[0.2, 0.2, 0.2], but the model's normalization 'imagenet' is mean [0.485, 0.456, 0.406], std "
+        "[0.229, 0.224, 0.225]; set the model's `normalization` to the checkpoint's"
+    )
+    model = load_model("resnet18", 3, tmp_path / "robust.ckpt", {"mean": [0.485, 0.456, 0.406], "std": [0.2] * 3})
+    assert torch.equal(model.net.fc.weight, robust_net.fc.weight)
+
+
+def test_unknown_checkpoint_layouts_are_refused_naming_their_keys(tmp_path, robust_net):
+    from conftest import robustness_checkpoint
+
+    torch.save({"weights": robust_net.state_dict(), "epoch": 3}, tmp_path / "other.ckpt")
+    with pytest.raises(ModelError) as err:
+        load_state_dict_file(tmp_path / "other.ckpt")
+    assert str(err.value) == (
+        f"weights file {tmp_path / 'other.ckpt'}: a checkpoint of unknown layout, with keys weights, epoch; "
+        "none of state_dict, model_state_dict, model holds a state_dict"
+    )
+    checkpoint = robustness_checkpoint(robust_net)
+    checkpoint["model"]["module.ema.fc.weight"] = robust_net.fc.weight
+    torch.save(checkpoint, tmp_path / "robust.ckpt")
+    with pytest.raises(ModelError, match=r"robustness-library checkpoint .* with other keys too: ema.fc.weight;"):
+        load_state_dict_file(tmp_path / "robust.ckpt")

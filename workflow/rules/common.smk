@@ -178,6 +178,8 @@ def model_weights(model):
     source = weights["source"]
     if source == "torchvision":
         return f"resources/weights/{MODELS[model]['arch']}-{weights['name']}.pt"
+    if source == "url":
+        return f"resources/weights/url/{model}.pt"
     if source == "file":
         return weights["path"]
     if source == "train":

@@ -1,4 +1,5 @@
-# Model weights: torchvision's published weights, or trained here (standard, at, consistency, atda).
+# Model weights: torchvision's published weights, a file at a URL, or trained here (standard,
+# at, consistency, atda).
 
 
 rule download_weights:
@@ -18,6 +19,23 @@ rule download_weights:
         weights="{weights}",
     script:
         "../scripts/download_weights.py"
+
+
+# The weights source url: one download per model, resumed where a transfer was cut, checked
+# against the pinned or recorded sha256 and loaded into the model (on the CPU) before it is kept.
+rule download_url_weights:
+    output:
+        weights="resources/weights/url/{model}.pt",
+    log:
+        "results/logs/download_url_weights/{model}.log",
+    benchmark:
+        "results/benchmarks/download_url_weights/{model}.tsv"
+    conda:
+        "../../envs/advdissect.yaml"
+    params:
+        url=lambda wc: MODELS[wc.model]["weights"]["url"],
+    script:
+        "../scripts/download_url_weights.py"
 
 
 rule train_model:

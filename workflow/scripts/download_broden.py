@@ -2,9 +2,12 @@
 
 from pathlib import Path
 
+from advdissect import config as adconfig
 from advdissect.download import download_broden
 from advdissect.joblog import log_to
 
-log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
-
-download_broden(snakemake.params.variant, Path(snakemake.output.index).parent)  # noqa: F821
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+log_to(sm.log[0])
+# Mirrors and digest come from the config, not from params: adding a mirror re-runs nothing.
+sources = adconfig.broden_download(sm.config, sm.params.variant)
+download_broden(sm.params.variant, Path(sm.output.index).parent, **sources)

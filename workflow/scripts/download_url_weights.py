@@ -1,0 +1,11 @@
+"""Rule download_url_weights: a model's weights file from its `weights.url`."""
+
+from advdissect import specs
+from advdissect.download import download_url_weights
+from advdissect.joblog import log_to
+
+sm = snakemake  # noqa: F821 (injected by Snakemake)
+log_to(sm.log[0])
+# The spec (and its pinned sha256) comes from the config, not from params, so that pinning the
+# digest of a file already downloaded does not download it again.
+download_url_weights(sm.params.url, sm.output.weights, specs.model_spec(sm.config, sm.wildcards.model))
