@@ -386,12 +386,15 @@ def test_paper_study_submits_hundreds_of_jobs(tmp_path):
     )
     assert run.returncode == 0, run.stderr[-3000:]
     output = run.stdout + run.stderr
-    jobs = sum(job_stats(output).values())
+    stats = job_stats(output)
+    jobs = sum(stats.values())
     submissions = planned_submissions(output)
     total = sum(n for name, n in submissions.items() if name != "all")
     print(f"paper.yaml: {jobs} jobs in {total} submissions {submissions}")
     assert jobs > 1000 and total <= 500
-    assert submissions["image_set"] == 384 // 4 and submissions["counts"] == 384 // 8
+    # 4 shards' attacks and activations per image_set submission, 8 shards' counts per counts one
+    assert submissions["image_set"] == stats["attack_shard"] // 4 == stats["activations"] // 4
+    assert submissions["counts"] == stats["count_shard"] // 8
 
 
 TOY_SNAKEFILE = """
