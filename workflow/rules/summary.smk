@@ -60,6 +60,11 @@ rule table2:
             caption="../report/attack_effects.rst",
             category="Table 2",
         ),
+        model_effects=report(
+            "results/summary/model_effects.csv",
+            caption="../report/model_effects.rst",
+            category="Table 2",
+        ),
     log:
         "results/logs/table2.log",
     benchmark:
@@ -69,6 +74,7 @@ rule table2:
     params:
         entries=entries(),
         level=BOOTSTRAP["level"],
+        baselines=model_baselines(),
     script:
         "../scripts/table2.py"
 
