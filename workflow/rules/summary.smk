@@ -378,6 +378,7 @@ rule demo_results:
         attacks="results/summary/attacks.csv",
         table2="results/summary/table2.csv",
         effects="results/summary/attack_effects.csv",
+        model_effects="results/summary/model_effects.csv",
         ceilings="results/summary/ceilings.csv",
         training=["results/summary/training.csv"] if compared_models() else [],
         ablation=["results/summary/ablation.csv"] if ablation_paths() else [],
