@@ -276,6 +276,7 @@ def check_semantics(config: Mapping) -> None:
         _check_init_chain(models, name)
     for name in models:
         _check_target_classes(config, name)
+        _check_baseline(config, name)
     check_figure_units(config)
 
 
@@ -320,6 +321,52 @@ def check_figure_units(config: Mapping) -> None:
                     f"config: figures.units.{model}.{layer}: {layer!r} is not one of the layers of model {model!r} "
                     f"({', '.join(models[model]['layers'])}; write it as models.{model}.layers does)"
                 )
+
+
+def model_baseline(config: Mapping, model: str) -> str | None:
+    """The model `model` is compared with on clean images: `models.<model>.baseline`, by default
+    the model it is fine-tuned from (`weights.init`); None for no comparison."""
+    spec = config["models"][model]
+    if "baseline" in spec:
+        return spec["baseline"]
+    weights = spec["weights"]
+    return weights.get("init") if weights["source"] == "train" else None
+
+
+def model_baselines(config: Mapping) -> dict[str, str]:
+    """{model: its baseline} of every model that has one, in config order."""
+    out = {}
+    for model in config["models"]:
+        baseline = model_baseline(config, model)
+        if baseline is not None:
+            out[model] = baseline
+    return out
+
+
+def _check_baseline(config: Mapping, name: str) -> None:
+    """A baseline is another model of the config, dissected on a dataset of this one, at the same layers."""
+    models = config["models"]
+    baseline = model_baseline(config, name)
+    if baseline is None:
+        return
+    key = f"config: models.{name}.baseline"
+    if "baseline" not in models[name]:
+        key += " (by default weights.init; null for no comparison)"
+    if baseline not in models:
+        raise ConfigError(f"{key}: unknown model {baseline!r} (defined: {', '.join(models)})")
+    if baseline == name:
+        raise ConfigError(f"{key}: {name!r} is the model itself; a baseline is another model")
+    ours, theirs = model_datasets(config, name), model_datasets(config, baseline)
+    if not set(ours) & set(theirs):
+        raise ConfigError(
+            f"{key}: {baseline!r} is dissected on {', '.join(theirs) or 'no dataset'}, {name!r} on "
+            f"{', '.join(ours) or 'no dataset'}: the baseline must share a dataset to compare on"
+        )
+    if set(models[baseline]["layers"]) != set(models[name]["layers"]):
+        raise ConfigError(
+            f"{key}: {baseline!r} dissects layers {', '.join(models[baseline]['layers'])}, {name!r} dissects "
+            f"{', '.join(models[name]['layers'])}; the baseline must dissect the same layer names"
+        )
 
 
 def _check_init_chain(models: Mapping, name: str) -> None:

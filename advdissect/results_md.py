@@ -40,6 +40,10 @@ TITLES = {
     "effects": "**Attack effects, deepest layer** (`attack_effects.csv`; change of the detector "
     "share, attack − clean, in points of % of units, with its paired bootstrap interval; "
     "* = the interval excludes 0)",
+    "model_effects": "**Adversarial training against its standard model, clean images** (`model_effects.csv`; "
+    "deepest layer, each model with its own thresholds; % of the layer's units that are detectors, per "
+    "category, of the baseline and the model, and their difference, model − baseline, in points with its "
+    "paired bootstrap interval; * = the interval excludes 0)",
     "ceilings": "**Ideal-unit ceilings** (`ceilings.csv`; per category, the highest IoU an ideal "
     "unit reaches at the layer's map size, and its concept)",
     "ablation": "**Ablation of the drifted units** (`ablation.csv`; deepest layer; the attack's flipped "
@@ -280,13 +284,42 @@ def effects_section(effects: pd.DataFrame, deepest: Sequence[tuple[str, str, str
                 if r is None:
                     row.append(DASH)
                     continue
-                shown = "*" if str(r["shown"]).lower() == "true" else ""
-                row.append(
-                    f"{float(r['difference']):+.1f}{fmt_interval(r['ci_low'], r['ci_high'], signed=True)}{shown}"
-                )
+                row.append(fmt_difference(r))
             rows.append(row)
     n_key = len(header) - len(tables.TABLE2_CATEGORIES)
     return _section("effects", md_table(header, rows, right=range(n_key, len(header))))
+
+
+def fmt_difference(row: Mapping[str, Any]) -> str:
+    """An effects row's difference in points, signed, with its interval and '*' when `shown`."""
+    shown = "*" if str(row["shown"]).lower() == "true" else ""
+    return f"{float(row['difference']):+.1f}{fmt_interval(row['ci_low'], row['ci_high'], signed=True)}{shown}"
+
+
+def model_effects_section(model_effects: pd.DataFrame, deepest: Sequence[tuple[str, str, str]]) -> str:
+    """Per model with a baseline, at its deepest layer, one row per category (C T M S P O, all):
+    the baseline's and the model's detector share in %, and the difference with its interval,
+    '*' where the interval excludes 0."""
+    multi = _multi_dataset(model_effects)
+    header = (["dataset"] if multi else []) + ["model", "baseline", "layer", "category"]
+    header += ["baseline %", "model %", "difference"]
+    rows = []
+    for dataset, model, layer in deepest:
+        block = model_effects.loc[
+            (model_effects["dataset"] == dataset)
+            & (model_effects["model"] == model)
+            & (model_effects["layer"] == layer)
+        ]
+        by_cat = {r["category"]: r for _, r in block.iterrows()}
+        for category in tables.TABLE2_CATEGORIES:
+            r = by_cat.get(category)
+            if r is None:
+                continue
+            row = ([text(dataset)] if multi else []) + [text(model), text(r["baseline"]), text(layer), text(category)]
+            row += [fmt_percent(r["baseline_percent"]), fmt_percent(r["model_percent"]), fmt_difference(r)]
+            rows.append(row)
+    n_key = len(header) - 3
+    return _section("model_effects", md_table(header, rows, right=range(n_key, len(header))))
 
 
 def ablation_section(ablation: pd.DataFrame) -> str:
@@ -394,13 +427,15 @@ def demo_results_markdown(
     training: pd.DataFrame | None = None,
     effects: pd.DataFrame | None = None,
     ablation: pd.DataFrame | None = None,
+    model_effects: pd.DataFrame | None = None,
 ) -> str:
     """Every section, in order, separated by blank lines; ends with one newline.
 
     `units`: {(dataset, model, deepest layer): clean units table}, in the order the rows
     should appear; its keys name the deepest layers for Table 2 and the ceilings as well.
-    The effects section is written only when `effects` has rows (the bootstrap is on), the
-    ablation and training sections only when `ablation` and `training` are given.
+    The effects sections are written only when `effects` and `model_effects` have rows (the
+    bootstrap is on; a model has a baseline), the ablation and training sections only when
+    `ablation` and `training` are given.
     """
     deepest = list(units)
     model_order = [str(m) for m in models["model"]]
@@ -413,6 +448,8 @@ def demo_results_markdown(
     ]
     if effects is not None and not effects.empty:
         parts.append(effects_section(effects, deepest))
+    if model_effects is not None and not model_effects.empty:
+        parts.append(model_effects_section(model_effects, deepest))
     parts.append(ceilings_section(ceilings, deepest))
     if ablation is not None:
         parts.append(ablation_section(ablation))
@@ -455,6 +492,7 @@ def write_demo_results(
     training_csv: PathLike | None = None,
     effects_csv: PathLike | None = None,
     ablation_csv: PathLike | None = None,
+    model_effects_csv: PathLike | None = None,
 ) -> str:
     """Read the summary tables and write `demo_results_markdown(...)` to `out`.
 
@@ -471,6 +509,7 @@ def write_demo_results(
         training=tables.read_summary_csv(training_csv) if training_csv else None,
         effects=tables.read_summary_csv(effects_csv) if effects_csv else None,
         ablation=tables.read_summary_csv(ablation_csv) if ablation_csv else None,
+        model_effects=tables.read_summary_csv(model_effects_csv) if model_effects_csv else None,
     )
     store.write_text(out, markdown)
     log.info("demo results: %d sections, %d units tables", len(section_titles(markdown)), len(frames))

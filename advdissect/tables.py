@@ -1,4 +1,4 @@
-"""Summary tables: Table 2, models, attacks, concept drift and the training comparison.
+"""Summary tables: Table 2, attack and model effects, models, attacks, concept drift and the training comparison.
 
 Every function here takes plain data (paths, dicts, DataFrames) and returns DataFrames or text;
 the `write_*` helpers are what the thin Snakemake scripts call, so each script stays one call.
@@ -52,6 +52,21 @@ EFFECT_COLUMNS = [
     "units",
     "clean_percent",
     "attack_percent",
+    "difference",
+    "ci_low",
+    "ci_high",
+    "shown",
+]
+MODEL_EFFECT_COLUMNS = [
+    "dataset",
+    "model",
+    "baseline",
+    "layer",
+    "threshold_mode",
+    "category",
+    "units",
+    "baseline_percent",
+    "model_percent",
     "difference",
     "ci_low",
     "ci_high",
@@ -278,12 +293,15 @@ def table2_rows(units: pd.DataFrame) -> list[dict]:
 
 def _resampled_percent(entry: Mapping[str, Any]) -> pd.DataFrame:
     """The detector share (% of units) of each category, per resample, of one dissection: its
-    bootstrap table read once."""
+    bootstrap table read once. Indexed by the resample number."""
     # The clean set is dissected once, with its own thresholds: mode 'clean' is its 'self' run.
     mode = "self" if is_clean_entry(entry) else entry["mode"]
     frame = read_bootstrap(entry["bootstrap"], mode=mode, layer=entry["layer"])
     units = frame["units"].to_numpy(np.float64)
-    return pd.DataFrame({c: 100.0 * frame[c].to_numpy(np.float64) / units for c in DETECTOR_COLUMNS})
+    return pd.DataFrame(
+        {c: 100.0 * frame[c].to_numpy(np.float64) / units for c in DETECTOR_COLUMNS},
+        index=pd.Index(frame["resample"].to_numpy(np.int64), name="resample"),
+    )
 
 
 def table2(entries: Sequence[Mapping[str, Any]], level: float = 0.95) -> pd.DataFrame:
@@ -421,6 +439,59 @@ def attack_effects(entries: Sequence[Mapping[str, Any]], level: float = 0.95) ->
     return _sort_frame(frame, {e["attack"] for e in entries if is_clean_entry(e)})
 
 
+def model_effects(
+    entries: Sequence[Mapping[str, Any]], baselines: Mapping[str, str | None], level: float = 0.95
+) -> pd.DataFrame:
+    """A model's detector share (% of units) minus its baseline's, on the same clean images with
+    each model's own thresholds (threshold_mode 'self'), per dataset, layer and category.
+
+    `baselines`: {model: the model it is compared with} (config.model_baselines). A row needs the
+    clean dissection of both models at the layer, each with a bootstrap table; a layer the
+    baseline does not dissect gives none. The bootstrap weights depend only on the dataset's
+    image count and the seed, so both tables resample the same images: the difference is taken
+    resample by resample, its `level` basic bootstrap interval computed, and `shown` says
+    whether the interval excludes 0.
+    """
+    entries = check_entries(entries)
+    clean = {(e["dataset"], e["model"], e["layer"]): e for e in entries if is_clean_entry(e) and e["mode"] == "self"}
+    rows = []
+    for (dataset, model, layer), e in clean.items():
+        baseline = baselines.get(model)
+        base = clean.get((dataset, baseline, layer)) if baseline is not None else None
+        if base is None or not e.get("bootstrap") or not base.get("bootstrap"):
+            continue
+        ours, theirs = _resampled_percent(e), _resampled_percent(base)
+        if not ours.index.equals(theirs.index):
+            raise ArtifactError(
+                f"{e['bootstrap']} and {base['bootstrap']}: {len(ours)} and {len(theirs)} resamples of "
+                f"{dataset}/{layer}, numbered differently; they cannot be paired (re-run the bootstrap jobs)"
+            )
+        resampled = ours - theirs
+        for r_model, r_base in zip(table2_rows(read_units(e["path"])), table2_rows(read_units(base["path"]))):
+            category = r_model["category"]
+            point = r_model["ratio_percent"] - r_base["ratio_percent"]
+            lo, hi = basic_interval(point, resampled[category].to_numpy(), level)
+            rows.append(
+                {
+                    "dataset": dataset,
+                    "model": model,
+                    "baseline": baseline,
+                    "layer": layer,
+                    "threshold_mode": "self",
+                    "category": category,
+                    "units": r_model["units"],
+                    "baseline_percent": r_base["ratio_percent"],
+                    "model_percent": r_model["ratio_percent"],
+                    "difference": point,
+                    "ci_low": lo,
+                    "ci_high": hi,
+                    "shown": bool(lo > 0 or hi < 0),
+                }
+            )
+    frame = pd.DataFrame(rows, columns=MODEL_EFFECT_COLUMNS)
+    return _sort_frame(frame, set())
+
+
 def iou_sweep(entries: Sequence[Mapping[str, Any]], cuts: Sequence[float] = IOU_CUTS) -> pd.DataFrame:
     """Detectors of any category at each IoU cut (a unit counts when its best IoU exceeds the cut),
     per dissection entry; the clean set appears under both threshold modes."""
@@ -450,12 +521,16 @@ def write_table2(
     md_path: PathLike,
     effects_path: PathLike | None = None,
     level: float = 0.95,
+    model_effects_path: PathLike | None = None,
+    baselines: Mapping[str, str | None] | None = None,
 ) -> pd.DataFrame:
     frame = table2(entries, level)
     store.write_csv(csv_path, frame)
     store.write_text(md_path, table2_markdown(frame, level))
     if effects_path is not None:
         store.write_csv(effects_path, attack_effects(entries, level))
+    if model_effects_path is not None:
+        store.write_csv(model_effects_path, model_effects(entries, baselines or {}, level))
     log.info("table2: %d rows from %d units files", len(frame), len(entries))
     return frame
 
@@ -778,7 +853,18 @@ def training_table(
 
 
 # Name columns stay text ("4" is a layer name, "NA" could be a model name).
-_NAME_COLUMNS = ("dataset", "model", "layer", "attack", "threshold_mode", "category", "method", "arch", "weights")
+_NAME_COLUMNS = (
+    "dataset",
+    "model",
+    "baseline",
+    "layer",
+    "attack",
+    "threshold_mode",
+    "category",
+    "method",
+    "arch",
+    "weights",
+)
 
 
 def read_summary_csv(path: PathLike) -> pd.DataFrame:

@@ -70,7 +70,7 @@ def test_unknown_nested_key():
     message = bad(lambda c: c["models"]["resnet18"].update(layerz=["layer4"]))
     assert message == (
         "config: models.resnet18: unknown key 'layerz' "
-        "(allowed: arch, attacks, datasets, layers, normalization, num_classes, weights)"
+        "(allowed: arch, attacks, baseline, datasets, layers, normalization, num_classes, weights)"
     )
 
 
@@ -180,6 +180,75 @@ def test_init_of_another_architecture():
     assert message == "config: models.resnet18_at.weights.init: 'alexnet' is a alexnet, not a resnet18"
 
 
+def test_baseline_defaults_to_the_init_model():
+    cfg = checked(copy.deepcopy(DEFAULT))
+    assert adconfig.model_baselines(cfg) == {
+        "resnet18_at": "resnet18",
+        "resnet18_consistency": "resnet18",
+        "resnet18_atda": "resnet18",
+    }
+    assert adconfig.model_baseline(cfg, "resnet18") is None  # trained from scratch
+    assert adconfig.model_baseline(cfg, "resnet18_random") is None  # not trained here
+
+
+def test_baseline_set_or_turned_off():
+    def set_baselines(c):
+        c["models"]["resnet18_random"]["baseline"] = "resnet18"
+        c["models"]["resnet18_at"]["baseline"] = None
+        c["models"]["resnet18_atda"]["baseline"] = "resnet18_at"
+
+    cfg = checked(_with(set_baselines))
+    assert adconfig.model_baselines(cfg) == {
+        "resnet18_random": "resnet18",
+        "resnet18_consistency": "resnet18",
+        "resnet18_atda": "resnet18_at",
+    }
+
+
+def test_baseline_unknown_model():
+    message = bad(lambda c: c["models"]["resnet18_at"].update(baseline="resnet50"))
+    assert message.startswith("config: models.resnet18_at.baseline: unknown model 'resnet50' (defined: resnet18, ")
+
+
+def test_baseline_not_the_model_itself():
+    message = bad(lambda c: c["models"]["resnet18_at"].update(baseline="resnet18_at"))
+    assert (
+        message == "config: models.resnet18_at.baseline: 'resnet18_at' is the model itself; a baseline is another model"
+    )
+
+
+def test_baseline_shares_a_dataset():
+    message = bad(lambda c: c["models"]["vgg11_bn_random"].update(baseline="resnet18", layers=["layer3", "layer4"]))
+    assert message == (
+        "config: models.vgg11_bn_random.baseline: 'resnet18' is dissected on synthetic, 'vgg11_bn_random' on "
+        "synthetic64: the baseline must share a dataset to compare on"
+    )
+
+
+def test_baseline_dissects_the_same_layers():
+    message = bad(lambda c: c["models"]["alexnet"].update(baseline="alexnet_random", layers=["conv5"]))
+    assert message == (
+        "config: models.alexnet.baseline: 'alexnet_random' dissects layers conv2, conv5, 'alexnet' dissects "
+        "conv5; the baseline must dissect the same layer names"
+    )
+    # the order of the layers does not matter
+    checked(_with(lambda c: c["models"]["alexnet"].update(baseline="alexnet_random", layers=["conv5", "conv2"])))
+
+
+def test_default_baseline_is_checked_too():
+    message = bad(lambda c: c["models"]["resnet18_at"].update(layers=["layer4"]))
+    assert message == (
+        "config: models.resnet18_at.baseline (by default weights.init; null for no comparison): 'resnet18' "
+        "dissects layers layer3, layer4, 'resnet18_at' dissects layer4; the baseline must dissect the same layer names"
+    )
+    checked(_with(lambda c: c["models"]["resnet18_at"].update(layers=["layer4"], baseline=None)))
+
+
+def test_baseline_is_a_name():
+    message = bad(lambda c: c["models"]["resnet18_at"].update(baseline=3))
+    assert message.startswith("config: models.resnet18_at.baseline: ")
+
+
 def test_weights_source_keys_are_checked():
     message = bad(lambda c: c["models"]["resnet18"].update(weights={"source": "torchvision"}))
     assert message == "config: models.resnet18.weights: 'name' is a required property"
@@ -212,8 +281,10 @@ def test_unknown_architecture_is_reported_under_arch():
 
 
 def test_one_module_under_two_layer_names_is_refused_at_planning():
-    cfg = checked(_with(lambda c: c["models"]["resnet18"].update(layers=["layer4", "last_conv"])))
-    with pytest.raises(ConfigError, match=r"^config: models.resnet18.layers: 'layer4' and 'last_conv' are the same"):
+    cfg = checked(_with(lambda c: c["models"]["resnet18_random"].update(layers=["layer4", "last_conv"])))
+    with pytest.raises(
+        ConfigError, match=r"^config: models.resnet18_random.layers: 'layer4' and 'last_conv' are the same"
+    ):
         adconfig.check_layers(cfg)
     adconfig.check_layers(checked(copy.deepcopy(DEFAULT)))
 

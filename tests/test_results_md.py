@@ -118,6 +118,32 @@ def small_effects() -> pd.DataFrame:
     return pd.DataFrame(rows, columns=tables.EFFECT_COLUMNS)
 
 
+def small_model_effects() -> pd.DataFrame:
+    """tuned against base, at layer4 (the deepest) and layer3 (not shown)."""
+    rows = []
+    for layer in ("layer3", "layer4"):
+        for k, category in enumerate(tables.TABLE2_CATEGORIES):
+            diff = 4.0 - 1.5 * k
+            rows.append(
+                {
+                    "dataset": "d",
+                    "model": "tuned",
+                    "baseline": "base",
+                    "layer": layer,
+                    "threshold_mode": "self",
+                    "category": category,
+                    "units": 10,
+                    "baseline_percent": 20.0 + k,
+                    "model_percent": 20.0 + k + diff,
+                    "difference": diff,
+                    "ci_low": diff - 2.0,
+                    "ci_high": diff + 2.0,
+                    "shown": abs(diff) > 2.0,
+                }
+            )
+    return pd.DataFrame(rows, columns=tables.MODEL_EFFECT_COLUMNS)
+
+
 def small_ablation() -> pd.DataFrame:
     rows = []
     for mode, drifted_restored in (("self", 30.0), ("clean", 10.0)):
@@ -238,6 +264,7 @@ def small_markdown(training: bool = True) -> str:
         small_training() if training else None,
         small_effects(),
         small_ablation(),
+        small_model_effects(),
     )
 
 
@@ -332,6 +359,53 @@ def test_effects_section():
     assert rows[1][10] == "-9.3 [-10.3, +2.7]"
 
 
+def test_model_effects_section():
+    rows = table_rows(small_markdown(), "model_effects")
+    assert rows[0] == ["model", "baseline", "layer", "category", "baseline %", "model %", "difference"]
+    # the deepest layer only, one row per category in Table 2's order
+    body = rows[1:]
+    assert [r[:4] for r in body] == [["tuned", "base", "layer4", c] for c in tables.TABLE2_CATEGORIES]
+    # color: 20.0 → 24.0, +4.0 [+2.0, +6.0] excludes 0; texture: +2.5 [+0.5, +4.5] too; material: +1.0 holds 0
+    assert body[0][4:] == ["20.0", "24.0", "+4.0 [+2.0, +6.0]*"]
+    assert body[1][4:] == ["21.0", "23.5", "+2.5 [+0.5, +4.5]*"]
+    assert body[2][4:] == ["22.0", "23.0", "+1.0 [-1.0, +3.0]"]
+    assert body[6][4:] == ["26.0", "21.0", "-5.0 [-7.0, -3.0]*"]
+
+
+def test_model_effects_section_only_with_rows():
+    def markdown(model_effects):
+        return results_md.demo_results_markdown(
+            small_models(),
+            small_attacks(),
+            small_table2(),
+            small_ceilings(),
+            small_units(),
+            small_training(),
+            small_effects(),
+            small_ablation(),
+            model_effects,
+        )
+
+    for model_effects in (None, small_model_effects().iloc[:0]):
+        md = markdown(model_effects)
+        assert results_md.TITLES["model_effects"] not in md
+        assert results_md.section_titles(md) == [t for k, t in results_md.TITLES.items() if k != "model_effects"]
+    # after the attack effects, before the ceilings
+    titles = results_md.section_titles(markdown(small_model_effects()))
+    i = titles.index(results_md.TITLES["model_effects"])
+    assert titles[i - 1 : i + 2] == [results_md.TITLES[k] for k in ("effects", "model_effects", "ceilings")]
+
+
+def test_model_effects_section_with_two_datasets():
+    frame = pd.concat([small_model_effects(), small_model_effects().assign(dataset="e")], ignore_index=True)
+    text = results_md.model_effects_section(frame, [("d", "tuned", "layer4"), ("e", "tuned", "layer4")])
+    lines = text.splitlines()
+    assert lines[2] == "| dataset | model | baseline | layer | category | baseline % | model % | difference |"
+    assert len(lines) == 4 + 2 * 7
+    assert lines[4].startswith("| d | tuned | base | layer4 | color |")
+    assert lines[11].startswith("| e | tuned | base | layer4 | color |")
+
+
 def test_ablation_section():
     rows = table_rows(small_markdown(), "ablation")
     assert rows[0][-3:] == ["restored % drifted", "restored % random", "above"]
@@ -406,6 +480,7 @@ def test_write_demo_results_from_csvs_is_byte_stable(tmp_path):
         ("training", small_training()),
         ("effects", small_effects()),
         ("ablation", small_ablation()),
+        ("model_effects", small_model_effects()),
     ):
         paths[name] = tmp_path / f"{name}.csv"
         store.write_csv(paths[name], frame)
@@ -422,6 +497,7 @@ def test_write_demo_results_from_csvs_is_byte_stable(tmp_path):
             training_csv=paths["training"],
             effects_csv=paths["effects"],
             ablation_csv=paths["ablation"],
+            model_effects_csv=paths["model_effects"],
         )
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]

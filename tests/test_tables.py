@@ -468,3 +468,176 @@ def test_iou_sweep_counts_units_above_each_cut(entries):
     at_cut = sweep[(sweep.cut == 0.04) & (sweep.attack == "fgsm_2") & (sweep.threshold_mode == "self")]
     assert at_cut["detectors"].item() == 3
     assert tables.IOU_CUTS[0] == 0.02 and tables.IOU_CUTS[-1] == 0.2 and 0.04 in tables.IOU_CUTS
+
+
+# --------------------------------------------------------------------------- model against its baseline
+
+
+def _random_units(rng, n_units):
+    rows = []
+    for unit in range(1, n_units + 1):
+        category = str(rng.choice(tables.CATEGORY_ORDER))
+        rows.append(
+            (unit, f"{category}-{rng.integers(3)}", category, float(rng.uniform(0, 0.1)), bool(rng.random() < 0.6))
+        )
+    return rows
+
+
+def _random_bootstrap(rng, path, layers, n_units, resamples=200):
+    """A clean image set's bootstrap table (mode self) with random detector counts per category."""
+    frames = []
+    for layer in layers:
+        counts = rng.integers(0, n_units // 3 + 1, size=(resamples, len(tables.CATEGORY_ORDER)))
+        frame = pd.DataFrame(counts, columns=list(tables.CATEGORY_ORDER))
+        frame["all"] = counts.sum(axis=1)
+        frame.insert(0, "units", n_units)
+        frame.insert(0, "resample", np.arange(1, resamples + 1))
+        frame.insert(0, "layer", layer)
+        frame.insert(0, "mode", "self")
+        frames.append(frame)
+    pd.concat(frames).to_csv(path, index=False)
+    return pd.concat(frames).reset_index(drop=True), str(path)
+
+
+@pytest.fixture
+def model_entries(tmp_path):
+    """std (layer3, layer4), at (layer3, layer4, layer5; baseline std), solo (layer4; no baseline),
+    each with its clean units and bootstrap tables; at also attacked (not compared here)."""
+    rng = np.random.default_rng(7)
+    layers = {"std": ["layer3", "layer4"], "at": ["layer3", "layer4", "layer5"], "solo": ["layer4"]}
+    n_units = {"std": 9, "at": 12, "solo": 6}  # percentages are of each model's own units
+    entries, units, boots = [], {}, {}
+    for model, model_layers in layers.items():
+        boot, boot_path = _random_bootstrap(rng, tmp_path / f"boot_{model}.csv", model_layers, n_units[model])
+        for layer in model_layers:
+            units[model, layer] = _random_units(rng, n_units[model])
+            boots[model, layer] = boot[boot["layer"] == layer].reset_index(drop=True)
+            entries.append(
+                {
+                    "dataset": "syn",
+                    "model": model,
+                    "layer": layer,
+                    "attack": "clean",
+                    "mode": "self",
+                    "method": "clean",
+                    "path": write_units(tmp_path / f"{model}_{layer}.csv", units[model, layer]),
+                    "bootstrap": boot_path,
+                }
+            )
+    entries.append(
+        {
+            **entries[2],
+            "attack": "fgsm_2",
+            "method": "fgsm",
+            "path": write_units(tmp_path / "at_fgsm.csv", FGSM_SELF_UNITS),
+        }
+    )
+    return entries, units, boots, n_units
+
+
+def test_model_effects_match_a_direct_computation(model_entries):
+    entries, units, boots, n_units = model_entries
+    level = 0.9
+    df = tables.model_effects(entries, {"at": "std", "solo": None}, level=level)
+    assert list(df.columns) == tables.MODEL_EFFECT_COLUMNS
+    # at against std at the layers both dissect; solo has no baseline; layer5 is at's alone
+    assert list(dict.fromkeys(zip(df.model, df.baseline, df.layer))) == [
+        ("at", "std", "layer3"),
+        ("at", "std", "layer4"),
+    ]
+    assert list(df.category) == 2 * list(tables.TABLE2_CATEGORIES)
+    assert set(df.threshold_mode) == {"self"} and set(df.dataset) == {"syn"}
+    n_shown = 0
+    for _, row in df.iterrows():
+        layer, category = row.layer, row.category
+        detectors = {}
+        for model in ("at", "std"):
+            rows = [r for r in units[model, layer] if r[4] and (category == "all" or r[2] == category)]
+            detectors[model] = 100.0 * len(rows) / n_units[model]
+        point = detectors["at"] - detectors["std"]
+        diffs = [
+            100.0 * a / n_units["at"] - 100.0 * b / n_units["std"]
+            for a, b in zip(boots["at", layer][category], boots["std", layer][category])
+        ]
+        q_lo, q_hi = np.percentile(diffs, [5, 95])
+        assert row.units == n_units["at"]
+        assert (row.baseline_percent, row.model_percent) == (
+            pytest.approx(detectors["std"]),
+            pytest.approx(detectors["at"]),
+        )
+        assert row.difference == pytest.approx(point)
+        assert (row.ci_low, row.ci_high) == (pytest.approx(2 * point - q_hi), pytest.approx(2 * point - q_lo))
+        assert row.shown == (2 * point - q_hi > 0 or 2 * point - q_lo < 0)
+        n_shown += bool(row.shown)
+    assert 0 < n_shown < len(df)  # both kinds occur in these numbers
+
+
+def test_model_effects_shown_when_every_resample_moves_the_same_way(tmp_path):
+    # the model has one more object detector than its baseline in every resample: the paired
+    # interval is a point although the two models' own resamples overlap
+    base = np.random.default_rng(1).integers(0, 4, 200)
+    entries = []
+    for model, detectors, units_rows in (("std", base, CLEAN_UNITS), ("at", base + 1, FGSM_SELF_UNITS)):
+        path = write_bootstrap_table(tmp_path / f"{model}.csv", {("self", "layer3"): (detectors, detectors)})
+        entries.append(
+            {
+                "dataset": "syn",
+                "model": model,
+                "layer": "layer3",
+                "attack": "clean",
+                "mode": "self",
+                "path": write_units(tmp_path / f"{model}_units.csv", units_rows),
+                "bootstrap": path,
+            }
+        )
+    df = tables.model_effects(entries, {"at": "std"}).set_index("category")
+    # units tables: object 1 of 5 against 2 of 5; all 3 of 5 in both
+    assert df.loc["object", ["baseline_percent", "model_percent", "difference"]].tolist() == [40.0, 20.0, -20.0]
+    # every resampled difference is +20 (one detector of 5): the basic interval is 2·point − 20
+    assert df.loc["object", ["ci_low", "ci_high"]].tolist() == [-60.0, -60.0]
+    assert bool(df.loc["object", "shown"]) is True
+    assert df.loc["all", ["difference", "ci_low", "ci_high"]].tolist() == [0.0, -20.0, -20.0]
+    assert bool(df.loc["all", "shown"]) is True
+    assert df.loc["color", ["difference", "ci_low", "ci_high"]].tolist() == [0.0, 0.0, 0.0]
+    assert bool(df.loc["color", "shown"]) is False  # no resample moves: the interval is [0, 0]
+
+
+def test_model_effects_need_a_baseline_and_both_bootstrap_tables(model_entries):
+    entries, *_ = model_entries
+    assert tables.model_effects(entries, {}).empty
+    assert tables.model_effects(entries, {"solo": None, "std": "nonesuch"}).empty
+    # a baseline that lacks the model's layers (solo dissects layer4 only)
+    df = tables.model_effects(entries, {"at": "solo"})
+    assert list(df.layer.unique()) == ["layer4"] and set(df.baseline) == {"solo"}
+    # without the baseline's bootstrap table at a layer, that layer has no row
+    no_boot = [{**e, "bootstrap": None} if (e["model"], e["layer"]) == ("std", "layer3") else e for e in entries]
+    assert list(tables.model_effects(no_boot, {"at": "std"}).layer.unique()) == ["layer4"]
+
+
+def test_model_effects_refuse_resamples_that_do_not_pair(model_entries, tmp_path):
+    entries, *_ = model_entries
+    std = next(e for e in entries if e["model"] == "std")
+    boot = pd.read_csv(std["bootstrap"])
+    short = tmp_path / "short.csv"
+    boot[boot["resample"] <= 100].to_csv(short, index=False)
+    entries = [{**e, "bootstrap": str(short)} if e["model"] == "std" else e for e in entries]
+    with pytest.raises(ArtifactError, match="cannot be paired"):
+        tables.model_effects(entries, {"at": "std"})
+
+
+def test_write_table2_writes_model_effects(model_entries, tmp_path):
+    entries, *_ = model_entries
+    out = tmp_path / "summary"
+    tables.write_table2(
+        entries,
+        csv_path=out / "table2.csv",
+        md_path=out / "table2.md",
+        effects_path=out / "attack_effects.csv",
+        model_effects_path=out / "model_effects.csv",
+        baselines={"at": "std"},
+    )
+    written = tables.read_summary_csv(out / "model_effects.csv")
+    want = tables.model_effects(entries, {"at": "std"})
+    assert list(written.columns) == tables.MODEL_EFFECT_COLUMNS and len(written) == len(want) == 14
+    assert written["baseline"].tolist() == want["baseline"].tolist()
+    assert np.allclose(written["ci_low"], want["ci_low"]) and written["shown"].tolist() == want["shown"].tolist()

@@ -373,6 +373,11 @@ def bootstrap_paths(items):
     ]
 
 
+def model_baselines():
+    """{model: the model it is compared with on clean images} (models.<name>.baseline)."""
+    return adconfig.model_baselines(config)
+
+
 def compared_models():
     """{model: its arch and training method} of every model trained here: the training comparison."""
     return {

@@ -60,6 +60,11 @@ rule table2:
             caption="../report/attack_effects.rst",
             category="Table 2",
         ),
+        model_effects=report(
+            "results/summary/model_effects.csv",
+            caption="../report/model_effects.rst",
+            category="Table 2",
+        ),
     log:
         "results/logs/table2.log",
     benchmark:
@@ -69,6 +74,7 @@ rule table2:
     params:
         entries=entries(),
         level=BOOTSTRAP["level"],
+        baselines=model_baselines(),
     script:
         "../scripts/table2.py"
 
@@ -372,6 +378,7 @@ rule demo_results:
         attacks="results/summary/attacks.csv",
         table2="results/summary/table2.csv",
         effects="results/summary/attack_effects.csv",
+        model_effects="results/summary/model_effects.csv",
         ceilings="results/summary/ceilings.csv",
         training=["results/summary/training.csv"] if compared_models() else [],
         ablation=["results/summary/ablation.csv"] if ablation_paths() else [],

@@ -20,5 +20,6 @@ results_md.write_demo_results(
     units=units,
     training_csv=training[0] if training else None,
     effects_csv=sm.input.effects,
+    model_effects_csv=sm.input.model_effects,
     ablation_csv=ablation[0] if ablation else None,
 )

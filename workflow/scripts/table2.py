@@ -1,4 +1,5 @@
-"""Rule table2: results/summary/table2.csv, table2.md and attack_effects.csv from every units/{layer}.csv."""
+"""Rule table2: results/summary/table2.csv, table2.md, attack_effects.csv and model_effects.csv from every
+units/{layer}.csv (and the bootstrap tables)."""
 
 from advdissect.joblog import log_to
 
@@ -16,4 +17,6 @@ tables.write_table2(
     md_path=sm.output.md,
     effects_path=sm.output.effects,
     level=float(sm.params.level),
+    model_effects_path=sm.output.model_effects,
+    baselines=dict(sm.params.baselines),
 )
