@@ -73,7 +73,8 @@ def ideal_maps(
 
 
 # Images whose ideal maps are held at once: the maps of every concept of 250 images at 14 x 14
-# are about 0.25 GB at Broden's concepts; a pass holds about four times its maps, and the kept top values grow with the set.
+# are about 0.25 GB at Broden's concepts; a pass holds about four times its maps, and the kept
+# top values grow with the set.
 CHUNK_IMAGES = 250
 
 Chunks = Sequence[Callable[[], Sequence[Any]]]
