@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from advdissect import ceilings, results_md, store, tables
+from advdissect import config as adconfig
 from advdissect.broden import BrodenDataset
 from advdissect.config import sort_keys
 from advdissect.errors import ArtifactError
@@ -575,8 +576,18 @@ def config_frames(cfg: dict) -> dict:
         for r in table2_rows
         if r["attack"] != clean
     ]
+    # model_effects.csv: every model with a baseline against it, at the deepest layer, clean images
+    model_effect_rows = [
+        {**{c: NAN for c in tables.MODEL_EFFECT_COLUMNS}, "dataset": d, "model": m, "baseline": b, "layer": layer}
+        | {"threshold_mode": "self", "category": c, "shown": False}
+        for m, b in adconfig.model_baselines(cfg).items()
+        for d, dm, layer in deepest
+        if dm == m
+        for c in tables.TABLE2_CATEGORIES
+    ]
     return {
         "models": models_df,
+        "model_effects": pd.DataFrame(model_effect_rows, columns=tables.MODEL_EFFECT_COLUMNS),
         "attacks": pd.DataFrame(attack_rows, columns=tables.ATTACK_COLUMNS),
         "table2": pd.DataFrame(table2_rows, columns=tables.TABLE2_COLUMNS),
         "effects": pd.DataFrame(effect_rows, columns=tables.EFFECT_COLUMNS),
