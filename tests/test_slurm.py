@@ -47,7 +47,7 @@ CANNOT_RUN = {
 }
 
 # What the test cluster needs that a real one does not. Memory and CPUs: the node has only
-# nproc CPUs and 90% of the RAM, and one CPU per job lets two GPU jobs run at once. Status:
+# all online CPUs and 90% of the RAM, and one CPU per job lets two GPU jobs run at once. Status:
 # there is no slurmdbd, so sacct knows nothing and squeue (MinJobAge=3600) answers instead.
 # Quick first status check, kept SLURM logs (read below), no retries (a failure shows at once).
 PROFILE_CHANGES = {

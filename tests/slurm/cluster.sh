@@ -10,7 +10,7 @@
 # the munge key and socket, spool and state dirs, logs, pids, client wrappers. Nothing under /etc
 # is written, so clients need `source STATE_DIR/env.sh` (SLURM_CONF, and STATE_DIR/bin on PATH).
 #
-# The node `localhost` (127.0.0.1) has CPUs = nproc, RealMemory = 90% of MemTotal and two fake
+# The node `localhost` (127.0.0.1) has CPUs = the online CPUs, RealMemory = 90% of MemTotal and two fake
 # GPUs: character devices STATE_DIR/dev/fakegpu{0,1} declared in gres.conf. SLURM schedules them
 # like real ones and sets CUDA_VISIBLE_DEVICES from each job's GRES allocation; a TaskProlog
 # records that value per task in STATE_DIR/log/tasks.log and prints it into the job's output.
@@ -120,7 +120,7 @@ ensure_packages() {
 
 write_configs() {
     local cpus mem_kb mem_mb ctld_port slurmd_port
-    cpus=$(nproc)
+    cpus=$(getconf _NPROCESSORS_ONLN)  # not nproc, which follows OMP_NUM_THREADS; the profile caps use os.cpu_count()
     mem_kb=$(awk '/^MemTotal:/ {print $2}' /proc/meminfo)
     mem_mb=$((mem_kb / 1024 * 9 / 10))
     ctld_port=$(free_port) || die $EX_DAEMON "no free TCP port for slurmctld"
