@@ -504,18 +504,19 @@ def test_apgd_stays_in_eps_ball_and_unit_range(model, loss, seed):
 
 
 def test_apgd_at_least_as_strong_as_pgd(model):
-    # Same ε and number of steps, stored (rounded) images: APGD's success rate is at least PGD's.
+    # Same ε and number of steps, stored (rounded) images: APGD's success rate is at least PGD's
+    # (on these 24 images: PGD 13, APGD-CE 13, APGD-DLR 14).
     images = make_images(24, seed=23)
     rates = {}
     for name, settings in {
-        "pgd": {"method": "pgd", "eps": "4/255", "step": "1/255", "steps": 20},
-        "apgd_ce": {"method": "apgd", "eps": "4/255", "steps": 20},
-        "apgd_dlr": {"method": "apgd", "eps": "4/255", "steps": 20, "loss": "dlr"},
+        "pgd": {"method": "pgd", "eps": "2/255", "step": "1/255", "steps": 10},
+        "apgd_ce": {"method": "apgd", "eps": "2/255", "steps": 10},
+        "apgd_dlr": {"method": "apgd", "eps": "2/255", "steps": 10, "loss": "dlr"},
     }.items():
         out = run_attack(model, images, np.full(24, -1), spec(settings), 24, "cpu")
-        rates[name] = float((out["adv_pred"] != out["clean_pred"]).mean())
+        rates[name] = int((out["adv_pred"] != out["clean_pred"]).sum())
     assert rates["apgd_ce"] >= rates["pgd"] and rates["apgd_dlr"] >= rates["pgd"], rates
-    assert rates["pgd"] > 0
+    assert 0 < rates["pgd"] < 24
 
 
 def test_apgd_restarts_only_attack_the_unfooled(model):
