@@ -11,7 +11,10 @@ drawn at random, several times.
 All sets share one forward pass up to the layer: the hook stacks the variants along the batch,
 and the rest of the network runs on the stack (eval mode: each image's output depends on that
 image alone). A layer whose output meets the block's input again (a module inside a residual
-block) cannot take the stack; then each variant runs its own forward pass.
+block) cannot take the stack; then each variant runs its own forward pass. A transformer
+block's output is edited as a map too (`models.layer_outputs`: a ViT's patch tokens on their
+grid, the class token kept; a Swin stage's channels-last map) and written back in its own
+layout; encoder blocks and Swin stages keep their residual sums inside, so they take the stack.
 """
 
 from __future__ import annotations

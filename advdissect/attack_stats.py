@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 
 from .errors import ArtifactError, ConfigError
-from .specs import GRADIENT_METHODS, AttackSpec
+from .specs import GRADIENT_METHODS, L2_METHODS, ROUNDED_METHODS, AttackSpec
 from .store import open_h5, read_attrs, write_csv
 
 _STAT_ARRAYS = ("labels", "clean_pred", "clean_conf", "adv_pred", "adv_conf", "linf", "l2", "target")
@@ -25,7 +25,7 @@ def attack_statistics(shard_paths: Iterable[str | PathLike], identity: Mapping[s
     success_rate: untargeted attacks (and noise, clean): 1 − agreement (the flip rate);
     targeted attacks: share of images predicted as their target.
     clean_accuracy / adversarial_accuracy: against the class labels, over the images that
-    have one (NaN when none has).
+    have one (NaN when none has). eps is NaN for the L2 attacks (deepfool, cw), which have none.
     """
     paths = list(shard_paths)
     if not paths:
@@ -75,9 +75,10 @@ def attack_statistics(shard_paths: Iterable[str | PathLike], identity: Mapping[s
         "model": identity.get("model", attrs.get("model")),
         "attack": name,
         "method": spec.method,
-        "eps": spec.eps,
-        "eps_255": round(spec.eps * 255, 6),
-        "labels": spec.labels if spec.method in GRADIENT_METHODS else "",
+        # DeepFool and C&W have no ε: their size is in the L2 and L∞ columns.
+        "eps": math.nan if spec.method in L2_METHODS else spec.eps,
+        "eps_255": math.nan if spec.method in L2_METHODS else round(spec.eps * 255, 6),
+        "labels": spec.labels if spec.method in (*GRADIENT_METHODS, *ROUNDED_METHODS) else "",
         "n_images": n,
         "agreement": agreement,
         "success_rate": success,

@@ -10,9 +10,17 @@ Conventions: images are in [0, 1], the model normalises inside its forward,
 - PGD: BIM from a uniformly random start in the ε-ball
 - noise: x + ε·s with random signs s ∈ {−1, +1} per pixel (the control of the same L∞ size)
 
-Shards store images as uint8, which is lossless only on the 1/255 grid: every attack that
-writes a shard needs ε (and the BIM/PGD step) to be a multiple of 1/255, so that each iterate
-lies on the grid; PGD's random start is then drawn on the grid too.
+- DeepFool (L2, Moosavi-Dezfooli et al. 2016): linearise the classifier at the current image,
+  step (1 + overshoot)× onto the nearest linearised boundary, repeat until the label changes
+- C&W L2 (Carlini & Wagner 2017, untargeted): Adam in tanh space on ‖x* − x‖² + c·max(Z_y − max_{i≠y} Z_i, −κ)
+- APGD (L∞, Croce & Hein 2020): PGD with momentum 0.75 and a step size that halves at
+  checkpoints where the loss (CE or DLR) stopped rising, from a random start in the ε-ball
+
+Shards store images as uint8, which is lossless only on the 1/255 grid: FGSM, BIM, PGD and the
+noise need ε (and the BIM/PGD step) to be a multiple of 1/255, so that each iterate lies on the
+grid; PGD's random start is then drawn on the grid too. DeepFool, C&W and APGD end off the grid:
+their results are rounded to the nearest uint8 value (which keeps APGD inside its ε-ball when ε
+is on the grid), and the stored predictions are those of the rounded images.
 """
 
 from __future__ import annotations
@@ -33,7 +41,7 @@ from .broden import BrodenDataset, shard_rows
 from .device import in_batches, select_device
 from .errors import AttackError
 from .models import load_model_spec
-from .specs import GRADIENT_METHODS, AttackSpec, ModelSpec, ShardPlan, grid_steps
+from .specs import GRADIENT_METHODS, L2_METHODS, ROUNDED_METHODS, AttackSpec, ModelSpec, ShardPlan, grid_steps
 from .store import write_h5
 
 log = logging.getLogger(__name__)
@@ -170,6 +178,242 @@ def clean(x: torch.Tensor) -> torch.Tensor:
     return x
 
 
+def deepfool(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    steps: int = 50,
+    overshoot: float = 0.02,
+    candidates: int | None = None,
+) -> torch.Tensor:
+    """DeepFool (L2; Moosavi-Dezfooli et al. 2016), as torchattacks 3.5.1 runs it, batched.
+
+    Each step linearises the logits at the current image, finds the class k among the
+    candidates whose linearised boundary with y is nearest, |f_k − f_y| / ‖∇f_k − ∇f_y‖₂, and
+    moves (1 + overshoot) times onto it, clipping to [0, 1]. An image stops as soon as its
+    prediction is not y (it is then left as it is); at most `steps` steps. candidates: how many
+    classes are tried besides y, the highest clean logits first (None: all, as torchattacks);
+    the authors' code tries 10, which keeps ImageNet's 1000 classes affordable.
+    """
+    n = x.shape[0]
+    adv = x.detach().clone()
+    with torch.no_grad():
+        logits = model(x)
+    n_classes = logits.shape[1]
+    if candidates is None or candidates >= n_classes:
+        everything = torch.arange(n_classes, device=x.device).expand(n, n_classes)
+        others = everything[everything != y[:, None]].view(n, n_classes - 1)
+    else:
+        masked = logits.float().scatter(1, y[:, None], float("-inf"))
+        others = masked.topk(candidates - 1, dim=1).indices
+    classes = torch.cat([y[:, None], others], 1)  # y first
+    active = torch.ones(n, dtype=torch.bool, device=x.device)
+    for _ in range(steps):
+        index = active.nonzero().squeeze(1)
+        if index.numel() == 0:
+            break
+        xa = adv[index].requires_grad_(True)
+        with torch.enable_grad():
+            f = model(xa)
+            fooled = f.detach().argmax(1) != y[index]
+            f = f.gather(1, classes[index])
+            grads = [
+                torch.autograd.grad(f[:, j].sum(), xa, retain_graph=j + 1 < f.shape[1])[0] for j in range(f.shape[1])
+            ]
+        f = f.detach()
+        w = torch.stack(grads, 1)
+        f_prime = f[:, 1:] - f[:, :1]
+        w_prime = w[:, 1:] - w[:, :1]
+        value = f_prime.abs() / w_prime.flatten(2).norm(p=2, dim=2)
+        nearest = value.argmin(1)
+        pick = torch.arange(len(index), device=x.device)
+        wp = w_prime[pick, nearest]
+        shape = (-1,) + (1,) * (x.dim() - 1)
+        delta = f_prime[pick, nearest].abs().view(shape) * wp / (wp.flatten(1).norm(p=2, dim=1) ** 2).view(shape)
+        moved = (xa.detach() + (1 + overshoot) * delta).clamp(0.0, 1.0)
+        adv[index[~fooled]] = moved[~fooled]
+        active[index[fooled]] = False
+    return adv
+
+
+def _atanh(z: torch.Tensor) -> torch.Tensor:
+    return 0.5 * torch.log((1 + z) / (1 - z))
+
+
+def cw(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    c: float = 1.0,
+    kappa: float = 0.0,
+    steps: int = 100,
+    lr: float = 0.01,
+) -> torch.Tensor:
+    """Carlini–Wagner L2 (untargeted, fixed c: no binary search), as torchattacks 3.5.1 runs it.
+
+    Adam (lr) on w, x* = (tanh(w) + 1)/2 starting at x, minimising
+    ‖x* − x‖² + c·max(Z_y − max_{i≠y} Z_i, −κ). The result is the misclassified iterate of
+    least L2 distance (x itself when none is). Every `max(steps // 10, 1)` steps an image whose
+    cost rose since the last check stops (torchattacks stops the whole batch on the batch's
+    summed cost; per image, a result does not depend on its batch). Pixels at exactly 0 or 1
+    cannot move (atanh(±1) = ±∞), as in torchattacks. The other classes' maximum is taken over
+    the other logits themselves (torchattacks masks them by a product, which reads 0 when all of
+    them are negative).
+    """
+    x = x.detach()
+    w = _atanh((x * 2 - 1).clamp(-1, 1)).detach().requires_grad_(True)
+    best = x.clone()
+    best_l2 = torch.full((x.shape[0],), 1e10, dtype=x.dtype, device=x.device)
+    previous = torch.full_like(best_l2, 1e10)
+    stopped = torch.zeros(x.shape[0], dtype=torch.bool, device=x.device)
+    optimizer = torch.optim.Adam([w], lr=lr)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    for step in range(steps):
+        with torch.enable_grad():
+            adv = (torch.tanh(w) + 1) / 2
+            l2 = (adv - x).square().flatten(1).sum(1)
+            logits = model(adv)
+            real = logits.gather(1, y[:, None]).squeeze(1)
+            other = logits.scatter(1, y[:, None], float("-inf")).amax(1)
+            cost = l2 + c * torch.clamp(real - other, min=-kappa)
+            optimizer.zero_grad()
+            cost.sum().backward()
+        optimizer.step()
+        better = (logits.detach().argmax(1) != y) & (best_l2 > l2.detach()) & ~stopped
+        best_l2 = torch.where(better, l2.detach(), best_l2)
+        best = torch.where(better.view(shape), adv.detach(), best)
+        if step % max(steps // 10, 1) == 0:
+            stopped |= cost.detach() > previous
+            previous = cost.detach()
+            if bool(stopped.all()):
+                break
+    return best
+
+
+def dlr_loss(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Croce & Hein's difference of logits ratio, per image: −(z_y − max_{i≠y} z_i) / (z_π1 − z_π3)."""
+    z, order = logits.sort(dim=1)
+    top_is_y = (order[:, -1] == y).to(logits.dtype)
+    zy = logits.gather(1, y[:, None]).squeeze(1)
+    return -(zy - z[:, -2] * top_is_y - z[:, -1] * (1.0 - top_is_y)) / (z[:, -1] - z[:, -3] + 1e-12)
+
+
+def _apgd_grad(model, x_adv, y, criterion):
+    x_adv = x_adv.detach().requires_grad_(True)
+    with torch.enable_grad():
+        logits = model(x_adv)
+        loss = criterion(logits, y)
+        (grad,) = torch.autograd.grad(loss.sum(), x_adv)
+    return logits.detach(), loss.detach(), grad.detach()
+
+
+def _apgd_run(model, x, y, eps, steps, criterion, u, rho=0.75):
+    """One APGD run (the reference code's `attack_single_run`, L∞) from x + ε·t/‖t‖∞, t = 2u − 1.
+
+    Returns (the point of highest loss, still classified as y?, that loss, the last iterate
+    that was not classified as y). The first checkpoint is after 0.22·steps iterations; each
+    later interval is 0.03·steps shorter, down to 0.06·steps. At a checkpoint an image's step
+    size halves (and it restarts from its best point) when the loss rose in at most ρ of the
+    interval's steps, or when the step size was kept at the last checkpoint and its best loss has
+    not improved since.
+    """
+    n = x.shape[0]
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    steps_2, steps_min, size_decr = max(int(0.22 * steps), 1), max(int(0.06 * steps), 1), max(int(0.03 * steps), 1)
+    t = 2 * u - 1
+    start = eps * torch.ones((n,) + (1,) * (x.dim() - 1), dtype=t.dtype, device=t.device) * t
+    start = start / t.reshape(n, -1).abs().amax(1).view(shape)
+    x_adv = (x + start.to(x.device)).clamp(0.0, 1.0)
+    x_best, x_best_adv = x_adv.clone(), x_adv.clone()
+    # float32 and zero-filled like the reference's record of the losses, whose first check reads
+    # the row before the first step as the (still zero) last row.
+    loss_steps = torch.zeros((steps, n), dtype=torch.float32, device=x.device)
+    logits, loss, grad = _apgd_grad(model, x_adv, y, criterion)
+    grad_best = grad.clone()
+    acc = logits.argmax(1) == y
+    loss_best = loss.clone()
+    step_size = torch.full((n,) + (1,) * (x.dim() - 1), 2 * eps, dtype=torch.float32, device=x.device)
+    x_adv_old = x_adv.clone()
+    k, since_check = steps_2, 0
+    loss_best_last_check = loss_best.clone()
+    reduced_last_check = torch.ones(n, dtype=torch.bool, device=x.device)
+    for i in range(steps):
+        with torch.no_grad():
+            momentum = x_adv - x_adv_old
+            x_adv_old = x_adv.clone()
+            a = 0.75 if i > 0 else 1.0
+            z = _project(x_adv + step_size * torch.sign(grad), x, eps)
+            x_adv = _project(x_adv + (z - x_adv) * a + momentum * (1 - a), x, eps)
+        logits, loss, grad = _apgd_grad(model, x_adv, y, criterion)
+        pred = logits.argmax(1) == y
+        acc = acc & pred
+        x_best_adv = torch.where((~pred).view(shape), x_adv, x_best_adv)
+        loss_steps[i] = loss.float()
+        improved = loss > loss_best
+        x_best = torch.where(improved.view(shape), x_adv, x_best)
+        grad_best = torch.where(improved.view(shape), grad, grad_best)
+        loss_best = torch.where(improved, loss, loss_best)
+        since_check += 1
+        if since_check == k:
+            rises = sum((loss_steps[i - j] > loss_steps[i - j - 1]).long() for j in range(k))
+            oscillating = rises <= k * rho
+            stalled = ~reduced_last_check & (loss_best_last_check >= loss_best)
+            reduce = oscillating | stalled
+            reduced_last_check = reduce.clone()
+            loss_best_last_check = loss_best.clone()
+            step_size = torch.where(reduce.view(shape), step_size / 2.0, step_size)
+            x_adv = torch.where(reduce.view(shape), x_best, x_adv)
+            grad = torch.where(reduce.view(shape), grad_best, grad)
+            since_check = 0
+            k = max(k - size_decr, steps_min)
+    return x_best, acc, loss_best, x_best_adv
+
+
+def apgd(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int = 100,
+    restarts: int = 1,
+    loss: str = "ce",
+    starts: torch.Tensor | None = None,
+    rho: float = 0.75,
+) -> torch.Tensor:
+    """APGD (L∞; Croce & Hein 2020) with the CE or DLR loss, untargeted against y.
+
+    Restart r attacks the images still classified as y from x + ε·t/‖t‖∞, t = 2·starts[r] − 1
+    (starts: uniforms in [0, 1) shaped (restarts, *x.shape); None draws them from torch's global
+    generator, as torchattacks does). An image that a run fools keeps that run's last fooling
+    iterate (as the reference code); one that none fools keeps the point of highest loss over the
+    runs (the reference code returns x itself: a dissection wants the attacked image).
+    """
+    criterion = {"ce": lambda z, t: F.cross_entropy(z, t, reduction="none"), "dlr": dlr_loss}[loss]
+    x = x.detach()
+    with torch.no_grad():
+        logits = model(x)
+    if loss == "dlr" and logits.shape[1] < 3:
+        raise AttackError(f"APGD's DLR loss needs at least 3 classes, the model has {logits.shape[1]}")
+    correct = logits.argmax(1) == y
+    adv, best = x.clone(), x.clone()
+    best_loss = torch.full((x.shape[0],), float("-inf"), dtype=logits.dtype, device=x.device)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    for r in range(restarts):
+        index = correct.nonzero().squeeze(1)
+        if index.numel() == 0:
+            break
+        u = torch.rand(x.shape) if starts is None else starts[r]
+        x_best, still, loss_best, x_best_adv = _apgd_run(
+            model, x[index], y[index], eps, steps, criterion, u[index.to(u.device)], rho
+        )
+        adv[index[~still]] = x_best_adv[~still]
+        correct[index[~still]] = False
+        higher = still & (loss_best > best_loss[index])
+        best[index[higher]] = x_best[higher]
+        best_loss[index[higher]] = loss_best[higher]
+    return torch.where(correct.view(shape), best, adv)
+
+
 def image_generator(seed: int, row: int) -> torch.Generator:
     """A CPU generator seeded from (seed, dataset row): each image's randomness is its own,
     so an attacked image does not depend on which shard or batch it falls in."""
@@ -247,9 +491,12 @@ def _choose_labels(
 
 
 def _to_uint8(adv: torch.Tensor, spec: AttackSpec) -> torch.Tensor:
-    """Round a float result that must lie on the 1/255 grid; refuse if it does not."""
+    """Round a float result that must lie on the 1/255 grid; refuse if it does not. The results
+    of deepfool, cw and apgd lie off the grid and are rounded to the nearest uint8 value."""
     scaled = adv.detach() * 255
     rounded = scaled.round()
+    if spec.method in ROUNDED_METHODS:
+        return rounded.clamp(0, 255).to(torch.uint8)
     off = float((scaled - rounded).abs().max()) if scaled.numel() else 0.0
     if off > _ROUND_TOL or (rounded.numel() and (rounded.min() < 0 or rounded.max() > 255)):
         raise AttackError(
@@ -258,19 +505,36 @@ def _to_uint8(adv: torch.Tensor, spec: AttackSpec) -> torch.Tensor:
     return rounded.to(torch.uint8)
 
 
-def _attack_batch(model, spec, u, labels, pixel_random, target_u, device, dtype) -> dict[str, np.ndarray]:
+def apgd_starts(spec: AttackSpec, shape: tuple[int, ...], rows: np.ndarray) -> torch.Tensor:
+    """APGD's start uniforms, (restarts, N, C, H, W), image i's from `image_generator(spec.seed, rows[i])`."""
+    starts = torch.empty((spec.restarts, len(rows), *shape[1:]))
+    for i, row in enumerate(rows):
+        starts[:, i] = torch.rand((spec.restarts, *shape[1:]), generator=image_generator(spec.seed, int(row)))
+    return starts
+
+
+def _attack_batch(model, spec, u, labels, pixel_random, target_u, device, dtype, rows=None) -> dict[str, np.ndarray]:
     u = u.to(device)
     x = u.to(dtype) / 255
     labels = labels.to(device)
     choose = lambda logits: _choose_labels(spec, logits, labels, target_u)  # noqa: E731
     y = None
-    if spec.method in ("clean", "noise", "pgd"):
+    if spec.method in ("clean", "noise", "pgd", *ROUNDED_METHODS):
         with torch.no_grad():
             logits = model(x)
     if spec.method == "clean":
         adv_u, adv_logits = u, logits
     else:
-        if spec.method == "noise":
+        if spec.method in ROUNDED_METHODS:
+            y = choose(logits)
+        if spec.method == "deepfool":
+            adv = deepfool(model, x, y, spec.steps, spec.overshoot, spec.candidates)
+        elif spec.method == "cw":
+            adv = cw(model, x, y, spec.c, spec.kappa, spec.steps, spec.lr)
+        elif spec.method == "apgd":
+            starts = apgd_starts(spec, tuple(u.shape), rows)
+            adv = apgd(model, x, y, spec.eps, spec.steps, spec.restarts, spec.loss, starts=starts)
+        elif spec.method == "noise":
             adv = noise(x, spec.eps, signs=pixel_random)
         elif spec.method == "pgd":
             y = choose(logits)
@@ -321,12 +585,12 @@ def run_attack(
 ) -> dict[str, np.ndarray]:
     """Attack uint8 images (N, C, H, W) and return the arrays of an images shard.
 
-    Returns images (uint8, lossless), clean_pred, clean_conf, adv_pred, adv_conf (softmax
-    probability of the predicted class; adversarial ones computed from the stored uint8
-    images), target (class attacked towards, -1 when untargeted), linf and l2 (per image,
+    Returns images (uint8; rounded for deepfool, cw and apgd), clean_pred, clean_conf, adv_pred,
+    adv_conf (softmax probability of the predicted class; adversarial ones computed from the
+    stored uint8 images), target (class attacked towards, -1 when untargeted), linf and l2 (per image,
     pixel units). labels are class indices (-1 = none), used by `labels: true`.
 
-    All randomness (PGD start, noise signs, random targets) of image i is drawn up front from
+    All randomness (PGD's and APGD's starts, noise signs, random targets) of image i is drawn from
     `image_generator(spec.seed, rows[i])` (rows: the images' dataset rows, default 0..N−1), so
     results depend neither on batch_size nor on how a dataset is cut into shards. A batch that runs
     out of GPU memory is retried at half the size.
@@ -379,6 +643,7 @@ def run_attack(
                 None if target_u is None else target_u[start:stop],
                 device,
                 dtype,
+                rows[start:stop],
             )
         )
         bar.update(stop - start)
@@ -388,7 +653,7 @@ def run_attack(
 
     out = _concatenate(parts, images.shape)
     linf_255, sumsq_255 = out.pop("linf_255"), out.pop("sumsq_255")
-    if n and int(linf_255.max()) > k:
+    if n and spec.method not in L2_METHODS and int(linf_255.max()) > k:
         raise AttackError(
             f"attack '{spec.name}': a perturbation exceeds eps={spec.eps:g} "
             f"({int(linf_255.max())}/255 > {k}/255); refusing to write it"

@@ -55,6 +55,9 @@ METHOD_COLORS = {
     "bim": "#DE8F05",
     "pgd": "#029E73",
     "noise": "#7F7F7F",
+    "apgd": "#CC78BC",
+    "deepfool": "#CA9161",
+    "cw": "#FBAFE4",
     "clean": "#000000",
 }
 MODE_LINESTYLES = {"self": "-", "clean": "--"}
@@ -454,7 +457,8 @@ def eps_sweep_data(
 ) -> pd.DataFrame:
     """Rows per (family, attack, mode): eps, all-category detector ratio, agreement, accuracy.
 
-    The clean set is ε = 0 of every attack family.
+    The clean set is ε = 0 of every attack family. Attacks without an ε (DeepFool, C&W: eps is
+    empty in the attacks table) are left out.
     """
     t2 = table2_df.loc[
         (table2_df["dataset"] == dataset)
@@ -471,6 +475,7 @@ def eps_sweep_data(
     merged = t2.merge(
         at[["attack", "method", "eps", "agreement", "clean_accuracy", "adversarial_accuracy"]], on="attack"
     )
+    merged = merged.loc[(merged["method"] == "clean") | pd.to_numeric(merged["eps"], errors="coerce").notna()]
     families = sorted(set(merged["method"]) - {"clean"})
     parts = []
     clean = merged.loc[merged["method"] == "clean"]

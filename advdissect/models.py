@@ -18,6 +18,21 @@ Layers are addressed by their module names inside the bare network (`features.10
   the last conv block before the final max-pool (the paper's "feature layer").
 - ResNet family (resnet*, resnext*, wide_resnet*) and the stand-in resnet18_shapes: `layer1` ..
   `layer4` are module names already; `last_conv` is `layer4`.
+
+A layer's output is read as a feature map (N, C, h, w) in one of three layouts (`layer_layout`),
+told apart by the module's type, never by the tensor's shape alone:
+
+- "maps": the (N, C, h, w) map itself, as convolutions and CNN blocks return it.
+- "tokens": (N, 1 + h*w, d) tokens of a vision transformer's encoder (torchvision's `EncoderBlock`,
+  e.g. vit_b_16's `encoder.layers.encoder_layer_<i>`, a Sequential of them, or the `Encoder`): the
+  class token first, dropped; the patch tokens, row-major on the square h x w patch grid as
+  torchvision's ViT lays them out, read as (N, d, h, w): unit u is channel u of the embedding.
+- "channels_last": (N, h, w, C) of a Swin transformer's stages (torchvision's `SwinTransformerBlock`,
+  `PatchMerging`, and a Sequential ending in one: swin_t's `features.<i>`, the patch embedding
+  `features.0`), read as (N, C, h, w).
+
+Inside a torchvision VisionTransformer or SwinTransformer, a module whose type does not tell its
+layout (a LayerNorm, an MLP or an attention inside a block) is refused rather than guessed.
 """
 
 from __future__ import annotations
@@ -36,6 +51,9 @@ import numpy as np
 import torch
 import torchvision
 from torch import nn
+from torchvision.models.swin_transformer import PatchMerging, PatchMergingV2, SwinTransformer, SwinTransformerBlock
+from torchvision.models.vision_transformer import Encoder, EncoderBlock, VisionTransformer
+from torchvision.ops.misc import Permute
 
 from .errors import ConfigError, ModelError
 from .specs import ModelSpec
@@ -65,7 +83,7 @@ _SHOW_LAYERS = 40
 
 def list_architectures() -> list[str]:
     """Names of torchvision's classification models (e.g. alexnet, vgg11, resnet18), then the
-    stand-ins of `advdissect.stand_ins` (resnet18_shapes)."""
+    stand-ins of `advdissect.stand_ins` (resnet18_shapes, vit_tiny, swin_tiny)."""
     return list(torchvision.models.list_models(module=torchvision.models)) + list(STAND_INS)
 
 
@@ -583,6 +601,98 @@ def hook_layer(model: nn.Module, layer: str, hook: Callable[[nn.Module, Any, Any
         handle.remove()
 
 
+MAPS, TOKENS, CHANNELS_LAST = "maps", "tokens", "channels_last"
+
+# Modules whose output layout their type tells (the V2 Swin block subclasses SwinTransformerBlock).
+_TOKEN_MODULES = (EncoderBlock, Encoder)
+_CHANNELS_LAST_MODULES = (SwinTransformerBlock, PatchMerging, PatchMergingV2)
+_TRANSFORMERS = (VisionTransformer, SwinTransformer)
+# Modules that return their input's layout: a Sequential ending in them has its earlier child's.
+_KEEPS_LAYOUT = (nn.LayerNorm, nn.Dropout, nn.Identity)
+
+
+def _type_layout(module: nn.Module) -> str | None:
+    """The layout of what `module` returns, as its type tells it; None where it does not."""
+    if isinstance(module, _TOKEN_MODULES):
+        return TOKENS
+    if isinstance(module, _CHANNELS_LAST_MODULES):
+        return CHANNELS_LAST
+    if isinstance(module, Permute):
+        dims = [int(d) for d in module.dims]
+        return CHANNELS_LAST if dims == [0, 2, 3, 1] else MAPS if dims == [0, 3, 1, 2] else None
+    if isinstance(module, nn.Conv2d):
+        return MAPS
+    if isinstance(module, nn.Sequential):
+        if len(module) and all(isinstance(child, EncoderBlock) for child in module):
+            return TOKENS
+        for child in reversed(module):
+            if not isinstance(child, _KEEPS_LAYOUT):
+                return _type_layout(child)
+    return None
+
+
+def layer_layout(model: nn.Module, layer: str) -> str:
+    """How `layer`'s output is read as a map: MAPS, TOKENS or CHANNELS_LAST (see the module
+    docstring). The module's type decides: a transformer block's own type, else "maps" as in any
+    CNN; a module inside a torchvision ViT or Swin whose type does not tell its layout raises
+    ModelError."""
+    name = _module_name(model, layer)
+    module = find_layer(model, layer)
+    layout = _type_layout(module)
+    if layout is not None and layout != MAPS:
+        return layout
+    root = next(r for r in _roots(model) if name in dict(r.named_modules()))
+    modules = dict(root.named_modules())
+    parts = name.split(".")
+    ancestors = [modules[".".join(parts[:i])] for i in range(1, len(parts))]
+    in_transformer = isinstance(_bare(model), _TRANSFORMERS) or any(
+        isinstance(m, _TOKEN_MODULES + _CHANNELS_LAST_MODULES) for m in ancestors
+    )
+    if layout == MAPS or not in_transformer:
+        return MAPS
+    raise ModelError(
+        f"layer {layer!r} ({name}) of {_arch_name(model)} is a {type(module).__name__} in a transformer, a module "
+        "whose output is not known to be a map; name an encoder block (encoder.layers.encoder_layer_<i>) of a ViT or a "
+        "stage (features.<i>) of a Swin"
+    )
+
+
+def output_as_map(layout: str, output: Any, where: str) -> torch.Tensor:
+    """A layer's output (a tensor in `layout`) as an (N, C, h, w) map; `where` names the layer in
+    the ModelError for anything else."""
+    if not isinstance(output, torch.Tensor):
+        raise ModelError(f"{where} returns {type(output).__name__}, not a 4-D feature map (N, C, h, w)")
+    shape = tuple(output.shape)
+    if layout == TOKENS:
+        side = math.isqrt(max(shape[1] - 1, 0)) if output.ndim == 3 else 0
+        if output.ndim != 3 or side < 1 or side * side != shape[1] - 1:
+            raise ModelError(
+                f"{where} returns {shape}, not the (N, 1 + h*w, d) tokens of a square patch grid with the "
+                "class token first; only such token outputs are read as maps"
+            )
+        return output[:, 1:, :].transpose(1, 2).reshape(shape[0], shape[2], side, side)
+    if output.ndim != 4:
+        want = "channels-last map (N, h, w, C)" if layout == CHANNELS_LAST else "4-D feature map (N, C, h, w)"
+        raise ModelError(f"{where} returns {shape}, not a {want}; pick a convolution or a block")
+    return output.permute(0, 3, 1, 2) if layout == CHANNELS_LAST else output
+
+
+def map_as_output(layout: str, new_map: torch.Tensor, output: torch.Tensor) -> torch.Tensor:
+    """The layer output `new_map` (N', C, h, w) stands for, in `output`'s layout: the inverse of
+    `output_as_map`. N' may be a multiple k of `output`'s batch (variants stacked along the batch,
+    k blocks of N): the class token of each image is then repeated k times, unchanged."""
+    if layout == TOKENS:
+        n, d = new_map.shape[:2]
+        patches = new_map.reshape(n, d, -1).transpose(1, 2)
+        cls = output[:, :1, :].to(new_map.dtype)
+        if n % cls.shape[0]:
+            raise ModelError(f"a map of batch {n} cannot replace tokens of batch {cls.shape[0]}")
+        return torch.cat([cls.repeat(n // cls.shape[0], 1, 1), patches], dim=1)
+    if layout == CHANNELS_LAST:
+        return new_map.permute(0, 2, 3, 1).contiguous()
+    return new_map
+
+
 @contextlib.contextmanager
 def layer_outputs(
     model: nn.Module,
@@ -592,29 +702,36 @@ def layer_outputs(
 ) -> Iterator[None]:
     """Hooks on the named layers that every reader of a layer's output goes through (activations,
     ablation, captured features), so that they agree on what a layer's output is: the one
-    tensor the layer returns in a forward pass of `model`, an (N, C, h, w) map where `maps`.
-    A layer that runs a second time in the same pass, or returns anything else, raises
-    ModelError. `on_output(layer, output)` is called with it and may return a replacement
-    (PyTorch's forward-hook rule). Hooks are removed on exit, also on errors."""
+    tensor the layer returns in a forward pass of `model`, read as an (N, C, h, w) map where
+    `maps` (`layer_layout`: a CNN's map as it is, a ViT block's tokens on the patch grid, a Swin
+    stage's channels-last map transposed). A layer that runs a second time in the same pass, or
+    returns anything else, raises ModelError. `on_output(layer, output)` is called with it and may
+    return a replacement (PyTorch's forward-hook rule), a map where `maps`, which goes back into
+    the layer's own layout (`map_as_output`). Hooks are removed on exit, also on errors."""
     calls: dict[str, int] = {}
     resolved = {layer: _module_name(model, layer) for layer in dict.fromkeys(layers)}
+    layouts = {layer: layer_layout(model, layer) if maps else None for layer in resolved}
 
     def new_pass(_module: nn.Module, _inputs: Any) -> None:
         calls.clear()
 
     def hook_for(layer: str, target: str):
+        where = f"layer {layer!r} ({target}) of {_arch_name(model)}"
+
         def hook(_module: nn.Module, _inputs: Any, output: Any) -> Any:
             calls[layer] = calls.get(layer, 0) + 1
             if calls[layer] > 1:
                 raise ModelError(
-                    f"layer {layer!r} ({target}) of {_arch_name(model)} runs {calls[layer]} times in one forward "
-                    "pass, so it has no single output; name the block that contains it, or a module that runs once"
+                    f"{where} runs {calls[layer]} times in one forward pass, so it has no single output; "
+                    "name the block that contains it, or a module that runs once"
                 )
-            if not isinstance(output, torch.Tensor) or (maps and output.ndim != 4):
-                got = tuple(output.shape) if isinstance(output, torch.Tensor) else type(output).__name__
-                want = "a 4-D feature map (N, C, h, w); pick a convolution or a block" if maps else "a tensor"
-                raise ModelError(f"layer {layer!r} ({target}) of {_arch_name(model)} returns {got}, not {want}")
-            return on_output(layer, output)
+            if not maps:
+                if not isinstance(output, torch.Tensor):
+                    raise ModelError(f"{where} returns {type(output).__name__}, not a tensor")
+                return on_output(layer, output)
+            layout = layouts[layer]
+            replaced = on_output(layer, output_as_map(layout, output, where))
+            return None if replaced is None else map_as_output(layout, replaced, output)
 
         return hook
 
@@ -626,9 +743,16 @@ def layer_outputs(
         yield
 
 
+def _probe_size(model: nn.Module) -> int:
+    """The image side of a shape probe: a ViT's own `image_size` (it takes no other), else 224."""
+    size = getattr(_bare(model), "image_size", None)
+    return int(size) if isinstance(size, int) else 224
+
+
 def check_layer_names(arch: str, num_classes: int, layers: Sequence[str], where: str = "layers") -> None:
     """Raise ConfigError (prefixed `config: <where>`) unless `arch` exists and has every layer,
-    each a different module (an alias and its module name would be dissected twice).
+    each a different module (an alias and its module name would be dissected twice) whose output
+    reads as a map (`layer_layout`).
 
     The network is built on the meta device: structure only, no memory, no init cost.
     """
@@ -649,17 +773,19 @@ def check_layer_names(arch: str, num_classes: int, layers: Sequence[str], where:
 
 
 def _check_single_map_calls(model: nn.Module, arch: str, named: Mapping[str, str]) -> None:
-    """Each named module runs once per forward pass and returns an (N, C, h, w) map: one meta
-    forward pass (shapes only) with a hook on each. A module run twice (ResNet's `relu` of a
+    """Each named module runs once per forward pass and returns an output read as a map: one
+    meta forward pass (shapes only) with a hook on each. A module run twice (ResNet's `relu` of a
     block runs after bn1 and after the sum) has no single output to dissect."""
+    layouts = {module: layer_layout(model, layer) for module, layer in named.items()}
     calls: dict[str, list[Any]] = {module: [] for module in named}
     with contextlib.ExitStack() as hooks:
         for module in named:
             hooks.enter_context(
                 hook_layer(_bare(model), module, lambda _m, _i, out, key=module: calls[key].append(out))
             )
+        size = _probe_size(model)
         with torch.no_grad():
-            model(torch.empty(1, 3, 224, 224, device="meta"))
+            model(torch.empty(1, 3, size, size, device="meta"))
     for module, layer in named.items():
         outs = calls[module]
         if len(outs) != 1:
@@ -668,12 +794,14 @@ def _check_single_map_calls(model: nn.Module, arch: str, named: Mapping[str, str
                 "single output to dissect; name the block that contains it, or a module that runs once"
             )
         out = outs[0]
-        if not isinstance(out, torch.Tensor) or out.ndim != 4:
+        try:
+            output_as_map(layouts[module], out, f"{layer!r} ({module}) of {arch}")
+        except ModelError as exc:
             shape = tuple(out.shape) if isinstance(out, torch.Tensor) else type(out).__name__
             raise ModelError(
-                f"{layer!r} ({module}) of {arch} returns {shape}, not a feature map (N, C, h, w); pick a "
-                "convolution or a block"
-            )
+                f"{layer!r} ({module}) of {arch} returns {shape}, not a feature map (N, C, h, w) "
+                f"({layouts[module]} layout); pick a convolution or a block, a ViT's encoder block or a Swin's stage"
+            ) from exc
 
 
 class LayerCapture:
@@ -739,12 +867,25 @@ def _model_device(model: nn.Module) -> torch.device:
 def feature_shapes(
     model: nn.Module, layers: Sequence[str], image_size: int | Sequence[int]
 ) -> dict[str, tuple[int, ...]]:
-    """{layer: (C, h, w)} for an input of `image_size` (int or (h, w)), from a dummy forward pass."""
+    """{layer: (C, h, w)} of each layer's output read as a map (`layer_outputs`: a ViT block's
+    (d, h, w) on the patch grid, a Swin stage's channels first) for an input of `image_size`
+    (int or (h, w)), from a dummy forward pass."""
     h, w = (image_size, image_size) if isinstance(image_size, (int, np.integer)) else tuple(image_size)
     x = torch.zeros(1, 3, int(h), int(w), device=_model_device(model))
-    with torch.no_grad():
-        _, outputs = capture(model, x, layers)
-    return {layer: tuple(int(s) for s in t.shape[1:]) for layer, t in outputs.items()}
+    shapes: dict[str, tuple[int, ...]] = {}
+
+    def keep(layer: str, output: torch.Tensor) -> None:
+        shapes[layer] = tuple(int(s) for s in output.shape[1:])
+
+    with torch.no_grad(), layer_outputs(model, layers, keep):
+        try:
+            model(x)
+        except AssertionError as exc:  # torchvision's ViT asserts its one image size
+            raise ModelError(f"{_arch_name(model)} does not take {h}x{w} images: {exc}") from None
+    for layer in layers:
+        if layer not in shapes:
+            raise ModelError(f"layer {layer!r} of {_arch_name(model)} did not run in the forward pass")
+    return shapes
 
 
 # ---------------------------------------------------------------- predictions

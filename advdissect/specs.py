@@ -143,19 +143,38 @@ def model_spec(config: Mapping[str, Any], name: str) -> ModelSpec:
 
 # ---------------------------------------------------------------- attacks
 
-ATTACK_METHODS = ("clean", "fgsm", "bim", "pgd", "noise")
+ATTACK_METHODS = ("clean", "fgsm", "bim", "pgd", "noise", "deepfool", "cw", "apgd")
 GRADIENT_METHODS = ("fgsm", "bim", "pgd")
+# Attacks whose results lie off the 1/255 grid: they are rounded to uint8 before they are stored.
+ROUNDED_METHODS = ("deepfool", "cw", "apgd")
+# Minimal-perturbation L2 attacks: no ε (their size is what they find), reported by their norms.
+L2_METHODS = ("deepfool", "cw")
 LABEL_MODES = ("prediction", "true", "target")
 TARGET_MODES = ("least_likely", "random")
+APGD_LOSSES = ("ce", "dlr")
 # Keys each method understands; anything else is a typo worth reporting. `seed` drives PGD's
-# start, the noise signs and random targets.
+# and APGD's start, the noise signs and random targets.
 ATTACK_KEYS = {
     "clean": {"method"},
     "fgsm": {"method", "eps", "labels", "target", "seed"},
     "bim": {"method", "eps", "step", "steps", "labels", "target", "seed"},
     "pgd": {"method", "eps", "step", "steps", "labels", "target", "seed"},
     "noise": {"method", "eps", "seed"},
+    "deepfool": {"method", "steps", "overshoot", "candidates"},
+    "cw": {"method", "c", "kappa", "steps", "lr"},
+    "apgd": {"method", "eps", "steps", "restarts", "loss", "seed"},
 }
+# Defaults of the methods' own keys: DeepFool's and C&W's as torchattacks 3.5.1 has them (C&W
+# with c = 1 and 100 steps), DeepFool's candidate classes as the authors' code, APGD's as
+# Croce & Hein (2020) run it (100 steps).
+METHOD_DEFAULTS = {
+    "deepfool": {"steps": 50, "overshoot": 0.02, "candidates": 10},
+    "cw": {"c": 1.0, "kappa": 0.0, "steps": 100, "lr": 0.01},
+    "apgd": {"steps": 100, "restarts": 1, "loss": "ce"},
+}
+# Fields only some methods have: a spec of any other method leaves them None and its dict
+# (the jobs' params, the shards' attack_params) leaves them out, as before they existed.
+_OPTIONAL_FIELDS = ("overshoot", "candidates", "c", "kappa", "lr", "restarts", "loss")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -167,6 +186,10 @@ class AttackSpec:
     "true" the dataset's class labels (Eq. 5); "target" makes the attack targeted (Eq. 6)
     towards `target`: "least_likely" (the clean image's lowest logit), "random" (a seeded
     random class other than the clean prediction) or a fixed class index.
+
+    deepfool (steps, overshoot, candidates), cw (c, kappa, steps, lr) and apgd (eps, steps,
+    restarts, loss, seed) attack the model's own clean prediction; deepfool and cw have eps 0
+    (they are L2 attacks of no fixed size), and their results, like APGD's, are rounded to uint8.
     """
 
     method: str
@@ -177,6 +200,13 @@ class AttackSpec:
     target: str | int = "least_likely"
     seed: int = 0
     name: str = "attack"
+    overshoot: float | None = None
+    candidates: int | None = None
+    c: float | None = None
+    kappa: float | None = None
+    lr: float | None = None
+    restarts: int | None = None
+    loss: str | None = None
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> ConfigError:
@@ -184,20 +214,47 @@ class AttackSpec:
 
         if self.method not in ATTACK_METHODS:
             raise bad("method", f"{self.method!r} is unknown (allowed: {', '.join(ATTACK_METHODS)})")
-        if self.method == "clean":
+
+        def whole(key: str, least: int) -> None:
+            value = getattr(self, key)
+            if isinstance(value, bool) or not isinstance(value, int) or value < least:
+                raise bad(key, f"must be an integer >= {least}, got {value!r}")
+
+        def number(key: str, positive: bool) -> None:
+            value = getattr(self, key)
+            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+            if not ok or value < 0 or (positive and value == 0):
+                raise bad(key, f"must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+
+        if self.method not in METHOD_DEFAULTS:
+            for key in _OPTIONAL_FIELDS:
+                if getattr(self, key) is not None:
+                    raise bad(key, f"not used by method '{self.method}'")
+        if self.method in ("clean", *L2_METHODS):
             if self.eps != 0:
-                raise bad("eps", "must be 0 for method 'clean'")
+                raise bad("eps", f"not used by method '{self.method}' (must be 0)")
         elif not 0 < self.eps <= 1:
             raise bad("eps", f"must be in (0, 1] (pixel units, e.g. 2/255), got {self.eps!r}")
         if self.method in ("bim", "pgd"):
             if self.step is None or not 0 < self.step <= 1:
                 raise bad("step", f"must be in (0, 1] (pixel units), got {self.step!r}")
-            if isinstance(self.steps, bool) or not isinstance(self.steps, int) or self.steps < 1:
-                raise bad("steps", f"must be an integer >= 1, got {self.steps!r}")
+        if self.method in ("bim", "pgd", *METHOD_DEFAULTS):
+            whole("steps", 1)
+        if self.method == "deepfool":
+            number("overshoot", positive=False)
+            whole("candidates", 2)
+        if self.method == "cw":
+            number("c", positive=True)
+            number("kappa", positive=False)
+            number("lr", positive=True)
+        if self.method == "apgd":
+            whole("restarts", 1)
+            if self.loss not in APGD_LOSSES:
+                raise bad("loss", f"{self.loss!r} is not allowed (allowed: {', '.join(APGD_LOSSES)})")
         for key in ("eps", "step") if self.method in ("bim", "pgd") else ("eps",):
             value = getattr(self, key)
             # A value below half a step is "on the grid" at 0 steps: the image would not move.
-            if self.method != "clean" and (not on_pixel_grid(value) or grid_steps(value) == 0):
+            if self.method not in ("clean", *L2_METHODS) and (not on_pixel_grid(value) or grid_steps(value) == 0):
                 raise bad(
                     key,
                     f"{value:g} is not a multiple of 1/255 (images are stored as uint8; write it as k/255, "
@@ -206,7 +263,11 @@ class AttackSpec:
         if self.labels not in LABEL_MODES:
             raise bad("labels", f"{self.labels!r} is not allowed (allowed: {', '.join(LABEL_MODES)})")
         if self.labels != "prediction" and self.method not in GRADIENT_METHODS:
-            raise bad("labels", f"not used by method '{self.method}' (the noise control uses no labels)")
+            raise bad(
+                "labels",
+                f"not used by method '{self.method}' (the noise control uses no labels; deepfool, cw and apgd "
+                "attack the model's own clean prediction)",
+            )
         if isinstance(self.target, bool) or not (
             self.target in TARGET_MODES or (isinstance(self.target, int) and self.target >= 0)
         ):
@@ -219,14 +280,19 @@ class AttackSpec:
         return self.labels == "target"
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        values = dataclasses.asdict(self)
+        for key in _OPTIONAL_FIELDS:
+            if values[key] is None:
+                del values[key]
+        return values
 
 
 def attack_spec(name: str, settings: Mapping[str, Any]) -> AttackSpec:
     """`attacks.<name>` as a spec; defaults as in the BIM paper.
 
     bim/pgd: step defaults to 1/255 and steps to min(255·ε + 4, 1.25·255·ε) (Kurakin
-    et al. 2017). `target` needs `labels: target`.
+    et al. 2017). `target` needs `labels: target`. deepfool, cw and apgd take their own keys
+    (`METHOD_DEFAULTS`); deepfool and cw have no ε.
     """
     where = f"config: attacks.{name}"
     if not isinstance(settings, Mapping):
@@ -240,10 +306,14 @@ def attack_spec(name: str, settings: Mapping[str, Any]) -> AttackSpec:
             raise ConfigError(f"{where}.{key}: not used by method '{method}' (allowed: {', '.join(sorted(allowed))})")
     if method == "clean":
         return AttackSpec(method="clean", name=name)
+    if method in L2_METHODS:
+        return AttackSpec(method=method, name=name, **_method_fields(name, method, settings))
     if "eps" not in settings:
         raise ConfigError(f"{where}.eps: required for method '{method}' (e.g. eps: 2/255)")
     eps = parse_fraction(settings["eps"], f"attacks.{name}.eps")
     fields: dict[str, Any] = {"method": method, "eps": eps, "name": name}
+    if method in METHOD_DEFAULTS:
+        fields.update(_method_fields(name, method, settings))
     if method in ("bim", "pgd"):
         fields["step"] = parse_fraction(settings.get("step", "1/255"), f"attacks.{name}.step")
         steps = settings.get("steps")
@@ -261,6 +331,17 @@ def attack_spec(name: str, settings: Mapping[str, Any]) -> AttackSpec:
     if "seed" in settings:
         fields["seed"] = settings["seed"]
     return AttackSpec(**fields)
+
+
+def _method_fields(name: str, method: str, settings: Mapping[str, Any]) -> dict[str, Any]:
+    """DeepFool's, C&W's and APGD's own keys, defaults filled in; reals may be written as 'a/b'."""
+    fields = dict(METHOD_DEFAULTS[method])
+    for key in fields:
+        if key in settings:
+            value = settings[key]
+            real = isinstance(fields[key], float)
+            fields[key] = parse_fraction(value, f"attacks.{name}.{key}") if real else value
+    return fields
 
 
 # ---------------------------------------------------------------- training

@@ -5,12 +5,20 @@
 whole chain can be rehearsed at Broden's size on a few CPU cores: every file, job and
 whole-layer step has the real study's size, while the network's arithmetic is small. Its
 units are not meant to be interpreted.
+
+`vit_tiny` and `swin_tiny` are test-sized transformers, torchvision's own VisionTransformer and
+SwinTransformer classes with tiny dimensions, so the workflow's tests can dissect token grids in
+seconds: vit_tiny takes 64 x 64 images only (8 x 8 patches of 8 px, two encoder blocks
+`encoder.layers.encoder_layer_0`/`_1` of 16 channels); swin_tiny takes any size divisible by 8
+(patches of 4 px, stages `features.1` (8 channels) and `features.3` (16 channels, half the grid)).
+They are not the study's architectures: use vit_b_16 or swin_t for that.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import nn
+from torchvision.models import SwinTransformer, VisionTransformer
 
 
 def _block(c_in: int, c_out: int, kernel: int, stride: int) -> nn.Sequential:
@@ -41,4 +49,22 @@ class ResNet18Shapes(nn.Module):
         return self.fc(torch.flatten(self.avgpool(x), 1))
 
 
-STAND_INS = {"resnet18_shapes": ResNet18Shapes}
+def vit_tiny(num_classes: int = 1000) -> VisionTransformer:
+    """A two-block ViT on 64 px images: 8 x 8 patches, 16 channels, 2 heads. Its head starts
+    random, as Swin's does (torchvision's ViT starts it at zero: a randomly initialised vit_tiny
+    would give every class the same logit, and attacks no gradient)."""
+    net = VisionTransformer(
+        image_size=64, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=num_classes
+    )
+    nn.init.trunc_normal_(net.heads.head.weight, std=0.02)
+    return net
+
+
+def swin_tiny(num_classes: int = 1000) -> SwinTransformer:
+    """A two-stage Swin: 4 px patches, 8 then 16 channels, one block and one head per stage, 2 x 2 windows."""
+    return SwinTransformer(
+        patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[1, 1], window_size=[2, 2], num_classes=num_classes
+    )
+
+
+STAND_INS = {"resnet18_shapes": ResNet18Shapes, "vit_tiny": vit_tiny, "swin_tiny": swin_tiny}

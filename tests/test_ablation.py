@@ -6,6 +6,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+import torchvision
 
 from advdissect import ablation
 from advdissect.models import load_model
@@ -185,3 +186,74 @@ def test_sharded_images_read_any_range_across_shards(tmp_path):
     for start in range(12):
         for stop in range(start, 12):
             np.testing.assert_array_equal(sharded[start:stop], images[start:stop])
+
+
+# ---------------------------------------------------------------- transformers
+
+
+def _vit_and_swin():
+    from advdissect.models import NormalizedModel
+
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=3
+    )
+    torch.nn.init.normal_(vit.heads.head.weight)  # torchvision starts it at zero: every logit 0
+    swin = torchvision.models.SwinTransformer(
+        patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[1, 1], window_size=[2, 2], num_classes=3
+    )
+    return {
+        "encoder.layers.encoder_layer_0": (NormalizedModel(vit, "vit", "none").eval(), 16, 4),
+        "features.1": (NormalizedModel(swin, "swin", "none").eval(), 8, 8),
+    }
+
+
+def _edited_by_hand(model, x, layer, mask, mean):
+    """Logits with the layer's raw output edited in its own layout: a ViT block's patch tokens
+    (the class token kept), a Swin stage's channels-last map."""
+    from advdissect.models import find_layer
+
+    def edit(_m, _i, out):
+        out = out.clone()
+        for u in np.flatnonzero(mask):
+            if out.ndim == 3:
+                out[:, 1:, u] = torch.from_numpy(mean[u].reshape(-1)).float()
+            else:
+                out[..., u] = torch.from_numpy(mean[u]).float()
+        return out
+
+    handle = find_layer(model, layer).register_forward_hook(edit)
+    try:
+        return model(x)
+    finally:
+        handle.remove()
+
+
+@pytest.mark.parametrize("layer", ["encoder.layers.encoder_layer_0", "features.1"])
+def test_transformer_ablation_edits_the_tokens_and_takes_the_stack(layer):
+    """Encoder blocks and Swin stages keep their residual sums inside: variants stacked along the
+    batch pass the rest of the network, and equal the output edited by hand, one variant at a time."""
+    from advdissect.models import layer_outputs
+
+    model, units, side = _vit_and_swin()[layer]
+    x_uint8 = images(n=3)
+    x = torch.from_numpy(x_uint8).float() / 255
+    rng = np.random.default_rng(3)
+    mean = rng.normal(size=(units, side, side)) * 3
+    masks = np.zeros((3, units), bool)
+    masks[1, :3] = True
+    masks[2] = True
+    hook = ablation._Ablate(torch.from_numpy(masks), torch.from_numpy(mean).float(), stacked=True)
+    with torch.no_grad():
+        with layer_outputs(model, [layer], hook):
+            stacked = model(x).reshape(3, 3, -1)
+        for k in range(3):
+            torch.testing.assert_close(
+                stacked[k], _edited_by_hand(model, x, layer, masks[k], mean), rtol=1e-4, atol=1e-5
+            )
+        torch.testing.assert_close(stacked[0], model(x), rtol=1e-4, atol=1e-5)
+        assert not torch.allclose(stacked[2], stacked[0])
+        got = ablation.ablated_predictions(model, x_uint8, layer, masks, mean, batch_size=2)
+        each = ablation.ablated_predictions(model, x_uint8, layer, masks, mean, batch_size=2, stacked=False)
+    np.testing.assert_array_equal(got, each)
+    np.testing.assert_array_equal(got, stacked.argmax(-1).numpy())

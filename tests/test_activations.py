@@ -5,6 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from advdissect import store
@@ -180,3 +181,47 @@ def test_aliases_resolve_through_the_model_registry():
     assert find_layer(model, "last_conv") is model.net.layer4
     with pytest.raises(ModelError, match="nope"):
         find_layer(model, "nope")
+
+
+# ---------------------------------------------------------------- transformers
+
+
+def _tiny_transformers():
+    from advdissect.models import NormalizedModel
+
+    torch.manual_seed(0)
+    vit = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=3
+    )
+    swin = torchvision.models.SwinTransformer(
+        patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[1, 1], window_size=[2, 2], num_classes=3
+    )
+    return NormalizedModel(vit, "vit", "none").eval(), NormalizedModel(swin, "swin", "none").eval()
+
+
+def _raw_output(model, imgs, layer):
+    seen = {}
+    handle = find_layer(model, layer).register_forward_hook(lambda _m, _i, out: seen.update(out=out.clone()))
+    with torch.no_grad():
+        model(torch.from_numpy(imgs).float() / 255)
+    handle.remove()
+    return seen["out"]
+
+
+def test_transformer_blocks_are_extracted_as_maps():
+    vit, swin = _tiny_transformers()
+    imgs = images(n=5, size=32)
+    acts = extract_layers(vit, imgs, ["encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1"], 2, "cpu")
+    for layer, maps in acts.items():
+        tokens = _raw_output(vit, imgs, layer)  # (5, 1 + 16, 16): the class token, then 4 x 4 patches
+        assert maps.shape == (5, 16, 4, 4) and tokens.shape == (5, 17, 16)
+        for i in range(4):
+            for j in range(4):
+                np.testing.assert_allclose(maps[:, :, i, j], tokens[:, 1 + 4 * i + j].numpy(), rtol=1e-5, atol=1e-6)
+    acts = extract_layers(swin, imgs, ["features.1", "features.3"], 3, "cpu")
+    for layer, shape in (("features.1", (5, 8, 8, 8)), ("features.3", (5, 16, 4, 4))):
+        raw = _raw_output(swin, imgs, layer)  # (N, h, w, C)
+        assert acts[layer].shape == shape
+        np.testing.assert_allclose(acts[layer], raw.permute(0, 3, 1, 2).numpy(), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ModelError, match=r"'features.1.0.mlp' \(features.1.0.mlp\) of swin is a MLP in a transformer"):
+        extract_layers(swin, imgs, ["features.1.0.mlp"], 2, "cpu")

@@ -2,7 +2,9 @@
 
 Every reference below is written independently of advdissect.attacks: per-image gradients
 with torch.autograd.grad of the cross-entropy, sign, step, clip, in float64 on a tiny conv
-net that normalises inside its forward (the project's setup: images in [0, 1]).
+net that normalises inside its forward (the project's setup: images in [0, 1]). DeepFool, C&W
+and APGD are compared with torchattacks image for image, and DeepFool with a per-image
+transcription too.
 """
 
 from __future__ import annotations
@@ -24,7 +26,13 @@ import torch.nn.functional as F
 from advdissect import attacks
 from advdissect.attack_stats import attack_statistics
 from advdissect.attacks import (
+    _apgd_run,
+    apgd,
+    apgd_starts,
     bim,
+    cw,
+    deepfool,
+    dlr_loss,
     fgsm,
     image_generator,
     noise,
@@ -185,6 +193,18 @@ def test_spec_from_config_defaults():
     assert t.target == 4
     assert attack_spec("c", {"method": "clean"}).eps == 0
     assert attack_spec("n", {"method": "noise", "eps": "2/255", "seed": 1}).seed == 1
+    d = attack_spec("d", {"method": "deepfool"})
+    assert (d.eps, d.steps, d.overshoot, d.candidates, d.labels) == (0, 50, 0.02, 10, "prediction")
+    c = attack_spec("cw", {"method": "cw", "c": "1/2", "kappa": 1})
+    assert (c.c, c.kappa, c.steps, c.lr, c.eps) == (0.5, 1.0, 100, 0.01, 0)
+    a = attack_spec("a", {"method": "apgd", "eps": "4/255", "loss": "dlr", "restarts": 2, "seed": 5})
+    assert (a.steps, a.restarts, a.loss, a.seed) == (100, 2, "dlr", 5) and a.eps == pytest.approx(4 / 255)
+    assert attack_spec("a", {"method": "apgd", "eps": "4/255"}).loss == "ce"
+    # The new methods' keys stay out of every other method's params (the jobs' params are unchanged).
+    assert set(attack_spec("f", {"method": "fgsm", "eps": "2/255"}).to_dict()) == {
+        "method", "eps", "step", "steps", "labels", "target", "seed", "name"
+    }  # fmt: skip
+    assert AttackSpec(**d.to_dict()) == d and AttackSpec(**c.to_dict()) == c and AttackSpec(**a.to_dict()) == a
 
 
 @pytest.mark.parametrize(
@@ -208,6 +228,28 @@ def test_spec_from_config_defaults():
         ({"method": "pgd", "eps": "25/255", "seed": -3}, "seed"),
         ({"method": "noise", "eps": "25/255", "labels": "true"}, "labels"),
         ({"method": "clean", "eps": "25/255"}, "eps"),
+        ({"method": "deepfool", "eps": "2/255"}, "eps"),
+        ({"method": "deepfool", "labels": "true"}, "labels"),
+        ({"method": "deepfool", "seed": 1}, "seed"),
+        ({"method": "deepfool", "c": 1}, "c"),
+        ({"method": "deepfool", "steps": 0}, "steps"),
+        ({"method": "deepfool", "overshoot": -0.1}, "overshoot"),
+        ({"method": "deepfool", "overshoot": "x"}, "overshoot"),
+        ({"method": "deepfool", "candidates": 1}, "candidates"),
+        ({"method": "cw", "eps": "2/255"}, "eps"),
+        ({"method": "cw", "overshoot": 0.02}, "overshoot"),
+        ({"method": "cw", "c": 0}, "c"),
+        ({"method": "cw", "lr": 0}, "lr"),
+        ({"method": "cw", "kappa": -1}, "kappa"),
+        ({"method": "cw", "steps": 2.5}, "steps"),
+        ({"method": "apgd"}, "eps"),
+        ({"method": "apgd", "eps": 0.01}, "eps"),
+        ({"method": "apgd", "eps": "4/255", "loss": "cw"}, "loss"),
+        ({"method": "apgd", "eps": "4/255", "restarts": 0}, "restarts"),
+        ({"method": "apgd", "eps": "4/255", "step": "1/255"}, "step"),
+        ({"method": "apgd", "eps": "4/255", "labels": "target", "target": 1}, "labels"),
+        ({"method": "apgd", "eps": "4/255", "kappa": 0}, "kappa"),
+        ({"method": "pgd", "eps": "4/255", "restarts": 2}, "restarts"),
     ],
 )
 def test_spec_from_config_refuses(config, key):
@@ -336,6 +378,213 @@ def test_torchattacks_pgd_same_random_start(model, ta):
     torch.testing.assert_close(bim(model, x, y, 8 / 255, 2 / 255, 5), plain, rtol=0, atol=1e-6)
 
 
+class Shifted(nn.Module):
+    """The model's logits plus a constant: the same predictions, softmax and C&W objective."""
+
+    def __init__(self, inner: nn.Module, shift: float = 100.0):
+        super().__init__()
+        self.inner, self.shift = inner, shift
+
+    def forward(self, x):
+        return self.inner(x) + self.shift
+
+
+def ref_deepfool(model, x, y, steps, overshoot, candidates=None):
+    """DeepFool image by image with the full Jacobian (torch.autograd.functional.jacobian)."""
+    out = []
+    for i in range(x.shape[0]):
+        image, label = x[i : i + 1].clone(), int(y[i])
+        with torch.no_grad():
+            clean = model(image)[0]
+        order = [int(k) for k in clean.argsort(descending=True) if int(k) != label]
+        others = order if candidates is None else order[: candidates - 1]
+        for _ in range(steps):
+            with torch.no_grad():
+                logits = model(image)[0]
+            if int(logits.argmax()) != label:
+                break
+            jac = torch.autograd.functional.jacobian(lambda z: model(z)[0], image)[:, 0]
+            best = None
+            for k in others:
+                f = float(logits[k] - logits[label])
+                w = jac[k] - jac[label]
+                dist = abs(f) / float(w.norm())
+                if best is None or dist < best[0]:
+                    best = (dist, f, w)
+            _, f, w = best
+            image = torch.clamp(image + (1 + overshoot) * abs(f) * w / w.norm() ** 2, 0, 1)
+        out.append(image)
+    return torch.cat(out)
+
+
+@pytest.mark.parametrize("candidates", [None, 10, 3])
+def test_deepfool_matches_transcription(model, candidates):
+    # All classes (None, or 10 >= the tiny net's 5), or the two nearest others by clean logit.
+    x = as_float(make_images(6, seed=22))
+    y = predictions(model, x)
+    ours = deepfool(model, x, y, 20, 0.02, candidates)
+    torch.testing.assert_close(ours, ref_deepfool(model, x, y, 20, 0.02, candidates), rtol=0, atol=1e-9)
+
+
+def test_torchattacks_deepfool(model, ta):
+    # torchattacks tries every class; so does ours when candidates covers them. Differences are
+    # float rounding of the batched Jacobian (observed 4e-16); tolerance 1e-9.
+    x = as_float(make_images(8, seed=3))
+    y = predictions(model, x)
+    expected = ta.DeepFool(model, steps=50, overshoot=0.02)(x, y)
+    ours = deepfool(model, x, y, 50, 0.02)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-9)
+    assert bool((predictions(model, ours) != y).any())
+
+
+def test_torchattacks_cw(model, ta):
+    # torchattacks stops the whole batch when the batch's summed cost rises at a check; ours stops
+    # each image on its own cost, so it is compared with torchattacks run one image at a time.
+    # torchattacks takes the other classes' maximum as max((1 − onehot)·Z), which reads 0 when all
+    # of them are negative (the tiny net's logits are near 0): on logits shifted by +100 both
+    # objectives are C&W's. Tolerance 1e-9 (observed: identical).
+    x = as_float(make_images(8, seed=3))
+    y = predictions(model, x)
+    shifted = Shifted(model)
+    expected = torch.cat(
+        [ta.CW(shifted, c=1, kappa=0, steps=100, lr=0.01)(x[i : i + 1], y[i : i + 1]) for i in range(8)]
+    )
+    ours = cw(model, x, y, 1.0, 0.0, 100, 0.01)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-9)
+    assert bool((predictions(model, ours) != y).any()) and bool((ours == x).all(1).all(1).all(1).any())
+    # The shift changes nothing for ours.
+    torch.testing.assert_close(cw(shifted, x, y, 1.0, 0.0, 100, 0.01), ours, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr"])
+def test_torchattacks_apgd_same_start(model, ta, loss):
+    # torchattacks seeds torch's global generator with its `seed` and draws the start as
+    # 2·torch.rand(x.shape) − 1; the same uniforms given to ours as `starts` give the same run.
+    # Its single run (x_best: highest loss, x_best_adv: last fooling iterate) is compared whole;
+    # its forward returns x_best_adv for the fooled images (ours too) and x for the others
+    # (ours keeps x_best: the attacked image a dissection wants). Tolerance 1e-12 (observed 0).
+    x = as_float(make_images(8, seed=3))
+    y = predictions(model, x)
+    torch.manual_seed(0)
+    u = torch.rand(x.shape)
+    atk = ta.APGD(model, eps=4 / 255, steps=20, n_restarts=1, seed=0, loss=loss)
+    torch.manual_seed(0)
+    x_best, acc, loss_best, x_best_adv = atk.attack_single_run(x, y)
+    criterion = {"ce": lambda z, t: F.cross_entropy(z, t, reduction="none"), "dlr": dlr_loss}[loss]
+    ours = _apgd_run(model, x, y, 4 / 255, 20, criterion, u)
+    torch.testing.assert_close(ours[0], x_best, rtol=0, atol=1e-12)
+    assert torch.equal(ours[1], acc)
+    torch.testing.assert_close(ours[2], loss_best, rtol=0, atol=1e-12)
+    torch.testing.assert_close(ours[3], x_best_adv, rtol=0, atol=1e-12)
+
+    full = ta.APGD(model, eps=4 / 255, steps=20, n_restarts=1, seed=0, loss=loss)(x, y)
+    result = apgd(model, x, y, 4 / 255, 20, 1, loss, starts=u[None])
+    fooled = ~acc
+    assert bool(fooled.any()) and bool(acc.any())
+    torch.testing.assert_close(result[fooled], full[fooled], rtol=0, atol=1e-12)
+    torch.testing.assert_close(result[acc], x_best[acc], rtol=0, atol=1e-12)
+    assert torch.equal(full[acc], x[acc])
+
+
+@pytest.mark.parametrize("loss", ["ce", "dlr"])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_apgd_stays_in_eps_ball_and_unit_range(model, loss, seed):
+    x = as_float(make_images(6, seed=seed))
+    y = predictions(model, x)
+    eps = 0.037  # off the grid: the float function accepts any ε
+    starts = torch.rand((2, *x.shape), generator=torch.Generator().manual_seed(seed))
+    adv = apgd(model, x, y, eps, 10, 2, loss, starts=starts)
+    assert float((adv - x).abs().max()) <= eps + 1e-12
+    assert float(adv.min()) >= 0 and float(adv.max()) <= 1
+    out = run_attack(
+        model, make_images(6, seed=seed), np.full(6, -1), spec({"method": "apgd", "eps": "3/255", "steps": 10}), 4
+    )
+    assert int(np.abs(out["images"].astype(int) - make_images(6, seed=seed).astype(int)).max()) <= 3
+    assert float(out["linf"].max()) <= 3 / 255 + 1e-7
+
+
+def test_apgd_at_least_as_strong_as_pgd(model):
+    # Same ε and number of steps, stored (rounded) images: APGD's success rate is at least PGD's
+    # (on these 24 images: PGD 13, APGD-CE 13, APGD-DLR 14).
+    images = make_images(24, seed=23)
+    rates = {}
+    for name, settings in {
+        "pgd": {"method": "pgd", "eps": "2/255", "step": "1/255", "steps": 10},
+        "apgd_ce": {"method": "apgd", "eps": "2/255", "steps": 10},
+        "apgd_dlr": {"method": "apgd", "eps": "2/255", "steps": 10, "loss": "dlr"},
+    }.items():
+        out = run_attack(model, images, np.full(24, -1), spec(settings), 24, "cpu")
+        rates[name] = int((out["adv_pred"] != out["clean_pred"]).sum())
+    assert rates["apgd_ce"] >= rates["pgd"] and rates["apgd_dlr"] >= rates["pgd"], rates
+    assert 0 < rates["pgd"] < 24
+
+
+def test_apgd_restarts_only_attack_the_unfooled(model):
+    # A second restart changes no image the first one fooled, and fools at least as many.
+    x = as_float(make_images(8, seed=24))
+    y = predictions(model, x)
+    starts = torch.rand((2, *x.shape), generator=torch.Generator().manual_seed(0))
+    one = apgd(model, x, y, 2 / 255, 6, 1, starts=starts[:1])
+    two = apgd(model, x, y, 2 / 255, 6, 2, starts=starts)
+    fooled = predictions(model, one) != y
+    assert torch.equal(two[fooled], one[fooled])
+    assert int((predictions(model, two) != y).sum()) >= int(fooled.sum())
+
+
+def test_apgd_starts_per_image_from_its_row():
+    a = attack_spec("a", {"method": "apgd", "eps": "2/255", "restarts": 2, "seed": 7})
+    starts = apgd_starts(a, (3, 3, 4, 4), np.array([5, 9, 5]))
+    assert starts.shape == (2, 3, 3, 4, 4)
+    assert torch.equal(starts[:, 0], starts[:, 2]) and not torch.equal(starts[:, 0], starts[:, 1])
+    alone = torch.rand((2, 3, 4, 4), generator=image_generator(7, 9))
+    assert torch.equal(starts[:, 1], alone)
+
+
+@pytest.mark.parametrize(
+    "settings",
+    [
+        {"method": "deepfool"},
+        {"method": "cw"},
+        {"method": "cw", "kappa": 0.05},
+        {"method": "apgd", "eps": "4/255", "steps": 20},
+    ],
+    ids=lambda c: c["method"] + ("_kappa" if "kappa" in c else ""),
+)
+def test_rounded_results_and_their_predictions(model, settings, record_property):
+    """DeepFool, C&W and APGD end off the 1/255 grid and are stored rounded to uint8. The stored
+    predictions are those of the rounded images (what is dissected); the share of the float
+    results' successes that survive rounding is reported (`pytest -s` prints it)."""
+    images = make_images(32, seed=21)
+    a = spec(settings)
+    out = run_attack(model, images, np.full(32, -1), a, 16, "cpu")
+    x = as_float(images)
+    y = predictions(model, x)
+    if a.method == "deepfool":
+        adv = deepfool(model, x, y, a.steps, a.overshoot, a.candidates)
+    elif a.method == "cw":
+        adv = cw(model, x, y, a.c, a.kappa, a.steps, a.lr)
+    else:
+        adv = apgd(model, x, y, a.eps, a.steps, a.restarts, a.loss, starts=apgd_starts(a, images.shape, np.arange(32)))
+    np.testing.assert_array_equal(out["images"], (adv * 255).round().to(torch.uint8).numpy())
+    stored = torch.from_numpy(out["images"]).double() / 255
+    with torch.no_grad():
+        probs = F.softmax(model(stored), 1)
+    np.testing.assert_array_equal(out["adv_pred"], probs.argmax(1).numpy())
+    np.testing.assert_allclose(out["adv_conf"], probs.max(1).values.numpy(), rtol=1e-6)
+    np.testing.assert_array_equal(out["clean_pred"], y.numpy())
+    diff = (stored - x).flatten(1)
+    np.testing.assert_allclose(out["l2"], diff.norm(dim=1).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(out["linf"], diff.abs().amax(1).numpy(), rtol=1e-6)
+    float_success = predictions(model, adv) != y
+    kept = float_success & torch.from_numpy(out["adv_pred"] != out["clean_pred"])
+    share = float(kept.sum()) / max(1, int(float_success.sum()))
+    record_property("kept_after_rounding", share)
+    print(f"{a.method} {settings}: {int(kept.sum())}/{int(float_success.sum())} successes kept after rounding")
+    assert bool(float_success.any())
+    if a.method == "apgd":
+        assert float(out["linf"].max()) <= a.eps + 1e-7
+
+
 # ----------------------------------------------------------------- run_attack on uint8
 
 
@@ -349,12 +598,15 @@ def spec(config, name="a"):
         {"method": "fgsm", "eps": "2/255"},
         {"method": "bim", "eps": "2/255", "step": "1/255", "steps": 2},
         {"method": "pgd", "eps": "2/255", "step": "1/255", "steps": 2},
+        {"method": "deepfool", "steps": 2},
+        {"method": "cw", "steps": 2},
+        {"method": "apgd", "eps": "2/255", "steps": 2},
     ],
     ids=lambda c: c["method"],
 )
 def test_shards_are_made_by_the_functions_checked_above(model, monkeypatch, config):
-    """run_attack (the shard writer) calls fgsm / bim / pgd themselves, the functions that the
-    transcription and torchattacks tests check, once per batch."""
+    """run_attack (the shard writer) calls fgsm / bim / pgd / deepfool / cw / apgd themselves, the
+    functions that the transcription and torchattacks tests check, once per batch."""
     calls = []
 
     def spy(name, original):
@@ -364,7 +616,7 @@ def test_shards_are_made_by_the_functions_checked_above(model, monkeypatch, conf
 
         return called
 
-    for name in ("fgsm", "bim", "pgd"):
+    for name in ("fgsm", "bim", "pgd", "deepfool", "cw", "apgd"):
         monkeypatch.setattr(attacks, name, spy(name, getattr(attacks, name)))
     run_attack(model, make_images(4, seed=3), np.full(4, -1), spec(config), 2, "cpu")
     assert calls.count(config["method"]) == 2
@@ -528,10 +780,18 @@ BATCH_SPECS = [
     {"method": "bim", "eps": "3/255", "step": "1/255", "steps": 3},
     {"method": "pgd", "eps": "4/255", "step": "1/255", "steps": 2, "seed": 9},
     {"method": "noise", "eps": "2/255", "seed": 4},
+    {"method": "deepfool", "steps": 10},
+    {"method": "cw", "steps": 20, "c": 5},
+    {"method": "apgd", "eps": "3/255", "steps": 8, "restarts": 2, "seed": 3},
+    {"method": "apgd", "eps": "3/255", "steps": 8, "loss": "dlr", "seed": 3},
 ]
 
 
-@pytest.mark.parametrize("config", BATCH_SPECS, ids=lambda c: c["method"] + ("_t" if "target" in c else ""))
+def spec_id(config):
+    return config["method"] + ("_t" if "target" in config else "") + ("_" + config["loss"] if "loss" in config else "")
+
+
+@pytest.mark.parametrize("config", BATCH_SPECS, ids=spec_id)
 def test_results_do_not_depend_on_batch_size(model, config):
     images = make_images(10, seed=16)
     results = [run_attack(model, images, np.full(10, -1), spec(config), bs, "cpu") for bs in (1, 3, 8)]
@@ -732,6 +992,32 @@ def test_shard_randomness_depends_on_shard_not_batches(tmp_path, fake_inputs):
         assert not np.array_equal(da, db)  # each shard draws its own signs
 
 
+@pytest.mark.parametrize(
+    "settings",
+    [{"method": "deepfool", "steps": 5}, {"method": "apgd", "eps": "2/255", "steps": 5}],
+    ids=["deepfool", "apgd"],
+)
+def test_statistics_of_rounded_attacks(tmp_path, fake_inputs, settings):
+    # DeepFool has no ε: attacks.csv leaves it empty and reports the stored images' L2 and L∞.
+    paths = write_shards(tmp_path, settings)
+    identity = IDENTITY | {"attack_params": attack_spec(IDENTITY["attack"], settings).to_dict()}
+    row = attack_statistics(paths, identity).iloc[0]
+    l2, linf = [], []
+    for path in paths:
+        with h5py.File(path) as f:
+            rows = f["rows"][()]
+            diff = f["images"][()].astype(np.float64) - fake_inputs.images[rows].transpose(0, 3, 1, 2)
+            l2 += list(np.sqrt((diff.reshape(len(rows), -1) ** 2).sum(1)) / 255)
+            linf += list(np.abs(diff).reshape(len(rows), -1).max(1) / 255)
+    assert row["method"] == settings["method"] and row["labels"] == "prediction"
+    assert row["l2_mean"] == pytest.approx(np.mean(l2), rel=1e-5) and row["l2_mean"] > 0
+    assert row["linf_max"] == pytest.approx(max(linf), rel=1e-5)
+    if settings["method"] == "deepfool":
+        assert math.isnan(row["eps"]) and math.isnan(row["eps_255"])
+    else:
+        assert row["eps_255"] == 2 and row["linf_max"] <= 2 / 255 + 1e-7
+
+
 def test_statistics_targeted_success_and_no_labels(tmp_path):
     n = 6
     base = {
@@ -852,7 +1138,7 @@ def test_scripts_on_synthetic_broden(tiny_broden, tmp_path, monkeypatch):
     assert 0 <= stats["clean_accuracy"].iloc[0] <= 1  # the synthetic classes are labels
 
 
-@pytest.mark.parametrize("config", BATCH_SPECS, ids=lambda c: c["method"] + ("_t" if "target" in c else ""))
+@pytest.mark.parametrize("config", BATCH_SPECS, ids=spec_id)
 def test_results_do_not_depend_on_the_shard_split(model, config):
     # An image's randomness is keyed by its dataset row, so one call over ten rows equals two
     # calls over the halves (as two shards would make them).

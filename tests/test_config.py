@@ -123,8 +123,60 @@ def test_true_labels_quoted_or_not(line):
 
 
 def test_unknown_attack_method():
-    message = bad(lambda c: c["attacks"]["fgsm_2"].update(method="cw"))
-    assert message == "config: attacks.fgsm_2.method: 'cw' is not one of 'clean', 'fgsm', 'bim', 'pgd', 'noise'"
+    message = bad(lambda c: c["attacks"]["fgsm_2"].update(method="laser"))
+    assert message == (
+        "config: attacks.fgsm_2.method: 'laser' is not one of "
+        "'clean', 'fgsm', 'bim', 'pgd', 'noise', 'deepfool', 'cw', 'apgd'"
+    )
+
+
+def test_l2_and_apgd_attacks_accepted_with_defaults():
+    cfg = copy.deepcopy(DEFAULT)
+    cfg["attacks"].update(
+        {
+            "deepfool": {"method": "deepfool"},
+            "cw": {"method": "cw", "c": 2, "kappa": "1/10"},
+            "apgd_ce_4": {"method": "apgd", "eps": "4/255", "loss": "ce"},
+            "apgd_dlr_4": {"method": "apgd", "eps": "4/255", "loss": "dlr", "restarts": 3, "steps": 50, "seed": 1},
+        }
+    )
+    specs_ = adconfig.attack_specs(checked(cfg))
+    assert (specs_["deepfool"].steps, specs_["deepfool"].overshoot, specs_["deepfool"].candidates) == (50, 0.02, 10)
+    assert (specs_["cw"].c, specs_["cw"].kappa, specs_["cw"].steps, specs_["cw"].lr) == (2.0, 0.1, 100, 0.01)
+    assert (specs_["apgd_ce_4"].steps, specs_["apgd_ce_4"].restarts, specs_["apgd_ce_4"].loss) == (100, 1, "ce")
+    assert (specs_["apgd_dlr_4"].steps, specs_["apgd_dlr_4"].restarts, specs_["apgd_dlr_4"].seed) == (50, 3, 1)
+
+
+@pytest.mark.parametrize(
+    "settings, expected",
+    [
+        ({"method": "deepfool", "eps": "2/255"}, "config: attacks.x.eps: not used by method 'deepfool' (allowed: "),
+        ({"method": "cw", "eps": "2/255"}, "config: attacks.x.eps: not used by method 'cw' (allowed: "),
+        ({"method": "cw", "seed": 3}, "config: attacks.x.seed: not used by method 'cw' (allowed: "),
+        ({"method": "cw", "overshoot": 0.1}, "config: attacks.x.overshoot: not used by method 'cw' (allowed: "),
+        (
+            {"method": "deepfool", "labels": "true"},
+            "config: attacks.x.labels: not used by method 'deepfool' (allowed: ",
+        ),
+        ({"method": "apgd", "eps": "4/255", "c": 1}, "config: attacks.x.c: not used by method 'apgd' (allowed: "),
+        ({"method": "apgd", "eps": "4/255", "step": "1/255"}, "config: attacks.x.step: not used by method 'apgd'"),
+        ({"method": "fgsm", "eps": "4/255", "loss": "ce"}, "config: attacks.x.loss: not used by method 'fgsm'"),
+        ({"method": "pgd", "eps": "4/255", "restarts": 2}, "config: attacks.x.restarts: not used by method 'pgd'"),
+        ({"method": "apgd"}, "config: attacks.x.eps: required for method 'apgd' (e.g. eps: 2/255)"),
+        ({"method": "apgd", "eps": 0.01}, "config: attacks.x.eps: 0.01 is not a multiple of 1/255"),
+        ({"method": "apgd", "eps": "4/255", "loss": "l2"}, "config: attacks.x.loss: "),
+        ({"method": "apgd", "eps": "4/255", "restarts": 0}, "config: attacks.x.restarts: "),
+        ({"method": "deepfool", "steps": 0}, "config: attacks.x.steps: "),
+        ({"method": "deepfool", "candidates": 1}, "config: attacks.x.candidates: "),
+        ({"method": "deepfool", "overshoot": -0.5}, "config: attacks.x.overshoot: must be a finite number >= 0"),
+        ({"method": "cw", "c": 0}, "config: attacks.x.c: must be a finite number > 0, got 0"),
+        ({"method": "cw", "lr": "0/1"}, "config: attacks.x.lr: must be a finite number > 0, got 0.0"),
+        ({"method": "cw", "kappa": "much"}, "config: attacks.x.kappa: "),
+    ],
+)
+def test_l2_and_apgd_keys_refused(settings, expected):
+    message = bad(lambda c: c["attacks"].update(x=settings))
+    assert message.startswith(expected), message
 
 
 def test_exactly_one_clean_attack():

@@ -220,6 +220,32 @@ def test_eps_sweep_data_puts_clean_at_zero_in_every_family(tmp_path):
     assert list(fgsm.ratio_percent) == [50.0, 40.0, 30.0]
 
 
+def test_eps_sweep_leaves_out_attacks_without_eps(tmp_path):
+    # DeepFool and C&W have no ε: attacks.csv leaves it empty, and the sweep leaves them out.
+    t2, attacks = sweep_inputs(tmp_path)
+    extra = attacks.iloc[[1]].assign(attack="deepfool", method="deepfool", eps=np.nan)
+    attacks = pd.concat([attacks, extra], ignore_index=True)
+    t2 = pd.concat([t2, t2.loc[t2.attack == "fgsm_2"].assign(attack="deepfool")], ignore_index=True)
+    attacks.to_csv(tmp_path / "attacks.csv", index=False)
+    t2.to_csv(tmp_path / "table2.csv", index=False)
+    data = figures.eps_sweep_data(t2, pd.read_csv(tmp_path / "attacks.csv"), "syn", "r18", "layer3")
+    assert set(data.family) == {"fgsm", "noise"} and "deepfool" not in set(data.attack)
+    only_l2 = attacks.loc[attacks.method.isin(["clean", "deepfool"])]
+    alone = figures.eps_sweep_data(t2.loc[t2.attack.isin(only_l2.attack)], only_l2, "syn", "r18", "layer3")
+    assert set(alone.family) == {"clean"} and set(alone.attack) == {"clean"}
+    figures.write_eps_sweep(
+        tmp_path / "table2.csv",
+        tmp_path / "attacks.csv",
+        "syn",
+        "r18",
+        "layer3",
+        tmp_path / "eps.png",
+        tmp_path / "eps.svg",
+        STYLE,
+    )
+    assert_images(tmp_path / "eps.png", tmp_path / "eps.svg")
+
+
 def test_eps_sweep_figure(tmp_path):
     sweep_inputs(tmp_path)
     figures.write_eps_sweep(

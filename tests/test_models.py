@@ -718,3 +718,213 @@ def test_unknown_checkpoint_layouts_are_refused_naming_their_keys(tmp_path, robu
     torch.save(checkpoint, tmp_path / "robust.ckpt")
     with pytest.raises(ModelError, match=r"robustness-library checkpoint .* with other keys too: ema.fc.weight;"):
         load_state_dict_file(tmp_path / "robust.ckpt")
+
+
+# ---------------------------------------------------------------- token grids of transformers
+
+
+from torchvision.models.swin_transformer import SwinTransformerBlock  # noqa: E402
+from torchvision.models.vision_transformer import EncoderBlock  # noqa: E402
+
+
+class _Tokens(EncoderBlock):
+    """An encoder block that returns a known pattern instead of computing: the (N, 1 + h*w, d)
+    tokens, token 1 + i*w + j of image n holding 1000 n + 100 u + 10 i + j in channel u, the
+    class token -1."""
+
+    def __init__(self, d=3, side=4, extra=0):
+        super().__init__(1, d, 4, 0.0, 0.0)
+        self.d, self.side, self.extra = d, side, extra
+
+    def forward(self, x):
+        n, s, d = x.shape[0], self.side, self.d
+        grid = torch.arange(s)
+        pattern = 1000.0 * torch.arange(n)[:, None, None, None] + 100.0 * torch.arange(d)[None, :, None, None]
+        pattern = pattern + 10.0 * grid[None, None, :, None] + grid[None, None, None, :]  # (n, d, s, s)
+        tokens = torch.empty(n, 1 + s * s + self.extra, d)
+        tokens[:, 0] = -1.0
+        for i in range(s):
+            for j in range(s):
+                tokens[:, 1 + i * s + j] = pattern[:, :, i, j]
+        return tokens
+
+
+class _ChannelsLast(SwinTransformerBlock):
+    """A Swin block that returns (N, h, w, C) with 1000 n + 100 c + 10 i + j at [n, i, j, c]."""
+
+    def __init__(self, c=3, h=2, w=5):
+        super().__init__(c, 1, [2, 2], [0, 0])
+        self.c, self.h, self.w = c, h, w
+
+    def forward(self, x):
+        n = x.shape[0]
+        out = torch.empty(n, self.h, self.w, self.c)
+        for i in range(self.h):
+            for j in range(self.w):
+                for c in range(self.c):
+                    out[:, i, j, c] = 1000.0 * torch.arange(n) + 100 * c + 10 * i + j
+        return out
+
+
+class _Seen(torch.nn.Module):
+    """Records what it is given (after a hook on the module before it replaced it)."""
+
+    def forward(self, x):
+        self.seen = x.clone()
+        return x.flatten(1)[:, :2]
+
+
+def _grid_net(block):
+    return NormalizedModel(torch.nn.Sequential(block, _Seen()), "grid", "none").eval()
+
+
+def _read(model, layer, edit=None):
+    got = {}
+
+    def on_output(name, output):
+        got[name] = output.clone()
+        return edit(output) if edit else None
+
+    with torch.no_grad(), models.layer_outputs(model, [layer], on_output):
+        model(torch.zeros(2, 3, 8, 8))
+    return got[layer]
+
+
+def test_token_outputs_read_as_maps_on_the_patch_grid():
+    model = _grid_net(_Tokens(d=3, side=4))
+    assert models.layer_layout(model, "0") == models.TOKENS
+    maps = _read(model, "0")
+    assert maps.shape == (2, 3, 4, 4)  # (N, d, h, w): the class token dropped
+    for n, u, i, j in [(0, 0, 0, 0), (1, 2, 3, 1), (0, 1, 2, 3), (1, 0, 0, 3)]:
+        assert maps[n, u, i, j] == 1000 * n + 100 * u + 10 * i + j
+    assert not (maps == -1).any()
+    assert feature_shapes(model, ["0"], 8) == {"0": (3, 4, 4)}
+
+
+def test_channels_last_outputs_read_as_maps():
+    model = _grid_net(_ChannelsLast(c=3, h=2, w=5))
+    assert models.layer_layout(model, "0") == models.CHANNELS_LAST
+    maps = _read(model, "0")
+    assert maps.shape == (2, 3, 2, 5)
+    for n, c, i, j in [(0, 0, 0, 0), (1, 2, 1, 4), (0, 1, 1, 2)]:
+        assert maps[n, c, i, j] == 1000 * n + 100 * c + 10 * i + j
+
+
+def test_an_edited_map_goes_back_into_tokens_there_only():
+    model = _grid_net(_Tokens(d=3, side=4))
+
+    def edit(maps):
+        maps = maps.clone()
+        maps[:, 2, 1, 3] = 7.0
+        return maps
+
+    _read(model, "0", edit)
+    tokens = model.net[1].seen
+    want = _Tokens(d=3, side=4)(torch.zeros(2, 3, 8, 8))
+    want[:, 1 + 1 * 4 + 3, 2] = 7.0
+    torch.testing.assert_close(tokens, want, rtol=0, atol=0)
+    assert (tokens[:, 0] == -1).all()  # the class token unchanged
+    # variants stacked along the batch: each image's class token repeated per variant
+    _read(model, "0", lambda maps: torch.cat([maps, maps + 1]))
+    tokens = model.net[1].seen
+    assert tokens.shape == (4, 17, 3) and (tokens[:, 0] == -1).all()
+    plain = _Tokens(d=3, side=4)(torch.zeros(2, 3, 8, 8))
+    torch.testing.assert_close(tokens[:2], plain, rtol=0, atol=0)
+    torch.testing.assert_close(tokens[2:, 1:], plain[:, 1:] + 1, rtol=0, atol=0)
+
+
+def test_an_edited_map_goes_back_channels_last():
+    model = _grid_net(_ChannelsLast(c=3, h=2, w=5))
+
+    def edit(maps):
+        maps = maps.clone()
+        maps[:, 1, 0, 4] = -5.0
+        return maps
+
+    _read(model, "0", edit)
+    want = _ChannelsLast(c=3, h=2, w=5)(torch.zeros(2, 3, 8, 8))
+    want[:, 0, 4, 1] = -5.0
+    torch.testing.assert_close(model.net[1].seen, want, rtol=0, atol=0)
+
+
+def test_ambiguous_or_unknown_layouts_are_refused():
+    # tokens that are not 1 + a square: no grid to put them on
+    with pytest.raises(ModelError, match=r"layer '0' \(0\) of grid returns \(2, 18, 3\), not the \(N, 1 \+ h\*w, d\)"):
+        _read(_grid_net(_Tokens(d=3, side=4, extra=1)), "0")
+    # a CNN map whose channels equal its height and width stays (N, C, h, w): the type decides
+    conv = torch.nn.Conv2d(3, 4, 1, stride=2)
+    model = NormalizedModel(torch.nn.Sequential(conv, torch.nn.Flatten()), "cnn", "none").eval()
+    assert models.layer_layout(model, "0") == models.MAPS
+    assert feature_shapes(model, ["0"], 8) == {"0": (4, 4, 4)}
+
+
+@pytest.fixture(scope="module")
+def tiny_vit():
+    torch.manual_seed(0)
+    net = torchvision.models.VisionTransformer(
+        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=3
+    )
+    return NormalizedModel(net, "tiny_vit", "none").eval()
+
+
+@pytest.fixture(scope="module")
+def tiny_swin():
+    torch.manual_seed(0)
+    net = torchvision.models.SwinTransformer(
+        patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[1, 1], window_size=[2, 2], num_classes=3
+    )
+    return NormalizedModel(net, "tiny_swin", "none").eval()
+
+
+def test_feature_shapes_of_transformer_blocks(tiny_vit, tiny_swin):
+    blocks = ["encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1"]
+    assert feature_shapes(tiny_vit, blocks + ["conv_proj"], 32) == dict.fromkeys(blocks + ["conv_proj"], (16, 4, 4))
+    assert feature_shapes(tiny_swin, ["features.1", "features.3"], 32) == {
+        "features.1": (8, 8, 8),
+        "features.3": (16, 4, 4),
+    }
+    assert {"encoder.layers.encoder_layer_1", "features.3"} <= set(
+        dissectable_layers(tiny_vit) + dissectable_layers(tiny_swin)
+    )
+    with pytest.raises(ModelError, match="does not take 48x48 images"):
+        feature_shapes(tiny_vit, blocks, 48)
+
+
+def test_the_patch_grid_is_torchvisions_patch_order(tiny_vit):
+    """Token 1 + i*w + j is the patch at row i, column j: conv_proj's map, plus the position
+    embedding, is what the first block's input holds there."""
+    net = tiny_vit.net
+    x = torch.rand(2, 3, 32, 32)
+    seen = {}
+    handle = net.encoder.layers.encoder_layer_0.register_forward_pre_hook(lambda _m, i: seen.update(x=i[0]))
+    with torch.no_grad():
+        _, out = capture(tiny_vit, x, ["conv_proj"])
+    handle.remove()
+    grid = out["conv_proj"]  # (N, d, 4, 4)
+    pos = net.encoder.pos_embedding[0, 1:].detach()
+    for i, j in [(0, 0), (1, 3), (3, 2)]:
+        torch.testing.assert_close(seen["x"][:, 1 + i * 4 + j], grid[:, :, i, j] + pos[i * 4 + j])
+
+
+def test_transformer_layers_at_planning():
+    check_ok = models.check_layer_names
+    check_ok("vit_b_16", 1000, ["encoder.layers.encoder_layer_5", "encoder.layers.encoder_layer_11"])
+    check_ok("swin_t", 1000, ["features.3", "features.7"])
+    check_ok("vit_tiny", 5, ["encoder.layers.encoder_layer_1"])  # its own 64 px, not 224
+    check_ok("swin_tiny", 5, ["features.1", "features.3"])
+    for arch, layer in (("vit_b_16", "encoder.layers.encoder_layer_5.mlp"), ("swin_t", "features.1.0.norm1")):
+        with pytest.raises(
+            ConfigError, match=rf"^config: models.m.layers: layer '{layer}' .* of {arch} is a \w+ in a "
+        ):
+            check_ok(arch, 1000, [layer], where="models.m.layers")
+    with pytest.raises(ConfigError, match=r"^config: models.m.layers: .*'heads' \(heads\) of vit_b_16"):
+        check_ok("vit_b_16", 1000, ["heads"], where="models.m.layers")
+
+
+def test_ceilings_map_size_of_transformers():
+    from advdissect.ceilings import map_size
+
+    assert map_size("vit_b_16", 1000, "encoder.layers.encoder_layer_11", 224) == (14, 14)
+    assert map_size("swin_t", 1000, "features.5", 224) == (14, 14)
+    assert map_size("vit_tiny", 5, "encoder.layers.encoder_layer_0", 64) == (8, 8)
+    assert map_size("swin_tiny", 5, "features.3", 64) == (8, 8)

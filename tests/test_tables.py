@@ -449,6 +449,47 @@ def test_intervals_and_paired_attack_effects(entries, tmp_path):
     assert "90 % bootstrap interval" in md and f"[{clean_lo:.1f}, {clean_hi:.1f}]" in md
 
 
+def test_attacks_without_eps_are_attacks_like_any_other(entries, tmp_path):
+    # DeepFool and C&W have no ε (attacks.csv leaves it empty): Table 2, the paired effects and
+    # the attacks table take them as they take FGSM.
+    rng = np.random.default_rng(1)
+    clean_all = rng.integers(1, 5, 50)
+    entries[0]["bootstrap"] = write_bootstrap_table(tmp_path / "b0.csv", {("self", "layer3"): (clean_all, clean_all)})
+    for attack, method in (("deepfool", "deepfool"), ("cw", "cw")):
+        entries.append(
+            entries[1]
+            | {
+                "attack": attack,
+                "method": method,
+                "bootstrap": write_bootstrap_table(
+                    tmp_path / f"b_{attack}.csv", {("self", "layer3"): (clean_all - 1, clean_all)}
+                ),
+            }
+        )
+    df = tables.table2(entries)
+    for attack in ("deepfool", "cw"):
+        assert cell(df, attack, "self", "all").ratio_percent == cell(df, "fgsm_2", "self", "all").ratio_percent
+    effects = tables.attack_effects(entries)
+    assert set(effects.attack) == {"deepfool", "cw"} and len(effects) == 2 * 7
+
+    paths = []
+    for i, row in enumerate(
+        [
+            _stats_row("fgsm_2", "fgsm", 2 / 255, 0.3, 0.3),
+            _stats_row("deepfool", "deepfool", float("nan"), 0.2, 0.2),
+            _stats_row("clean", "clean", 0.0, 1.0, 0.8),
+            _stats_row("apgd_4", "apgd", 4 / 255, 0.1, 0.1),
+            _stats_row("cw", "cw", float("nan"), 0.5, 0.5),
+        ]
+    ):
+        path = tmp_path / f"s{i}.csv"
+        pd.DataFrame([row]).to_csv(path, index=False)
+        paths.append(path)
+    attacks = tables.attacks_table(paths)
+    assert list(attacks.attack) == ["clean", "apgd_4", "cw", "deepfool", "fgsm_2"]
+    assert attacks.set_index("attack").eps[["cw", "deepfool"]].isna().all()
+
+
 def test_no_intervals_without_bootstrap(entries):
     df = tables.table2(entries)
     assert df["ci_low_percent"].isna().all() and df["ci_high_percent"].isna().all()

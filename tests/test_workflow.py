@@ -540,3 +540,34 @@ def test_the_tiny_study_writes_the_pinned_tables(study):
     assert sorted(ours) == sorted(pinned), "the tiny study writes other tables than the pinned ones"
     differ = [name for name in pinned if ours[name] != pinned[name]]
     assert not differ, f"{len(differ)} of {len(pinned)} tables differ from the pinned bytes: {differ[:8]}"
+
+
+def test_a_vision_transformer_is_dissected_from_its_token_grid(tmp_path):
+    """The tiny ViT stand-in (64 px, 8 x 8 patches, 16 channels) with random weights, on a few
+    images, clean and one attack: every stage reads its encoder blocks as 16 x 8 x 8 maps."""
+    config = yaml.safe_load(TINY.read_text())
+    config["datasets"]["tiny"].update(n_images=8, shard_size=8)
+    blocks = ["encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1"]
+    config["models"] = {
+        "vit": {"arch": "vit_tiny", "num_classes": 16, "layers": blocks, "weights": {"source": "random", "seed": 0}}
+    }
+    config["attacks"] = {"clean": {"method": "clean"}, "fgsm_2": {"method": "fgsm", "eps": "2/255"}}
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config, sort_keys=False))
+    snakemake(tmp_path)
+    check_outputs_of_the_tiny_vit(tmp_path, blocks)
+
+
+def check_outputs_of_the_tiny_vit(tmp_path: Path, blocks: list[str]) -> None:
+    for attack, mode in (("clean", "self"), ("fgsm_2", "self"), ("fgsm_2", "clean")):
+        for layer in blocks:
+            units = pd.read_csv(tmp_path / f"results/tiny/vit/{attack}/{mode}/units/{layer}.csv")
+            assert len(units) == 16  # a unit per channel of the token embedding
+    table2 = pd.read_csv(tmp_path / "results/summary/table2.csv")
+    assert set(table2["layer"]) == set(blocks) and (table2["units"] == 16).all()
+    ceilings = pd.read_csv(tmp_path / "results/summary/ceilings.csv")
+    assert set(zip(ceilings["layer"], ceilings["height"], ceilings["width"])) == {(b, 8, 8) for b in blocks}
+    ablation = pd.read_csv(tmp_path / "results/summary/ablation.csv")
+    assert set(ablation["layer"]) == {blocks[-1]} and (ablation["units"] == 16).all()
+    assert (ablation["flipped"] > 0).all()  # the attack's gradient passes the transformer
+    page = (tmp_path / f"results/browser/tiny/vit/{blocks[-1]}/index.html").read_text()
+    assert page.count("<tr>") == 1 + 16
