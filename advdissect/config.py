@@ -405,6 +405,29 @@ def check_layers(config: Mapping) -> None:
                 f"(torchvision's classifiers: {', '.join(known)})"
             )
         check_layer_names(spec["arch"], spec["num_classes"], spec["layers"], where=f"models.{name}.layers")
+        _check_fixed_image_size(config, name)
+
+
+def _check_fixed_image_size(config: Mapping, model: str) -> None:
+    """A network that takes one image size (a ViT) is dissected only on datasets of that size,
+    where the size is known before any job runs."""
+    from .disk import dataset_facts, generated_spec
+    from .models import fixed_image_size
+
+    spec, datasets = config["models"][model], config["datasets"]
+    size = fixed_image_size(spec["arch"], spec["num_classes"])
+    if size is None:
+        return
+    for name in model_datasets(config, model):
+        facts_spec = generated_spec(datasets[name], datasets)
+        if facts_spec["source"] == "local" and not (Path(facts_spec["path"]) / "index.csv").is_file():
+            continue  # known only once the directory is there; the first job then refuses it
+        (h, w), _ = dataset_facts(facts_spec)
+        if (h, w) != (size, size):
+            raise ConfigError(
+                f"config: models.{model}.datasets: {spec['arch']} takes {size}x{size} images only, but dataset "
+                f"{name!r} has {h}x{w}; dissect it on a dataset of that size"
+            )
 
 
 # ---------------------------------------------------------------- the study's plan

@@ -749,6 +749,15 @@ def _probe_size(model: nn.Module) -> int:
     return int(size) if isinstance(size, int) else 224
 
 
+def fixed_image_size(arch: str, num_classes: int) -> int | None:
+    """The one image side `arch` takes (torchvision's ViTs: their `image_size`), None where any
+    size goes. Built on the meta device."""
+    with torch.device("meta"):
+        net = build_network(arch, num_classes)
+    size = getattr(net, "image_size", None)
+    return int(size) if isinstance(size, int) else None
+
+
 def check_layer_names(arch: str, num_classes: int, layers: Sequence[str], where: str = "layers") -> None:
     """Raise ConfigError (prefixed `config: <where>`) unless `arch` exists and has every layer,
     each a different module (an alias and its module name would be dissected twice) whose output

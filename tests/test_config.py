@@ -340,6 +340,23 @@ def test_one_module_under_two_layer_names_is_refused_at_planning():
     adconfig.check_layers(checked(copy.deepcopy(DEFAULT)))
 
 
+def test_a_vit_is_dissected_only_on_images_of_its_size():
+    """vit_tiny takes 64 x 64 images: the demo's 112 px set is refused at planning, its 64 px set is not."""
+
+    def vit_on(dataset):
+        return lambda c: c["models"]["resnet18_random"].update(
+            arch="vit_tiny", layers=["encoder.layers.encoder_layer_1"], datasets=[dataset]
+        )
+
+    with pytest.raises(ConfigError) as info:
+        adconfig.check_layers(checked(_with(vit_on("synthetic"))))
+    assert str(info.value) == (
+        "config: models.resnet18_random.datasets: vit_tiny takes 64x64 images only, but dataset 'synthetic' "
+        "has 112x112; dissect it on a dataset of that size"
+    )
+    adconfig.check_layers(checked(_with(vit_on("synthetic64"))))
+
+
 def test_a_users_weights_file_can_be_pinned_in_the_config():
     digest = "0123456789abcdef" * 4
 
