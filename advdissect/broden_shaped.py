@@ -27,9 +27,9 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
-from .broden import CATEGORIES, PIXEL_CATEGORIES, build_dataset_dir, encode_mask
+from .broden import CATEGORIES, build_dataset_dir
 from .errors import ConfigError
-from .synthetic import Vocabulary, write_labels, zipf
+from .synthetic import LabelTally, Vocabulary, write_labels, zipf
 
 log = logging.getLogger(__name__)
 
@@ -168,13 +168,9 @@ class _Draw:
 
 def _write(build: Path, n_train: int, n_val: int, seed: int) -> None:
     vocab = vocabulary()
-    n = n_labels()
-    freq = {cat: np.zeros(n, dtype=np.int64) for cat in CATEGORIES}
-    cover = {cat: np.zeros(n, dtype=np.float64) for cat in CATEGORIES}
-    category_images = {cat: 0 for cat in CATEGORIES}
+    tally = LabelTally(n_labels(), SEGMENTATION_SIZE**2)
     (build / "images" / "generated").mkdir(parents=True)
     records = []
-    seg_pixels = float(SEGMENTATION_SIZE**2)
     with tqdm(total=n_train + n_val, desc="Broden-shaped images", unit="img", disable=None) as bar:
         for split, count, code in (("train", n_train, 1), ("val", n_val, 2)):
             for i in range(count):
@@ -183,26 +179,10 @@ def _write(build: Path, n_train: int, n_val: int, seed: int) -> None:
                 stem = f"generated/{split}_{i:06d}"
                 rec = {"image": f"{stem}.jpg", "split": split, "ih": IMAGE_SIZE, "iw": IMAGE_SIZE}
                 rec.update({"sh": SEGMENTATION_SIZE, "sw": SEGMENTATION_SIZE}, **{cat: "" for cat in CATEGORIES})
-                for cat, numbers in image_labels.items():
-                    rec[cat] = ";".join(str(t) for t in numbers)
-                    freq[cat][numbers] += 1
-                    cover[cat][numbers] += 1.0
-                    category_images[cat] += bool(numbers)
-                for name, layer in layers.items():
-                    cat = name.split("_")[0]
-                    path = f"{stem}_{name}.png"
-                    Image.fromarray(encode_mask(layer)).save(build / "images" / path)
-                    rec[cat] = f"{rec[cat]};{path}" if rec[cat] else path
-                for cat in PIXEL_CATEGORIES:
-                    mine = [layer for k, layer in layers.items() if k.split("_")[0] == cat]
-                    counts = sum((np.bincount(layer.ravel(), minlength=n) for layer in mine), np.zeros(n, np.int64))
-                    counts[0] = 0
-                    freq[cat] += counts > 0
-                    cover[cat] += counts / seg_pixels
-                    category_images[cat] += bool(counts.any())
+                tally.add_image(build, rec, stem, image_labels, layers)
                 Image.fromarray(draw.pixels(colour)).save(build / "images" / rec["image"], quality=90)
                 records.append(rec)
                 bar.update(1)
     columns = ["image", "split", "ih", "iw", "sh", "sw", *CATEGORIES]
     pd.DataFrame(records, columns=columns).to_csv(build / "index.csv", index=False)
-    write_labels(build, vocab, freq, cover, category_images)
+    write_labels(build, vocab, tally.freq, tally.cover, tally.category_images)

@@ -546,10 +546,7 @@ def _write(build: Path, n_train: int, n_val: int, image_size: int, n_classes: in
     vocab = vocabulary(n_classes)
     painter = _Painter(image_size, vocab)
     seg = painter.seg
-    n_labels = vocab.n_labels
-    freq = {cat: np.zeros(n_labels, dtype=np.int64) for cat in CATEGORIES}
-    cover = {cat: np.zeros(n_labels, dtype=np.float64) for cat in CATEGORIES}
-    category_images = {cat: 0 for cat in CATEGORIES}
+    tally = LabelTally(vocab.n_labels, seg * seg)
     (build / "images" / "synthetic").mkdir(parents=True)
     records = []
     plan_rng = np.random.default_rng([seed, 0])
@@ -566,25 +563,7 @@ def _write(build: Path, n_train: int, n_val: int, image_size: int, n_classes: in
                     "scene": [vocab.scene[SCENES[row.scene].name]],
                     "texture": [vocab.texture[t] for t in row.textures],
                 }
-                for cat, numbers in image_labels.items():
-                    rec[cat] = ";".join(str(t) for t in numbers)
-                    freq[cat][numbers] += 1
-                    cover[cat][numbers] += 1.0
-                    category_images[cat] += bool(numbers)
-                for name, layer in layers.items():
-                    if not layer.any():
-                        continue
-                    cat = name.split("_")[0]
-                    path = f"{stem}_{name}.png"
-                    Image.fromarray(encode_mask(layer)).save(build / "images" / path)
-                    rec[cat] = f"{rec[cat]};{path}" if rec[cat] else path
-                for cat in PIXEL_CATEGORIES:
-                    names = [n_ for n_ in layers if n_.split("_")[0] == cat]
-                    counts = sum(np.bincount(layers[n_].ravel(), minlength=n_labels) for n_ in names)
-                    counts[0] = 0
-                    freq[cat] += counts > 0
-                    cover[cat] += counts / float(seg * seg)
-                    category_images[cat] += bool(counts.any())
+                tally.add_image(build, rec, stem, image_labels, layers)
                 rec["class"] = vocab.object[CLASSES[row.cls].name]
                 pixels = np.clip(np.rint(img), 0, 255).astype(np.uint8)
                 Image.fromarray(pixels).save(build / "images" / rec["image"], quality=95)
@@ -593,7 +572,45 @@ def _write(build: Path, n_train: int, n_val: int, image_size: int, n_classes: in
 
     columns = ["image", "split", "ih", "iw", "sh", "sw", *CATEGORIES, "class"]
     pd.DataFrame(records, columns=columns).to_csv(build / "index.csv", index=False)
-    write_labels(build, vocab, freq, cover, category_images)
+    write_labels(build, vocab, tally.freq, tally.cover, tally.category_images)
+
+
+class LabelTally:
+    """What label.csv and the c_<category>.csv files report, gathered image by image: per
+    category, how many images hold each label (freq), the sum of its share of their pixels
+    (cover; 1 per image for image-level labels), and how many images hold the category at all."""
+
+    def __init__(self, n_labels: int, seg_pixels: int):
+        self.n_labels, self.seg_pixels = n_labels, float(seg_pixels)
+        self.freq = {cat: np.zeros(n_labels, dtype=np.int64) for cat in CATEGORIES}
+        self.cover = {cat: np.zeros(n_labels, dtype=np.float64) for cat in CATEGORIES}
+        self.category_images = {cat: 0 for cat in CATEGORIES}
+
+    def add_image(self, build: Path, rec: dict, stem: str, image_labels: dict, layers: dict) -> None:
+        """Write the image's non-empty mask layers as `<stem>_<name>.png`, fill its index row's
+        category cells (`rec`) and count its labels."""
+        for cat, numbers in image_labels.items():
+            rec[cat] = ";".join(str(t) for t in numbers)
+            self.freq[cat][numbers] += 1
+            self.cover[cat][numbers] += 1.0
+            self.category_images[cat] += bool(numbers)
+        for name, layer in layers.items():
+            if not layer.any():
+                continue
+            cat = name.split("_")[0]
+            path = f"{stem}_{name}.png"
+            Image.fromarray(encode_mask(layer)).save(build / "images" / path)
+            rec[cat] = f"{rec[cat]};{path}" if rec[cat] else path
+        for cat in PIXEL_CATEGORIES:
+            mine = [layer for name, layer in layers.items() if name.split("_")[0] == cat]
+            counts = sum(
+                (np.bincount(layer.ravel(), minlength=self.n_labels) for layer in mine),
+                np.zeros(self.n_labels, np.int64),
+            )
+            counts[0] = 0
+            self.freq[cat] += counts > 0
+            self.cover[cat] += counts / self.seg_pixels
+            self.category_images[cat] += bool(counts.any())
 
 
 def write_labels(build: Path, vocab: Vocabulary, freq: dict, cover: dict, category_images: dict) -> None:
