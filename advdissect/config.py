@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import csv
 from collections.abc import Iterable, Iterator, Mapping
+from contextlib import nullcontext
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -22,7 +24,7 @@ import jsonschema
 import yaml
 
 from .errors import AdvDissectError, ConfigError
-from .specs import SCHEMA_PATH, AttackSpec, ShardPlan, attack_spec, train_spec
+from .specs import SCHEMA, AttackSpec, ShardPlan, attack_spec, train_spec
 
 # Broden as published by its authors: 63,305 images in both variants.
 BRODEN_IMAGES = {"broden1_224": 63305, "broden1_227": 63305}
@@ -66,9 +68,18 @@ def check_config_files(paths: Iterable[str | Path]) -> None:
         load_yaml(path)
 
 
-def load_schema(path: str | Path) -> dict:
-    with open(path) as handle:
-        return yaml.safe_load(handle)
+def load_schema(path: str | Path | None = None) -> dict:
+    """The config schema: the package's own (`specs.SCHEMA`) unless `path` names another file."""
+    text = SCHEMA.read_text(encoding="utf-8") if path is None else Path(path).read_text(encoding="utf-8")
+    return yaml.safe_load(text)
+
+
+def fill_defaults(config: dict, schema_path: str | Path | None = None) -> None:
+    """Fill in the schema's defaults, in place, as the workflow's `validate(config, ...)` does."""
+    from snakemake.utils import validate as snakemake_validate
+
+    with resources.as_file(SCHEMA) if schema_path is None else nullcontext(Path(schema_path)) as path:
+        snakemake_validate(config, str(path))
 
 
 def _key_path(error: jsonschema.ValidationError) -> str:
@@ -433,10 +444,10 @@ def _check_fixed_image_size(config: Mapping, model: str) -> None:
 # ---------------------------------------------------------------- the study's plan
 
 
-def load_config(paths: Iterable[str | Path], schema_path: str | Path) -> dict:
-    """The config as the workflow sees it: the files merged in order, validated, defaults filled in."""
+def load_config(paths: Iterable[str | Path], schema_path: str | Path | None = None) -> dict:
+    """The config as the workflow sees it: the files merged in order, validated, defaults filled in
+    (against the package's schema unless `schema_path` names another file)."""
     from snakemake.utils import update_config
-    from snakemake.utils import validate as fill_defaults
 
     paths = list(paths)
     check_config_files(paths)
@@ -444,7 +455,7 @@ def load_config(paths: Iterable[str | Path], schema_path: str | Path) -> dict:
     for path in paths:
         update_config(config, load_yaml(path) or {})
     validate(config, load_schema(schema_path))
-    fill_defaults(config, str(schema_path))
+    fill_defaults(config, schema_path)
     check_semantics(config)
     sort_keys(config)
     return config
@@ -499,7 +510,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("configfile", nargs="+", help="config files, merged in order")
     args = parser.parse_args(argv)
     try:
-        config = load_config(args.configfile, SCHEMA_PATH)
+        config = load_config(args.configfile)
         check_layers(config)
     except AdvDissectError as exc:
         print(exc, file=sys.stderr)

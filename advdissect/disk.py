@@ -22,7 +22,6 @@ import pandas as pd
 from . import config as adconfig
 from .broden import CATEGORIES, PIXEL_CATEGORIES
 from .errors import AdvDissectError
-from .specs import SCHEMA_PATH
 from .tally import IMAGE_RECORDS
 
 BRODEN_IMAGE_SIZE = {"broden1_224": 224, "broden1_227": 227}
@@ -256,15 +255,17 @@ def human(n: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    root = Path(__file__).resolve().parents[1]
     parser = argparse.ArgumentParser(description="Print the disk a config's run keeps, per artifact kind.")
     parser.add_argument(
-        "--configfile", nargs="+", default=[str(root / "config" / "config.yaml")], help="config files, merged in order"
+        "--configfile",
+        nargs="+",
+        default=["config/config.yaml"],
+        help="config files, merged in order (default: config/config.yaml in the working directory, as the workflow)",
     )
     parser.add_argument("--by-model", action="store_true", help="one row per kind, dataset and model")
     args = parser.parse_args(argv)
     try:
-        config = adconfig.load_config(args.configfile, SCHEMA_PATH)
+        config = adconfig.load_config(args.configfile)
         frame = estimate(config)
     except (AdvDissectError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

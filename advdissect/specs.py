@@ -4,6 +4,9 @@
 own values once, when it is built, and names the config key a wrong value came from. Defaults
 come from the config schema alone (`schema_defaults`). The library takes specs and does not
 check config keys again.
+
+The schema ships inside the package (`advdissect/schemas/config.schema.yaml`) and is read as a
+package resource, so an installed copy finds it; the workflow validates against the same file.
 """
 
 from __future__ import annotations
@@ -14,14 +17,17 @@ import math
 import numbers
 from collections.abc import Mapping
 from fractions import Fraction
-from pathlib import Path
+from importlib import resources
+from importlib.resources.abc import Traversable
 from typing import Any
 
 import yaml
 
 from .errors import ConfigError
 
-SCHEMA_PATH = Path(__file__).resolve().parents[1] / "workflow" / "schemas" / "config.schema.yaml"
+# The config schema, a package resource: `resources.as_file(SCHEMA)` gives a path on disk where
+# one is needed (the file itself for an ordinary install).
+SCHEMA: Traversable = resources.files(__package__) / "schemas" / "config.schema.yaml"
 PIXEL_GRID = 255  # images are stored as uint8: values k/255
 _GRID_TOL = 1e-6  # in 1/255 units; float rounding of "k/255" stays far below it
 
@@ -60,8 +66,7 @@ def grid_steps(value: float) -> int:
 
 @functools.cache
 def _schema() -> dict:
-    with open(SCHEMA_PATH) as handle:
-        return yaml.safe_load(handle)
+    return yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
 
 
 def schema_defaults(section: str) -> dict[str, Any]:

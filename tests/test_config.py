@@ -1,6 +1,7 @@
 """Config validation: each bad value gives one line naming the key and what is allowed."""
 
 import copy
+import os
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,7 @@ from advdissect import specs
 from advdissect.errors import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = adconfig.load_schema(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+SCHEMA = adconfig.load_schema()
 DEFAULT = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 
 
@@ -24,9 +25,7 @@ def checked(cfg):
 
 
 def _fill_defaults(cfg):
-    from snakemake.utils import validate
-
-    validate(cfg, str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
+    adconfig.fill_defaults(cfg)
 
 
 def bad(mutate):
@@ -522,3 +521,16 @@ def test_config_command_names_the_file_and_line_snakemake_does_not(tmp_path, cap
     assert capsys.readouterr().err.strip() == f"config file not found: {tmp_path / 'missing.yaml'}"
     assert adconfig.main([str(ROOT / "config" / "config.yaml")]) == 0
     assert capsys.readouterr().out.startswith("config OK")
+
+
+def test_one_schema_file_in_the_package():
+    """The library, its commands and the workflow read one schema: the package's resource."""
+    packaged = ROOT / "advdissect" / "schemas" / "config.schema.yaml"
+    assert Path(str(specs.SCHEMA)).resolve() == packaged
+    skip = {".git", ".venv", "results", "resources", ".snakemake", "build"}
+    found = []
+    for folder, subfolders, files in os.walk(ROOT):
+        subfolders[:] = [name for name in subfolders if name not in skip and not name.endswith(".egg-info")]
+        found += [Path(folder) / name for name in files if name.endswith(".schema.yaml")]
+    assert found == [packaged]
+    assert adconfig.load_schema() == yaml.safe_load(packaged.read_text())

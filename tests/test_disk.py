@@ -10,7 +10,6 @@ from advdissect import config as adconfig
 from advdissect import disk
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = ROOT / "workflow" / "schemas" / "config.schema.yaml"
 TINY = ROOT / "tests" / "data" / "tiny_config.yaml"
 
 
@@ -31,7 +30,7 @@ def planned_jobs(config_path: Path, workdir: Path) -> dict[str, int]:
 
 
 def test_files_counted_are_the_jobs_planned(tmp_path):
-    estimated = disk.by_kind(disk.estimate(adconfig.load_config([TINY], SCHEMA)))
+    estimated = disk.by_kind(disk.estimate(adconfig.load_config([TINY])))
     jobs = planned_jobs(TINY, tmp_path)
     assert estimated.loc["segmentations", "files"] == jobs["segmentations"]
     assert estimated.loc["images", "files"] == jobs["attack_shard"]
@@ -42,7 +41,7 @@ def test_files_counted_are_the_jobs_planned(tmp_path):
 
 
 def test_sizes_follow_the_arrays():
-    config = adconfig.load_config([TINY], SCHEMA)
+    config = adconfig.load_config([TINY])
     frame = disk.estimate(config).set_index(["kind", "model"])
     # rand18: 3 attacks x 2 shards of 12 images of 3 x 64 x 64 bytes and 56 bytes of per-image values
     images = frame.loc[("images", "rand18"), "bytes"]
@@ -61,7 +60,7 @@ def test_rehearsal_sizes_before_its_set_is_generated(tmp_path, monkeypatch):
     """config/rehearsal.yaml's smaller sizes read the generated set's directory, which does not
     exist before the run: their facts come from the generator's spec, at 224 px."""
     monkeypatch.chdir(tmp_path)
-    config = adconfig.load_config([ROOT / "config" / "rehearsal.yaml"], SCHEMA)
+    config = adconfig.load_config([ROOT / "config" / "rehearsal.yaml"])
     frame = disk.estimate(config).set_index(["kind", "dataset"])["bytes"]
     cells = 256 * 14 * 14 + 512 * 7 * 7  # resnet18_shapes' layer3 and layer4 at 224 px
     for name, n in (("rehearsal4k", 4000), ("rehearsal8k", 8000), ("rehearsal", 16000)):
@@ -83,7 +82,7 @@ def test_command_prints_every_kind_and_the_total():
 
 def test_a_training_only_dataset_is_not_read(tmp_path):
     """The ImageNet fine-tuning config: its ImageFolder is not there, and nothing asks for it."""
-    config = adconfig.load_config([ROOT / "config" / "imagenet_finetune.yaml"], SCHEMA)
+    config = adconfig.load_config([ROOT / "config" / "imagenet_finetune.yaml"])
     assert not Path(config["datasets"]["imagenet"]["path"]).exists()
     frame = disk.estimate(config)
     assert set(frame["dataset"]) == {"broden224"}

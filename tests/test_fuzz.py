@@ -14,7 +14,7 @@ from advdissect.broden import INDEX_COLUMNS, parse_index
 from advdissect.errors import ConfigError, DatasetError
 
 ROOT = Path(__file__).resolve().parents[1]
-SCHEMA = adconfig.load_schema(ROOT / "workflow" / "schemas" / "config.schema.yaml")
+SCHEMA = adconfig.load_schema()
 DEFAULT = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
 
 cell = st.one_of(
@@ -120,7 +120,5 @@ def test_config_values_validate_or_raise_a_config_error(edits):
 
 
 def _with_defaults(config):
-    from snakemake.utils import validate
-
-    validate(config, str(ROOT / "workflow" / "schemas" / "config.schema.yaml"))
+    adconfig.fill_defaults(config)
     return config

@@ -297,7 +297,7 @@ def test_results_do_not_depend_on_the_shard_count(study, tmp_path):
 
 
 def test_disk_estimate_matches_the_files(study):
-    config = adconfig.load_config([study / "config.yaml"], ROOT / "workflow" / "schemas" / "config.schema.yaml")
+    config = adconfig.load_config([study / "config.yaml"])
     estimated, real = disk.by_kind(disk.estimate(config)), disk.measured(study)
     for kind in [*disk.KINDS, "total"]:
         assert estimated.loc[kind, "files"] == real.loc[kind, "files"], kind

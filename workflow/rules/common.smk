@@ -2,19 +2,21 @@
 
 import sys
 from argparse import Namespace
+from importlib.resources import as_file
 
 from advdissect import config as adconfig
 from advdissect import specs as adspecs
 from advdissect.errors import AdvDissectError
 
-SCHEMA = workflow.source_path("../schemas/config.schema.yaml")
-
 try:
     adconfig.check_config_files(
         [*workflow.configfiles, *(workflow.overwrite_configfiles or [])]
     )
-    adconfig.validate(config, adconfig.load_schema(SCHEMA))
-    validate(config, SCHEMA)  # fills in the schema's defaults
+    adconfig.validate(config, adconfig.load_schema())
+    # The schema is the package's own file (advdissect/schemas/config.schema.yaml), the one
+    # the library reads; validate() fills in its defaults.
+    with as_file(adspecs.SCHEMA) as schema_file:
+        validate(config, str(schema_file))
     adconfig.check_semantics(config)
     adconfig.check_layers(config)
     adconfig.sort_keys(config)
