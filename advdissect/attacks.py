@@ -15,18 +15,25 @@ Conventions: images are in [0, 1], the model normalises inside its forward,
 - C&W L2 (Carlini & Wagner 2017, untargeted): Adam in tanh space on ‖x* − x‖² + c·max(Z_y − max_{i≠y} Z_i, −κ)
 - APGD (L∞, Croce & Hein 2020): PGD with momentum 0.75 and a step size that halves at
   checkpoints where the loss (CE or DLR) stopped rising, from a random start in the ε-ball
+- APGD-T: APGD on the targeted DLR loss, towards each of the runner-up classes in turn
+- Square (L∞, Andriushchenko et al. 2020): random search with squares of ±2ε, no gradients
+- FAB-T (L∞, Croce & Hein 2020): steps onto linearised boundaries towards each runner-up class,
+  biased towards x; the nearest fooling point within ε
+- AutoAttack (standard): APGD-CE, APGD-T, FAB-T, Square, each on the images not yet fooled
 
 Shards store images as uint8, which is lossless only on the 1/255 grid: FGSM, BIM, PGD and the
 noise need ε (and the BIM/PGD step) to be a multiple of 1/255, so that each iterate lies on the
-grid; PGD's random start is then drawn on the grid too. DeepFool, C&W and APGD end off the grid:
-their results are rounded to the nearest uint8 value (which keeps APGD inside its ε-ball when ε
-is on the grid), and the stored predictions are those of the rounded images.
+grid; PGD's random start is then drawn on the grid too. DeepFool, C&W and the AutoAttack family
+end off the grid: their results are rounded to the nearest uint8 value (which keeps the L∞
+attacks inside their ε-ball when ε is on the grid), and the stored predictions are those of the
+rounded images.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from os import PathLike
@@ -369,6 +376,39 @@ def _apgd_run(model, x, y, eps, steps, criterion, u, rho=0.75):
     return x_best, acc, loss_best, x_best_adv
 
 
+def _apgd_runs(model, x, y, eps, steps, losses, starts, rho) -> torch.Tensor:
+    """APGD runs in turn, each on the images still classified as y: run r uses the loss
+    `losses[r](index)` (index: the images it attacks) and starts from `starts[r]` (None: torch's
+    global generator). A fooled image keeps its run's last fooling iterate; one that no run fools
+    keeps its highest-loss point over the runs."""
+    x = x.detach()
+    with torch.no_grad():
+        logits = model(x)
+    correct = logits.argmax(1) == y
+    adv, best = x.clone(), x.clone()
+    best_loss = torch.full((x.shape[0],), float("-inf"), dtype=logits.dtype, device=x.device)
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    for r, loss_of in enumerate(losses):
+        index = correct.nonzero().squeeze(1)
+        if index.numel() == 0:
+            break
+        u = torch.rand(x.shape) if starts is None else starts[r]
+        x_best, still, loss_best, x_best_adv = _apgd_run(
+            model, x[index], y[index], eps, steps, loss_of(index), u[index.to(u.device)], rho
+        )
+        adv[index[~still]] = x_best_adv[~still]
+        correct[index[~still]] = False
+        higher = still & (loss_best > best_loss[index])
+        best[index[higher]] = x_best[higher]
+        best_loss[index[higher]] = loss_best[higher]
+    return torch.where(correct.view(shape), best, adv)
+
+
+def _n_classes(model: torch.nn.Module, x: torch.Tensor) -> int:
+    with torch.no_grad():
+        return model(x[:1]).shape[1]
+
+
 def apgd(
     model: torch.nn.Module,
     x: torch.Tensor,
@@ -389,29 +429,341 @@ def apgd(
     runs (the reference code returns x itself: a dissection wants the attacked image).
     """
     criterion = {"ce": lambda z, t: F.cross_entropy(z, t, reduction="none"), "dlr": dlr_loss}[loss]
+    if x.shape[0] and loss == "dlr" and _n_classes(model, x) < 3:
+        raise AttackError(f"APGD's DLR loss needs at least 3 classes, the model has {_n_classes(model, x)}")
+    return _apgd_runs(model, x, y, eps, steps, [lambda index: criterion] * restarts, starts, rho)
+
+
+def dlr_targeted_loss(logits: torch.Tensor, y: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """Croce & Hein's targeted DLR, per image: −(z_y − z_t) / (z_π1 − (z_π3 + z_π4)/2)."""
+    z, _ = logits.sort(dim=1)
+    zy = logits.gather(1, y[:, None]).squeeze(1)
+    zt = logits.gather(1, target[:, None]).squeeze(1)
+    return -(zy - zt) / (z[:, -1] - 0.5 * z[:, -3] - 0.5 * z[:, -4] + 1e-12)
+
+
+def target_ranks(n_classes: int, targets: int) -> range:
+    """The ranks (by clean logit, 2 = the runner-up) of the classes a targeted run aims at:
+    the `targets` highest after the first, at most every other class."""
+    return range(2, min(targets, n_classes - 1) + 2)
+
+
+def apgd_t(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int = 100,
+    restarts: int = 1,
+    targets: int = 9,
+    starts: torch.Tensor | None = None,
+    rho: float = 0.75,
+) -> torch.Tensor:
+    """APGD-T (L∞; AutoAttack's targeted APGD): APGD on the targeted DLR loss towards the class
+    of clean-logit rank 2, 3, … (`target_ranks`), `restarts` runs per target, each run on the
+    images still classified as y. starts: uniforms shaped (targets·restarts, *x.shape), target
+    by target (None: torch's global generator). Results as `apgd`'s.
+    """
     x = x.detach()
     with torch.no_grad():
         logits = model(x)
-    if loss == "dlr" and logits.shape[1] < 3:
-        raise AttackError(f"APGD's DLR loss needs at least 3 classes, the model has {logits.shape[1]}")
-    correct = logits.argmax(1) == y
-    adv, best = x.clone(), x.clone()
-    best_loss = torch.full((x.shape[0],), float("-inf"), dtype=logits.dtype, device=x.device)
+    if logits.shape[1] < 4:
+        raise AttackError(f"APGD-T's targeted DLR loss needs at least 4 classes, the model has {logits.shape[1]}")
+    order = logits.sort(dim=1)[1]
+
+    def towards(rank: int):
+        def loss_of(index: torch.Tensor):
+            target = order[index, -rank]
+            return lambda z, t: dlr_targeted_loss(z, t, target)
+
+        return loss_of
+
+    losses = [towards(rank) for rank in target_ranks(logits.shape[1], targets) for _ in range(restarts)]
+    return _apgd_runs(model, x, y, eps, steps, losses, starts, rho)
+
+
+def _margin(logits: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """z_y − max_{i≠y} z_i per image: > 0 while the image is classified as y."""
+    zy = logits.gather(1, y[:, None]).squeeze(1)
+    return zy - logits.scatter(1, y[:, None], float("-inf")).amax(1)
+
+
+def _square_size(i: int, queries: int, p_init: float, n_features: int, channels: int) -> int:
+    """The side of iteration i's square: p (the share of pixels changed) halves at fixed
+    fractions of the queries, as in the reference code's schedule (rescaled to 10,000)."""
+    it = int(i / queries * 10000)
+    halvings = sum(it > edge for edge in (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000))
+    p = p_init / 2**halvings
+    return max(int(round(math.sqrt(p * n_features / channels))), 1)
+
+
+def _square_run(model, x, y, eps, queries, p_init, init_u, step_u):
+    """One Square Attack run (L∞, margin loss) from x + ε·(random sign per channel and column).
+
+    init_u: uniforms (N, C, 1, W); step_u: uniforms (N, queries, 2 + C), iteration i's
+    [square row, square column, sign per channel]. Each iteration moves every image not yet
+    fooled: a square of ±2ε per channel, projected onto the ε-ball and [0, 1], kept when it
+    lowers the margin. Returns (the lowest-margin points, their margins)."""
+    n, c, h, w = x.shape
     shape = (-1,) + (1,) * (x.dim() - 1)
+    # The reference draws in float32 whatever the images' type: so does the size of a step.
+    signs = torch.sign(2 * init_u.float() - 1).to(x.device)
+    x_best = (x + (eps * signs).to(x.dtype)).clamp(0.0, 1.0)
+    with torch.no_grad():
+        margin_min = _margin(model(x_best), y)
+    rows = torch.arange(h, device=x.device)
+    cols = torch.arange(w, device=x.device)
+    for i in range(queries):
+        index = (margin_min > 0).nonzero().squeeze(1)
+        if index.numel() == 0:
+            break
+        s = _square_size(i, queries, p_init, c * h * w, c)
+        u = step_u[index.to(step_u.device), i].float().to(x.device)
+        vh, vw = ((h - s) * u[:, 0]).long(), ((w - s) * u[:, 1]).long()
+        inside = ((rows >= vh[:, None]) & (rows < vh[:, None] + s))[:, None, :, None] & (
+            (cols >= vw[:, None]) & (cols < vw[:, None] + s)
+        )[:, None, None, :]
+        step = (2.0 * eps * torch.sign(2 * u[:, 2:] - 1)).view(-1, c, 1, 1).to(x.dtype)
+        x_new = _project(x_best[index] + torch.where(inside, step, torch.zeros_like(step)), x[index], eps)
+        with torch.no_grad():
+            margin = _margin(model(x_new), y[index])
+        better = (margin < margin_min[index]) | (margin <= 0)
+        margin_min[index] = torch.where(better, margin, margin_min[index])
+        x_best[index] = torch.where(better.view(shape), x_new, x_best[index])
+    return x_best, margin_min
+
+
+def square(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    queries: int = 5000,
+    restarts: int = 1,
+    p_init: float = 0.8,
+    draws: tuple[torch.Tensor, torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Square Attack (L∞; Andriushchenko et al. 2020), untargeted against y, as torchattacks 3.5.1
+    runs it but with every image's squares and signs its own.
+
+    draws: (init uniforms (restarts, N, C, 1, W), step uniforms (restarts, N, queries, 2 + C));
+    None draws them from torch's global generator. Restart r runs on the images still classified
+    as y. A fooled image keeps the first point that fooled it; one that no run fools keeps its
+    lowest-margin point (the reference code returns x; a dissection wants the attacked image).
+    """
+    n, c, h, w = x.shape
+    if draws is None:
+        draws = (torch.rand((restarts, n, c, 1, w)), torch.rand((restarts, n, queries, 2 + c)))
+    init_u, step_u = draws
+    x = x.detach()
+    with torch.no_grad():
+        correct = model(x).argmax(1) == y
+    adv = x.clone()
+    best_margin = torch.full((n,), float("inf"), dtype=x.dtype, device=x.device)
     for r in range(restarts):
         index = correct.nonzero().squeeze(1)
         if index.numel() == 0:
             break
-        u = torch.rand(x.shape) if starts is None else starts[r]
-        x_best, still, loss_best, x_best_adv = _apgd_run(
-            model, x[index], y[index], eps, steps, criterion, u[index.to(u.device)], rho
-        )
-        adv[index[~still]] = x_best_adv[~still]
-        correct[index[~still]] = False
-        higher = still & (loss_best > best_loss[index])
-        best[index[higher]] = x_best[higher]
-        best_loss[index[higher]] = loss_best[higher]
-    return torch.where(correct.view(shape), best, adv)
+        on = index.to(init_u.device)
+        found, margin = _square_run(model, x[index], y[index], eps, queries, p_init, init_u[r][on], step_u[r][on])
+        with torch.no_grad():  # as the reference: fooled is misclassified, not a margin of 0
+            fooled = model(found).argmax(1) != y[index]
+        lower = fooled | (margin.to(x.dtype) < best_margin[index])
+        adv[index[lower]] = found[lower]
+        best_margin[index[lower]] = margin[lower].to(x.dtype)
+        correct[index[fooled]] = False
+    return adv
+
+
+def _projection_linf(t: torch.Tensor, w: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """The smallest-L∞ step d with t + d in [0, 1] and on the hyperplane w·z = b, per row (the
+    reference code's `projection_linf`: a sort and a bisection over the coordinates)."""
+    w, b = w.clone(), b.clone()
+    sign = 2 * ((w * t).sum(1) - b >= 0) - 1
+    w.mul_(sign.unsqueeze(1))
+    b.mul_(sign)
+    a = (w < 0).to(t.dtype)
+    d = (a - t) * (w != 0).to(t.dtype)
+    p = a - t * (2 * a - 1)
+    indp = torch.argsort(p, dim=1)
+    b = b - (w * t).sum(1)
+    b0 = (w * d).sum(1)
+    indp2 = indp.flip((1,))
+    ws = w.gather(1, indp2)
+    bs2 = -ws * d.gather(1, indp2)
+    s = torch.cumsum(ws.abs(), dim=1)
+    sb = torch.cumsum(bs2, dim=1) + b0.unsqueeze(1)
+    b2 = sb[:, -1] - s[:, -1] * p.gather(1, indp[:, 0:1]).squeeze(1)
+    c_l = b - b2 > 0
+    c2 = (b - b0 > 0) & (~c_l)
+    lb = torch.zeros(int(c2.sum()), device=t.device)
+    ub = torch.full_like(lb, w.shape[1] - 1)
+    indp_, sb_, s_, p_, b_ = indp[c2], sb[c2], s[c2], p[c2], b[c2]
+    for _ in range(math.ceil(math.log2(w.shape[1]))):
+        middle = torch.floor((lb + ub) / 2)
+        at = middle.long().unsqueeze(1)
+        current = indp_.gather(1, indp_.size(1) - 1 - at)
+        b2 = (sb_.gather(1, at) - s_.gather(1, at) * p_.gather(1, current)).squeeze(1)
+        above = b_ - b2 > 0
+        lb = torch.where(above, middle, lb)
+        ub = torch.where(above, ub, middle)
+    lb = lb.long()
+    if c_l.any():
+        lmbd = torch.clamp_min((b[c_l] - sb[c_l, -1]) / (-s[c_l, -1]), min=0).unsqueeze(-1)
+        d[c_l] = (2 * a[c_l] - 1) * lmbd
+    lmbd = torch.clamp_min((b[c2] - sb[c2, lb]) / (-s[c2, lb]), min=0).unsqueeze(-1)
+    d[c2] = torch.min(lmbd, d[c2]) * a[c2] + torch.max(-lmbd, d[c2]) * (1 - a[c2])
+    return d * (w != 0).to(t.dtype)
+
+
+def _fab_run(model, x, y, target, eps, steps, u=None, alpha_max=0.1, eta=1.05, beta=0.9):
+    """One targeted FAB run (L∞; the reference code's `attack_single_run_targeted`).
+
+    Each step linearises z_target − z_y at the iterate, projects both the iterate and x onto
+    that hyperplane (inside [0, 1]), and moves to a mix of the two projections that leans to x by
+    at most alpha_max; an iterate that fools is recorded if it is the nearest yet and pulled
+    back towards x by beta. u: uniforms shaped like x for a random start at x + (ε/2)·t/‖t‖∞,
+    t = 2u − 1 (None: start at x). Returns (the nearest fooling point, or x; its L∞ distance,
+    1e10 where none was found)."""
+    n = x.shape[0]
+    shape = (-1,) + (1,) * (x.dim() - 1)
+    rows = torch.arange(n, device=x.device)
+    adv = x.clone()
+    res = torch.full((n,), 1e10, dtype=x.dtype, device=x.device)
+    x1, x0 = x.clone(), x.reshape(n, -1)
+    if u is not None:
+        t = 2 * u.to(device=x.device, dtype=x.dtype) - 1
+        radius = torch.min(res, eps * torch.ones_like(res)).view(shape)
+        x1 = (x + radius * t / t.reshape(n, -1).abs().amax(1).view(shape) * 0.5).clamp(0.0, 1.0)
+    for _ in range(steps):
+        z = x1.clone().requires_grad_(True)
+        with torch.enable_grad():
+            logits = model(z)
+            diff = -(logits[rows, y] - logits[rows, target])
+            (grad,) = torch.autograd.grad(diff.sum(), z)
+        with torch.no_grad():
+            df, dg = diff.detach(), grad.detach()
+            b = -df + (dg * x1).reshape(n, -1).sum(-1)
+            w = dg.reshape(n, -1)
+            d3 = _projection_linf(torch.cat((x1.reshape(n, -1), x0), 0), torch.cat((w, w), 0), torch.cat((b, b), 0))
+            d1, d2 = d3[:n].reshape(x.shape), d3[n:].reshape(x.shape)
+            a0 = torch.clamp_min(d3.abs().amax(1, keepdim=True).view(shape), 1e-8)
+            a1, a2 = a0[:n], a0[n:]
+            alpha = torch.clamp(a1 / (a1 + a2), min=0.0, max=alpha_max)
+            x1 = ((x1 + eta * d1) * (1 - alpha) + (x + d2 * eta) * alpha).clamp(0.0, 1.0)
+            fooled = model(x1).argmax(1) != y
+            dist = (x1 - x).reshape(n, -1).abs().amax(1)
+            nearer = fooled & (dist < res)
+            adv = torch.where(nearer.view(shape), x1, adv)
+            res = torch.where(nearer, dist, res)
+            x1 = torch.where(fooled.view(shape), x + (x1 - x) * beta, x1)
+    return adv, res
+
+
+def fab_t(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int = 100,
+    restarts: int = 1,
+    targets: int = 9,
+    starts: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """FAB-T (L∞; Croce & Hein 2020, AutoAttack's targeted FAB), against y, as torchattacks 3.5.1
+    runs it: towards the class of clean-logit rank 2, 3, … (`target_ranks`), `restarts` runs per
+    target, each on the images still classified as y; a run's nearest fooling point counts when it
+    lies within ε. The first run of each target starts at x, later ones at a random point
+    (starts: uniforms shaped (targets·(restarts − 1), *x.shape), target by target; None: torch's
+    global generator). An image that no run fools within ε stays x: FAB looks for the nearest
+    boundary point and has no loss to keep a best point of.
+    """
+    x = x.detach()
+    with torch.no_grad():
+        logits = model(x)
+    correct = logits.argmax(1) == y
+    order = logits.sort(dim=1)[1]
+    adv = x.clone()
+    draw = 0
+    for rank in target_ranks(logits.shape[1], targets):
+        for r in range(restarts):
+            index = correct.nonzero().squeeze(1)
+            if index.numel() == 0:
+                return adv
+            u = None
+            if r > 0:
+                u = torch.rand(x.shape) if starts is None else starts[draw]
+                u, draw = u[index.to(u.device)], draw + 1
+            found, _ = _fab_run(model, x[index], y[index], order[index, -rank], eps, steps, u)
+            with torch.no_grad():
+                fooled = model(found).argmax(1) != y[index]
+            fooled &= (found - x[index]).reshape(index.numel(), -1).abs().amax(1) <= eps
+            adv[index[fooled]] = found[fooled]
+            correct[index[fooled]] = False
+    return adv
+
+
+# The components of `autoattack`, in order; an image's `first_success` is the 1-based number of
+# the first that fooled it, 0 where none did.
+AUTOATTACK_COMPONENTS = ("apgd-ce", "apgd-t", "fab-t", "square")
+
+
+def autoattack(
+    model: torch.nn.Module,
+    x: torch.Tensor,
+    y: torch.Tensor,
+    eps: float,
+    steps: int = 100,
+    targets: int = 9,
+    queries: int = 5000,
+    draws: Mapping[str, Any] | None = None,
+    finish: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """AutoAttack, standard version (L∞; Croce & Hein 2020, as RobustBench runs it): APGD-CE,
+    APGD-T, FAB-T and Square in turn, one restart each, every component after the first on the
+    images still classified as y. Returns (the images, first_success: int8, the 1-based number
+    of the first component in `AUTOATTACK_COMPONENTS` that fooled the image, 0 for none).
+
+    draws: the random draws by component, {"apgd-ce": APGD's starts, "apgd-t": APGD-T's starts,
+    "square": Square's draws} (None or a missing key: torch's global generator). finish: applied
+    to each component's result before it is judged (the shard writer rounds to uint8 there, so
+    a success that rounding undoes leaves the image to the next component). A fooled image holds
+    its first fooling component's result; one that none fools holds APGD-CE's highest-loss point.
+    """
+    draws = draws or {}
+    finish = finish or (lambda a: a)
+    x = x.detach()
+
+    def fooled(adv: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            return model(adv).argmax(1) != labels
+
+    components = {
+        "apgd-t": lambda i: apgd_t(model, x[i], y[i], eps, steps, 1, targets, _pick(draws.get("apgd-t"), i, 1)),
+        "fab-t": lambda i: fab_t(model, x[i], y[i], eps, steps, 1, targets),
+        "square": lambda i: square(model, x[i], y[i], eps, queries, 1, 0.8, _pick(draws.get("square"), i, 1)),
+    }
+    adv = finish(apgd(model, x, y, eps, steps, 1, "ce", starts=draws.get("apgd-ce")))
+    first = torch.zeros(x.shape[0], dtype=torch.int8, device=x.device)
+    first[fooled(adv, y)] = 1
+    for code, name in enumerate(AUTOATTACK_COMPONENTS[1:], start=2):
+        index = (first == 0).nonzero().squeeze(1)
+        if index.numel() == 0:
+            break
+        result = finish(components[name](index))
+        hit = fooled(result, y[index])
+        adv[index[hit]] = result[hit]
+        first[index[hit]] = code
+    return adv, first
+
+
+def _pick(draws, index: torch.Tensor, axis: int):
+    """The images `index` of per-image draws (a tensor, or a tuple of them) along `axis`."""
+    if draws is None:
+        return None
+    if isinstance(draws, tuple):
+        return tuple(_pick(d, index, axis) for d in draws)
+    return draws.index_select(axis, index.to(draws.device))
 
 
 def image_generator(seed: int, row: int) -> torch.Generator:
@@ -505,12 +857,48 @@ def _to_uint8(adv: torch.Tensor, spec: AttackSpec) -> torch.Tensor:
     return rounded.to(torch.uint8)
 
 
-def apgd_starts(spec: AttackSpec, shape: tuple[int, ...], rows: np.ndarray) -> torch.Tensor:
-    """APGD's start uniforms, (restarts, N, C, H, W), image i's from `image_generator(spec.seed, rows[i])`."""
-    starts = torch.empty((spec.restarts, len(rows), *shape[1:]))
+def apgd_starts(spec: AttackSpec, shape: tuple[int, ...], rows: np.ndarray, runs: int | None = None) -> torch.Tensor:
+    """APGD's (or FAB's) start uniforms, (runs, N, C, H, W), default `spec.restarts` runs, image i's
+    from `image_generator(spec.seed, rows[i])`."""
+    runs = spec.restarts if runs is None else runs
+    starts = torch.empty((runs, len(rows), *shape[1:]))
     for i, row in enumerate(rows):
-        starts[:, i] = torch.rand((spec.restarts, *shape[1:]), generator=image_generator(spec.seed, int(row)))
+        starts[:, i] = torch.rand((runs, *shape[1:]), generator=image_generator(spec.seed, int(row)))
     return starts
+
+
+def square_draws(
+    spec: AttackSpec, shape: tuple[int, ...], rows: np.ndarray, queries: int, restarts: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Square's uniforms (init (restarts, N, C, 1, W), steps (restarts, N, queries, 2 + C)), image
+    i's from `image_generator(spec.seed, rows[i])`, restart by restart, in the order that
+    torchattacks draws them for one image (so a generator seeded as torch's global one gives
+    torchattacks' run)."""
+    c, w = shape[1], shape[3]
+    init = torch.empty((restarts, len(rows), c, 1, w))
+    steps = torch.empty((restarts, len(rows), queries, 2 + c))
+    for i, row in enumerate(rows):
+        generator = image_generator(spec.seed, int(row))
+        for r in range(restarts):
+            init[r, i] = torch.rand((c, 1, w), generator=generator)
+            steps[r, i] = torch.rand((queries, 2 + c), generator=generator)
+    return init, steps
+
+
+def _on_grid(adv: torch.Tensor) -> torch.Tensor:
+    """The image as it will be stored (rounded to uint8), in [0, 1]."""
+    return (adv * 255).round().clamp(0, 255) / 255
+
+
+def _autoattack_draws(spec: AttackSpec, u: torch.Tensor, rows: np.ndarray, logits: torch.Tensor) -> dict:
+    """Each component's draws from `image_generator(spec.seed, row)` afresh, as the reference
+    code seeds every component with the same seed."""
+    shape = tuple(u.shape)
+    return {
+        "apgd-ce": apgd_starts(spec, shape, rows, 1),
+        "apgd-t": apgd_starts(spec, shape, rows, len(target_ranks(logits.shape[1], spec.targets))),
+        "square": square_draws(spec, shape, rows, spec.queries, 1),
+    }
 
 
 def _attack_batch(model, spec, u, labels, pixel_random, target_u, device, dtype, rows=None) -> dict[str, np.ndarray]:
@@ -519,6 +907,7 @@ def _attack_batch(model, spec, u, labels, pixel_random, target_u, device, dtype,
     labels = labels.to(device)
     choose = lambda logits: _choose_labels(spec, logits, labels, target_u)  # noqa: E731
     y = None
+    extra: dict[str, np.ndarray] = {}
     if spec.method in ("clean", "noise", "pgd", *ROUNDED_METHODS):
         with torch.no_grad():
             logits = model(x)
@@ -534,6 +923,21 @@ def _attack_batch(model, spec, u, labels, pixel_random, target_u, device, dtype,
         elif spec.method == "apgd":
             starts = apgd_starts(spec, tuple(u.shape), rows)
             adv = apgd(model, x, y, spec.eps, spec.steps, spec.restarts, spec.loss, starts=starts)
+        elif spec.method == "apgd_t":
+            runs = len(target_ranks(logits.shape[1], spec.targets)) * spec.restarts
+            starts = apgd_starts(spec, tuple(u.shape), rows, runs)
+            adv = apgd_t(model, x, y, spec.eps, spec.steps, spec.restarts, spec.targets, starts=starts)
+        elif spec.method == "square":
+            draws = square_draws(spec, tuple(u.shape), rows, spec.queries, spec.restarts)
+            adv = square(model, x, y, spec.eps, spec.queries, spec.restarts, spec.p_init, draws)
+        elif spec.method == "fab_t":
+            runs = len(target_ranks(logits.shape[1], spec.targets)) * (spec.restarts - 1)
+            starts = apgd_starts(spec, tuple(u.shape), rows, runs) if runs else None
+            adv = fab_t(model, x, y, spec.eps, spec.steps, spec.restarts, spec.targets, starts=starts)
+        elif spec.method == "autoattack":
+            draws = _autoattack_draws(spec, u, rows, logits)
+            adv, first = autoattack(model, x, y, spec.eps, spec.steps, spec.targets, spec.queries, draws, _on_grid)
+            extra["first_success"] = first.cpu().numpy()
         elif spec.method == "noise":
             adv = noise(x, spec.eps, signs=pixel_random)
         elif spec.method == "pgd":
@@ -571,6 +975,7 @@ def _attack_batch(model, spec, u, labels, pixel_random, target_u, device, dtype,
         "adv_pred": adv_pred.cpu().numpy().astype(np.int64),
         "adv_conf": adv_conf.cpu().numpy().astype(np.float32),
         "target": target.cpu().numpy().astype(np.int64),
+        **extra,
     }
 
 
@@ -585,12 +990,15 @@ def run_attack(
 ) -> dict[str, np.ndarray]:
     """Attack uint8 images (N, C, H, W) and return the arrays of an images shard.
 
-    Returns images (uint8; rounded for deepfool, cw and apgd), clean_pred, clean_conf, adv_pred,
-    adv_conf (softmax probability of the predicted class; adversarial ones computed from the
-    stored uint8 images), target (class attacked towards, -1 when untargeted), linf and l2 (per image,
-    pixel units). labels are class indices (-1 = none), used by `labels: true`.
+    Returns images (uint8; rounded for the methods of `ROUNDED_METHODS`), clean_pred, clean_conf,
+    adv_pred, adv_conf (softmax probability of the predicted class; adversarial ones computed from
+    the stored uint8 images), target (class attacked towards, -1 when untargeted), linf and l2 (per
+    image, pixel units), and for autoattack first_success (int8: 1-4 the first component of
+    `AUTOATTACK_COMPONENTS` that fooled the image, 0 none). labels are class indices (-1 = none),
+    used by `labels: true`.
 
-    All randomness (PGD's and APGD's starts, noise signs, random targets) of image i is drawn from
+    All randomness (PGD's, APGD's and FAB's starts, Square's search, noise signs, random targets)
+    of image i is drawn from
     `image_generator(spec.seed, rows[i])` (rows: the images' dataset rows, default 0..N−1), so
     results depend neither on batch_size nor on how a dataset is cut into shards. A batch that runs
     out of GPU memory is retried at half the size.
@@ -652,6 +1060,8 @@ def run_attack(
         in_batches(n, batch_size, run)
 
     out = _concatenate(parts, images.shape)
+    if spec.method == "autoattack" and not parts:
+        out["first_success"] = np.zeros(0, np.int8)
     linf_255, sumsq_255 = out.pop("linf_255"), out.pop("sumsq_255")
     if n and spec.method not in L2_METHODS and int(linf_255.max()) > k:
         raise AttackError(

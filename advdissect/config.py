@@ -307,10 +307,21 @@ def _check_index_header(name: str, index: Path) -> None:
         )
 
 
+# Attacks whose loss needs a number of classes: APGD-T's targeted DLR reads the 4th-highest logit.
+_LEAST_CLASSES = {"apgd_t": 4, "autoattack": 4}
+
+
 def _check_target_classes(config: Mapping, model: str) -> None:
-    """A class index as an attack's target must be one of the model's classes."""
+    """A class index as an attack's target must be one of the model's classes, and an attack whose
+    loss needs some number of classes must have them."""
     num_classes = config["models"][model]["num_classes"]
     for attack in model_attacks(config, model):
+        least = _LEAST_CLASSES.get(config["attacks"][attack]["method"], 0)
+        if num_classes < least:
+            raise ConfigError(
+                f"config: attacks.{attack}.method: {config['attacks'][attack]['method']} needs a model of at "
+                f"least {least} classes; model {model!r} has {num_classes}"
+            )
         target = config["attacks"][attack].get("target")
         if isinstance(target, int) and not isinstance(target, bool) and target >= num_classes:
             raise ConfigError(

@@ -148,17 +148,19 @@ def model_spec(config: Mapping[str, Any], name: str) -> ModelSpec:
 
 # ---------------------------------------------------------------- attacks
 
-ATTACK_METHODS = ("clean", "fgsm", "bim", "pgd", "noise", "deepfool", "cw", "apgd")
+ATTACK_METHODS = (
+    "clean", "fgsm", "bim", "pgd", "noise", "deepfool", "cw", "apgd", "apgd_t", "square", "fab_t", "autoattack"
+)  # fmt: skip
 GRADIENT_METHODS = ("fgsm", "bim", "pgd")
 # Attacks whose results lie off the 1/255 grid: they are rounded to uint8 before they are stored.
-ROUNDED_METHODS = ("deepfool", "cw", "apgd")
+ROUNDED_METHODS = ("deepfool", "cw", "apgd", "apgd_t", "square", "fab_t", "autoattack")
 # Minimal-perturbation L2 attacks: no ε (their size is what they find), reported by their norms.
 L2_METHODS = ("deepfool", "cw")
 LABEL_MODES = ("prediction", "true", "target")
 TARGET_MODES = ("least_likely", "random")
 APGD_LOSSES = ("ce", "dlr")
 # Keys each method understands; anything else is a typo worth reporting. `seed` drives PGD's
-# and APGD's start, the noise signs and random targets.
+# and APGD's starts, Square's search, FAB's restarts, the noise signs and random targets.
 ATTACK_KEYS = {
     "clean": {"method"},
     "fgsm": {"method", "eps", "labels", "target", "seed"},
@@ -168,18 +170,27 @@ ATTACK_KEYS = {
     "deepfool": {"method", "steps", "overshoot", "candidates"},
     "cw": {"method", "c", "kappa", "steps", "lr"},
     "apgd": {"method", "eps", "steps", "restarts", "loss", "seed"},
+    "apgd_t": {"method", "eps", "steps", "restarts", "targets", "seed"},
+    "square": {"method", "eps", "queries", "restarts", "p_init", "seed"},
+    "fab_t": {"method", "eps", "steps", "restarts", "targets", "seed"},
+    "autoattack": {"method", "eps", "steps", "targets", "queries", "seed"},
 }
 # Defaults of the methods' own keys: DeepFool's and C&W's as torchattacks 3.5.1 has them (C&W
-# with c = 1 and 100 steps), DeepFool's candidate classes as the authors' code, APGD's as
-# Croce & Hein (2020) run it (100 steps).
+# with c = 1 and 100 steps), DeepFool's candidate classes as the authors' code; APGD's, APGD-T's,
+# FAB-T's and Square's as AutoAttack's standard version runs them (Croce & Hein 2020: 100
+# iterations, 9 target classes, 5000 queries with p_init 0.8, one restart).
 METHOD_DEFAULTS = {
     "deepfool": {"steps": 50, "overshoot": 0.02, "candidates": 10},
     "cw": {"c": 1.0, "kappa": 0.0, "steps": 100, "lr": 0.01},
     "apgd": {"steps": 100, "restarts": 1, "loss": "ce"},
+    "apgd_t": {"steps": 100, "restarts": 1, "targets": 9},
+    "square": {"queries": 5000, "restarts": 1, "p_init": 0.8},
+    "fab_t": {"steps": 100, "restarts": 1, "targets": 9},
+    "autoattack": {"steps": 100, "targets": 9, "queries": 5000},
 }
 # Fields only some methods have: a spec of any other method leaves them None and its dict
 # (the jobs' params, the shards' attack_params) leaves them out, as before they existed.
-_OPTIONAL_FIELDS = ("overshoot", "candidates", "c", "kappa", "lr", "restarts", "loss")
+_OPTIONAL_FIELDS = ("overshoot", "candidates", "c", "kappa", "lr", "restarts", "loss", "targets", "queries", "p_init")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -192,9 +203,11 @@ class AttackSpec:
     towards `target`: "least_likely" (the clean image's lowest logit), "random" (a seeded
     random class other than the clean prediction) or a fixed class index.
 
-    deepfool (steps, overshoot, candidates), cw (c, kappa, steps, lr) and apgd (eps, steps,
-    restarts, loss, seed) attack the model's own clean prediction; deepfool and cw have eps 0
-    (they are L2 attacks of no fixed size), and their results, like APGD's, are rounded to uint8.
+    deepfool (steps, overshoot, candidates), cw (c, kappa, steps, lr), apgd (eps, steps,
+    restarts, loss, seed), apgd_t and fab_t (eps, steps, restarts, targets, seed), square (eps,
+    queries, restarts, p_init, seed) and autoattack (eps, steps, targets, queries, seed) attack the
+    model's own clean prediction; deepfool and cw have eps 0 (they are L2 attacks of no fixed
+    size), and all their results are rounded to uint8.
     """
 
     method: str
@@ -212,6 +225,9 @@ class AttackSpec:
     lr: float | None = None
     restarts: int | None = None
     loss: str | None = None
+    targets: int | None = None
+    queries: int | None = None
+    p_init: float | None = None
 
     def __post_init__(self) -> None:
         def bad(key: str, why: str) -> ConfigError:
@@ -231,10 +247,10 @@ class AttackSpec:
             if not ok or value < 0 or (positive and value == 0):
                 raise bad(key, f"must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
 
-        if self.method not in METHOD_DEFAULTS:
-            for key in _OPTIONAL_FIELDS:
-                if getattr(self, key) is not None:
-                    raise bad(key, f"not used by method '{self.method}'")
+        own = METHOD_DEFAULTS.get(self.method, {})
+        for key in _OPTIONAL_FIELDS:
+            if key not in own and getattr(self, key) is not None:
+                raise bad(key, f"not used by method '{self.method}'")
         if self.method in ("clean", *L2_METHODS):
             if self.eps != 0:
                 raise bad("eps", f"not used by method '{self.method}' (must be 0)")
@@ -243,8 +259,11 @@ class AttackSpec:
         if self.method in ("bim", "pgd"):
             if self.step is None or not 0 < self.step <= 1:
                 raise bad("step", f"must be in (0, 1] (pixel units), got {self.step!r}")
-        if self.method in ("bim", "pgd", *METHOD_DEFAULTS):
+        if self.method in ("bim", "pgd") or "steps" in own:
             whole("steps", 1)
+        for key in ("restarts", "targets", "queries"):
+            if key in own:
+                whole(key, 1)
         if self.method == "deepfool":
             number("overshoot", positive=False)
             whole("candidates", 2)
@@ -252,8 +271,11 @@ class AttackSpec:
             number("c", positive=True)
             number("kappa", positive=False)
             number("lr", positive=True)
+        if "p_init" in own:
+            number("p_init", positive=True)
+            if self.p_init > 1:
+                raise bad("p_init", f"must be a share of the pixels in (0, 1], got {self.p_init!r}")
         if self.method == "apgd":
-            whole("restarts", 1)
             if self.loss not in APGD_LOSSES:
                 raise bad("loss", f"{self.loss!r} is not allowed (allowed: {', '.join(APGD_LOSSES)})")
         for key in ("eps", "step") if self.method in ("bim", "pgd") else ("eps",):
@@ -270,8 +292,8 @@ class AttackSpec:
         if self.labels != "prediction" and self.method not in GRADIENT_METHODS:
             raise bad(
                 "labels",
-                f"not used by method '{self.method}' (the noise control uses no labels; deepfool, cw and apgd "
-                "attack the model's own clean prediction)",
+                f"not used by method '{self.method}' (the noise control uses no labels; deepfool, cw, apgd, "
+                "apgd_t, square, fab_t and autoattack attack the model's own clean prediction)",
             )
         if isinstance(self.target, bool) or not (
             self.target in TARGET_MODES or (isinstance(self.target, int) and self.target >= 0)
@@ -296,8 +318,8 @@ def attack_spec(name: str, settings: Mapping[str, Any]) -> AttackSpec:
     """`attacks.<name>` as a spec; defaults as in the BIM paper.
 
     bim/pgd: step defaults to 1/255 and steps to min(255·ε + 4, 1.25·255·ε) (Kurakin
-    et al. 2017). `target` needs `labels: target`. deepfool, cw and apgd take their own keys
-    (`METHOD_DEFAULTS`); deepfool and cw have no ε.
+    et al. 2017). `target` needs `labels: target`. deepfool, cw, apgd, apgd_t, square, fab_t and
+    autoattack take their own keys (`METHOD_DEFAULTS`); deepfool and cw have no ε.
     """
     where = f"config: attacks.{name}"
     if not isinstance(settings, Mapping):
@@ -339,7 +361,7 @@ def attack_spec(name: str, settings: Mapping[str, Any]) -> AttackSpec:
 
 
 def _method_fields(name: str, method: str, settings: Mapping[str, Any]) -> dict[str, Any]:
-    """DeepFool's, C&W's and APGD's own keys, defaults filled in; reals may be written as 'a/b'."""
+    """A method's own keys (`METHOD_DEFAULTS`), defaults filled in; reals may be written as 'a/b'."""
     fields = dict(METHOD_DEFAULTS[method])
     for key in fields:
         if key in settings:

@@ -2,6 +2,9 @@
 
 import copy
 import os
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -125,7 +128,7 @@ def test_unknown_attack_method():
     message = bad(lambda c: c["attacks"]["fgsm_2"].update(method="laser"))
     assert message == (
         "config: attacks.fgsm_2.method: 'laser' is not one of "
-        "'clean', 'fgsm', 'bim', 'pgd', 'noise', 'deepfool', 'cw', 'apgd'"
+        "'clean', 'fgsm', 'bim', 'pgd', 'noise', 'deepfool', 'cw', 'apgd', 'apgd_t', 'square', 'fab_t', 'autoattack'"
     )
 
 
@@ -144,6 +147,53 @@ def test_l2_and_apgd_attacks_accepted_with_defaults():
     assert (specs_["cw"].c, specs_["cw"].kappa, specs_["cw"].steps, specs_["cw"].lr) == (2.0, 0.1, 100, 0.01)
     assert (specs_["apgd_ce_4"].steps, specs_["apgd_ce_4"].restarts, specs_["apgd_ce_4"].loss) == (100, 1, "ce")
     assert (specs_["apgd_dlr_4"].steps, specs_["apgd_dlr_4"].restarts, specs_["apgd_dlr_4"].seed) == (50, 3, 1)
+
+
+AUTOATTACK_FAMILY = {
+    "apgd_t_4": {"method": "apgd_t", "eps": "4/255"},
+    "square_4": {"method": "square", "eps": "4/255", "queries": 1000, "p_init": "1/10", "seed": 2},
+    "fab_t_4": {"method": "fab_t", "eps": "4/255", "targets": 3, "restarts": 2},
+    "aa_4": {"method": "autoattack", "eps": "4/255", "steps": 20, "queries": 500},
+}
+
+
+def test_autoattack_family_accepted_with_defaults():
+    cfg = _with(lambda c: c["attacks"].update(copy.deepcopy(AUTOATTACK_FAMILY)))
+    specs_ = adconfig.attack_specs(checked(cfg))
+    assert (specs_["apgd_t_4"].steps, specs_["apgd_t_4"].restarts, specs_["apgd_t_4"].targets) == (100, 1, 9)
+    assert (specs_["square_4"].queries, specs_["square_4"].p_init, specs_["square_4"].restarts) == (1000, 0.1, 1)
+    assert (specs_["fab_t_4"].steps, specs_["fab_t_4"].targets, specs_["fab_t_4"].restarts) == (100, 3, 2)
+    assert (specs_["aa_4"].steps, specs_["aa_4"].targets, specs_["aa_4"].queries) == (20, 9, 500)
+
+
+@pytest.mark.parametrize("method", ["apgd_t", "autoattack"])
+def test_targeted_dlr_needs_four_classes(method):
+    def mutate(c):
+        three = {"arch": "resnet18", "num_classes": 3, "layers": ["layer4"], "weights": {"source": "random"}}
+        c["models"]["three"] = three
+        c["attacks"]["x"] = {"method": method, "eps": "4/255"}
+
+    message = bad(mutate)
+    assert message.startswith(f"config: attacks.x.method: {method} needs a model of at least 4 classes"), message
+
+
+def test_autoattack_config_plans(tmp_path):
+    """`snakemake -n` plans an attack job of every new attack (the demo's first model plus them)."""
+
+    def mutate(c):
+        c["models"] = {"resnet18": c["models"]["resnet18"]}
+        c["datasets"] = {"synthetic": c["datasets"]["synthetic"]}
+        c["attacks"] = {"clean": {"method": "clean"}, **copy.deepcopy(AUTOATTACK_FAMILY)}
+
+    cfg = _with(mutate)
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(cfg, sort_keys=False))
+    cmd = [sys.executable, "-m", "snakemake", "-n", "--snakefile", str(ROOT / "Snakefile")]
+    cmd += ["--directory", str(tmp_path), "--configfile", str(tmp_path / "config.yaml"), "--cores", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, cwd=tmp_path, timeout=300)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 0, output[-4000:]
+    planned = set(re.findall(r"attack=(\w+)", output))
+    assert set(AUTOATTACK_FAMILY) <= planned, planned
 
 
 @pytest.mark.parametrize(
