@@ -1,10 +1,11 @@
-# Two entry points: `make demo` runs the embedded default study, `make test` runs the test suite.
+# Two entry points: `make demo` runs the embedded default study, `make test` runs the test suite
+# (`make test-fast`: all but the Snakemake, SLURM and slow end-to-end tests).
 PYTHON ?= python3.11
 VENV := .venv
 BIN := $(VENV)/bin
 CORES ?= all
 
-.PHONY: demo test install install-test report lint clean
+.PHONY: demo test test-fast install install-test report lint clean
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -31,6 +32,9 @@ report: install
 
 test: install-test
 	$(BIN)/python -m pytest
+
+test-fast: install-test
+	$(BIN)/python -m pytest -m "not workflow and not slurm and not slow"
 
 # Style and workflow checks, run by CI before the tests.
 lint: install-test

@@ -6,10 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
-import torchvision
 
 from advdissect import ablation
 from advdissect.models import load_model
+
+from helpers import random_images, tiny_swin, tiny_vit, write_shards
 
 
 def tiny_model(seed=0):
@@ -17,7 +18,7 @@ def tiny_model(seed=0):
 
 
 def images(n=6, size=32, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, size=(n, 3, size, size), dtype=np.uint8)
+    return random_images(n, size, seed)
 
 
 def reference_predictions(model, x_uint8, layer, mask, mean):
@@ -167,18 +168,13 @@ def test_mean_map_over_shards():
 
 
 def test_sharded_images_read_any_range_across_shards(tmp_path):
-    from advdissect import store
     from advdissect.ablation import ShardedImages
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (11, 3, 4, 4), dtype=np.uint8)
     ident = {"dataset": "d", "model": "m", "attack": "fgsm"}
-    paths = []
-    for shard, (a, b) in enumerate(((0, 4), (4, 5), (5, 11))):
-        arrays = {"rows": np.arange(a, b), "images": images[a:b], "clean_pred": np.arange(a, b)}
-        arrays["adv_pred"] = np.arange(a, b) + 1
-        store.write_h5(tmp_path / f"{shard}.h5", "images", dict(ident, shard=shard), arrays)
-        paths.append(tmp_path / f"{shard}.h5")
+    arrays = {"rows": np.arange(11), "images": images, "clean_pred": np.arange(11), "adv_pred": np.arange(11) + 1}
+    paths = write_shards(tmp_path, "images", ident, arrays, [(0, 4), (4, 5), (5, 11)])
     sharded = ShardedImages(paths, ident)
     assert sharded.shape == images.shape
     np.testing.assert_array_equal(sharded.clean_pred, np.arange(11))
@@ -192,20 +188,9 @@ def test_sharded_images_read_any_range_across_shards(tmp_path):
 
 
 def _vit_and_swin():
-    from advdissect.models import NormalizedModel
-
-    torch.manual_seed(0)
-    vit = torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=3
-    )
-    torch.nn.init.normal_(vit.heads.head.weight)  # torchvision starts it at zero: every logit 0
-    swin = torchvision.models.SwinTransformer(
-        patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[1, 1], window_size=[2, 2], num_classes=3
-    )
-    return {
-        "encoder.layers.encoder_layer_0": (NormalizedModel(vit, "vit", "none").eval(), 16, 4),
-        "features.1": (NormalizedModel(swin, "swin", "none").eval(), 8, 8),
-    }
+    vit = tiny_vit()
+    torch.nn.init.normal_(vit.net.heads.head.weight)  # torchvision starts it at zero: every logit 0
+    return {"encoder.layers.encoder_layer_0": (vit, 16, 4), "features.1": (tiny_swin(), 8, 8)}
 
 
 def _edited_by_hand(model, x, layer, mask, mean):

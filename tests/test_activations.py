@@ -5,13 +5,14 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-import torchvision
 from torch import nn
 
 from advdissect import store
 from advdissect.activations import extract_activations, extract_layers, write_activation_shard
 from advdissect.errors import ArtifactError, ModelError
 from advdissect.models import find_layer
+
+from helpers import random_images, tiny_swin, tiny_vit
 
 
 class Wrapper(nn.Module):
@@ -42,7 +43,7 @@ def tiny_net(after: nn.Module | None = None) -> Wrapper:
 
 
 def images(n=7, size=12, seed=0):
-    return np.random.default_rng(seed).integers(0, 256, size=(n, 3, size, size), dtype=np.uint8)
+    return random_images(n, size, seed)
 
 
 def reference(model, imgs, upto):
@@ -186,19 +187,6 @@ def test_aliases_resolve_through_the_model_registry():
 # ---------------------------------------------------------------- transformers
 
 
-def _tiny_transformers():
-    from advdissect.models import NormalizedModel
-
-    torch.manual_seed(0)
-    vit = torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=3
-    )
-    swin = torchvision.models.SwinTransformer(
-        patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[1, 1], window_size=[2, 2], num_classes=3
-    )
-    return NormalizedModel(vit, "vit", "none").eval(), NormalizedModel(swin, "swin", "none").eval()
-
-
 def _raw_output(model, imgs, layer):
     seen = {}
     handle = find_layer(model, layer).register_forward_hook(lambda _m, _i, out: seen.update(out=out.clone()))
@@ -209,7 +197,7 @@ def _raw_output(model, imgs, layer):
 
 
 def test_transformer_blocks_are_extracted_as_maps():
-    vit, swin = _tiny_transformers()
+    vit, swin = tiny_vit(), tiny_swin()
     imgs = images(n=5, size=32)
     acts = extract_layers(vit, imgs, ["encoder.layers.encoder_layer_0", "encoder.layers.encoder_layer_1"], 2, "cpu")
     for layer, maps in acts.items():
@@ -223,5 +211,6 @@ def test_transformer_blocks_are_extracted_as_maps():
         raw = _raw_output(swin, imgs, layer)  # (N, h, w, C)
         assert acts[layer].shape == shape
         np.testing.assert_allclose(acts[layer], raw.permute(0, 3, 1, 2).numpy(), rtol=1e-5, atol=1e-6)
-    with pytest.raises(ModelError, match=r"'features.1.0.mlp' \(features.1.0.mlp\) of swin is a MLP in a transformer"):
+    message = r"'features.1.0.mlp' \(features.1.0.mlp\) of tiny_swin is a MLP in a transformer"
+    with pytest.raises(ModelError, match=message):
         extract_layers(swin, imgs, ["features.1.0.mlp"], 2, "cpu")

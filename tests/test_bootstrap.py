@@ -21,6 +21,8 @@ from advdissect.bootstrap import (
 from advdissect.errors import ArtifactError
 from advdissect.tally import COUNT_KEYS, count_shard, iou, merge_counts, write_shard_counts
 
+from helpers import StandInDataset, write_shards
+
 N_LABELS = 12
 LABEL_CATEGORY = np.array([-1, 0, 0, 1, 1, 1, 2, 3, 4, 4, 5, -1], np.int64)
 SEG = (6, 6)
@@ -156,7 +158,7 @@ def test_resample_detectors_equal_scoring_each_resample_in_full(seed, denominato
 
 def write_count_shards(tmp_path, acts, segs, thresholds, bounds, per_image=True):
     """Count files of shards [a, b) for dissections clean/l and self/l, as the count jobs write them."""
-    dataset = FakeDataset(segs)
+    dataset = StandInDataset(segs, LABEL_CATEGORY, SEG)
     identity = {"dataset": "d", "model": "m", "attack": "fgsm_8"}
     dissections = []
     for mode, attack in (("clean", "clean"), ("self", "fgsm_8")):
@@ -165,15 +167,11 @@ def write_count_shards(tmp_path, acts, segs, thresholds, bounds, per_image=True)
         dissections.append(
             {"mode": mode, "layer": "l", "thresholds": tmp_path / f"t_{mode}.h5", "threshold_identity": t_identity}
         )
+    arrays = {store.layer_key("l"): acts, "rows": np.arange(bounds[-1][1])}
+    write_shards(tmp_path, "activations", identity, arrays, bounds, name="a{shard}.h5")
     paths = []
-    for shard, (a, b) in enumerate(bounds):
+    for shard in range(len(bounds)):
         shard_identity = dict(identity, shard=shard)
-        store.write_h5(
-            tmp_path / f"a{shard}.h5",
-            "activations",
-            shard_identity,
-            {store.layer_key("l"): acts[a:b], "rows": np.arange(a, b)},
-        )
         write_shard_counts(
             tmp_path / f"c{shard}.h5",
             activations_path=tmp_path / f"a{shard}.h5",
@@ -225,15 +223,3 @@ def test_records_that_do_not_add_up_are_refused():
     part["per_image/intersection/count"] = part["per_image/intersection/count"] + 1
     with pytest.raises(ArtifactError, match="do not add up to the counts' intersection"):
         ImageCounts.from_shards([part])
-
-
-class FakeDataset:
-    label_category = LABEL_CATEGORY
-    n_labels = N_LABELS
-    seg_size = SEG
-
-    def __init__(self, segs):
-        self.segs = segs
-
-    def load_segmentation(self, row):
-        return self.segs[row]

@@ -15,6 +15,8 @@ from PIL import Image
 from advdissect import browser, store
 from advdissect.figures import unit_mask
 
+from helpers import write_shards
+
 UNITS = 4
 N = 6
 SIZE = 16
@@ -65,16 +67,18 @@ def write_set(tmp_path, attack, rng):
     images = rng.integers(0, 256, size=(N, 3, SIZE, SIZE), dtype=np.uint8)
     acts = rng.normal(size=(N, UNITS, 2, 2)).astype(np.float32)
     rows = np.arange(N)
-    img_paths, act_paths = [], []
-    for shard, (a, b) in enumerate(((0, 4), (4, N))):
-        img = tmp_path / f"{attack}_img{shard}.h5"
-        act = tmp_path / f"{attack}_act{shard}.h5"
-        store.write_h5(img, "images", dict(ident, shard=shard), {"images": images[a:b], "rows": rows[a:b]})
-        store.write_h5(
-            act, "activations", dict(ident, shard=shard), {store.layer_key("l"): acts[a:b], "rows": rows[a:b]}
-        )
-        img_paths.append(img)
-        act_paths.append(act)
+    bounds = [(0, 4), (4, N)]
+    img_paths = write_shards(
+        tmp_path, "images", ident, {"images": images, "rows": rows}, bounds, name=f"{attack}_img{{shard}}.h5"
+    )
+    act_paths = write_shards(
+        tmp_path,
+        "activations",
+        ident,
+        {store.layer_key("l"): acts, "rows": rows},
+        bounds,
+        name=f"{attack}_act{{shard}}.h5",
+    )
     thr = tmp_path / f"{attack}_thr.h5"
     store.write_h5(thr, "thresholds", dict(ident, layer="l"), {"thresholds": np.quantile(acts, 0.7, axis=(0, 2, 3))})
     return {"attack": attack, "images": img_paths, "activations": act_paths, "thresholds": thr}, acts, images

@@ -13,14 +13,14 @@ from pathlib import Path
 
 import pytest
 import torch
-import torchvision
-from conftest import robustness_checkpoint
 
 from advdissect import download
 from advdissect.download import download_broden, download_file, download_url_weights, install_zip
 from advdissect.errors import ConfigError, DatasetError, ModelError
 from advdissect.models import load_model, sha256_record
 from advdissect.specs import ModelSpec
+
+from helpers import robustness_checkpoint
 
 FAST = dict(retries=2, wait=0.0, timeout=5.0)
 
@@ -246,12 +246,6 @@ def test_download_broden_checks_variant_and_skips_existing(tmp_path):
 # ---------------------------------------------------------------- weights source url
 
 SPEC = ModelSpec(arch="resnet18", num_classes=3)
-
-
-@pytest.fixture(scope="module")
-def robust_net():
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(num_classes=3).eval()
 
 
 def _checkpoint_bytes(tmp_path: Path, net, **normaliser) -> bytes:

@@ -15,6 +15,8 @@ import pytest
 from advdissect import figures, store, tables
 from advdissect.errors import ConfigError
 
+from helpers import ref_upsample, write_shards
+
 REPO = Path(__file__).resolve().parents[1]
 
 # The hand-built units of test_tables, loaded by path so this works under any pytest import mode.
@@ -345,30 +347,10 @@ def test_training_figure_without_rows(tmp_path):
 # --------------------------------------------------------------------------- upsampling and masks
 
 
-def _bilinear_reference(a, out_h, out_w):
-    """Per-pixel loop of PyTorch's bilinear rule with align_corners=False."""
-    h, w = a.shape
-    out = np.zeros((out_h, out_w))
-    for y in range(out_h):
-        sy = max((y + 0.5) * h / out_h - 0.5, 0.0)
-        y0 = min(int(np.floor(sy)), h - 1)
-        y1 = min(y0 + 1, h - 1)
-        ly = sy - y0
-        for x in range(out_w):
-            sx = max((x + 0.5) * w / out_w - 0.5, 0.0)
-            x0 = min(int(np.floor(sx)), w - 1)
-            x1 = min(x0 + 1, w - 1)
-            lx = sx - x0
-            out[y, x] = (1 - ly) * ((1 - lx) * a[y0, x0] + lx * a[y0, x1]) + ly * (
-                (1 - lx) * a[y1, x0] + lx * a[y1, x1]
-            )
-    return out
-
-
 def test_unit_mask_is_thresholded_upsample():
     a = np.array([[0.0, 1.0], [2.0, 3.0]])
     mask = figures.unit_mask(a, 1.5, (4, 4))
-    np.testing.assert_array_equal(mask, _bilinear_reference(a, 4, 4) > 1.5)
+    np.testing.assert_array_equal(mask, ref_upsample(a, 4, 4) > 1.5)
 
 
 def test_unit_mask_is_the_counted_mask():
@@ -403,27 +385,15 @@ N, C, H, W, h, w = 6, 5, 16, 16, 4, 4
 def make_shards(tmp_path, attack, seed):
     rng = np.random.default_rng(seed)
     base = tmp_path / attack
-    img_paths, act_paths = [], []
     rows_all = np.arange(10, 10 + N)
     acts_all = rng.normal(size=(N, C, h, w)).astype(np.float32)
-    for s, sl in enumerate((slice(0, 4), slice(4, N))):
-        rows = rows_all[sl]
-        ident = {"dataset": "syn", "model": "r18", "attack": attack, "shard": s}
-        img = base / f"images/{s:04d}.h5"
-        store.write_h5(
-            img,
-            "images",
-            ident,
-            {
-                "images": rng.integers(0, 256, size=(len(rows), 3, H, W), dtype=np.uint8),
-                "rows": rows,
-                "labels": np.zeros(len(rows), np.int64),
-            },
-        )
-        act = base / f"activations/{s:04d}.h5"
-        store.write_h5(act, "activations", ident, {store.layer_key("layer3"): acts_all[sl], "rows": rows})
-        img_paths.append(str(img))
-        act_paths.append(str(act))
+    bounds = [(0, 4), (4, N)]
+    images = np.concatenate([rng.integers(0, 256, size=(b - a, 3, H, W), dtype=np.uint8) for a, b in bounds])
+    ident = {"dataset": "syn", "model": "r18", "attack": attack}
+    arrays = {"images": images, "rows": rows_all, "labels": np.zeros(N, np.int64)}
+    img_paths = write_shards(base, "images", ident, arrays, bounds, name="images/{shard:04d}.h5")
+    arrays = {store.layer_key("layer3"): acts_all, "rows": rows_all}
+    act_paths = write_shards(base, "activations", ident, arrays, bounds, name="activations/{shard:04d}.h5")
     thr = base / "thresholds/layer3.h5"
     store.write_h5(
         thr,
@@ -432,7 +402,7 @@ def make_shards(tmp_path, attack, seed):
         {"thresholds": np.full(C, 0.5, np.float32)},
         chunk_rows=False,
     )
-    return img_paths, act_paths, str(thr), rows_all, acts_all
+    return [str(p) for p in img_paths], [str(p) for p in act_paths], str(thr), rows_all, acts_all
 
 
 def test_top_activating_matches_brute_force(tmp_path):

@@ -27,6 +27,9 @@ from advdissect.models import (
     save_weights,
 )
 
+import helpers
+from helpers import robustness_checkpoint
+
 REPO = Path(__file__).resolve().parents[1]
 N_CLASSES = 7
 SIZE = 64  # alexnet needs >= 63 px
@@ -671,15 +674,7 @@ def test_every_reader_of_a_layer_refuses_one_that_runs_twice():
 # ---------------------------------------------------------------- the robustness library's checkpoints
 
 
-@pytest.fixture(scope="module")
-def robust_net():
-    torch.manual_seed(0)
-    return torchvision.models.resnet18(num_classes=3).eval()
-
-
 def test_robustness_checkpoints_load_without_attacker_and_normaliser(tmp_path, robust_net):
-    from conftest import robustness_checkpoint
-
     torch.save(robustness_checkpoint(robust_net), tmp_path / "robust.ckpt")
     state = load_state_dict_file(tmp_path / "robust.ckpt", normalization="imagenet")
     assert list(state) == list(robust_net.state_dict())  # no attacker., normalizer. or model. keys
@@ -689,8 +684,6 @@ def test_robustness_checkpoints_load_without_attacker_and_normaliser(tmp_path, r
 
 
 def test_a_robustness_normaliser_must_equal_the_models(tmp_path, robust_net):
-    from conftest import robustness_checkpoint
-
     torch.save(robustness_checkpoint(robust_net, std=(0.2, 0.2, 0.2)), tmp_path / "robust.ckpt")
     with pytest.raises(ModelError) as err:
         load_model("resnet18", 3, weights_file=tmp_path / "robust.ckpt")
@@ -704,8 +697,6 @@ def test_a_robustness_normaliser_must_equal_the_models(tmp_path, robust_net):
 
 
 def test_unknown_checkpoint_layouts_are_refused_naming_their_keys(tmp_path, robust_net):
-    from conftest import robustness_checkpoint
-
     torch.save({"weights": robust_net.state_dict(), "epoch": 3}, tmp_path / "other.ckpt")
     with pytest.raises(ModelError) as err:
         load_state_dict_file(tmp_path / "other.ckpt")
@@ -860,20 +851,12 @@ def test_ambiguous_or_unknown_layouts_are_refused():
 
 @pytest.fixture(scope="module")
 def tiny_vit():
-    torch.manual_seed(0)
-    net = torchvision.models.VisionTransformer(
-        image_size=32, patch_size=8, num_layers=2, num_heads=2, hidden_dim=16, mlp_dim=32, num_classes=3
-    )
-    return NormalizedModel(net, "tiny_vit", "none").eval()
+    return helpers.tiny_vit()
 
 
 @pytest.fixture(scope="module")
 def tiny_swin():
-    torch.manual_seed(0)
-    net = torchvision.models.SwinTransformer(
-        patch_size=[4, 4], embed_dim=8, depths=[1, 1], num_heads=[1, 1], window_size=[2, 2], num_classes=3
-    )
-    return NormalizedModel(net, "tiny_swin", "none").eval()
+    return helpers.tiny_swin()
 
 
 def test_feature_shapes_of_transformer_blocks(tiny_vit, tiny_swin):

@@ -2,18 +2,14 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
-import torch
-import torch.nn.functional as F
 
 from advdissect import store
 from advdissect.errors import ArtifactError, ConfigError, DatasetError
-from advdissect.masks import UpsamplePlan, active_pixels, rounded_threshold, upsample
 from advdissect.tally import (
     CATEGORIES,
     N_CAT,
@@ -30,37 +26,13 @@ from advdissect.tally import (
     write_units_table,
 )
 
+from helpers import StandInDataset, ref_mask, write_shards
+
 REAL = Path(__file__).resolve().parents[2] / "shared" / "broden-real"
 COUNT_KEYS = ("intersection", "label_area", "activation_lite", "activation_original", "activation_total")
 
 
 # ---------------------------------------------------------------- reference
-
-
-def ref_weights(n_in, n_out, i):
-    """torch's bilinear, align_corners=False: (cell0, cell1, weight0, weight1) of output index i."""
-    src = (n_in / n_out) * (i + 0.5) - 0.5
-    src = max(src, 0.0)
-    c0 = min(int(math.floor(src)), n_in - 1)
-    c1 = c0 + 1 if c0 < n_in - 1 else c0
-    w1 = min(max(src - c0, 0.0), 1.0)
-    return c0, c1, 1.0 - w1, w1
-
-
-def ref_mask(a, t, sh, sw):
-    """Set of active pixels (i, j) of the 2-D map `a` at threshold t, one pixel at a time."""
-    h, w = a.shape
-    out = set()
-    for i in range(sh):
-        y0, y1, wy0, wy1 = ref_weights(h, sh, i)
-        for j in range(sw):
-            x0, x1, wx0, wx1 = ref_weights(w, sw, j)
-            top = wx0 * float(a[y0, x0]) + wx1 * float(a[y0, x1])
-            bottom = wx0 * float(a[y1, x0]) + wx1 * float(a[y1, x1])
-            s = np.float32(wy0 * top + wy1 * bottom)
-            if float(s) > t:
-                out.add((i, j))
-    return out
 
 
 def ref_counts(acts, thresholds, segs, label_category, n_labels, seg_size):
@@ -152,97 +124,6 @@ def tiny_data(seed=0, n=5, c=6, map_size=(3, 3), seg_size=(8, 8)):
 def assert_counts_equal(got, want):
     for key in COUNT_KEYS:
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
-
-
-# ---------------------------------------------------------------- upsampling
-
-
-@pytest.mark.parametrize(
-    "map_size,seg_size",
-    [
-        ((3, 3), (8, 8)),
-        ((4, 5), (7, 9)),
-        ((5, 5), (3, 3)),
-        ((1, 1), (4, 4)),
-        ((7, 7), (112, 112)),
-        ((6, 6), (6, 6)),
-        ((2, 3), (113, 113)),
-    ],
-)
-def test_upsample_matches_reference_and_torch(map_size, seg_size):
-    rng = np.random.default_rng(1)
-    maps = rng.normal(size=(2, 3) + map_size).astype(np.float32)
-    got = upsample(maps, seg_size)
-    torch64 = F.interpolate(
-        torch.from_numpy(maps).double(), size=seg_size, mode="bilinear", align_corners=False
-    ).numpy()
-    np.testing.assert_allclose(got, torch64, rtol=1e-6, atol=1e-6)
-    torch32 = F.interpolate(torch.from_numpy(maps), size=seg_size, mode="bilinear", align_corners=False).numpy()
-    np.testing.assert_allclose(got, torch32, rtol=1e-5, atol=1e-5)
-    # the rounded float64 result equals torch's float64 result rounded to float32, but for
-    # (rare) ties of the rounding
-    assert (got == torch64.astype(np.float32)).mean() > 0.999
-    t = 0.3
-    ref = ref_mask(maps[1, 2], t, *seg_size)
-    dense = set(zip(*np.nonzero(got[1, 2] > t)))
-    assert dense == ref
-
-
-def test_upsample_keeps_constant_maps_exact():
-    maps = np.full((1, 1, 7, 7), 0.1, np.float32)
-    assert (upsample(maps, (113, 113)) == np.float32(0.1)).all()
-
-
-@pytest.mark.parametrize(
-    "map_size,seg_size",
-    [
-        ((3, 3), (8, 8)),
-        ((4, 5), (7, 9)),
-        ((5, 5), (3, 3)),
-        ((1, 1), (4, 4)),
-        ((7, 7), (112, 112)),
-        ((6, 6), (6, 6)),
-        ((14, 14), (113, 113)),
-    ],
-)
-def test_active_pixels_equal_dense_mask(map_size, seg_size):
-    rng = np.random.default_rng(2)
-    maps = (rng.integers(-8, 9, size=(3, 4) + map_size) / 8).astype(np.float32)
-    thresholds = np.array([0.5, 0.875, -2.0, 0.25 + 1e-9])
-    pair, pixel = active_pixels(maps, thresholds, UpsamplePlan(map_size, seg_size))
-    dense = upsample(maps, seg_size).reshape(3 * 4, -1) > np.tile(thresholds, 3)[:, None]
-    want_pair, want_pixel = np.nonzero(dense)
-    order = np.lexsort((pixel, pair))
-    np.testing.assert_array_equal(pair[order], want_pair)
-    np.testing.assert_array_equal(pixel[order], want_pixel)
-
-
-def test_rounded_threshold_matches_float32_rounding():
-    rng = np.random.default_rng(3)
-    t = np.concatenate(
-        [
-            rng.normal(size=200),
-            rng.normal(size=100).astype(np.float32).astype(np.float64),
-            [0.0, -0.0, 1e-45, -1e-45, 1e-40, 3.0, -3.0, 1e38],
-        ]
-    )
-    eff = rounded_threshold(t)
-    for ti, ei in zip(t, eff):
-        t32 = np.float32(ti) if np.float32(ti) > ti else np.nextafter(np.float32(ti), np.float32(np.inf))
-        p32 = np.nextafter(t32, np.float32(-np.inf))
-        mid = (float(t32) + float(p32)) / 2
-        candidates = [
-            mid,
-            np.nextafter(mid, np.inf),
-            np.nextafter(mid, -np.inf),
-            float(t32),
-            float(p32),
-            ti,
-            np.nextafter(ti, np.inf),
-            np.nextafter(ti, -np.inf),
-        ]
-        for s in candidates:
-            assert (np.float32(s) > ti) == (s > ei), (ti, s)
 
 
 # ---------------------------------------------------------------- counts
@@ -371,33 +252,11 @@ def test_bad_segmentations_rejected():
 # ---------------------------------------------------------------- files and tables
 
 
-class StandInDataset:
-    """What write_shard_counts / write_iou read from a BrodenDataset."""
-
-    def __init__(self, segs, label_category, seg_size):
-        self.segs = segs
-        self.label_category = label_category
-        self.n_labels = len(label_category)
-        self.seg_size = seg_size
-        self.label_names = [""] + [f"label{i}" for i in range(1, self.n_labels)]
-
-    def load_segmentation(self, row):
-        return self.segs[row]
-
-
 def _write_inputs(tmp_path, acts, thresholds, rows):
     ident = {"dataset": "d", "model": "m", "attack": "clean", "layer": "layer4"}
     store.write_h5(tmp_path / "thr.h5", "thresholds", dict(ident, quantile=0.15), {"thresholds": thresholds})
-    paths = []
-    for s, (a, b) in enumerate(rows):
-        path = tmp_path / f"act{s}.h5"
-        store.write_h5(
-            path,
-            "activations",
-            dict(ident, shard=s, dtype="float32"),
-            {"rows": np.arange(a, b), store.layer_key("layer4"): acts[a:b]},
-        )
-        paths.append(path)
+    arrays = {"rows": np.arange(rows[-1][1]), store.layer_key("layer4"): acts}
+    paths = write_shards(tmp_path, "activations", dict(ident, dtype="float32"), arrays, rows, name="act{shard}.h5")
     return ident, paths
 
 

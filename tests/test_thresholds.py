@@ -20,6 +20,8 @@ from advdissect.thresholds import (
     write_thresholds,
 )
 
+from helpers import write_shards
+
 
 def reference(acts, q):
     """numpy.quantile per unit over every position of every image (float64, linear)."""
@@ -106,17 +108,9 @@ def test_top_values_sorted_and_nan_refused():
 
 
 def _write_shards(tmp_path, acts, cuts, ident, dtype=np.float32):
-    paths = []
-    for s, (a, b) in enumerate(zip(cuts[:-1], cuts[1:])):
-        path = tmp_path / f"{s:04d}.h5"
-        store.write_h5(
-            path,
-            "activations",
-            dict(ident, shard=s, dtype=np.dtype(dtype).name),
-            {"rows": np.arange(a, b), store.layer_key(ident["layer"]): acts[a:b].astype(dtype)},
-        )
-        paths.append(path)
-    return paths
+    arrays = {"rows": np.arange(cuts[-1]), store.layer_key(ident["layer"]): acts.astype(dtype)}
+    bounds = list(zip(cuts[:-1], cuts[1:]))
+    return write_shards(tmp_path, "activations", dict(ident, dtype=np.dtype(dtype).name), arrays, bounds)
 
 
 def test_files(tmp_path):

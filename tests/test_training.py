@@ -217,25 +217,17 @@ def test_negative_labels_are_refused(tmp_path):
         training.train(TinyNet(), xt, yt, xt, yt, cfg(), checkpoint_path=tmp_path / "c.pt", progress=False)
 
 
-@pytest.fixture(scope="module")
-def tiny_broden(tmp_path_factory):
-    from advdissect import synthetic
-
-    root = tmp_path_factory.mktemp("broden")
-    synthetic.generate(root, n_train=12, n_val=6, image_size=32, n_classes=3, seed=0)
-    return root
-
-
-def test_train_model_to_files(tiny_broden, tmp_path):
+def test_train_model_to_files(tiny_broden, tiny_broden_spec, tmp_path):
     from advdissect.models import load_model, read_weights_meta
 
     out = tmp_path / "model"
-    spec = ModelSpec("resnet18", 3)
+    n_classes = tiny_broden_spec["n_classes"]
+    spec = ModelSpec("resnet18", n_classes)
     metrics = training.train_model_to_files(
         dataset_root=tiny_broden,
         init_weights=None,
         model_spec=spec,
-        training=train_spec({"method": "at", "epochs": 1, "batch_size": 4, "eps": "4/255"}),
+        training=train_spec({"method": "at", "epochs": 1, "batch_size": 8, "eps": "4/255"}),
         out_weights=out / "weights.pt",
         out_metrics=out / "metrics.json",
         out_history=out / "history.csv",
@@ -247,13 +239,13 @@ def test_train_model_to_files(tiny_broden, tmp_path):
     assert not (out / "checkpoint.pt").exists()
     assert len(pd.read_csv(out / "history.csv")) == 1
     meta = read_weights_meta(out / "weights.pt")
-    assert meta["method"] == "at" and meta["num_classes"] == 3 and meta["arch"] == "resnet18"
-    load_model("resnet18", 3, weights_file=out / "weights.pt")
+    assert meta["method"] == "at" and meta["num_classes"] == n_classes and meta["arch"] == "resnet18"
+    load_model("resnet18", n_classes, weights_file=out / "weights.pt")
 
 
-def test_train_model_to_files_refuses_wrong_num_classes(tiny_broden, tmp_path):
+def test_train_model_to_files_refuses_wrong_num_classes(tiny_broden, tiny_broden_spec, tmp_path):
     spec = ModelSpec("resnet18", 5)
-    with pytest.raises(ConfigError, match="num_classes is 5.*3 classes"):
+    with pytest.raises(ConfigError, match=f"num_classes is 5.*{tiny_broden_spec['n_classes']} classes"):
         training.train_model_to_files(
             dataset_root=tiny_broden,
             init_weights=None,
