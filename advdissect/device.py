@@ -103,10 +103,33 @@ def reproducible_cuda() -> None:
     torch.use_deterministic_algorithms(True, warn_only=True)
 
 
-def configure_threads(n: int | None) -> None:
-    """Use `n` intra-op CPU threads (a rule's `threads`); None leaves torch's default."""
-    if n is not None:
-        torch.set_num_threads(max(1, int(n)))
+# mallopt parameters of glibc's <malloc.h>.
+_M_TRIM_THRESHOLD, _M_MMAP_MAX = -1, -4
+
+
+def keep_freed_memory() -> bool:
+    """Keep memory freed by the process for its next allocations instead of handing it back.
+
+    glibc serves blocks above 32 MB with mmap and unmaps them when freed, and trims the top of
+    its heap: a CPU training or attack step then gets its large activations afresh every batch,
+    and the kernel zero-fills them page by page. On one core that was half of a VGG-11 or
+    AlexNet training step (`benchmarks/bench_allocator.py`). With neither, a job's memory stays
+    at its peak until it ends. Returns False where the C library is not glibc (nothing changes).
+    """
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        mallopt = libc.mallopt
+    except (OSError, AttributeError):
+        return False
+    return bool(mallopt(_M_MMAP_MAX, 0)) and bool(mallopt(_M_TRIM_THRESHOLD, 2**31 - 1))
+
+
+def configure_cpu(threads: int | None) -> None:
+    """A compute job's CPU settings: `threads` intra-op threads (a rule's `threads`; None
+    leaves torch's default), and freed memory kept for the next batch (`keep_freed_memory`)."""
+    if threads is not None:
+        torch.set_num_threads(max(1, int(threads)))
+    keep_freed_memory()
 
 
 def physical_gpu_count() -> int:

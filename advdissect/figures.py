@@ -880,16 +880,20 @@ def write_training_summary(
     return frame
 
 
-def write_eps_sweep(
+def write_eps_sweeps(
     table2_csv: PathLike,
     attacks_csv: PathLike,
-    dataset: str,
-    model: str,
-    layer: str,
-    png: PathLike,
-    svg: PathLike,
+    layers: Sequence[tuple[str, str, str]],
+    pngs: Sequence[PathLike],
+    svgs: Sequence[PathLike],
     style: Mapping[str, Any] | None = None,
-) -> pd.DataFrame:
+) -> list[pd.DataFrame]:
+    """The ε sweep of every (dataset, model, layer) in `layers`, the tables read once."""
+    if not len(layers) == len(pngs) == len(svgs):
+        raise ValueError(f"{len(layers)} layers need as many figures, got {len(pngs)} png and {len(svgs)} svg")
     table2_df = tables.read_summary_csv(table2_csv)
     attacks_df = tables.read_summary_csv(attacks_csv)
-    return eps_sweep_figure(table2_df, attacks_df, str(dataset), str(model), str(layer), png, svg, style)
+    return [
+        eps_sweep_figure(table2_df, attacks_df, str(d), str(m), str(layer), png, svg, style)
+        for (d, m, layer), png, svg in zip(layers, pngs, svgs)
+    ]

@@ -7,6 +7,8 @@ import logging
 import multiprocessing
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -14,7 +16,7 @@ import pytest
 import torch
 
 from advdissect import device
-from advdissect.device import GPUClaimTimeout, claim_gpu, configure_threads, select_device
+from advdissect.device import GPUClaimTimeout, claim_gpu, configure_cpu, select_device
 
 
 @pytest.fixture(autouse=True)
@@ -76,15 +78,42 @@ def test_select_device_makes_cuda_reproducible_and_leaves_the_cpu_alone(monkeypa
     assert torch.is_deterministic_algorithms_warn_only_enabled()
 
 
-def test_configure_threads():
+def test_configure_cpu_sets_threads():
     previous = torch.get_num_threads()
     try:
-        configure_threads(1)
+        configure_cpu(1)
         assert torch.get_num_threads() == 1
-        configure_threads(None)
+        configure_cpu(None)
         assert torch.get_num_threads() == 1
     finally:
         torch.set_num_threads(previous)
+
+
+# Allocates and frees a 64 MB tensor: 10 times to warm up, then 20 times counting page faults.
+_REFAULTS = """
+import resource, sys, torch
+from advdissect.device import keep_freed_memory
+if sys.argv[1] == "keep":
+    assert keep_freed_memory()
+for _ in range(10):
+    torch.empty(2**24).fill_(1.0)
+before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+for _ in range(20):
+    torch.empty(2**24).fill_(1.0)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_keep_freed_memory_stops_refaulting_large_tensors():
+    # Without it, each new 64 MB tensor is 16,384 fresh 4 kB pages the kernel zero-fills.
+    def faults(mode: str) -> int:
+        done = subprocess.run([sys.executable, "-c", _REFAULTS, mode], capture_output=True, text=True, check=True)
+        return int(done.stdout.split()[-1])
+
+    default, kept = faults("default"), faults("keep")
+    assert default > 20 * 2**24 * 4 // 4096 // 2  # at least half the pages fault again
+    assert kept < default / 100
 
 
 def test_physical_gpu_count_does_not_start_cuda():

@@ -235,14 +235,12 @@ def test_eps_sweep_leaves_out_attacks_without_eps(tmp_path):
     only_l2 = attacks.loc[attacks.method.isin(["clean", "deepfool"])]
     alone = figures.eps_sweep_data(t2.loc[t2.attack.isin(only_l2.attack)], only_l2, "syn", "r18", "layer3")
     assert set(alone.family) == {"clean"} and set(alone.attack) == {"clean"}
-    figures.write_eps_sweep(
+    figures.write_eps_sweeps(
         tmp_path / "table2.csv",
         tmp_path / "attacks.csv",
-        "syn",
-        "r18",
-        "layer3",
-        tmp_path / "eps.png",
-        tmp_path / "eps.svg",
+        [("syn", "r18", "layer3")],
+        [tmp_path / "eps.png"],
+        [tmp_path / "eps.svg"],
         STYLE,
     )
     assert_images(tmp_path / "eps.png", tmp_path / "eps.svg")
@@ -250,14 +248,12 @@ def test_eps_sweep_leaves_out_attacks_without_eps(tmp_path):
 
 def test_eps_sweep_figure(tmp_path):
     sweep_inputs(tmp_path)
-    figures.write_eps_sweep(
+    figures.write_eps_sweeps(
         tmp_path / "table2.csv",
         tmp_path / "attacks.csv",
-        "syn",
-        "r18",
-        "layer3",
-        tmp_path / "eps.png",
-        tmp_path / "eps.svg",
+        [("syn", "r18", "layer3")],
+        [tmp_path / "eps.png"],
+        [tmp_path / "eps.svg"],
         STYLE,
     )
     assert_images(tmp_path / "eps.png", tmp_path / "eps.svg")

@@ -249,16 +249,15 @@ def test_changing_the_figure_style_reruns_only_figures(study, tmp_path):
     changed.write_text(yaml.safe_dump(config))
     jobs = planned_jobs(snakemake(study, "--dry-run", config=changed))
     figures = {
-        "detector_figure",
+        "layer_figures",
         "eps_sweep",
-        "iou_sweep",
         "unit_pictures",
         "concept_drift",
         "training_summary",
         "ablation_summary",
     }
     # training_summary rewrites training.csv beside its figures, so the results summary follows.
-    assert set(jobs) - {"all", "demo_results"} <= figures and jobs["detector_figure"] == 4
+    assert set(jobs) - {"all", "demo_results"} <= figures and jobs["layer_figures"] == 4
 
 
 def test_changing_batch_size_or_device_ids_reruns_nothing(study, tmp_path):

@@ -278,11 +278,8 @@ def all_targets():
         targets.append(f"results/figures/iou_sweep/{dataset}/{model}/{layer}.png")
         if FIGURES["browser"]:
             targets.append(f"results/browser/{dataset}/{model}/{layer}")
-        for attack in model_attacks(model):
-            if attack != CLEAN:
-                targets.append(
-                    f"results/figures/units/{dataset}/{model}/{layer}/{attack}.png"
-                )
+        if any(attack != CLEAN for attack in model_attacks(model)):
+            targets.append(f"results/figures/units/{dataset}/{model}/{layer}")
     if compared_models():
         targets.append("results/summary/training.csv")
     if ablation_paths():
@@ -392,28 +389,19 @@ def compared_models():
 
 
 def unit_picture_inputs(wildcards):
-    d, m, a, layer = (
-        wildcards.dataset,
-        wildcards.model,
-        wildcards.attack,
-        wildcards.layer,
-    )
-    return {
-        "clean_images": shard_files("images", d, model=m, attack=CLEAN),
-        "adv_images": shard_files("images", d, model=m, attack=a),
-        "clean_activations": shard_files(
-            "activations", d, model=m, attack=CLEAN, layer=layer
-        ),
-        "adv_activations": shard_files(
-            "activations", d, model=m, attack=a, layer=layer
-        ),
-        "clean_thresholds": path(
-            "thresholds", dataset=d, model=m, attack=CLEAN, layer=layer
-        ),
-        "adv_thresholds": path("thresholds", dataset=d, model=m, attack=a, layer=layer),
-        "clean_units": units_path(d, m, CLEAN, "self", layer),
-        "adv_units": units_path(d, m, a, "self", layer),
-    }
+    """The clean set's and every attacked set's images, activations, thresholds and units."""
+    d, m, layer = wildcards.dataset, wildcards.model, wildcards.layer
+    inputs = {}
+    for attack in [CLEAN, *attacked_sets(wildcards)]:
+        inputs[f"images_{attack}"] = shard_files("images", d, model=m, attack=attack)
+        inputs[f"activations_{attack}"] = shard_files(
+            "activations", d, model=m, attack=attack, layer=layer
+        )
+        inputs[f"thresholds_{attack}"] = path(
+            "thresholds", dataset=d, model=m, attack=attack, layer=layer
+        )
+        inputs[f"units_{attack}"] = units_path(d, m, attack, "self", layer)
+    return inputs
 
 
 def browser_inputs(wildcards):
@@ -481,3 +469,8 @@ def pictured_units(wildcards):
 def image_sets(wildcards):
     """The model's image sets: the clean images first, then each attack's."""
     return [CLEAN] + [a for a in model_attacks(wildcards.model) if a != CLEAN]
+
+
+def attacked_sets(wildcards):
+    """The model's attacked image sets."""
+    return [a for a in model_attacks(wildcards.model) if a != CLEAN]

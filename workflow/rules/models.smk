@@ -49,6 +49,8 @@ rule train_model:
         "results/logs/train_model/{model}.log",
     benchmark:
         "results/benchmarks/train_model/{model}.tsv"
+    # Training is the longest chain of the study: it starts before any job that can wait.
+    priority: 10
     conda:
         "../../envs/advdissect.yaml"
     threads: COMPUTE["threads"]

@@ -162,98 +162,93 @@ rule concept_drift:
         "../scripts/concept_drift.py"
 
 
-rule detector_figure:
+# The figures of one dataset, model and layer drawn from its units tables, in one job.
+rule layer_figures:
     input:
         units=layer_units_tables,
     output:
-        png=report(
+        detectors_png=report(
             "results/figures/detectors/{dataset}/{model}/{layer}.png",
             caption="../report/detectors.rst",
             category="Detectors",
             subcategory="{model}",
         ),
-        svg="results/figures/detectors/{dataset}/{model}/{layer}.svg",
-    log:
-        "results/logs/detector_figure/{dataset}/{model}/{layer}.log",
-    benchmark:
-        "results/benchmarks/detector_figure/{dataset}/{model}/{layer}.tsv"
-    conda:
-        "../../envs/advdissect.yaml"
-    params:
-        entries=layer_entries_of,
-        top_n=40,
-        style=STYLE,
-    script:
-        "../scripts/detector_figure.py"
-
-
-rule eps_sweep:
-    input:
-        table2="results/summary/table2.csv",
-        attacks="results/summary/attacks.csv",
-    output:
-        png=report(
-            "results/figures/eps_sweep/{dataset}/{model}/{layer}.png",
-            caption="../report/eps_sweep.rst",
-            category="Epsilon sweep",
-            subcategory="{model}",
-        ),
-        svg="results/figures/eps_sweep/{dataset}/{model}/{layer}.svg",
-    log:
-        "results/logs/eps_sweep/{dataset}/{model}/{layer}.log",
-    benchmark:
-        "results/benchmarks/eps_sweep/{dataset}/{model}/{layer}.tsv"
-    conda:
-        "../../envs/advdissect.yaml"
-    params:
-        style=STYLE,
-    script:
-        "../scripts/eps_sweep.py"
-
-
-rule iou_sweep:
-    input:
-        units=layer_units_tables,
-    output:
-        csv="results/summary/iou_sweep/{dataset}/{model}/{layer}.csv",
-        png=report(
+        detectors_svg="results/figures/detectors/{dataset}/{model}/{layer}.svg",
+        sweep_csv="results/summary/iou_sweep/{dataset}/{model}/{layer}.csv",
+        sweep_png=report(
             "results/figures/iou_sweep/{dataset}/{model}/{layer}.png",
             caption="../report/iou_sweep.rst",
             category="IoU-cut sweep",
             subcategory="{model}",
         ),
-        svg="results/figures/iou_sweep/{dataset}/{model}/{layer}.svg",
+        sweep_svg="results/figures/iou_sweep/{dataset}/{model}/{layer}.svg",
     log:
-        "results/logs/iou_sweep/{dataset}/{model}/{layer}.log",
+        "results/logs/layer_figures/{dataset}/{model}/{layer}.log",
     benchmark:
-        "results/benchmarks/iou_sweep/{dataset}/{model}/{layer}.tsv"
+        "results/benchmarks/layer_figures/{dataset}/{model}/{layer}.tsv"
     conda:
         "../../envs/advdissect.yaml"
     params:
         entries=layer_entries_of,
+        top_n=40,
         iou_threshold=DISSECTION["iou_threshold"],
         style=STYLE,
     script:
-        "../scripts/iou_sweep.py"
+        "../scripts/layer_figures.py"
 
 
+# One job for every layer's ε sweep: each reads the same two study-wide tables.
+rule eps_sweep:
+    input:
+        table2="results/summary/table2.csv",
+        attacks="results/summary/attacks.csv",
+    output:
+        png=[
+            report(
+                f"results/figures/eps_sweep/{d}/{m}/{layer}.png",
+                caption="../report/eps_sweep.rst",
+                category="Epsilon sweep",
+                subcategory=m,
+            )
+            for d, m, layer in figure_layers()
+        ],
+        svg=[
+            f"results/figures/eps_sweep/{d}/{m}/{layer}.svg"
+            for d, m, layer in figure_layers()
+        ],
+    log:
+        "results/logs/eps_sweep.log",
+    benchmark:
+        "results/benchmarks/eps_sweep.tsv"
+    conda:
+        "../../envs/advdissect.yaml"
+    params:
+        layers=list(figure_layers()),
+        style=STYLE,
+    script:
+        "../scripts/eps_sweep.py"
+
+
+# Fig. 8 of one layer: one picture per attack, clean images against that attack's.
 rule unit_pictures:
     input:
         unpack(unit_picture_inputs),
     output:
-        png=report(
-            "results/figures/units/{dataset}/{model}/{layer}/{attack}.png",
+        pictures=report(
+            directory("results/figures/units/{dataset}/{model}/{layer}"),
+            patterns=["{attack}.png"],
             caption="../report/units.rst",
             category="Unit pictures",
             subcategory="{model}",
         ),
     log:
-        "results/logs/unit_pictures/{dataset}/{model}/{layer}/{attack}.log",
+        "results/logs/unit_pictures/{dataset}/{model}/{layer}.log",
     benchmark:
-        "results/benchmarks/unit_pictures/{dataset}/{model}/{layer}/{attack}.tsv"
+        "results/benchmarks/unit_pictures/{dataset}/{model}/{layer}.tsv"
     conda:
         "../../envs/advdissect.yaml"
     params:
+        attacks=attacked_sets,
         clean_attack=CLEAN,
         threshold_mode="self",
         units=pictured_units,

@@ -8,13 +8,11 @@ log_to(sm.log[0])
 from advdissect.device import claim_gpu  # noqa: E402
 
 with claim_gpu(sm.config["compute"]["gpus"], lock_dir=".snakemake/gpu-locks"):
-    import torch
-
     from advdissect.ablation import write_ablation
-    from advdissect.device import select_device
+    from advdissect.device import configure_cpu, select_device
     from advdissect.specs import ModelSpec
 
-    torch.set_num_threads(max(1, int(sm.threads)))
+    configure_cpu(sm.threads)
     units = list(sm.input.units)  # per mode: clean units, attack units
     write_ablation(
         sm.output.table,

@@ -10,13 +10,11 @@ from advdissect.device import claim_gpu  # noqa: E402
 # Device ids and batch size come from the config, not params: no result depends on them, so
 # changing either re-runs nothing.
 with claim_gpu(snakemake.config["compute"]["gpus"], lock_dir=".snakemake/gpu-locks"):  # noqa: F821
-    import torch
-
     from advdissect.activations import write_activation_shard
-    from advdissect.device import select_device
+    from advdissect.device import configure_cpu, select_device
     from advdissect.specs import ModelSpec
 
-    torch.set_num_threads(max(1, int(snakemake.threads)))  # noqa: F821
+    configure_cpu(snakemake.threads)  # noqa: F821
     write_activation_shard(
         snakemake.output.activations,  # noqa: F821
         images_path=snakemake.input.images,  # noqa: F821

@@ -13,10 +13,10 @@ from advdissect.device import claim_gpu  # noqa: E402
 # changing either re-runs nothing.
 with claim_gpu(snakemake.config["compute"]["gpus"], lock_dir=".snakemake/gpu-locks"):  # noqa: F821
     from advdissect.attacks import write_attack_shard
-    from advdissect.device import configure_threads, select_device
+    from advdissect.device import configure_cpu, select_device
     from advdissect.specs import AttackSpec, ModelSpec, ShardPlan
 
-    configure_threads(snakemake.threads)  # noqa: F821
+    configure_cpu(snakemake.threads)  # noqa: F821
     attack = AttackSpec(**snakemake.params.attack)  # noqa: F821
     identity = dict(snakemake.params.identity)  # noqa: F821
     write_attack_shard(

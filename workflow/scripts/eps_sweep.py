@@ -1,4 +1,4 @@
-"""Rule eps_sweep: detector ratio and prediction agreement against ε for one dataset/model/layer."""
+"""Rule eps_sweep: detector ratio and prediction agreement against ε, one figure per layer."""
 
 from advdissect.joblog import log_to
 
@@ -7,13 +7,11 @@ log_to(sm.log[0])
 
 from advdissect import figures  # noqa: E402
 
-figures.write_eps_sweep(
+figures.write_eps_sweeps(
     sm.input.table2,
     sm.input.attacks,
-    dataset=sm.wildcards.dataset,
-    model=sm.wildcards.model,
-    layer=sm.wildcards.layer,
-    png=sm.output.png,
-    svg=sm.output.svg,
+    layers=[tuple(layer) for layer in sm.params.layers],
+    pngs=list(sm.output.png),
+    svgs=list(sm.output.svg),
     style=sm.params.style,
 )

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from advdissect.device import claim_gpu, configure_threads, select_device
+from advdissect.device import claim_gpu, configure_cpu, select_device
 from advdissect.joblog import log_to
 from advdissect.models import check_sha256
 from advdissect.specs import ModelSpec, train_spec
@@ -10,7 +10,7 @@ from advdissect.training import train_model_to_files
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])
-configure_threads(sm.threads)
+configure_cpu(sm.threads)
 training = dict(sm.params.training)
 image_size = training.pop("image_size", None)  # an ImageFolder training set's image size
 spec = train_spec(training, f"models.{sm.wildcards.model}.weights")

@@ -1,4 +1,6 @@
-"""Rule unit_pictures: top-activating images with unit masks, clean vs one attack (Fig. 8)."""
+"""Rule unit_pictures: top-activating images with unit masks, clean vs each attack (Fig. 8)."""
+
+from pathlib import Path
 
 from advdissect.joblog import log_to
 
@@ -7,24 +9,28 @@ log_to(sm.log[0])
 
 from advdissect import figures  # noqa: E402
 
-figures.unit_pictures(
-    clean_images=list(sm.input.clean_images),
-    adv_images=list(sm.input.adv_images),
-    clean_activations=list(sm.input.clean_activations),
-    adv_activations=list(sm.input.adv_activations),
-    clean_thresholds=sm.input.clean_thresholds,
-    adv_thresholds=sm.input.adv_thresholds,
-    clean_units=sm.input.clean_units,
-    adv_units=sm.input.adv_units,
-    png=sm.output.png,
-    dataset=sm.wildcards.dataset,
-    model=sm.wildcards.model,
-    layer=sm.wildcards.layer,
-    attack=sm.wildcards.attack,
-    clean_attack=sm.params.clean_attack,
-    threshold_mode=sm.params.threshold_mode,
-    units=list(sm.params.units),
-    k=int(sm.params.k),
-    n_images=int(sm.params.n_images),
-    style=sm.params.style,
-)
+out = Path(sm.output.pictures)
+out.mkdir(parents=True, exist_ok=True)
+clean = sm.params.clean_attack
+for attack in sm.params.attacks:
+    figures.unit_pictures(
+        clean_images=list(sm.input[f"images_{clean}"]),
+        adv_images=list(sm.input[f"images_{attack}"]),
+        clean_activations=list(sm.input[f"activations_{clean}"]),
+        adv_activations=list(sm.input[f"activations_{attack}"]),
+        clean_thresholds=sm.input[f"thresholds_{clean}"],
+        adv_thresholds=sm.input[f"thresholds_{attack}"],
+        clean_units=sm.input[f"units_{clean}"],
+        adv_units=sm.input[f"units_{attack}"],
+        png=out / f"{attack}.png",
+        dataset=sm.wildcards.dataset,
+        model=sm.wildcards.model,
+        layer=sm.wildcards.layer,
+        attack=attack,
+        clean_attack=clean,
+        threshold_mode=sm.params.threshold_mode,
+        units=list(sm.params.units),
+        k=int(sm.params.k),
+        n_images=int(sm.params.n_images),
+        style=sm.params.style,
+    )
