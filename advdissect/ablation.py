@@ -29,20 +29,39 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import store, tables
+from . import store
 from .device import in_batches, is_out_of_memory
+from .drift import concept_drift
 from .errors import ArtifactError
 from .models import layer_outputs, load_model_spec
 from .specs import ModelSpec
+from .tally import read_units
 
 log = logging.getLogger(__name__)
+
+ABLATION_COLUMNS = [
+    "dataset",
+    "model",
+    "layer",
+    "attack",
+    "threshold_mode",
+    "units_set",
+    "seed",
+    "ablated",
+    "units",
+    "images",
+    "flipped",
+    "restored",
+    "restored_percent",
+    "kept_percent",
+]
 
 DRIFTED = ("changed", "lost")
 
 
 def drifted_units(clean_units: pd.DataFrame, attack_units: pd.DataFrame) -> np.ndarray:
     """0-based indices of the clean detectors whose concept the attack changed or removed."""
-    drift = tables.concept_drift(clean_units, attack_units)
+    drift = concept_drift(clean_units, attack_units)
     return np.sort(drift.loc[drift["status"].isin(DRIFTED), "unit"].to_numpy(np.int64) - 1)
 
 
@@ -241,9 +260,7 @@ def write_ablation(
 
     mean = mean_map(clean_maps())
     n_units = mean.shape[0]
-    unit_tables = {
-        mode: (tables.read_units(clean), tables.read_units(attacked)) for mode, (clean, attacked) in units_paths.items()
-    }
+    unit_tables = {mode: (read_units(clean), read_units(attacked)) for mode, (clean, attacked) in units_paths.items()}
     sets = ablation_sets(unit_tables, n_units, random_sets)
     masks = np.zeros((1 + len(sets), n_units), bool)
     for i, s in enumerate(sets, start=1):
@@ -262,6 +279,6 @@ def write_ablation(
     for i, key in enumerate(("dataset", "model")):
         frame.insert(i, key, identity[key])
     frame.insert(3, "attack", identity["attack"])
-    frame = frame[tables.ABLATION_COLUMNS]
+    frame = frame[ABLATION_COLUMNS]
     store.write_csv(out, frame)
     return frame

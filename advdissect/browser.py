@@ -20,9 +20,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from . import store, tables
+from . import store
+from .drift import concept_drift
 from .errors import ArtifactError
 from .figures import read_thresholds, top_activating, unit_mask
+from .tally import read_units
 
 MASK_COLOR = np.array([230, 25, 75], np.float64)
 GAP = 6  # pixels between the image sets of a picture
@@ -90,7 +92,7 @@ def browser_table(units: Mapping[tuple[str, str], pd.DataFrame], clean_attack: s
     for (attack, mode), table in units.items():
         if attack == clean_attack:
             continue
-        drift = tables.concept_drift(clean, table).set_index("unit").loc[frame["unit"]]
+        drift = concept_drift(clean, table).set_index("unit").loc[frame["unit"]]
         frame[f"{attack} {mode} label"] = drift["adv_label"].fillna("").astype(str).to_numpy()
         frame[f"{attack} {mode} IoU"] = drift["adv_iou"].astype(float).to_numpy()
         frame[f"{attack} {mode} status"] = drift["status"].to_numpy()
@@ -223,7 +225,7 @@ def write_browser(
     """
     if not sets or sets[0]["attack"] != clean_attack:
         raise ArtifactError(f"the unit browser needs the clean set '{clean_attack}' first")
-    frame = browser_table({k: tables.read_units(p) for k, p in units.items()}, clean_attack)
+    frame = browser_table({k: read_units(p) for k, p in units.items()}, clean_attack)
     unit_ids = [int(u) for u in frame["unit"]]
     # One image set at a time: only its thumbnails are kept, not its images and maps.
     per_set = [

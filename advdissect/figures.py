@@ -25,9 +25,12 @@ from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
 from . import store, tables
+from .ablation import ABLATION_COLUMNS
+from .drift import DRIFT_STATUSES
 from .errors import ArtifactError, ConfigError
 from .masks import upsample
-from .tables import CATEGORY_ORDER, DRIFT_STATUSES, THRESHOLD_MODES, TRAINING_METHODS
+from .tables import CATEGORY_ORDER, THRESHOLD_MODES, TRAINING_METHODS
+from .tally import read_units
 
 log = logging.getLogger(__name__)
 
@@ -144,7 +147,7 @@ def detector_counts(entries: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     cache: dict[str, pd.DataFrame] = {}
     for e in entries:
         if e["path"] not in cache:
-            cache[e["path"]] = tables.read_units(e["path"])
+            cache[e["path"]] = read_units(e["path"])
         units = cache[e["path"]]
         det = units.loc[units["detector"]]
         for (label, category), group in det.groupby(["label", "category"], sort=False):
@@ -405,7 +408,7 @@ def unit_pictures(
         raise ConfigError(f"unit pictures: k must be >= 0 and n_images >= 1 (got k={k}, n_images={n_images})")
     clean_id = {"dataset": dataset, "model": model, "attack": clean_attack}
     adv_id = {"dataset": dataset, "model": model, "attack": attack}
-    cu, au = tables.read_units(clean_units), tables.read_units(adv_units)
+    cu, au = read_units(clean_units), read_units(adv_units)
     chosen = pick_units(cu, au, k, units)
     t_clean = read_thresholds(clean_thresholds, clean_id)
     t_adv = t_clean if threshold_mode == "clean" else read_thresholds(adv_thresholds, adv_id)
@@ -647,10 +650,10 @@ def write_ablation_summary(
     if not paths:
         raise ArtifactError("no ablation tables given")
     table = pd.concat([tables.read_summary_csv(p) for p in paths], ignore_index=True)
-    missing = [c for c in tables.ABLATION_COLUMNS if c not in table.columns]
+    missing = [c for c in ABLATION_COLUMNS if c not in table.columns]
     if missing:
         raise ArtifactError(f"ablation tables lack column(s) {missing}")
-    table = table[tables.ABLATION_COLUMNS].astype({"seed": "Int64"})
+    table = table[ABLATION_COLUMNS].astype({"seed": "Int64"})
     store.write_csv(csv, table)
     ablation_figure(table, png, svg, style)
     return table

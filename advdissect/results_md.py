@@ -19,6 +19,7 @@ import pandas as pd
 
 from . import store, tables
 from .ceilings import read_ceilings
+from .tally import read_units
 
 log = logging.getLogger(__name__)
 
@@ -499,7 +500,7 @@ def write_demo_results(
     `units`: [{dataset, model, layer, path}] of each model's deepest dissected layer (clean,
     thresholds self), in model order.
     """
-    frames = {(str(u["dataset"]), str(u["model"]), str(u["layer"])): tables.read_units(u["path"]) for u in units}
+    frames = {(str(u["dataset"]), str(u["model"]), str(u["layer"])): read_units(u["path"]) for u in units}
     markdown = demo_results_markdown(
         models=tables.read_summary_csv(models_csv),
         attacks=tables.read_summary_csv(attacks_csv),

@@ -18,7 +18,9 @@ import pandas as pd
 
 from . import store
 from .bootstrap import DETECTOR_COLUMNS, basic_interval, read_bootstrap
+from .drift import DRIFT_COLUMNS, DRIFT_STATUSES, concept_drift, drift_summary
 from .errors import ArtifactError, ConfigError
+from .tally import read_units
 
 log = logging.getLogger(__name__)
 
@@ -72,7 +74,6 @@ MODEL_EFFECT_COLUMNS = [
     "ci_high",
     "shown",
 ]
-UNITS_COLUMNS = ["unit", "label", "category", "iou", "detector"]
 IOU_SWEEP_COLUMNS = [
     "dataset",
     "model",
@@ -100,75 +101,9 @@ ATTACK_COLUMNS = [
     "clean_accuracy",
     "adversarial_accuracy",
 ]
-DRIFT_STATUSES = ("kept", "changed", "lost", "gained", "none")
-ABLATION_COLUMNS = [
-    "dataset",
-    "model",
-    "layer",
-    "attack",
-    "threshold_mode",
-    "units_set",
-    "seed",
-    "ablated",
-    "units",
-    "images",
-    "flipped",
-    "restored",
-    "restored_percent",
-    "kept_percent",
-]
 TRAINING_METHODS = ("standard", "at", "consistency", "atda")
 
 PathLike = str | os.PathLike
-
-
-# --------------------------------------------------------------------------- units files
-
-
-def _parse_bool(value: Any, path: PathLike, unit: Any) -> bool:
-    if isinstance(value, (bool, np.bool_)):
-        return bool(value)
-    text = str(value).strip().lower()
-    if text in ("true", "1", "1.0", "yes"):
-        return True
-    if text in ("false", "0", "0.0", "no", ""):
-        return False
-    raise ArtifactError(f"{path}: unit {unit}: detector must be True or False, found {value!r}")
-
-
-def read_units(path: PathLike) -> pd.DataFrame:
-    """Read a tidy `units/{layer}.csv` (unit 1-based, label, category, iou, detector).
-
-    Labels stay text exactly as written (no 'NA' → NaN); an empty label means no concept.
-    """
-    try:
-        frame = pd.read_csv(
-            path,
-            dtype={"label": str, "category": str},
-            keep_default_na=False,
-            na_values={"iou": ["", "nan", "NaN"]},
-        )
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise ArtifactError(f"{path}: cannot be read as a units CSV ({exc})") from None
-    missing = [c for c in UNITS_COLUMNS if c not in frame.columns]
-    if missing:
-        raise ArtifactError(f"{path}: units CSV lacks column(s) {missing}; expected {UNITS_COLUMNS}")
-    frame = frame.copy()
-    frame["unit"] = pd.to_numeric(frame["unit"], errors="raise").astype(np.int64)
-    if frame["unit"].duplicated().any() or (frame["unit"] < 1).any():
-        raise ArtifactError(f"{path}: unit numbers must be unique and 1-based")
-    frame["iou"] = pd.to_numeric(frame["iou"], errors="coerce").astype(float)
-    frame["label"] = frame["label"].fillna("").astype(str)
-    frame["category"] = frame["category"].fillna("").astype(str).str.strip()
-    frame["detector"] = [_parse_bool(v, path, u) for v, u in zip(frame["detector"], frame["unit"])]
-    bad = frame.loc[frame["detector"] & ~frame["category"].isin(CATEGORY_ORDER)]
-    if len(bad):
-        row = bad.iloc[0]
-        raise ArtifactError(
-            f"{path}: unit {row['unit']} is a detector of category {row['category']!r}; "
-            f"allowed categories: {', '.join(CATEGORY_ORDER)}"
-        )
-    return frame.sort_values("unit").reset_index(drop=True)
 
 
 # --------------------------------------------------------------------------- entries
@@ -653,68 +588,6 @@ def write_attacks_table(stat_csv_paths: Sequence[PathLike], out: PathLike) -> pd
 
 
 # --------------------------------------------------------------------------- concept drift
-
-DRIFT_COLUMNS = [
-    "unit",
-    "clean_label",
-    "clean_category",
-    "clean_iou",
-    "adv_label",
-    "adv_category",
-    "adv_iou",
-    "clean_detector",
-    "adv_detector",
-    "status",
-]
-
-
-def _drift_status(clean_det: bool, adv_det: bool, clean_label: str, adv_label: str) -> str:
-    if clean_det and adv_det:
-        return "kept" if clean_label == adv_label else "changed"
-    if clean_det:
-        return "lost"
-    if adv_det:
-        return "gained"
-    return "none"
-
-
-def concept_drift(clean_units_df: pd.DataFrame, adv_units_df: pd.DataFrame) -> pd.DataFrame:
-    """Per unit: its clean and adversarial best concept and what happened to it (status)."""
-    clean_units = set(clean_units_df["unit"])
-    adv_units = set(adv_units_df["unit"])
-    if clean_units != adv_units:
-        raise ArtifactError(
-            f"clean and adversarial units files cover different units "
-            f"({len(clean_units)} vs {len(adv_units)} units): they must come from the same layer"
-        )
-    cols = ["unit", "label", "category", "iou", "detector"]
-    merged = clean_units_df[cols].merge(adv_units_df[cols], on="unit", suffixes=("_c", "_a"))
-    out = pd.DataFrame(
-        {
-            "unit": merged["unit"].astype(np.int64),
-            "clean_label": merged["label_c"],
-            "clean_category": merged["category_c"],
-            "clean_iou": merged["iou_c"],
-            "adv_label": merged["label_a"],
-            "adv_category": merged["category_a"],
-            "adv_iou": merged["iou_a"],
-            "clean_detector": merged["detector_c"].astype(bool),
-            "adv_detector": merged["detector_a"].astype(bool),
-        }
-    )
-    out["status"] = [
-        _drift_status(c, a, cl, al)
-        for c, a, cl, al in zip(out["clean_detector"], out["adv_detector"], out["clean_label"], out["adv_label"])
-    ]
-    return out[DRIFT_COLUMNS].sort_values("unit").reset_index(drop=True)
-
-
-def drift_summary(drift: pd.DataFrame) -> dict[str, int]:
-    counts = drift["status"].value_counts()
-    summary = {s: int(counts.get(s, 0)) for s in DRIFT_STATUSES}
-    summary["units"] = int(len(drift))
-    return summary
-
 
 DRIFT_KEYS = ["dataset", "model", "layer", "attack", "threshold_mode"]
 

@@ -688,3 +688,52 @@ def units_table(iou_h5_path: str | os.PathLike, iou_threshold: float) -> pd.Data
 
 def write_units_table(out: str | os.PathLike, iou_path: str | os.PathLike, iou_threshold: float) -> None:
     store.write_csv(out, units_table(iou_path, iou_threshold))
+
+
+UNITS_COLUMNS = ["unit", "label", "category", "iou", "detector"]
+
+
+def _parse_bool(value: Any, path: str | os.PathLike, unit: Any) -> bool:
+    if isinstance(value, (bool, np.bool_)):
+        return bool(value)
+    text = str(value).strip().lower()
+    if text in ("true", "1", "1.0", "yes"):
+        return True
+    if text in ("false", "0", "0.0", "no", ""):
+        return False
+    raise ArtifactError(f"{path}: unit {unit}: detector must be True or False, found {value!r}")
+
+
+def read_units(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a tidy `units/{layer}.csv` (unit 1-based, label, category, iou, detector).
+
+    Labels stay text exactly as written (no 'NA' → NaN); an empty label means no concept.
+    """
+    try:
+        frame = pd.read_csv(
+            path,
+            dtype={"label": str, "category": str},
+            keep_default_na=False,
+            na_values={"iou": ["", "nan", "NaN"]},
+        )
+    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise ArtifactError(f"{path}: cannot be read as a units CSV ({exc})") from None
+    missing = [c for c in UNITS_COLUMNS if c not in frame.columns]
+    if missing:
+        raise ArtifactError(f"{path}: units CSV lacks column(s) {missing}; expected {UNITS_COLUMNS}")
+    frame = frame.copy()
+    frame["unit"] = pd.to_numeric(frame["unit"], errors="raise").astype(np.int64)
+    if frame["unit"].duplicated().any() or (frame["unit"] < 1).any():
+        raise ArtifactError(f"{path}: unit numbers must be unique and 1-based")
+    frame["iou"] = pd.to_numeric(frame["iou"], errors="coerce").astype(float)
+    frame["label"] = frame["label"].fillna("").astype(str)
+    frame["category"] = frame["category"].fillna("").astype(str).str.strip()
+    frame["detector"] = [_parse_bool(v, path, u) for v, u in zip(frame["detector"], frame["unit"])]
+    bad = frame.loc[frame["detector"] & ~frame["category"].isin(CATEGORIES)]
+    if len(bad):
+        row = bad.iloc[0]
+        raise ArtifactError(
+            f"{path}: unit {row['unit']} is a detector of category {row['category']!r}; "
+            f"allowed categories: {', '.join(CATEGORIES)}"
+        )
+    return frame.sort_values("unit").reset_index(drop=True)

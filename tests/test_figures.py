@@ -12,7 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from advdissect import figures, store, tables
+from advdissect import ablation, figures, store, tables, tally
 from advdissect.errors import ConfigError
 
 from helpers import ref_upsample, write_shards
@@ -414,8 +414,8 @@ def test_top_activating_matches_brute_force(tmp_path):
 
 
 def test_pick_units_named_first_then_largest_change(tmp_path):
-    clean = tables.read_units(write_units(tmp_path / "c.csv", CLEAN_UNITS))
-    adv = tables.read_units(write_units(tmp_path / "a.csv", FGSM_CLEAN_UNITS))
+    clean = tally.read_units(write_units(tmp_path / "c.csv", CLEAN_UNITS))
+    adv = tally.read_units(write_units(tmp_path / "a.csv", FGSM_CLEAN_UNITS))
     # IoU changes: 0.10, 0.02, 0.02, 0.02, 0.01 (NaN counts as 0).
     assert figures.pick_units(clean, adv, 2, [4]) == [4, 1, 2]
     with pytest.raises(ConfigError, match="1-based"):
@@ -540,4 +540,4 @@ def test_ablation_summary_table_and_figure(tmp_path):
         paths.append(path)
     table = figures.write_ablation_summary(paths, tmp_path / "a.csv", tmp_path / "a.png", tmp_path / "a.svg", STYLE)
     assert_images(tmp_path / "a.png", tmp_path / "a.svg")
-    assert list(table.columns) == tables.ABLATION_COLUMNS and len(table) == 12
+    assert list(table.columns) == ablation.ABLATION_COLUMNS and len(table) == 12

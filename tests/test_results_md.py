@@ -10,7 +10,7 @@ import pandas as pd
 import pytest
 import yaml
 
-from advdissect import ceilings, results_md, store, tables
+from advdissect import ablation, ceilings, results_md, store, tables, tally
 from advdissect import config as adconfig
 from advdissect.broden import BrodenDataset
 from advdissect.config import sort_keys
@@ -171,7 +171,7 @@ def small_ablation() -> pd.DataFrame:
                     "kept_percent": 95.0,
                 }
             )
-    return pd.DataFrame(rows, columns=tables.ABLATION_COLUMNS)
+    return pd.DataFrame(rows, columns=ablation.ABLATION_COLUMNS)
 
 
 def small_units() -> dict[tuple[str, str, str], pd.DataFrame]:
@@ -187,7 +187,7 @@ def small_units() -> dict[tuple[str, str, str], pd.DataFrame]:
     return {
         ("d", "base", "layer4"): base,
         ("d", "tuned", "layer4"): base.assign(label=""),
-        ("d", "net", "conv5"): pd.DataFrame(columns=tables.UNITS_COLUMNS),
+        ("d", "net", "conv5"): pd.DataFrame(columns=tally.UNITS_COLUMNS),
     }
 
 
@@ -593,12 +593,12 @@ def config_frames(cfg: dict) -> dict:
         "effects": pd.DataFrame(effect_rows, columns=tables.EFFECT_COLUMNS),
         "ablation": pd.DataFrame(
             [r | {"units_set": "drifted"} for r in effect_rows if r["category"] == "all"],
-            columns=tables.ABLATION_COLUMNS,
+            columns=ablation.ABLATION_COLUMNS,
         )
         if cfg.get("ablation", {}).get("enabled", True)
         else None,
         "ceilings": pd.DataFrame(columns=ceilings.CEILINGS_COLUMNS),
-        "units": {k: pd.DataFrame(columns=tables.UNITS_COLUMNS) for k in deepest},
+        "units": {k: pd.DataFrame(columns=tally.UNITS_COLUMNS) for k in deepest},
         "training": pd.DataFrame(training_rows, columns=tables.TRAINING_COLUMNS) if training_rows else None,
     }
 

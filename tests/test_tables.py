@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from advdissect import tables
+from advdissect import drift, tables, tally
 from advdissect.errors import ArtifactError, ConfigError
 
 # 5 units of one layer; expected: color 1 detector, object 2 (one concept), all 3 (2 concepts).
@@ -155,7 +155,7 @@ def test_table2_rows_match_brute_force_on_random_layers(tmp_path):
             iou = rng.random() * 0.1
             rows.append((u, rng.choice(labels[cat]), cat, iou, iou > 0.04))
         path = write_units(tmp_path / f"u{trial}.csv", rows)
-        got = tables.table2_rows(tables.read_units(path))
+        got = tables.table2_rows(tally.read_units(path))
         want = _brute_table2(rows)
         for r in got:
             n, det, ratio, concepts = want[r["category"]]
@@ -196,10 +196,10 @@ def test_units_errors_name_the_file(tmp_path):
     bad = tmp_path / "bad.csv"
     pd.DataFrame({"unit": [1], "label": ["x"], "iou": [0.1]}).to_csv(bad, index=False)
     with pytest.raises(ArtifactError, match="bad.csv.*category"):
-        tables.read_units(bad)
+        tally.read_units(bad)
     wrong = write_units(tmp_path / "wrong.csv", [(1, "x", "animal", 0.2, True)])
     with pytest.raises(ArtifactError, match="animal"):
-        tables.read_units(wrong)
+        tally.read_units(wrong)
 
 
 def test_entries_validation(entries):
@@ -213,33 +213,33 @@ def test_entries_validation(entries):
 
 def test_labels_stay_text(tmp_path):
     path = write_units(tmp_path / "na.csv", [(1, "NA", "object", 0.2, True), (2, "null", "part", 0.1, True)])
-    assert list(tables.read_units(path).label) == ["NA", "null"]
+    assert list(tally.read_units(path).label) == ["NA", "null"]
 
 
 # --------------------------------------------------------------------------- drift
 
 
 def test_concept_drift_statuses(entries):
-    clean = tables.read_units(entries[0]["path"])
-    adv = tables.read_units(entries[1]["path"])
-    drift = tables.concept_drift(clean, adv)
-    assert list(drift.columns) == tables.DRIFT_COLUMNS
-    assert list(drift.status) == ["kept", "changed", "lost", "gained", "none"]
-    assert list(drift.clean_label) == ["red-c", "dog", "dog", "grass", ""]
-    assert list(drift.adv_label) == ["red-c", "cat", "dog", "grass", ""]
-    assert drift.loc[1, "adv_iou"] == pytest.approx(0.06)
+    clean = tally.read_units(entries[0]["path"])
+    adv = tally.read_units(entries[1]["path"])
+    frame = drift.concept_drift(clean, adv)
+    assert list(frame.columns) == drift.DRIFT_COLUMNS
+    assert list(frame.status) == ["kept", "changed", "lost", "gained", "none"]
+    assert list(frame.clean_label) == ["red-c", "dog", "dog", "grass", ""]
+    assert list(frame.adv_label) == ["red-c", "cat", "dog", "grass", ""]
+    assert frame.loc[1, "adv_iou"] == pytest.approx(0.06)
 
 
 def test_concept_drift_needs_same_units(entries):
-    clean = tables.read_units(entries[0]["path"])
+    clean = tally.read_units(entries[0]["path"])
     with pytest.raises(ArtifactError, match="different units"):
-        tables.concept_drift(clean, clean.iloc[:3])
+        drift.concept_drift(clean, clean.iloc[:3])
 
 
 def test_concept_drift_tables(entries):
     units, summary = tables.concept_drift_tables(entries)
     assert len(units) == 10
-    assert list(summary.columns) == tables.DRIFT_KEYS + list(tables.DRIFT_STATUSES) + ["units"]
+    assert list(summary.columns) == tables.DRIFT_KEYS + list(drift.DRIFT_STATUSES) + ["units"]
     s = summary.set_index("threshold_mode")
     assert s.loc["self", ["kept", "changed", "lost", "gained", "none", "units"]].tolist() == [1, 1, 1, 1, 1, 5]
     # Mode clean compares with the clean set's own dissection.
