@@ -3,12 +3,12 @@
 `download_file` tries each source of a file in order. A transfer cut midway leaves its bytes in a
 `.part` file beside the target, which the next attempt (or the next run) continues with an HTTP
 Range request. The complete file must match the sha256 pinned for it and the one recorded beside
-it (`<file>.sha256`, as `models.sha256_record` names it) where there are such; a file that does
+it (`<file>.sha256`, as `store.sha256_record` names it) where there are such; a file that does
 not is renamed aside, never deleted, and the next source is tried.
 
 `download_broden` fetches the real Broden dataset and unpacks it beside `dest`, renaming it into
 place only when whole, so `dest/index.csv` exists exactly when the whole dataset does.
-`download_url_weights` fetches a model's weights file for the `url` weights source.
+(`models.download_url_weights` fetches a model's weights file with `download_file`.)
 """
 
 from __future__ import annotations
@@ -30,9 +30,8 @@ from pathlib import Path, PurePosixPath
 from tqdm import tqdm
 
 from .broden import check_dataset_dest, install_dataset_dir
-from .errors import AdvDissectError, ConfigError, DatasetError, ModelError
-from .models import load_model_spec, read_sha256_record, sha256_of, sha256_record, write_sha256_record
-from .specs import ModelSpec
+from .errors import AdvDissectError, ConfigError, DatasetError
+from .store import read_sha256_record, sha256_of, sha256_record, write_sha256_record
 
 log = logging.getLogger(__name__)
 
@@ -253,37 +252,3 @@ def install_zip(archive: str | os.PathLike, dest: str | os.PathLike) -> Path:
         shutil.rmtree(work, ignore_errors=True)
     log.info("Broden installed in %s", dest)
     return dest
-
-
-# ---------------------------------------------------------------- weights
-
-
-def download_url_weights(
-    url: str,
-    dest: str | os.PathLike,
-    model_spec: ModelSpec,
-    *,
-    retries: int = RETRIES,
-    wait: float = WAIT,
-    timeout: float = 60.0,
-) -> None:
-    """Fetch the weights file at `url` into `dest` (checked against the model's pinned sha256 and
-    any record beside `dest`), check that it loads into the model, then record its sha256 beside it."""
-    dest = Path(dest)
-    digest = download_file(
-        [url],
-        dest,
-        sha256=model_spec.weights_sha256,
-        retries=retries,
-        wait=wait,
-        timeout=timeout,
-        error=ModelError,
-        hint="check the URL, or download the file by hand and use `weights: {source: file, path: ...}`",
-    )
-    try:
-        load_model_spec(model_spec, dest)
-    except ModelError as exc:
-        aside = set_aside(dest, dest, digest)
-        raise ModelError(f"{exc}; the download is kept aside as {aside}") from None
-    write_sha256_record(dest, digest)
-    log.info("wrote %s (sha256 %s)", dest, digest)

@@ -38,7 +38,6 @@ layout (a LayerNorm, an MLP or an attention inside a block) is refused rather th
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import math
 import pickle
@@ -55,10 +54,11 @@ from torchvision.models.swin_transformer import PatchMerging, PatchMergingV2, Sw
 from torchvision.models.vision_transformer import Encoder, EncoderBlock, VisionTransformer
 from torchvision.ops.misc import Permute
 
+from .download import RETRIES, WAIT, download_file, set_aside
 from .errors import ConfigError, ModelError
 from .specs import ModelSpec
 from .stand_ins import STAND_INS
-from .store import atomic_path, write_text
+from .store import atomic_path, read_sha256_record, sha256_of, sha256_record, write_sha256_record
 
 log = logging.getLogger(__name__)
 
@@ -178,17 +178,6 @@ def load_model_spec(model_spec: ModelSpec, weights_file: str | Path | None = Non
 # ---------------------------------------------------------------- weights files
 
 
-def sha256_record(path: str | Path) -> Path:
-    """The file beside a weights file that records its sha256."""
-    path = Path(path)
-    return path.with_name(path.name + ".sha256")
-
-
-def sha256_of(path: str | Path) -> str:
-    with open(path, "rb") as handle:
-        return hashlib.file_digest(handle, "sha256").hexdigest()
-
-
 def check_sha256(path: str | Path, pinned: str | None = None) -> None:
     """Raise ModelError unless the weights file matches the digest `pinned` (the config's
     `weights.sha256`) and the one its `.sha256` record holds, where there are such."""
@@ -209,20 +198,6 @@ def check_sha256(path: str | Path, pinned: str | None = None) -> None:
             f"the file was changed or damaged after it was written: delete {path} and {record.name} "
             "and re-run, and the workflow makes it again"
         )
-
-
-def read_sha256_record(record: str | Path) -> str:
-    """The digest a `.sha256` record holds, in the format of `sha256sum`: "<64 hex digits>  <file name>"."""
-    text = Path(record).read_text(errors="replace").split()
-    digest = text[0].lower() if text else ""
-    if not re.fullmatch(r"[0-9a-f]{64}", digest):
-        raise ModelError(f"{record}: holds no sha256 digest; delete it and the file beside it, and re-run")
-    return digest
-
-
-def write_sha256_record(path: str | Path, digest: str) -> None:
-    """Record `digest` as the sha256 of `path`, beside it, as `sha256sum` writes it."""
-    write_text(sha256_record(path), f"{digest}  {Path(path).name}\n")
 
 
 def load_state_dict_file(
@@ -912,3 +887,37 @@ def predict(model: nn.Module, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tens
     """(predicted class int64, softmax probability of that class float32) for images `x`."""
     with torch.no_grad():
         return softmax_prediction(model(x))
+
+
+# ---------------------------------------------------------------- weights from a URL
+
+
+def download_url_weights(
+    url: str,
+    dest: str | Path,
+    model_spec: ModelSpec,
+    *,
+    retries: int = RETRIES,
+    wait: float = WAIT,
+    timeout: float = 60.0,
+) -> None:
+    """Fetch the weights file at `url` into `dest` (checked against the model's pinned sha256 and
+    any record beside `dest`), check that it loads into the model, then record its sha256 beside it."""
+    dest = Path(dest)
+    digest = download_file(
+        [url],
+        dest,
+        sha256=model_spec.weights_sha256,
+        retries=retries,
+        wait=wait,
+        timeout=timeout,
+        error=ModelError,
+        hint="check the URL, or download the file by hand and use `weights: {source: file, path: ...}`",
+    )
+    try:
+        load_model_spec(model_spec, dest)
+    except ModelError as exc:
+        aside = set_aside(dest, dest, digest)
+        raise ModelError(f"{exc}; the download is kept aside as {aside}") from None
+    write_sha256_record(dest, digest)
+    log.info("wrote %s (sha256 %s)", dest, digest)

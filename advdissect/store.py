@@ -16,8 +16,10 @@ from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import json
 import os
+import re
 import shutil
 import tempfile
 from collections.abc import Iterator, Mapping
@@ -27,7 +29,7 @@ from typing import Any
 import h5py
 import numpy as np
 
-from .errors import ArtifactError
+from .errors import ArtifactError, ModelError
 
 # The IoU counts of a layer (advdissect.tally), summed over images.
 COUNT_KEYS = ("intersection", "label_area", "activation_lite", "activation_original", "activation_total")
@@ -300,3 +302,31 @@ def open_layer(path: str | os.PathLike, expect: Mapping[str, Any]) -> Iterator[t
                 f"{path}: holds no activations of layer {layer!r} (layers: {held}); delete it and re-run"
             )
         yield f, f[key]
+
+
+# --------------------------------------------------------------------------- sha256 records
+
+
+def sha256_record(path: str | os.PathLike) -> Path:
+    """The file beside a downloaded or written file (weights, an archive) that records its sha256."""
+    path = Path(path)
+    return path.with_name(path.name + ".sha256")
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    with open(path, "rb") as handle:
+        return hashlib.file_digest(handle, "sha256").hexdigest()
+
+
+def read_sha256_record(record: str | os.PathLike) -> str:
+    """The digest a `.sha256` record holds, in the format of `sha256sum`: "<64 hex digits>  <file name>"."""
+    text = Path(record).read_text(errors="replace").split()
+    digest = text[0].lower() if text else ""
+    if not re.fullmatch(r"[0-9a-f]{64}", digest):
+        raise ModelError(f"{record}: holds no sha256 digest; delete it and the file beside it, and re-run")
+    return digest
+
+
+def write_sha256_record(path: str | os.PathLike, digest: str) -> None:
+    """Record `digest` as the sha256 of `path`, beside it, as `sha256sum` writes it."""
+    write_text(sha256_record(path), f"{digest}  {Path(path).name}\n")

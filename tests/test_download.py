@@ -15,10 +15,11 @@ import pytest
 import torch
 
 from advdissect import download
-from advdissect.download import download_broden, download_file, download_url_weights, install_zip
+from advdissect.download import download_broden, download_file, install_zip
 from advdissect.errors import ConfigError, DatasetError, ModelError
-from advdissect.models import load_model, sha256_record
+from advdissect.models import download_url_weights, load_model
 from advdissect.specs import ModelSpec
+from advdissect.store import sha256_record
 
 from helpers import robustness_checkpoint
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 import torchvision
 
-from advdissect import models
+from advdissect import models, store
 from advdissect.errors import ConfigError, ModelError
 from advdissect.models import (
     NormalizedModel,
@@ -195,7 +195,7 @@ def test_weights_round_trip(tmp_path, images):
     )
     # no temp file left; the digest beside the file, in sha256sum's format
     assert sorted(p.name for p in path.parent.iterdir()) == ["resnet18.pt", "resnet18.pt.sha256"]
-    assert (path.parent / "resnet18.pt.sha256").read_text() == f"{models.sha256_of(path)}  resnet18.pt\n"
+    assert (path.parent / "resnet18.pt.sha256").read_text() == f"{store.sha256_of(path)}  resnet18.pt\n"
     loaded = load_model("resnet18", N_CLASSES, weights_file=path, seed=2)
     fresh = load_model("resnet18", N_CLASSES, seed=2)
     with torch.no_grad():
@@ -248,7 +248,7 @@ def test_a_users_weights_file_can_be_pinned(tmp_path, images):
     path = tmp_path / "mine.pt"
     net = load_model("resnet18", N_CLASSES, seed=1)
     torch.save(net.net.state_dict(), path)
-    digest = models.sha256_of(path)
+    digest = store.sha256_of(path)
     assert not (tmp_path / "mine.pt.sha256").exists()
     spec = ModelSpec("resnet18", N_CLASSES, weights_sha256=digest.upper())
     with torch.no_grad():

@@ -1,8 +1,8 @@
 """Rule download_url_weights: a model's weights file from its `weights.url`."""
 
 from advdissect import specs
-from advdissect.download import download_url_weights
 from advdissect.joblog import log_to
+from advdissect.models import download_url_weights
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])
