@@ -28,6 +28,8 @@ from .specs import SCHEMA, AttackSpec, ShardPlan, attack_spec, train_spec
 
 # Broden as published by its authors: 63,305 images in both variants.
 BRODEN_IMAGES = {"broden1_224": 63305, "broden1_227": 63305}
+BRODEN_IMAGE_SIZE = {"broden1_224": 224, "broden1_227": 227}
+BRODEN_LABELS = 1198  # label numbers 0..1197 of broden1_224/227's label.csv
 # The keys of a broden dataset that say how its zip is downloaded.
 BRODEN_DOWNLOAD_KEYS = ("mirrors", "sha256")
 
@@ -183,6 +185,45 @@ def available_images(spec: Mapping) -> int | None:
     with open(index, newline="") as f:
         rows = list(csv.DictReader(f))
     return len(rows) if split == "all" else sum(1 for row in rows if row.get("split") == split)
+
+
+def generated_spec(spec: Mapping, datasets: Mapping[str, Mapping]) -> Mapping:
+    """The spec of the synthetic dataset that a local one reads, where the local path is a
+    synthetic dataset's directory not generated yet (config/rehearsal.yaml's smaller sizes);
+    otherwise `spec` itself."""
+    if spec["source"] != "local" or (Path(spec["path"]) / "index.csv").is_file():
+        return spec
+    for name, other in datasets.items():
+        if other["source"] == "synthetic" and dataset_root(name, other) == Path(spec["path"]):
+            return other
+    return spec
+
+
+def dataset_facts(spec: Mapping) -> tuple[tuple[int, int], int]:
+    """((height, width) of the images, number of label numbers) of a dataset."""
+    source = spec["source"]
+    if source == "synthetic" and spec.get("synthetic", {}).get("layout") == "broden":
+        from . import broden_shaped
+
+        return (broden_shaped.IMAGE_SIZE, broden_shaped.IMAGE_SIZE), broden_shaped.n_labels()
+    if source == "synthetic":
+        from .broden import CATEGORIES
+        from .synthetic import vocabulary
+
+        synthetic = spec.get("synthetic", {})
+        size = int(synthetic.get("image_size", 112))
+        vocab = vocabulary(int(synthetic.get("n_classes", 16)))
+        numbers = [n for cat in CATEGORIES for n in getattr(vocab, cat).values()]
+        return (size, size), max(numbers) + 1
+    if source == "broden":
+        size = BRODEN_IMAGE_SIZE[spec["variant"]]
+        return (size, size), BRODEN_LABELS
+    root = Path(spec["path"])
+    with open(root / "index.csv", newline="") as f:
+        first = next(csv.DictReader(f))
+    with open(root / "label.csv", newline="") as f:
+        n_labels = max(int(row["number"]) for row in csv.DictReader(f)) + 1
+    return (int(first["ih"]), int(first["iw"])), n_labels
 
 
 def broden_download(config: Mapping, variant: str) -> dict[str, Any]:
@@ -433,7 +474,6 @@ def check_layers(config: Mapping) -> None:
 def _check_fixed_image_size(config: Mapping, model: str) -> None:
     """A network that takes one image size (a ViT) is dissected only on datasets of that size,
     where the size is known before any job runs."""
-    from .disk import dataset_facts, generated_spec
     from .models import fixed_image_size
 
     spec, datasets = config["models"][model], config["datasets"]

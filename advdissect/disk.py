@@ -11,7 +11,6 @@ weights are small next to them and are not counted.
 from __future__ import annotations
 
 import argparse
-import csv
 import math
 import sys
 from collections.abc import Mapping
@@ -24,8 +23,6 @@ from .broden import CATEGORIES, PIXEL_CATEGORIES
 from .errors import AdvDissectError
 from .tally import IMAGE_RECORDS
 
-BRODEN_IMAGE_SIZE = {"broden1_224": 224, "broden1_227": 227}
-BRODEN_LABELS = 1198  # label numbers 0..1197 of broden1_224/227's label.csv
 # Per-image arrays of an images shard besides the pixels: rows, labels, clean_pred, adv_pred,
 # target (int64) and clean_conf, adv_conf, linf, l2 (float32).
 IMAGE_EXTRAS = 5 * 8 + 4 * 4
@@ -74,44 +71,6 @@ def pixel_layers(name: str, spec: Mapping, n_images: int, generated: Mapping | N
     return float(sum(cells[c].map(lambda s: sum(1 for x in s.split(";") if x.strip())).sum() for c in PIXEL_CATEGORIES))
 
 
-def generated_spec(spec: Mapping, datasets: Mapping[str, Mapping]) -> Mapping:
-    """The spec of the synthetic dataset that a local one reads, where the local path is a
-    synthetic dataset's directory not generated yet (config/rehearsal.yaml's smaller sizes);
-    otherwise `spec` itself."""
-    if spec["source"] != "local" or (Path(spec["path"]) / "index.csv").is_file():
-        return spec
-    for name, other in datasets.items():
-        if other["source"] == "synthetic" and adconfig.dataset_root(name, other) == Path(spec["path"]):
-            return other
-    return spec
-
-
-def dataset_facts(spec: Mapping) -> tuple[tuple[int, int], int]:
-    """((height, width) of the images, number of label numbers) of a dataset."""
-    source = spec["source"]
-    if source == "synthetic" and spec.get("synthetic", {}).get("layout") == "broden":
-        from . import broden_shaped
-
-        return (broden_shaped.IMAGE_SIZE, broden_shaped.IMAGE_SIZE), broden_shaped.n_labels()
-    if source == "synthetic":
-        from .synthetic import vocabulary
-
-        synthetic = spec.get("synthetic", {})
-        size = int(synthetic.get("image_size", 112))
-        vocab = vocabulary(int(synthetic.get("n_classes", 16)))
-        numbers = [n for cat in CATEGORIES for n in getattr(vocab, cat).values()]
-        return (size, size), max(numbers) + 1
-    if source == "broden":
-        size = BRODEN_IMAGE_SIZE[spec["variant"]]
-        return (size, size), BRODEN_LABELS
-    root = Path(spec["path"])
-    with open(root / "index.csv", newline="") as f:
-        first = next(csv.DictReader(f))
-    with open(root / "label.csv", newline="") as f:
-        n_labels = max(int(row["number"]) for row in csv.DictReader(f)) + 1
-    return (int(first["ih"]), int(first["iw"])), n_labels
-
-
 def layer_shapes(model_spec: Mapping, image_size: tuple[int, int]) -> dict[str, tuple[int, int, int]]:
     """{layer: (units, h, w)} of a model's dissected layers at an image size."""
     from .models import feature_shapes, load_model
@@ -138,7 +97,8 @@ def estimate(config: Mapping) -> pd.DataFrame:
     # Only the dissected datasets: a training-only one (an ImageFolder) has no Broden files.
     datasets = config["datasets"]
     facts = {
-        name: dataset_facts(generated_spec(datasets[name], datasets)) for name in dict.fromkeys(d for d, _, _ in chains)
+        name: adconfig.dataset_facts(adconfig.generated_spec(datasets[name], datasets))
+        for name in dict.fromkeys(d for d, _, _ in chains)
     }
     dtype_bytes = DTYPE_BYTES[config["dissection"]["activation_dtype"]]
     shapes: dict[tuple[str, str], dict[str, tuple[int, int, int]]] = {}
@@ -153,7 +113,7 @@ def estimate(config: Mapping) -> pd.DataFrame:
         sh, sw = ih // 2, iw // 2  # Broden's segmentations: half the image size (112 for 224, 113 for 227)
         n_images = adconfig.dataset_size(dataset, spec)
         shards = _shard_sizes(n_images, spec["shard_size"])
-        layers = pixel_layers(dataset, spec, n_images, generated_spec(spec, datasets)) / n_images  # per image
+        layers = pixel_layers(dataset, spec, n_images, adconfig.generated_spec(spec, datasets)) / n_images  # per image
         # rows, both offsets, image labels (about one) and layer categories: 8 bytes each
         per_image = 8 * 4 + 8 * layers + layers * sh * sw * 2
         size = sum(_file(round(n * per_image), 7, round(n * layers), 6) for n in shards)
