@@ -31,7 +31,7 @@ import numpy as np
 
 from .errors import ArtifactError, ModelError
 
-# The IoU counts of a layer (advdissect.tally), summed over images.
+# The IoU counts of a layer (advdissect.dissect.tally), summed over images.
 COUNT_KEYS = ("intersection", "label_area", "activation_lite", "activation_original", "activation_total")
 COUNTS = (*COUNT_KEYS, "label_category")
 # The HDF5 artifacts, by kind: the datasets every reader may rely on (writers may add more, e.g.
@@ -51,7 +51,7 @@ FORMATS = {
         "label_category",
     ),
     # A counts file holds one image shard's counts of every layer and threshold mode of its image
-    # set, each in a group "<mode>/<layer>" of COUNTS (advdissect.tally.read_counts).
+    # set, each in a group "<mode>/<layer>" of COUNTS (advdissect.dissect.tally.read_counts).
     "counts": (),
     "iou": (*COUNTS, "iou", "label_names", "categories"),
 }

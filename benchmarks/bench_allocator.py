@@ -27,10 +27,10 @@ OPS = ("train_step", "fgsm", "forward")
 def worker(arch: str, size: int, keep: bool, steps: int, batch: int, threads: int) -> dict:
     import torch
 
-    from advdissect import training
-    from advdissect.attacks import fgsm
-    from advdissect.device import keep_freed_memory
-    from advdissect.models import load_model
+    from advdissect.nets import training
+    from advdissect.nets.attacks import fgsm
+    from advdissect.nets.device import keep_freed_memory
+    from advdissect.nets.models import load_model
     from advdissect.specs import TrainSpec
 
     torch.set_num_threads(threads)

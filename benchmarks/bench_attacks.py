@@ -27,8 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from advdissect.attacks import fgsm, pgd, run_attack
-from advdissect.models import load_model
+from advdissect.nets.attacks import fgsm, pgd, run_attack
+from advdissect.nets.models import load_model
 from advdissect.specs import AttackSpec, attack_spec
 from advdissect.store import write_h5
 

@@ -3,7 +3,7 @@
     python benchmarks/bench_bootstrap.py [--images 63305] [--units 512] [--resamples 1000]
 
 Generates the per-image records a count job would write for one layer (int32 as stored, in
-shards of 4,000 images as config/paper.yaml cuts them) at the rates `advdissect.disk`
+shards of 4,000 images as config/paper.yaml cuts them) at the rates `advdissect.study.disk`
 estimates with (0.3 recorded masks per image and unit, 3.5 labels per mask, 10 labels per
 image), then runs what a bootstrap job runs on them: `ImageCounts.from_shards` (which checks
 that the records add up to the counts) and the resamples' detector counts. Prints the CPU
@@ -21,9 +21,9 @@ import tracemalloc
 import numpy as np
 from broden_labels import N_LABELS, label_category  # benchmarks/: run as scripts
 
-from advdissect.bootstrap import ImageCounts, bootstrap_detectors
-from advdissect.disk import LABELS_PER_IMAGE, LABELS_PER_MASK, RECORDED_PAIRS
-from advdissect.tally import N_CAT
+from advdissect.dissect.bootstrap import ImageCounts, bootstrap_detectors
+from advdissect.dissect.tally import N_CAT
+from advdissect.study.disk import LABELS_PER_IMAGE, LABELS_PER_MASK, RECORDED_PAIRS
 
 
 def shard_records(rng: np.random.Generator, n: int, units: int, cat: np.ndarray) -> dict[str, np.ndarray]:

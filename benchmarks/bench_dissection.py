@@ -30,9 +30,9 @@ import torch.nn.functional as F
 from broden_labels import N_LABELS, label_category  # benchmarks/: run as scripts
 
 from advdissect import store
-from advdissect.activations import extract_activations, extract_layers
-from advdissect.tally import count_shard, counts_group, merge_counts, read_counts
-from advdissect.thresholds import compute_thresholds, threshold_from_top, top_count, top_values
+from advdissect.dissect.activations import extract_activations, extract_layers
+from advdissect.dissect.tally import count_shard, counts_group, merge_counts, read_counts
+from advdissect.dissect.thresholds import compute_thresholds, threshold_from_top, top_count, top_values
 
 SEG = (112, 112)
 
@@ -167,7 +167,7 @@ def bench_broden_layer(n_images: int = 63_305, shard: int = 1000) -> None:
 
 
 def bench_activations(n_images: int = 64, batch: int = 32, repeat: int = 3) -> None:
-    from advdissect.models import load_model
+    from advdissect.nets.models import load_model
 
     model = load_model("resnet18", 1000, seed=0)
     rng = np.random.default_rng(0)

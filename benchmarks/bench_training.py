@@ -6,7 +6,7 @@ For each of the demo's architectures at its demo size (ResNet-18 and AlexNet at 
 at 64 px, 16 classes) and for the standard and ATDA methods, `training.train_step` is timed with
 each precision: the same batch, interleaved repetitions, the fastest kept. bf16 means autocast
 around the update's forward and loss, channels-last weights and fused optimizer steps
-(advdissect.training); the FGSM batch of ATDA is made in float32 either way.
+(advdissect.nets.training); the FGSM batch of ATDA is made in float32 either way.
 """
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ import time
 
 import torch
 
-from advdissect import training
-from advdissect.models import load_model
+from advdissect.nets import training
+from advdissect.nets.models import load_model
 from advdissect.specs import TrainSpec
 
 CASES = (("resnet18", 112), ("alexnet", 112), ("vgg11_bn", 64))

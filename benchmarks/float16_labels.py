@@ -20,9 +20,9 @@ import numpy as np
 import pandas as pd
 
 from advdissect import store
-from advdissect.broden import BrodenDataset
-from advdissect.tally import best_concepts, count_shard, iou, merge_counts
-from advdissect.thresholds import threshold_from_top, top_count, top_values
+from advdissect.data.broden import BrodenDataset
+from advdissect.dissect.tally import best_concepts, count_shard, iou, merge_counts
+from advdissect.dissect.thresholds import threshold_from_top, top_count, top_values
 
 CLEAN = "clean"
 

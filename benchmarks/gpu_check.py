@@ -21,7 +21,7 @@
    clean + FGSM 8/255 and layer3 + layer4 from those rates; and training steps per second
    (ResNet-18, standard and ATDA) under `precision: float32` and `precision: bf16`.
 
-The GPU runs as the workflow's GPU jobs do (`advdissect.device.reproducible_cuda`: full float32,
+The GPU runs as the workflow's GPU jobs do (`advdissect.nets.device.reproducible_cuda`: full float32,
 no TF32, deterministic cuDNN kernels). Exit status 1 when a check fails. Runs in a few minutes
 on one GPU; with --device cpu it checks the script itself.
 """
@@ -38,16 +38,16 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from advdissect import training
-from advdissect.activations import extract_activations, extract_layers
-from advdissect.attacks import run_attack
-from advdissect.broden import BrodenDataset
-from advdissect.device import reproducible_cuda
-from advdissect.models import load_model
+from advdissect.data.broden import BrodenDataset
+from advdissect.data.synthetic import generate
+from advdissect.dissect.activations import extract_activations, extract_layers
+from advdissect.dissect.tally import best_concepts, count_shard, iou
+from advdissect.dissect.thresholds import threshold_from_top, top_count, top_values
+from advdissect.nets import training
+from advdissect.nets.attacks import run_attack
+from advdissect.nets.device import reproducible_cuda
+from advdissect.nets.models import load_model
 from advdissect.specs import TrainSpec, attack_spec
-from advdissect.synthetic import generate
-from advdissect.tally import best_concepts, count_shard, iou
-from advdissect.thresholds import threshold_from_top, top_count, top_values
 
 BRODEN_IMAGES = 63_305
 LAYERS = ("layer3", "layer4")

@@ -5,7 +5,7 @@
 For AlexNet, VGG-11 and ResNet-18 at 224 px with 1,000 classes (random weights, random images),
 images per second of a bare forward pass, of the activation job's work (extract_layers for the
 layers config/paper.yaml dissects) and of the FGSM shard's work (run_attack), first under the
-workflow's GPU settings (advdissect.device.reproducible_cuda: full float32, no TF32,
+workflow's GPU settings (advdissect.nets.device.reproducible_cuda: full float32, no TF32,
 deterministic cuDNN) and then under torch's defaults with cuDNN's autotuner (TF32 convolutions,
 benchmark mode). From the workflow's rates it prints the GPU time of config/paper.yaml's
 attacks and activation passes over full Broden (63,305 images), per network.
@@ -19,10 +19,10 @@ import time
 import numpy as np
 import torch
 
-from advdissect.activations import extract_layers
-from advdissect.attacks import run_attack
-from advdissect.device import reproducible_cuda
-from advdissect.models import load_model
+from advdissect.dissect.activations import extract_layers
+from advdissect.nets.attacks import run_attack
+from advdissect.nets.device import reproducible_cuda
+from advdissect.nets.models import load_model
 from advdissect.specs import attack_spec
 
 BRODEN_IMAGES = 63_305

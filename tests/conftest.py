@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from advdissect.synthetic import generate
+from advdissect.data.synthetic import generate
 
 from helpers import make_imagefolder
 

@@ -7,8 +7,8 @@ import pandas as pd
 import pytest
 import torch
 
-from advdissect import ablation
-from advdissect.models import load_model
+from advdissect.dissect import ablation
+from advdissect.nets.models import load_model
 
 from helpers import random_images, tiny_swin, tiny_vit, write_shards
 
@@ -168,7 +168,7 @@ def test_mean_map_over_shards():
 
 
 def test_sharded_images_read_any_range_across_shards(tmp_path):
-    from advdissect.ablation import ShardedImages
+    from advdissect.dissect.ablation import ShardedImages
 
     rng = np.random.default_rng(0)
     images = rng.integers(0, 256, (11, 3, 4, 4), dtype=np.uint8)
@@ -196,7 +196,7 @@ def _vit_and_swin():
 def _edited_by_hand(model, x, layer, mask, mean):
     """Logits with the layer's raw output edited in its own layout: a ViT block's patch tokens
     (the class token kept), a Swin stage's channels-last map."""
-    from advdissect.models import find_layer
+    from advdissect.nets.models import find_layer
 
     def edit(_m, _i, out):
         out = out.clone()
@@ -218,7 +218,7 @@ def _edited_by_hand(model, x, layer, mask, mean):
 def test_transformer_ablation_edits_the_tokens_and_takes_the_stack(layer):
     """Encoder blocks and Swin stages keep their residual sums inside: variants stacked along the
     batch pass the rest of the network, and equal the output edited by hand, one variant at a time."""
-    from advdissect.models import layer_outputs
+    from advdissect.nets.models import layer_outputs
 
     model, units, side = _vit_and_swin()[layer]
     x_uint8 = images(n=3)

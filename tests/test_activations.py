@@ -8,9 +8,9 @@ import torch
 from torch import nn
 
 from advdissect import store
-from advdissect.activations import extract_activations, extract_layers, write_activation_shard
+from advdissect.dissect.activations import extract_activations, extract_layers, write_activation_shard
 from advdissect.errors import ArtifactError, ModelError
-from advdissect.models import find_layer
+from advdissect.nets.models import find_layer
 
 from helpers import random_images, tiny_swin, tiny_vit
 
@@ -176,7 +176,7 @@ def test_write_activation_shard(tmp_path):
 
 
 def test_aliases_resolve_through_the_model_registry():
-    from advdissect import models
+    from advdissect.nets import models
 
     model = models.load_model("resnet18", 10)
     assert find_layer(model, "last_conv") is model.net.layer4

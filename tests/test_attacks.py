@@ -1,6 +1,6 @@
 """Attacks against direct transcriptions of their equations and against torchattacks 3.5.1.
 
-Every reference below is written independently of advdissect.attacks: per-image gradients
+Every reference below is written independently of advdissect.nets.attacks: per-image gradients
 with torch.autograd.grad of the cross-entropy, sign, step, clip, in float64 on a tiny conv
 net that normalises inside its forward (the project's setup: images in [0, 1]). DeepFool, C&W
 and APGD are compared with torchattacks image for image, and DeepFool with a per-image
@@ -23,9 +23,10 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from advdissect import attacks
-from advdissect.attack_stats import attack_statistics
-from advdissect.attacks import (
+from advdissect.errors import ArtifactError, AttackError, ConfigError
+from advdissect.nets import attacks
+from advdissect.nets.attack_stats import attack_statistics
+from advdissect.nets.attacks import (
     _apgd_run,
     apgd,
     apgd_starts,
@@ -41,7 +42,6 @@ from advdissect.attacks import (
     run_attack,
     write_attack_shard,
 )
-from advdissect.errors import ArtifactError, AttackError, ConfigError
 from advdissect.specs import AttackSpec, ShardPlan, attack_spec, parse_fraction
 from advdissect.store import write_h5
 
@@ -1070,8 +1070,8 @@ def run_script(name: str, **fields) -> None:
 
 
 def test_scripts_on_synthetic_broden(tiny_broden, tmp_path, monkeypatch):
-    from advdissect.broden import BrodenDataset
-    from advdissect.models import load_model
+    from advdissect.data.broden import BrodenDataset
+    from advdissect.nets.models import load_model
 
     monkeypatch.chdir(tmp_path)  # the GPU lock dir is relative to the working directory
     model_spec = {"arch": "resnet18", "num_classes": 20, "normalization": "imagenet", "seed": 0}

@@ -25,7 +25,8 @@ from test_attacks import (  # the tiny net and image helpers of the other attack
     write_shards,
 )
 
-from advdissect.attacks import (
+from advdissect.errors import AttackError, ConfigError
+from advdissect.nets.attacks import (
     AUTOATTACK_COMPONENTS,
     _apgd_run,
     _fab_run,
@@ -40,7 +41,6 @@ from advdissect.attacks import (
     square,
     square_draws,
 )
-from advdissect.errors import AttackError, ConfigError
 from advdissect.specs import AttackSpec, attack_spec
 
 torch.set_num_threads(1)

@@ -7,7 +7,7 @@ import pandas as pd
 import pytest
 
 from advdissect import store
-from advdissect.bootstrap import (
+from advdissect.dissect.bootstrap import (
     DETECTOR_COLUMNS,
     ImageCounts,
     basic_interval,
@@ -18,8 +18,8 @@ from advdissect.bootstrap import (
     resample_weights,
     write_bootstrap,
 )
+from advdissect.dissect.tally import COUNT_KEYS, count_shard, iou, merge_counts, write_shard_counts
 from advdissect.errors import ArtifactError
-from advdissect.tally import COUNT_KEYS, count_shard, iou, merge_counts, write_shard_counts
 
 from helpers import StandInDataset, write_shards
 

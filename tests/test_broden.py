@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from advdissect.broden import (
+from advdissect.data.broden import (
     CATEGORIES,
     BrodenDataset,
     decode_mask,

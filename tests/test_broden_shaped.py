@@ -9,8 +9,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from advdissect import broden_shaped
-from advdissect.broden import CATEGORIES, PIXEL_CATEGORIES, BrodenDataset
+from advdissect.data import broden_shaped
+from advdissect.data.broden import CATEGORIES, PIXEL_CATEGORIES, BrodenDataset
 from advdissect.errors import ConfigError
 
 N = 80

@@ -12,8 +12,9 @@ import pandas as pd
 import pytest
 from PIL import Image
 
-from advdissect import browser, store
-from advdissect.figures import unit_mask
+from advdissect import store
+from advdissect.report import browser
+from advdissect.report.figures import unit_mask
 
 from helpers import write_shards
 

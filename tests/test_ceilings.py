@@ -9,10 +9,10 @@ import pandas as pd
 import pytest
 import yaml
 
-from advdissect import ceilings
-from advdissect.broden import CATEGORIES, BrodenDataset, Segmentation
-from advdissect.masks import upsample
-from advdissect.synthetic import generate
+from advdissect.data.broden import CATEGORIES, BrodenDataset, Segmentation
+from advdissect.data.synthetic import generate
+from advdissect.dissect import ceilings
+from advdissect.dissect.masks import upsample
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -128,7 +128,7 @@ def test_ideal_units_streamed_in_chunks_equal_one_pass(tiny_broden):
 def test_a_shard_file_is_read_in_chunks_of_rows(tiny_broden, tmp_path):
     """Rule ceilings reads each segmentations file a few hundred rows at a time; any chunk size
     gives the table of one pass over the decoded dataset."""
-    from advdissect.segmentations import write_segmentations
+    from advdissect.data.segmentations import write_segmentations
     from advdissect.specs import ShardPlan
 
     ds = BrodenDataset(tiny_broden)

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import yaml
 
-from advdissect import config as adconfig
 from advdissect import specs
 from advdissect.errors import ConfigError
+from advdissect.study import config as adconfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = adconfig.load_schema()
@@ -560,7 +560,7 @@ def test_a_local_index_without_brodens_header_is_refused_at_planning(tmp_path):
 
 
 def test_config_command_names_the_file_and_line_snakemake_does_not(tmp_path, capsys):
-    """Snakemake reads --configfile before the workflow: `python -m advdissect.config` is where a
+    """Snakemake reads --configfile before the workflow: `python -m advdissect.study.config` is where a
     YAML syntax error or a missing file gets its file and line, in one line."""
     bad = tmp_path / "bad.yaml"
     bad.write_text("seed: 0\nmodels: [\n")

@@ -15,8 +15,8 @@ import time
 import pytest
 import torch
 
-from advdissect import device
-from advdissect.device import GPUClaimTimeout, claim_gpu, configure_cpu, select_device
+from advdissect.nets import device
+from advdissect.nets.device import GPUClaimTimeout, claim_gpu, configure_cpu, select_device
 
 
 @pytest.fixture(autouse=True)
@@ -92,7 +92,7 @@ def test_configure_cpu_sets_threads():
 # Allocates and frees a 64 MB tensor: 10 times to warm up, then 20 times counting page faults.
 _REFAULTS = """
 import resource, sys, torch
-from advdissect.device import keep_freed_memory
+from advdissect.nets.device import keep_freed_memory
 if sys.argv[1] == "keep":
     assert keep_freed_memory()
 for _ in range(10):
@@ -133,7 +133,7 @@ def test_cpu_when_nothing_to_claim(tmp_path, ids, available):
 
 def test_ids_count_the_gpus_a_user_left_visible(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,GPU-1d2e")
-    with caplog.at_level(logging.INFO, logger="advdissect.device"):
+    with caplog.at_level(logging.INFO, logger="advdissect.nets.device"):
         with claim_gpu([0, 1, 2], tmp_path) as gpu:
             assert (gpu, os.environ["CUDA_VISIBLE_DEVICES"]) == (0, "2")
         other_job = device._try_lock(tmp_path / "gpu2.lock")  # another job holds visible GPU 0
@@ -172,7 +172,7 @@ def held_by_another_job(lock_dir, *names):
 
 def test_two_claims_get_different_ids_and_restore_env(tmp_path, caplog):
     locks = tmp_path / "locks"
-    with caplog.at_level(logging.INFO, logger="advdissect.device"):
+    with caplog.at_level(logging.INFO, logger="advdissect.nets.device"):
         with claim_gpu([0, 1], locks, available=2) as first:
             assert first == 0
             assert os.environ["CUDA_VISIBLE_DEVICES"] == "0"
@@ -189,7 +189,7 @@ def test_two_claims_get_different_ids_and_restore_env(tmp_path, caplog):
 
 
 def test_only_configured_ids_that_exist_are_claimed(tmp_path, caplog):
-    with caplog.at_level(logging.INFO, logger="advdissect.device"):
+    with caplog.at_level(logging.INFO, logger="advdissect.nets.device"):
         with claim_gpu([3, 1], tmp_path, available=2) as gpu:
             assert gpu == 1
     assert "GPU ids [3, 1] configured, but this process can see 2 CUDA device(s)" in caplog.messages
@@ -235,7 +235,7 @@ def test_claim_waits_for_a_gpu_to_be_released(tmp_path, caplog):
         with claim_gpu([0], tmp_path, available=1, timeout=10, poll=0.02) as gpu:
             got.append(gpu)
 
-    with caplog.at_level(logging.INFO, logger="advdissect.device"):
+    with caplog.at_level(logging.INFO, logger="advdissect.nets.device"):
         with claim_gpu([0], tmp_path, available=1) as gpu:
             assert gpu == 0
             waiter = threading.Thread(target=wait_for_gpu)
@@ -264,7 +264,7 @@ def test_timeout_when_all_gpus_stay_taken(tmp_path):
 def test_inside_slurm_nothing_is_claimed(tmp_path, monkeypatch, caplog):
     monkeypatch.setenv("SLURM_JOB_ID", "4242")
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3")
-    with caplog.at_level(logging.INFO, logger="advdissect.device"):
+    with caplog.at_level(logging.INFO, logger="advdissect.nets.device"):
         with claim_gpu([0, 1], tmp_path / "locks", available=2) as gpu:
             assert gpu is None
             assert os.environ["CUDA_VISIBLE_DEVICES"] == "3"

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from advdissect import config as adconfig
-from advdissect import disk
+from advdissect.study import config as adconfig
+from advdissect.study import disk
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "tiny_config.yaml"
@@ -72,7 +72,7 @@ def test_rehearsal_sizes_before_its_set_is_generated(tmp_path, monkeypatch):
 
 
 def test_command_prints_every_kind_and_the_total(capsys):
-    # in this process (test_command_reports_a_bad_config runs `python -m advdissect.disk` itself)
+    # in this process (test_command_reports_a_bad_config runs `python -m advdissect.study.disk` itself)
     assert disk.main(["--configfile", str(TINY)]) == 0
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["kind", "files", "bytes", "size"]
@@ -93,7 +93,7 @@ def test_command_reports_a_bad_config(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text(TINY.read_text().replace("shard_size: 12", "shard_size: 0"))
     proc = subprocess.run(
-        [sys.executable, "-m", "advdissect.disk", "--configfile", str(bad)], capture_output=True, text=True
+        [sys.executable, "-m", "advdissect.study.disk", "--configfile", str(bad)], capture_output=True, text=True
     )
     assert proc.returncode == 1
     assert proc.stderr.startswith("error: config: datasets.tiny.shard_size")

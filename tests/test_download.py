@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from advdissect import download
-from advdissect.download import download_broden, download_file, install_zip
+from advdissect.data import download
+from advdissect.data.download import download_broden, download_file, install_zip
 from advdissect.errors import ConfigError, DatasetError, ModelError
-from advdissect.models import download_url_weights, load_model
+from advdissect.nets.models import download_url_weights, load_model
 from advdissect.specs import ModelSpec
 from advdissect.store import sha256_record
 

@@ -12,8 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from advdissect import ablation, figures, store, tables, tally
+from advdissect import store
+from advdissect.dissect import ablation, tally
 from advdissect.errors import ConfigError
+from advdissect.report import figures, tables
 
 from helpers import ref_upsample, write_shards
 
@@ -57,7 +59,7 @@ def test_category_palette_covers_every_category_with_distinct_colours():
 
 def test_every_category_colour_in_figures_comes_from_the_one_dict():
     # No figure code may spell a category colour itself: each goes through category_color().
-    source = (REPO / "advdissect" / "figures.py").read_text()
+    source = (REPO / "advdissect" / "report" / "figures.py").read_text()
     tree = ast.parse(source)
     dicts = [
         n
@@ -351,13 +353,13 @@ def test_unit_mask_is_thresholded_upsample():
 
 def test_unit_mask_is_the_counted_mask():
     # The pictures show the pixels the IoU counts used, to the last pixel.
-    from advdissect.masks import UpsamplePlan, active_pixels
+    from advdissect.dissect.masks import UpsamplePlan, active_pixels
 
     rng = np.random.default_rng(4)
     maps = rng.normal(size=(6, 5, 7, 7)).astype(np.float32)
     thresholds = np.quantile(maps, 0.8, axis=(0, 2, 3)).astype(np.float64)
     # Thresholds just under an upsampled value: float64 says active, the float32 count may not.
-    from advdissect.masks import axis_weights
+    from advdissect.dissect.masks import axis_weights
 
     i0, i1, l0, l1 = axis_weights(7, 112)
     for u in range(5):

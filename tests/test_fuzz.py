@@ -9,9 +9,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from advdissect import config as adconfig
-from advdissect.broden import INDEX_COLUMNS, parse_index
+from advdissect.data.broden import INDEX_COLUMNS, parse_index
 from advdissect.errors import ConfigError, DatasetError
+from advdissect.study import config as adconfig
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = adconfig.load_schema()

@@ -9,10 +9,10 @@ import torch
 from PIL import Image
 from torchvision import transforms
 
+from advdissect.data.imagefolder import ImageFolderImages, load_imagefolder
 from advdissect.errors import ConfigError, DatasetError
-from advdissect.imagefolder import ImageFolderImages, load_imagefolder
+from advdissect.nets.training import train_model_to_files
 from advdissect.specs import ModelSpec, train_spec
-from advdissect.training import train_model_to_files
 
 
 def test_listing_and_pixels_follow_torchvision(tiny_imagefolder):

@@ -23,13 +23,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 CHECK = """
 import json
-import advdissect.config, advdissect.specs
+import advdissect.dissect.tally, advdissect.specs, advdissect.study.config
 
-schema = advdissect.config.load_schema()
-config = advdissect.config.load_config([{config!r}])
+schema = advdissect.study.config.load_schema()
+config = advdissect.study.config.load_config([{config!r}])
 print(json.dumps({{
     "specs": advdissect.specs.__file__,
-    "config": advdissect.config.__file__,
+    "config": advdissect.study.config.__file__,
+    "tally": advdissect.dissect.tally.__file__,
     "schema_file": str(advdissect.specs.SCHEMA),
     "schema_title": schema["title"],
     "train_defaults": advdissect.specs.schema_defaults("weights.train"),
@@ -102,7 +103,7 @@ def test_installed_copy_imports_and_loads_its_schema(tmp_path):
     )
     assert run.returncode == 0, run.stderr
     found = json.loads(run.stdout.strip().splitlines()[-1])
-    for key in ("specs", "config", "schema_file"):
+    for key in ("specs", "config", "tally", "schema_file"):
         assert Path(found[key]).resolve().is_relative_to(target.resolve()), (key, found[key])
     assert found["schema_title"] == "advdissect configuration"
     assert found["train_defaults"]["eps"] == "4/255"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from advdissect import losses
+from advdissect.nets import losses
 
 
 def _coral_ref(d: np.ndarray, a: np.ndarray) -> float:

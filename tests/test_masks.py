@@ -1,5 +1,5 @@
-"""A unit's mask on the segmentation grid (advdissect.masks) and the label masks it is compared
-with (R + 256·G label numbers, advdissect.broden; several part layers per image), against
+"""A unit's mask on the segmentation grid (advdissect.dissect.masks) and the label masks it is compared
+with (R + 256·G label numbers, advdissect.data.broden; several part layers per image), against
 hand-computed values, torch and pixel-by-pixel references."""
 
 from __future__ import annotations
@@ -13,10 +13,10 @@ from hypothesis import strategies as st
 from PIL import Image
 
 from advdissect import store
-from advdissect.broden import CATEGORIES, Segmentation, decode_mask, encode_mask
+from advdissect.data.broden import CATEGORIES, Segmentation, decode_mask, encode_mask
+from advdissect.data.segmentations import ShardSegmentations, encode
+from advdissect.dissect.masks import UpsamplePlan, active_pixels, axis_weights, rounded_threshold, upsample
 from advdissect.errors import ArtifactError
-from advdissect.masks import UpsamplePlan, active_pixels, axis_weights, rounded_threshold, upsample
-from advdissect.segmentations import ShardSegmentations, encode
 
 from helpers import ref_mask, ref_upsample
 

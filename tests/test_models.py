@@ -12,9 +12,10 @@ import pytest
 import torch
 import torchvision
 
-from advdissect import models, store
+from advdissect import store
 from advdissect.errors import ConfigError, ModelError
-from advdissect.models import (
+from advdissect.nets import models
+from advdissect.nets.models import (
     NormalizedModel,
     capture,
     dissectable_layers,
@@ -485,7 +486,7 @@ def test_unknown_layer_lists_dissectable_names(resnet18, alexnet):
         "unknown layer 'layer5' for resnet18; top-level blocks: conv1, bn1, relu, maxpool, layer1, layer2, "
         "layer3, layer4, avgpool, fc; aliases: last_conv=layer4; dissectable layers: "
         + ", ".join(names[:40])
-        + f", ... (first 40 of {len(names)}; see advdissect.models.dissectable_layers)"
+        + f", ... (first 40 of {len(names)}; see advdissect.nets.models.dissectable_layers)"
     )
     with pytest.raises(ModelError) as err:
         resolve_layer(alexnet, "conv6")
@@ -620,7 +621,7 @@ def test_softmax_prediction_on_known_logits():
 def test_layers_that_run_twice_or_are_no_map_are_refused_at_planning():
     # one meta forward pass (no memory, no weights): ResNet's block ReLU runs twice, fc is no map
     from advdissect.errors import ConfigError
-    from advdissect.models import check_layer_names
+    from advdissect.nets.models import check_layer_names
 
     with pytest.raises(ConfigError, match=r"models.m.layers: 'layer4.0.relu' \(layer4.0.relu\) runs 2 times"):
         check_layer_names("resnet18", 16, ["layer4", "layer4.0.relu"], where="models.m.layers")
@@ -653,8 +654,8 @@ def test_every_reader_of_a_layer_refuses_one_that_runs_twice():
     run twice per pass is refused by all three with the same message (and none keeps a hook).
     Activations stop after the last wanted layer, so they see a second call only before it;
     the workflow refuses such layers when it plans (check_layer_names)."""
-    from advdissect.ablation import ablated_predictions
-    from advdissect.activations import extract_layers
+    from advdissect.dissect.ablation import ablated_predictions
+    from advdissect.dissect.activations import extract_layers
 
     model = models.NormalizedModel(_TwiceReLU(), "twice", "none").eval()
     imgs = np.random.default_rng(0).integers(0, 256, (2, 3, 8, 8), dtype=np.uint8)
@@ -905,7 +906,7 @@ def test_transformer_layers_at_planning():
 
 
 def test_ceilings_map_size_of_transformers():
-    from advdissect.ceilings import map_size
+    from advdissect.dissect.ceilings import map_size
 
     assert map_size("vit_b_16", 1000, "encoder.layers.encoder_layer_11", 224) == (14, 14)
     assert map_size("swin_t", 1000, "features.5", 224) == (14, 14)

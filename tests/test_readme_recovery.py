@@ -42,7 +42,7 @@ def table_rows() -> list[tuple[str, str]]:
 
 
 def sources() -> str:
-    paths = [*ROOT.glob("advdissect/*.py"), *ROOT.glob("workflow/**/*.py"), *ROOT.glob("workflow/rules/*.smk")]
+    paths = [*ROOT.glob("advdissect/**/*.py"), *ROOT.glob("workflow/**/*.py"), *ROOT.glob("workflow/rules/*.smk")]
     return "\n".join(p.read_text() for p in paths)
 
 

@@ -10,11 +10,13 @@ import pandas as pd
 import pytest
 import yaml
 
-from advdissect import ablation, ceilings, results_md, store, tables, tally
-from advdissect import config as adconfig
-from advdissect.broden import BrodenDataset
-from advdissect.config import sort_keys
+from advdissect import store
+from advdissect.data.broden import BrodenDataset
+from advdissect.dissect import ablation, ceilings, tally
 from advdissect.errors import ArtifactError
+from advdissect.report import results_md, tables
+from advdissect.study import config as adconfig
+from advdissect.study.config import sort_keys
 
 ROOT = Path(__file__).resolve().parents[1]
 NAN = float("nan")

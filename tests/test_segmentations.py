@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 
 from advdissect import store
-from advdissect.broden import BrodenDataset, Segmentation
+from advdissect.data.broden import BrodenDataset, Segmentation
+from advdissect.data.segmentations import ShardSegmentations, encode, write_segmentations
 from advdissect.errors import ArtifactError
-from advdissect.segmentations import ShardSegmentations, encode, write_segmentations
 from advdissect.specs import ShardPlan
 
 

@@ -448,7 +448,7 @@ def comparable(table: bytes, work: Path) -> pd.DataFrame:
 
 
 def device_log_lines(work: Path) -> dict[str, str]:
-    """CUDA_VISIBLE_DEVICES per SLURM job id, as the job scripts logged it (advdissect.device)."""
+    """CUDA_VISIBLE_DEVICES per SLURM job id, as the job scripts logged it (advdissect.nets.device)."""
     pattern = re.compile(r"inside SLURM job (\d+): using SLURM's CUDA_VISIBLE_DEVICES=([^,\s]+)")
     found = {}
     for rule in GPU_RULES:

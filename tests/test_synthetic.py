@@ -9,10 +9,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from advdissect import synthetic
-from advdissect.broden import CATEGORIES, PIXEL_CATEGORIES, BrodenDataset
+from advdissect.data import synthetic
+from advdissect.data.broden import CATEGORIES, PIXEL_CATEGORIES, BrodenDataset
+from advdissect.data.synthetic import generate
 from advdissect.errors import ConfigError
-from advdissect.synthetic import generate
 
 SAMPLES = [
     "index.csv",

@@ -9,8 +9,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from advdissect import drift, tables, tally
+from advdissect.dissect import drift, tally
 from advdissect.errors import ArtifactError, ConfigError
+from advdissect.report import tables
 
 # 5 units of one layer; expected: color 1 detector, object 2 (one concept), all 3 (2 concepts).
 CLEAN_UNITS = [
@@ -387,7 +388,7 @@ def test_training_table():
 
 
 def test_table_categories_are_the_broden_categories():
-    from advdissect import broden
+    from advdissect.data import broden
 
     assert set(tables.CATEGORY_ORDER) == set(broden.CATEGORIES)
 

@@ -9,8 +9,7 @@ import pandas as pd
 import pytest
 
 from advdissect import store
-from advdissect.errors import ArtifactError, ConfigError, DatasetError
-from advdissect.tally import (
+from advdissect.dissect.tally import (
     CATEGORIES,
     N_CAT,
     _best_overall,
@@ -25,6 +24,7 @@ from advdissect.tally import (
     write_shard_counts,
     write_units_table,
 )
+from advdissect.errors import ArtifactError, ConfigError, DatasetError
 
 from helpers import StandInDataset, ref_mask, write_shards
 
@@ -159,7 +159,7 @@ def test_counts_independent_of_chunks_and_shards():
 
 
 def test_sorting_path_for_many_label_sets(monkeypatch):
-    import advdissect.tally as tally
+    import advdissect.dissect.tally as tally
 
     acts, thresholds, segs = tiny_data(seed=6, n=6)
     want = count_shard(acts, thresholds, segs, LABEL_CATEGORY, N_LABELS, (8, 8))
@@ -440,7 +440,7 @@ def _run_script(name, snakemake):
 
 
 def test_chain_on_synthetic_broden_through_the_scripts(tiny_broden, tmp_path):
-    from advdissect import broden
+    from advdissect.data import broden
 
     data = broden.BrodenDataset(tiny_broden)
     rows = data.rows("all")[:12]

@@ -10,8 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from advdissect import store
-from advdissect.errors import ArtifactError, ConfigError
-from advdissect.thresholds import (
+from advdissect.dissect.thresholds import (
     compute_thresholds,
     merge_top,
     threshold_from_top,
@@ -19,6 +18,7 @@ from advdissect.thresholds import (
     top_values,
     write_thresholds,
 )
+from advdissect.errors import ArtifactError, ConfigError
 
 from helpers import write_shards
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from torch import nn
 
-from advdissect import training
 from advdissect.errors import ConfigError
+from advdissect.nets import training
 from advdissect.specs import ModelSpec, TrainSpec, schema_defaults, train_spec
 
 N_CLASSES = 3
@@ -218,7 +218,7 @@ def test_negative_labels_are_refused(tmp_path):
 
 
 def test_train_model_to_files(tiny_broden, tiny_broden_spec, tmp_path):
-    from advdissect.models import load_model, read_weights_meta
+    from advdissect.nets.models import load_model, read_weights_meta
 
     out = tmp_path / "model"
     n_classes = tiny_broden_spec["n_classes"]

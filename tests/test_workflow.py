@@ -17,8 +17,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from advdissect import config as adconfig
-from advdissect import disk
+from advdissect.study import config as adconfig
+from advdissect.study import disk
 
 ROOT = Path(__file__).resolve().parents[1]
 TINY = ROOT / "tests" / "data" / "tiny_config.yaml"
@@ -138,7 +138,7 @@ def test_outputs_have_the_documented_columns(study):
 
 def _header_shape(markdown: str, names: set[str]) -> list[list[str]]:
     """Each table's header cells, without the dataset column and the config's own names."""
-    from advdissect import results_md
+    from advdissect.report import results_md
 
     return [
         [c for c in header.strip("|").split("|") if not set(c.split()) & (names | {"dataset"})]
@@ -149,7 +149,7 @@ def _header_shape(markdown: str, names: set[str]) -> list[list[str]]:
 def test_readme_block_has_the_format_the_workflow_writes(study):
     """README's results block is demo_results.md of the demo config; the tiny study's file has
     the same sections and table columns (its own models and attacks aside)."""
-    from advdissect import results_md
+    from advdissect.report import results_md
 
     ours = (study / "results/summary/demo_results.md").read_text()
     block = results_md.embedded_block((ROOT / "README.md").read_text())

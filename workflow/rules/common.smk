@@ -4,9 +4,9 @@ import sys
 from argparse import Namespace
 from importlib.resources import as_file
 
-from advdissect import config as adconfig
 from advdissect import specs as adspecs
 from advdissect.errors import AdvDissectError
+from advdissect.study import config as adconfig
 
 try:
     adconfig.check_config_files(

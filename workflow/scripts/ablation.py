@@ -5,11 +5,11 @@ from advdissect.joblog import log_to
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])
 
-from advdissect.device import claim_gpu  # noqa: E402
+from advdissect.nets.device import claim_gpu  # noqa: E402
 
 with claim_gpu(sm.config["compute"]["gpus"], lock_dir=".snakemake/gpu-locks"):
-    from advdissect.ablation import write_ablation
-    from advdissect.device import configure_cpu, select_device
+    from advdissect.dissect.ablation import write_ablation
+    from advdissect.nets.device import configure_cpu, select_device
     from advdissect.specs import ModelSpec
 
     configure_cpu(sm.threads)

@@ -5,6 +5,6 @@ from advdissect.joblog import log_to
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])
 
-from advdissect import figures  # noqa: E402
+from advdissect.report import figures  # noqa: E402
 
 figures.write_ablation_summary(list(sm.input.tables), sm.output.csv, sm.output.png, sm.output.svg, sm.params.style)

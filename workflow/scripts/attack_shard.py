@@ -6,14 +6,14 @@ from advdissect.joblog import log_to
 
 log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
 
-from advdissect.device import claim_gpu  # noqa: E402
+from advdissect.nets.device import claim_gpu  # noqa: E402
 
 # The GPU is claimed before anything touches CUDA, so the claim decides which device is seen.
 # Device ids and batch size come from the config, not params: no result depends on them, so
 # changing either re-runs nothing.
 with claim_gpu(snakemake.config["compute"]["gpus"], lock_dir=".snakemake/gpu-locks"):  # noqa: F821
-    from advdissect.attacks import write_attack_shard
-    from advdissect.device import configure_cpu, select_device
+    from advdissect.nets.attacks import write_attack_shard
+    from advdissect.nets.device import configure_cpu, select_device
     from advdissect.specs import AttackSpec, ModelSpec, ShardPlan
 
     configure_cpu(snakemake.threads)  # noqa: F821

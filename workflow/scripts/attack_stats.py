@@ -4,7 +4,7 @@ from advdissect.joblog import log_to
 
 log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
 
-from advdissect.attack_stats import write_attack_statistics  # noqa: E402
+from advdissect.nets.attack_stats import write_attack_statistics  # noqa: E402
 
 identity = dict(snakemake.params.identity)  # noqa: F821
 # Shards must have been made with the attack settings this rule was given.

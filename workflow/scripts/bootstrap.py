@@ -5,7 +5,7 @@ from advdissect.joblog import log_to
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])
 
-from advdissect.bootstrap import write_bootstrap  # noqa: E402
+from advdissect.dissect.bootstrap import write_bootstrap  # noqa: E402
 
 write_bootstrap(
     sm.output.table,

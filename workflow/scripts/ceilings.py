@@ -8,7 +8,7 @@ from advdissect.joblog import log_to
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])
 
-from advdissect import ceilings  # noqa: E402
+from advdissect.dissect import ceilings  # noqa: E402
 
 dataset = sm.wildcards.dataset
 ceilings.write_ceilings(

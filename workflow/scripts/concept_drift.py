@@ -5,7 +5,7 @@ from advdissect.joblog import log_to
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])
 
-from advdissect import figures, tables  # noqa: E402
+from advdissect.report import figures, tables  # noqa: E402
 
 figures.write_concept_drift(
     tables.zip_entries(sm.params.entries, list(sm.input.units)),

@@ -4,7 +4,7 @@ from advdissect.joblog import log_to
 
 log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
 
-from advdissect.tally import write_shard_counts  # noqa: E402
+from advdissect.dissect.tally import write_shard_counts  # noqa: E402
 
 write_shard_counts(
     snakemake.output.counts,  # noqa: F821

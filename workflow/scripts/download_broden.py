@@ -2,9 +2,9 @@
 
 from pathlib import Path
 
-from advdissect import config as adconfig
-from advdissect.download import download_broden
+from advdissect.data.download import download_broden
 from advdissect.joblog import log_to
+from advdissect.study import config as adconfig
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])

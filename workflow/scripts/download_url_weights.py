@@ -2,7 +2,7 @@
 
 from advdissect import specs
 from advdissect.joblog import log_to
-from advdissect.models import download_url_weights
+from advdissect.nets.models import download_url_weights
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])

@@ -5,7 +5,7 @@ from advdissect.joblog import log_to
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])
 
-from advdissect import figures  # noqa: E402
+from advdissect.report import figures  # noqa: E402
 
 figures.write_eps_sweeps(
     sm.input.table2,

@@ -2,7 +2,7 @@
 
 from pathlib import Path
 
-from advdissect import broden_shaped, synthetic
+from advdissect.data import broden_shaped, synthetic
 from advdissect.joblog import log_to
 
 log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)

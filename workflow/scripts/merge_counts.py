@@ -6,7 +6,7 @@ from advdissect.joblog import log_to
 
 log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
 
-from advdissect.tally import write_iou, write_units_table  # noqa: E402
+from advdissect.dissect.tally import write_iou, write_units_table  # noqa: E402
 
 write_iou(
     snakemake.output.iou,  # noqa: F821

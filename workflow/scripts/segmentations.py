@@ -6,7 +6,7 @@ from advdissect.joblog import log_to
 
 log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
 
-from advdissect.segmentations import write_segmentations  # noqa: E402
+from advdissect.data.segmentations import write_segmentations  # noqa: E402
 from advdissect.specs import ShardPlan  # noqa: E402
 
 write_segmentations(

@@ -6,6 +6,6 @@ from advdissect.joblog import log_to
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])
 
-from advdissect import ceilings  # noqa: E402
+from advdissect.dissect import ceilings  # noqa: E402
 
 ceilings.merge_ceilings(sm.output.table, list(sm.input.tables), [dict(item) for item in sm.params.layers])

@@ -5,7 +5,7 @@ from advdissect.joblog import log_to
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])
 
-from advdissect import tables  # noqa: E402
+from advdissect.report import tables  # noqa: E402
 
 tables.write_models_table(
     models=sm.params.models,

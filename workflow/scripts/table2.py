@@ -6,7 +6,7 @@ from advdissect.joblog import log_to
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])
 
-from advdissect import tables  # noqa: E402
+from advdissect.report import tables  # noqa: E402
 
 entries = tables.zip_entries(sm.params.entries, list(sm.input.units))
 if sm.input.bootstrap:

@@ -4,7 +4,7 @@ from advdissect.joblog import log_to
 
 log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
 
-from advdissect.thresholds import write_thresholds  # noqa: E402
+from advdissect.dissect.thresholds import write_thresholds  # noqa: E402
 
 write_thresholds(
     snakemake.output.thresholds,  # noqa: F821

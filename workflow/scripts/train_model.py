@@ -2,11 +2,11 @@
 
 from pathlib import Path
 
-from advdissect.device import claim_gpu, configure_cpu, select_device
 from advdissect.joblog import log_to
-from advdissect.models import check_sha256
+from advdissect.nets.device import claim_gpu, configure_cpu, select_device
+from advdissect.nets.models import check_sha256
+from advdissect.nets.training import train_model_to_files
 from advdissect.specs import ModelSpec, train_spec
-from advdissect.training import train_model_to_files
 
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])

@@ -5,7 +5,7 @@ from advdissect.joblog import log_to
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])
 
-from advdissect.browser import write_browser  # noqa: E402
+from advdissect.report.browser import write_browser  # noqa: E402
 
 sets = [
     {

@@ -7,7 +7,7 @@ from advdissect.joblog import log_to
 sm = snakemake  # noqa: F821 (injected by Snakemake)
 log_to(sm.log[0])
 
-from advdissect import figures  # noqa: E402
+from advdissect.report import figures  # noqa: E402
 
 out = Path(sm.output.pictures)
 out.mkdir(parents=True, exist_ok=True)

@@ -11,9 +11,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from .errors import ArtifactError, ConfigError
-from .specs import GRADIENT_METHODS, L2_METHODS, ROUNDED_METHODS, AttackSpec
-from .store import open_h5, read_attrs, write_csv
+from ..errors import ArtifactError, ConfigError
+from ..specs import GRADIENT_METHODS, L2_METHODS, ROUNDED_METHODS, AttackSpec
+from ..store import open_h5, read_attrs, write_csv
 
 _STAT_ARRAYS = ("labels", "clean_pred", "clean_conf", "adv_pred", "adv_conf", "linf", "l2", "target")
 

@@ -17,9 +17,10 @@ from typing import Any
 
 import pandas as pd
 
-from . import store, tables
-from .ceilings import read_ceilings
-from .tally import read_units
+from .. import store
+from ..dissect.ceilings import read_ceilings
+from ..dissect.tally import read_units
+from . import tables
 
 log = logging.getLogger(__name__)
 

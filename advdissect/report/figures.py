@@ -24,13 +24,14 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-from . import store, tables
-from .ablation import ABLATION_COLUMNS
-from .drift import DRIFT_STATUSES
-from .errors import ArtifactError, ConfigError
-from .masks import upsample
+from .. import store
+from ..dissect.ablation import ABLATION_COLUMNS
+from ..dissect.drift import DRIFT_STATUSES
+from ..dissect.masks import upsample
+from ..dissect.tally import read_units
+from ..errors import ArtifactError, ConfigError
+from . import tables
 from .tables import CATEGORY_ORDER, THRESHOLD_MODES, TRAINING_METHODS
-from .tally import read_units
 
 log = logging.getLogger(__name__)
 

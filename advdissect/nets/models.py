@@ -54,11 +54,11 @@ from torchvision.models.swin_transformer import PatchMerging, PatchMergingV2, Sw
 from torchvision.models.vision_transformer import Encoder, EncoderBlock, VisionTransformer
 from torchvision.ops.misc import Permute
 
-from .download import RETRIES, WAIT, download_file, set_aside
-from .errors import ConfigError, ModelError
-from .specs import ModelSpec
+from ..data.download import RETRIES, WAIT, download_file, set_aside
+from ..errors import ConfigError, ModelError
+from ..specs import ModelSpec
+from ..store import atomic_path, read_sha256_record, sha256_of, sha256_record, write_sha256_record
 from .stand_ins import STAND_INS
-from .store import atomic_path, read_sha256_record, sha256_of, sha256_record, write_sha256_record
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +83,7 @@ _SHOW_LAYERS = 40
 
 def list_architectures() -> list[str]:
     """Names of torchvision's classification models (e.g. alexnet, vgg11, resnet18), then the
-    stand-ins of `advdissect.stand_ins` (resnet18_shapes, vit_tiny, swin_tiny)."""
+    stand-ins of `advdissect.nets.stand_ins` (resnet18_shapes, vit_tiny, swin_tiny)."""
     return list(torchvision.models.list_models(module=torchvision.models)) + list(STAND_INS)
 
 
@@ -533,7 +533,7 @@ def resolve_layer(model: nn.Module, name: str) -> str:
     alias_text = ", ".join(f"{a}={t}" for a, t in aliases.items()) or "none"
     shown = ", ".join(names[:_SHOW_LAYERS])
     if len(names) > _SHOW_LAYERS:
-        shown += f", ... (first {_SHOW_LAYERS} of {len(names)}; see advdissect.models.dissectable_layers)"
+        shown += f", ... (first {_SHOW_LAYERS} of {len(names)}; see advdissect.nets.models.dissectable_layers)"
     raise ModelError(
         f"unknown layer {name!r} for {_arch_name(model)}; top-level blocks: {', '.join(top)}; "
         f"aliases: {alias_text}; dissectable layers: {shown}"

@@ -9,7 +9,7 @@ model's own prediction (Eq. 10, no label leaking) from the current weights:
     atda         CE(D) + CE(A) + λ·(CORAL + MMD [+ margin])
 
 CE(A) uses the true label of each adversarial example's clean source. φ is the logits or the
-output of a named layer (see `advdissect.losses`).
+output of a named layer (see `advdissect.nets.losses`).
 
 Choices worth knowing:
 - A is generated with the model in eval mode (BatchNorm running statistics, no dropout), so
@@ -46,15 +46,15 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
+from ..data.broden import BrodenDataset
+from ..data.imagefolder import ImageFolderImages, load_imagefolder
+from ..errors import ConfigError, DatasetError
+from ..specs import ADVERSARIAL_METHODS, ModelSpec, TrainSpec
+from ..store import atomic_path, write_csv, write_json
 from . import losses
 from .attacks import fgsm
-from .broden import BrodenDataset
 from .device import select_device
-from .errors import ConfigError, DatasetError
-from .imagefolder import ImageFolderImages, load_imagefolder
 from .models import capture, load_model, save_weights
-from .specs import ADVERSARIAL_METHODS, ModelSpec, TrainSpec
-from .store import atomic_path, write_csv, write_json
 
 log = logging.getLogger(__name__)
 

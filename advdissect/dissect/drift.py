@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pandas as pd
 
-from .errors import ArtifactError
+from ..errors import ArtifactError
 
 DRIFT_STATUSES = ("kept", "changed", "lost", "gained", "none")
 DRIFT_COLUMNS = [

@@ -27,8 +27,8 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from ..errors import ConfigError
 from .broden import CATEGORIES, build_dataset_dir
-from .errors import ConfigError
 from .synthetic import LabelTally, Vocabulary, write_labels, zipf
 
 log = logging.getLogger(__name__)

@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import AdvDissectError
+from ..errors import AdvDissectError
 
 log = logging.getLogger(__name__)
 

@@ -18,11 +18,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import store
-from .device import in_batches, select_device
-from .errors import ArtifactError, ModelError
-from .models import layer_outputs, load_model_spec
-from .specs import ModelSpec
+from .. import store
+from ..errors import ArtifactError, ModelError
+from ..nets.device import in_batches, select_device
+from ..nets.models import layer_outputs, load_model_spec
+from ..specs import ModelSpec
 
 log = logging.getLogger(__name__)
 
@@ -137,8 +137,8 @@ def write_activation_shard(
     layer (`store.layer_key`), all from one forward pass.
 
     `identity` (dataset, model, attack, shard) must match the images shard; the output adds
-    layers and dtype. `device` defaults to advdissect.device.select_device(); `model` to
-    advdissect.models.load_model_spec(model_spec, weights_file).
+    layers and dtype. `device` defaults to advdissect.nets.device.select_device(); `model` to
+    advdissect.nets.models.load_model_spec(model_spec, weights_file).
     """
     if device is None:
         device = select_device()

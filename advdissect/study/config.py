@@ -4,7 +4,7 @@ The Snakefile calls `check_config_files` on the raw YAML (duplicate keys), `vali
 defaults filled in), then `check_semantics` (cross-references; each attack and training built
 once as a spec, which checks its own values: `specs`).
 
-    python -m advdissect.config config/paper.yaml [more.yaml ...]
+    python -m advdissect.study.config config/paper.yaml [more.yaml ...]
 
 runs the same checks on config files as Snakemake would merge them, and names the file, line
 and column of a YAML syntax error or a missing file (Snakemake reads `--configfile` before the
@@ -23,8 +23,8 @@ from typing import Any
 import jsonschema
 import yaml
 
-from .errors import AdvDissectError, ConfigError
-from .specs import SCHEMA, AttackSpec, ShardPlan, attack_spec, train_spec
+from ..errors import AdvDissectError, ConfigError
+from ..specs import SCHEMA, AttackSpec, ShardPlan, attack_spec, train_spec
 
 # Broden as published by its authors: 63,305 images in both variants.
 BRODEN_IMAGES = {"broden1_224": 63305, "broden1_227": 63305}
@@ -203,12 +203,12 @@ def dataset_facts(spec: Mapping) -> tuple[tuple[int, int], int]:
     """((height, width) of the images, number of label numbers) of a dataset."""
     source = spec["source"]
     if source == "synthetic" and spec.get("synthetic", {}).get("layout") == "broden":
-        from . import broden_shaped
+        from ..data import broden_shaped
 
         return (broden_shaped.IMAGE_SIZE, broden_shaped.IMAGE_SIZE), broden_shaped.n_labels()
     if source == "synthetic":
-        from .broden import CATEGORIES
-        from .synthetic import vocabulary
+        from ..data.broden import CATEGORIES
+        from ..data.synthetic import vocabulary
 
         synthetic = spec.get("synthetic", {})
         size = int(synthetic.get("image_size", 112))
@@ -334,7 +334,7 @@ def check_semantics(config: Mapping) -> None:
 
 def _check_index_header(name: str, index: Path) -> None:
     """A local dataset's index.csv has Broden's columns (when it is there to read at planning)."""
-    from .broden import INDEX_COLUMNS
+    from ..data.broden import INDEX_COLUMNS
 
     if not index.is_file():
         return
@@ -458,7 +458,7 @@ def attack_specs(config: Mapping) -> dict[str, AttackSpec]:
 def check_layers(config: Mapping) -> None:
     """Every architecture exists and has each configured layer, once (builds each net on the meta
     device)."""
-    from .models import check_layer_names, list_architectures  # torch only when the config is otherwise sound
+    from ..nets.models import check_layer_names, list_architectures  # torch only when the config is otherwise sound
 
     known = list_architectures()
     for name, spec in config["models"].items():
@@ -474,7 +474,7 @@ def check_layers(config: Mapping) -> None:
 def _check_fixed_image_size(config: Mapping, model: str) -> None:
     """A network that takes one image size (a ViT) is dissected only on datasets of that size,
     where the size is known before any job runs."""
-    from .models import fixed_image_size
+    from ..nets.models import fixed_image_size
 
     spec, datasets = config["models"][model], config["datasets"]
     size = fixed_image_size(spec["arch"], spec["num_classes"])

@@ -29,8 +29,8 @@ import pandas as pd
 import scipy.sparse
 from tqdm import tqdm
 
-from . import store
-from .errors import ArtifactError, ConfigError
+from .. import store
+from ..errors import ArtifactError, ConfigError
 from .tally import (
     CATEGORIES,
     COUNT_KEYS,

@@ -30,8 +30,8 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from .errors import ConfigError, DatasetError
-from .specs import ShardPlan
+from ..errors import ConfigError, DatasetError
+from ..specs import ShardPlan
 
 CATEGORIES = ("color", "object", "part", "material", "scene", "texture")
 PIXEL_CATEGORIES = ("color", "object", "part", "material")

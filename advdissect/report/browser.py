@@ -20,11 +20,11 @@ import numpy as np
 import pandas as pd
 from PIL import Image
 
-from . import store
-from .drift import concept_drift
-from .errors import ArtifactError
+from .. import store
+from ..dissect.drift import concept_drift
+from ..dissect.tally import read_units
+from ..errors import ArtifactError
 from .figures import read_thresholds, top_activating, unit_mask
-from .tally import read_units
 
 MASK_COLOR = np.array([230, 25, 75], np.float64)
 GAP = 6  # pixels between the image sets of a picture

@@ -9,10 +9,10 @@ M_u = S > T_u. Precisely, S is computed per output pixel (i, j) as
 in float64 with torch's source indices and weights (`axis_weights`), then rounded to float32:
 what F.interpolate computes on a float32 map up to its own float32 rounding, exact on constant
 regions, and never above the map's maximum. T_u is the float64 threshold of
-`advdissect.thresholds`. S is a convex combination of at most four cells, so a pixel can only
+`advdissect.dissect.thresholds`. S is a convex combination of at most four cells, so a pixel can only
 be active near a cell above T_u: the counting visits only those cells' tiles and columns.
 
-This module is the one upsampler: the IoU counts (advdissect.tally), the unit pictures and the
+This module is the one upsampler: the IoU counts (advdissect.dissect.tally), the unit pictures and the
 ideal-unit ceilings all draw their masks with it.
 """
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .errors import ArtifactError
+from ..errors import ArtifactError
 
 
 def axis_weights(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:

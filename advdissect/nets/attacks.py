@@ -44,12 +44,12 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from .broden import BrodenDataset, shard_rows
+from ..data.broden import BrodenDataset, shard_rows
+from ..errors import AttackError
+from ..specs import GRADIENT_METHODS, L2_METHODS, ROUNDED_METHODS, AttackSpec, ModelSpec, ShardPlan, grid_steps
+from ..store import write_h5
 from .device import in_batches, select_device
-from .errors import AttackError
 from .models import load_model_spec
-from .specs import GRADIENT_METHODS, L2_METHODS, ROUNDED_METHODS, AttackSpec, ModelSpec, ShardPlan, grid_steps
-from .store import write_h5
 
 log = logging.getLogger(__name__)
 

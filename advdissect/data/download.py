@@ -29,9 +29,9 @@ from pathlib import Path, PurePosixPath
 
 from tqdm import tqdm
 
+from ..errors import AdvDissectError, ConfigError, DatasetError
+from ..store import read_sha256_record, sha256_of, sha256_record, write_sha256_record
 from .broden import check_dataset_dest, install_dataset_dir
-from .errors import AdvDissectError, ConfigError, DatasetError
-from .store import read_sha256_record, sha256_of, sha256_record, write_sha256_record
 
 log = logging.getLogger(__name__)
 

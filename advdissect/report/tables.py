@@ -16,11 +16,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import store
-from .bootstrap import DETECTOR_COLUMNS, basic_interval, read_bootstrap
-from .drift import DRIFT_COLUMNS, DRIFT_STATUSES, concept_drift, drift_summary
-from .errors import ArtifactError, ConfigError
-from .tally import read_units
+from .. import store
+from ..dissect.bootstrap import DETECTOR_COLUMNS, basic_interval, read_bootstrap
+from ..dissect.drift import DRIFT_COLUMNS, DRIFT_STATUSES, concept_drift, drift_summary
+from ..dissect.tally import read_units
+from ..errors import ArtifactError, ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -245,7 +245,7 @@ def table2(entries: Sequence[Mapping[str, Any]], level: float = 0.95) -> pd.Data
     `entries`: dicts {dataset, model, layer, attack, mode, path[, method][, bootstrap]}. The
     clean set, run only with mode 'self', is repeated under mode 'clean' (its thresholds are
     the clean ones). With a bootstrap table, ci_*_percent is the ratio's `level` basic
-    bootstrap interval (advdissect.bootstrap); without, they are empty.
+    bootstrap interval (advdissect.dissect.bootstrap); without, they are empty.
     """
     entries = with_clean_in_both_modes(check_entries(entries))
     rows = []

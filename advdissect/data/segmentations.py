@@ -28,10 +28,10 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from . import store
+from .. import store
+from ..errors import ArtifactError
+from ..specs import ShardPlan
 from .broden import BrodenDataset, Segmentation, shard_rows
-from .errors import ArtifactError
-from .specs import ShardPlan
 
 KIND = "segmentations"
 

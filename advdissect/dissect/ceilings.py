@@ -24,10 +24,10 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from . import store
-from .broden import CATEGORIES, BrodenDataset
-from .errors import ArtifactError, ConfigError
-from .segmentations import ShardSegmentations
+from .. import store
+from ..data.broden import CATEGORIES, BrodenDataset
+from ..data.segmentations import ShardSegmentations
+from ..errors import ArtifactError, ConfigError
 from .tally import count_shard, iou, merge_counts
 from .thresholds import merge_top, threshold_from_top, top_count, top_values
 
@@ -156,7 +156,7 @@ def map_size(arch: str, num_classes: int, layer: str, image_size: int | Sequence
     # torch only for this shape probe; the ideal units themselves are numpy.
     import torch
 
-    from .models import NormalizedModel, build_network, feature_shapes
+    from ..nets.models import NormalizedModel, build_network, feature_shapes
 
     with torch.device("meta"):
         model = NormalizedModel(build_network(arch, num_classes), arch, "none")

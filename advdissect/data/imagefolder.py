@@ -20,7 +20,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import functional as TF
 
-from .errors import DatasetError
+from ..errors import DatasetError
 
 SPLITS = ("train", "val")
 

@@ -1,7 +1,7 @@
 """IoU counts of Network Dissection, per shard, and their merge into IoU tables and tally.csv.
 
 For an image x and unit u, the mask M_u is the unit's feature map upsampled to the segmentation
-size and compared with its threshold (advdissect.masks).
+size and compared with its threshold (advdissect.dissect.masks).
 
 Labels of an image: every pixel-level layer (color, object, each part layer, material) and the
 image-level labels (scene, texture), which cover every pixel. L_l is the set of pixels that
@@ -21,7 +21,7 @@ IoU[u, l] = intersection / (activation[u, cat(l)] + label_area[l] - intersection
 the denominator is 0 (NetDissect-Lite adds 1e-10 instead).
 
 With `per_image=True` count_shard also returns the same counts image by image, as sparse
-records (IMAGE_RECORDS), so that a resample of the images (advdissect.bootstrap) gets its
+records (IMAGE_RECORDS), so that a resample of the images (advdissect.dissect.bootstrap) gets its
 exact counts as weighted sums: intersection (image, unit, label, count), label area (image,
 label, area), mask size (image, unit, size, the Lite category bits inside the mask) and each
 image's annotated categories (bits).
@@ -38,17 +38,17 @@ import numpy as np
 import pandas as pd
 from tqdm import tqdm
 
-from . import store
-from .broden import BrodenDataset
-from .errors import ArtifactError, ConfigError, DatasetError
+from .. import store
+from ..data.broden import BrodenDataset
+from ..data.segmentations import ShardSegmentations
+from ..errors import ArtifactError, ConfigError, DatasetError
+from ..store import COUNT_KEYS
 from .masks import UpsamplePlan, active_bands
-from .segmentations import ShardSegmentations
-from .store import COUNT_KEYS
 
 CATEGORIES = ("color", "object", "part", "material", "scene", "texture")
 N_CAT = len(CATEGORIES)
 DENOMINATORS = ("lite", "original")
-# Per-image records (advdissect.bootstrap): name -> columns, every column one 1-D array.
+# Per-image records (advdissect.dissect.bootstrap): name -> columns, every column one 1-D array.
 IMAGE_RECORDS = {
     "intersection": ("image", "unit", "label", "count"),
     "label_area": ("image", "label", "area"),
@@ -516,7 +516,7 @@ def write_shard_counts(
     identity: dataset, model, attack, shard (the activations file's identity).
     dissections: one mapping per (mode, layer): mode, layer, thresholds (path) and
     threshold_identity (what the thresholds file must say it is).
-    The segmentations come from the shard's segmentations file (advdissect.segmentations), or
+    The segmentations come from the shard's segmentations file (advdissect.data.segmentations), or
     from `dataset` when given (anything with load_segmentation, label_category, n_labels, seg_size).
     """
     if not dissections:

@@ -28,8 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from . import store
-from .errors import ArtifactError, ConfigError
+from .. import store
+from ..errors import ArtifactError, ConfigError
 
 METHOD = "linear"
 

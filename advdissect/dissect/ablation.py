@@ -29,12 +29,12 @@ import pandas as pd
 import torch
 from torch import nn
 
-from . import store
-from .device import in_batches, is_out_of_memory
+from .. import store
+from ..errors import ArtifactError
+from ..nets.device import in_batches, is_out_of_memory
+from ..nets.models import layer_outputs, load_model_spec
+from ..specs import ModelSpec
 from .drift import concept_drift
-from .errors import ArtifactError
-from .models import layer_outputs, load_model_spec
-from .specs import ModelSpec
 from .tally import read_units
 
 log = logging.getLogger(__name__)

@@ -1,6 +1,6 @@
 """The disk a config's run keeps, per artifact kind, known before any job runs.
 
-    python -m advdissect.disk [--configfile config/paper.yaml ...]
+    python -m advdissect.study.disk [--configfile config/paper.yaml ...]
 
 Sizes follow from the image counts and sizes, the dissected layers' shapes (one dummy forward
 pass of each architecture, random weights) and the datasets' label counts. The HDF5 files are
@@ -18,10 +18,10 @@ from pathlib import Path
 
 import pandas as pd
 
+from ..data.broden import CATEGORIES, PIXEL_CATEGORIES
+from ..dissect.tally import IMAGE_RECORDS
+from ..errors import AdvDissectError
 from . import config as adconfig
-from .broden import CATEGORIES, PIXEL_CATEGORIES
-from .errors import AdvDissectError
-from .tally import IMAGE_RECORDS
 
 # Per-image arrays of an images shard besides the pixels: rows, labels, clean_pred, adv_pred,
 # target (int64) and clean_conf, adv_conf, linf, l2 (float32).
@@ -73,7 +73,7 @@ def pixel_layers(name: str, spec: Mapping, n_images: int, generated: Mapping | N
 
 def layer_shapes(model_spec: Mapping, image_size: tuple[int, int]) -> dict[str, tuple[int, int, int]]:
     """{layer: (units, h, w)} of a model's dissected layers at an image size."""
-    from .models import feature_shapes, load_model
+    from ..nets.models import feature_shapes, load_model
 
     model = load_model(model_spec["arch"], model_spec["num_classes"], weights_file=None)
     return feature_shapes(model.eval(), model_spec["layers"], image_size)

@@ -48,8 +48,8 @@ import pandas as pd
 from PIL import Image
 from tqdm import tqdm
 
+from ..errors import ConfigError
 from .broden import CATEGORIES, PIXEL_CATEGORIES, build_dataset_dir, encode_mask
-from .errors import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -1,0 +1,1 @@
+"""Network Dissection: activations, thresholds, unit masks, IoU counts, bootstrap, drift, ablation, ceilings."""

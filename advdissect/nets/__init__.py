@@ -1,0 +1,1 @@
+"""Networks: architectures and weights, the device, losses, adversarial attacks and training."""

@@ -1,0 +1,1 @@
+"""Reports: summary tables, figures, the unit browser and the Markdown results."""
