@@ -39,13 +39,12 @@ import pandas as pd
 from tqdm import tqdm
 
 from .. import store
-from ..data.broden import BrodenDataset
+from ..data.broden import CATEGORIES, BrodenDataset
 from ..data.segmentations import ShardSegmentations
 from ..errors import ArtifactError, ConfigError, DatasetError
 from ..store import COUNT_KEYS
 from .masks import UpsamplePlan, active_bands
 
-CATEGORIES = ("color", "object", "part", "material", "scene", "texture")
 N_CAT = len(CATEGORIES)
 DENOMINATORS = ("lite", "original")
 # Per-image records (advdissect.dissect.bootstrap): name -> columns, every column one 1-D array.

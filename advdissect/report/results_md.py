@@ -62,7 +62,7 @@ SECTIONS = tuple(TITLES)
 
 def md_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Iterable[int]) -> str:
     """A Markdown table; columns whose index is in `right` are right-aligned."""
-    return tables._md_table(list(header), [list(r) for r in rows], set(right))
+    return tables.md_table(list(header), [list(r) for r in rows], set(right))
 
 
 def is_missing(value: Any) -> bool:
@@ -90,7 +90,7 @@ def fmt_int(value: Any) -> str:
 
 def text(value: Any) -> str:
     """A name cell: '' for a missing value, '|' escaped."""
-    return "" if is_missing(value) else tables._md_escape(value)
+    return "" if is_missing(value) else tables.md_escape(value)
 
 
 def _section(key: str, table: str) -> str:

@@ -275,11 +275,13 @@ _MODE_TITLES = {
 }
 
 
-def _md_escape(value: Any) -> str:
+def md_escape(value: Any) -> str:
+    """A Markdown table cell's text, its pipes escaped."""
     return str(value).replace("|", "\\|")
 
 
-def _md_table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
+def md_table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
+    """A Markdown table; the columns numbered in `right` are right-aligned."""
     align = ["---:" if i in right else ":---" for i in range(len(header))]
     lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
     lines += ["| " + " | ".join(r) + " |" for r in rows]
@@ -315,7 +317,7 @@ def table2_markdown(df: pd.DataFrame, level: float = 0.95) -> str:
         keys = ["dataset", "model", "layer", "attack"]
         for key, group in block.groupby(keys, sort=False):
             by_cat = group.set_index("category")
-            row = [_md_escape(k) for k in (key if multi_dataset else key[1:])]
+            row = [md_escape(k) for k in (key if multi_dataset else key[1:])]
             for cat in TABLE2_CATEGORIES:
                 if cat in by_cat.index:
                     r = by_cat.loc[cat]
@@ -331,7 +333,7 @@ def table2_markdown(df: pd.DataFrame, level: float = 0.95) -> str:
             rows.append(row)
         n_key = len(header) - 9
         parts += ["", f"## {_MODE_TITLES.get(mode, f'threshold_mode = {mode}')}", ""]
-        parts.append(_md_table(header, rows, right=set(range(n_key, len(header)))))
+        parts.append(md_table(header, rows, right=set(range(n_key, len(header)))))
     return "\n".join(parts) + "\n"
 
 
