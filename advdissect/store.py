@@ -178,6 +178,29 @@ def write_h5(
                 f.create_dataset(name, data=array, **_storage(array, chunk_rows))
 
 
+@contextlib.contextmanager
+def h5_writer(path: str | os.PathLike, kind: str, identity: Mapping[str, Any]) -> Iterator[h5py.File]:
+    """An HDF5 file of `kind` filled piece by piece, for arrays too large to hold at once;
+    atomic as write_h5. Create its arrays with `create_rows`."""
+    with atomic_path(path) as tmp:
+        with h5py.File(tmp, "w") as f:
+            f.attrs["kind"] = kind
+            for key, value in identity.items():
+                f.attrs[key] = _encode_attr(value)
+            yield f
+
+
+def create_rows(f: h5py.File, name: str, shape: tuple[int, ...], dtype: Any) -> h5py.Dataset:
+    """An empty array of `shape` in a file from h5_writer, laid out as write_h5 lays out a
+    whole one (a chunk per row, checksums), after checking the disk has room for it."""
+    shape = tuple(int(d) for d in shape)
+    if len(shape) < 2 or 0 in shape:
+        raise ValueError(f"create_rows makes non-empty arrays of 2+ dimensions, got shape {shape}")
+    dtype = np.dtype(dtype)
+    check_space(f.filename, int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
+    return f.create_dataset(name, shape=shape, dtype=dtype, chunks=(1, *shape[1:]), fletcher32=True)
+
+
 # Room kept free beyond a file's arrays: HDF5's headers, chunk indexes and checksums, and a margin.
 SPACE_MARGIN = 16 * 2**20
 

@@ -167,6 +167,17 @@ def test_mean_map_over_shards():
     np.testing.assert_allclose(ablation.mean_map([a, b]), np.concatenate([a, b]).mean(axis=0))
 
 
+@pytest.mark.parametrize("rows_per_block", [1, 7, 1000])
+def test_mean_map_read_in_blocks_is_bit_for_bit_the_whole_shards(monkeypatch, rows_per_block):
+    # A shard is summed a block of rows at a time in row order: the same float64 additions as
+    # numpy's sum over the whole shard, so the ablated maps do not move by one ulp.
+    rng = np.random.default_rng(1)
+    shards = [rng.normal(size=(n, 6, 3, 2)).astype(np.float32) for n in (40, 13)]
+    whole = sum(np.asarray(a, np.float64).sum(axis=0) for a in shards) / 53
+    monkeypatch.setattr(ablation, "BLOCK_BYTES", rows_per_block * 8 * 6 * 3 * 2)
+    np.testing.assert_array_equal(ablation.mean_map(shards), whole)
+
+
 def test_sharded_images_read_any_range_across_shards(tmp_path):
     from advdissect.dissect.ablation import ShardedImages
 

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from advdissect import store
+from advdissect.dissect import activations
 from advdissect.dissect.activations import extract_activations, extract_layers, write_activation_shard
 from advdissect.errors import ArtifactError, ModelError
 from advdissect.nets.models import find_layer
@@ -173,6 +174,50 @@ def test_write_activation_shard(tmp_path):
             model=model,
         )
     assert not (tmp_path / "x.h5").exists()
+
+
+def test_a_shard_written_block_by_block_is_the_shard_written_whole(tmp_path, monkeypatch):
+    # Blocks are whole batches, so the batches and every stored map are those of one pass.
+    ident = {"dataset": "d", "model": "m", "attack": "clean", "shard": 0}
+    imgs = images(n=11)
+    store.write_h5(tmp_path / "images.h5", "images", ident, {"images": imgs, "rows": np.arange(11)})
+    model = tiny_net()
+
+    def write(name):
+        write_activation_shard(
+            tmp_path / name,
+            images_path=tmp_path / "images.h5",
+            weights_file=None,
+            model_spec={},
+            layers=["conv2", "conv1"],
+            identity=ident,
+            batch_size=2,
+            device="cpu",
+            model=model,
+        )
+
+    write("whole.h5")
+    per_image = (5 * 6 * 6 + 4 * 12 * 12) * 4
+    monkeypatch.setattr(activations, "BLOCK_BYTES", 3 * 2 * per_image)  # blocks of 3 batches
+    assert activations.block_images(per_image, 2) == 6
+    write("blocks.h5")
+    with (
+        store.open_h5(tmp_path / "whole.h5", "activations") as a,
+        store.open_h5(tmp_path / "blocks.h5", "activations") as b,
+    ):
+        assert store.read_attrs(a) == store.read_attrs(b)
+        names = []
+        a.visititems(lambda name, item: names.append(name) if hasattr(item, "chunks") else None)
+        assert len(names) == 3  # rows and two layers
+        for name in names:
+            assert a[name].chunks == b[name].chunks and a[name].dtype == b[name].dtype
+            np.testing.assert_array_equal(a[name][()], b[name][()])
+
+
+def test_block_images_are_whole_batches():
+    assert activations.block_images(activations.BLOCK_BYTES, 8) == 8  # at least one batch
+    assert activations.block_images(2**20, 32) % 32 == 0
+    assert activations.block_images(2**20, 32) * 2**20 <= activations.BLOCK_BYTES
 
 
 def test_aliases_resolve_through_the_model_registry():

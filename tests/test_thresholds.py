@@ -10,6 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from advdissect import store
+from advdissect.dissect import thresholds
 from advdissect.dissect.thresholds import (
     compute_thresholds,
     merge_top,
@@ -130,3 +131,18 @@ def test_files(tmp_path):
     odd = _write_shards(tmp_path / "odd", np.zeros((2, 4, 2, 3), np.float32), [0, 2], ident)
     with pytest.raises(ArtifactError, match="same"):
         compute_thresholds(paths + odd, 0.005, ident)
+
+
+@pytest.mark.parametrize("rows_per_block", [1, 4, 100])
+def test_files_read_in_blocks_of_rows_give_the_same_thresholds(tmp_path, monkeypatch, rows_per_block):
+    # A shard is read a block of rows at a time; the thresholds are numpy's quantile whatever
+    # the blocks, down to one image per block.
+    ident = {"dataset": "d", "model": "m", "attack": "clean", "layer": "layer4"}
+    acts = np.random.default_rng(5).normal(size=(23, 4, 3, 3)).astype(np.float32)
+    acts[acts < 0] = 0  # ReLU ties
+    paths = _write_shards(tmp_path, acts, [0, 10, 23], ident)
+    monkeypatch.setattr(thresholds, "BLOCK_BYTES", rows_per_block * 4 * 4 * 3 * 3)
+    assert thresholds._row_blocks((10, 4, 3, 3))[0] == (0, min(rows_per_block, 10))
+    for q in (0.005, 0.2):
+        t, _ = compute_thresholds(paths, q, ident)
+        np.testing.assert_array_equal(t, reference(acts, q))

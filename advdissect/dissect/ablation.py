@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -71,12 +71,30 @@ def random_units(n_units: int, k: int, seed: int) -> np.ndarray:
     return np.sort(rng.choice(n_units, size=k, replace=False))
 
 
-def mean_map(activation_shards: Sequence[np.ndarray]) -> np.ndarray:
-    """(C, h, w) float64 mean of the clean feature maps over all images."""
+# Clean maps read at once: the job's memory does not grow with the shard or the layer's maps.
+BLOCK_BYTES = 128 * 2**20
+
+
+def _shard_sum(acts) -> np.ndarray:
+    """Sum over the images of a shard (array or HDF5 dataset), read a block of rows at a time
+    and added in row order, so the sum is bit for bit numpy's sum of the whole shard."""
+    rows = max(1, BLOCK_BYTES // max(1, 8 * int(np.prod(acts.shape[1:], dtype=np.int64))))
+    total = None
+    for start in range(0, acts.shape[0], rows):
+        block = np.asarray(acts[start : start + rows], np.float64)
+        total = block.sum(axis=0) if total is None else np.concatenate([total[None], block]).sum(axis=0)
+    return total
+
+
+def mean_map(activation_shards: Iterable[Any]) -> np.ndarray:
+    """(C, h, w) float64 mean of the clean feature maps over all images (shards: arrays or
+    HDF5 datasets)."""
     total, n = None, 0
     for acts in activation_shards:
-        acts = np.asarray(acts, np.float64)
-        total = acts.sum(axis=0) if total is None else total + acts.sum(axis=0)
+        if acts.shape[0] == 0:
+            continue
+        shard = _shard_sum(acts)
+        total = shard if total is None else total + shard
         n += acts.shape[0]
     if total is None or n == 0:
         raise ArtifactError("no clean activations to average")
@@ -256,7 +274,7 @@ def write_ablation(
     def clean_maps():
         for shard, path in enumerate(clean_activation_paths):
             with store.open_layer(path, dict(act_id, shard=shard)) as (_, acts):
-                yield acts[()]
+                yield acts
 
     mean = mean_map(clean_maps())
     n_units = mean.shape[0]

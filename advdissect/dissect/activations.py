@@ -134,7 +134,7 @@ def write_activation_shard(
     model: nn.Module | None = None,
 ) -> None:
     """Run a model on an images shard and write kind "activations": rows, and one dataset per
-    layer (`store.layer_key`), all from one forward pass.
+    layer (`store.layer_key`), all from one forward pass, written a block of batches at a time.
 
     `identity` (dataset, model, attack, shard) must match the images shard; the output adds
     layers and dtype. `device` defaults to advdissect.nets.device.select_device(); `model` to
@@ -150,9 +150,29 @@ def write_activation_shard(
     if model is None:
         model = load_model_spec(model_spec, weights_file)
     model = model.to(device).eval()
-    acts = extract_layers(model, images, layers, batch_size, device, dtype)
-    for layer, array in acts.items():
-        log.info("%s: %s activations %s of layer %s", out_path, dtype, array.shape, layer)
-    attrs = dict(identity, layers=list(acts), dtype=dtype)
-    arrays = {"rows": rows, **{store.layer_key(layer): array for layer, array in acts.items()}}
-    store.write_h5(out_path, "activations", attrs, arrays)
+    layers = list(dict.fromkeys(layers))
+    n = images.shape[0]
+    with store.h5_writer(out_path, "activations", dict(identity, layers=layers, dtype=dtype)) as f:
+        f.create_dataset("rows", data=rows, chunks=True, fletcher32=True)
+        start, block = 0, batch_size
+        while start < n:
+            stop = min(n, start + block)
+            acts = extract_layers(model, images[start:stop], layers, batch_size, device, dtype)
+            if start == 0:
+                for layer, maps in acts.items():
+                    log.info("%s: %s activations %s of layer %s", out_path, dtype, (n, *maps.shape[1:]), layer)
+                    store.create_rows(f, store.layer_key(layer), (n, *maps.shape[1:]), maps.dtype)
+                block = block_images(sum(maps[0].nbytes for maps in acts.values()), batch_size)
+            for layer, maps in acts.items():
+                f[store.layer_key(layer)][start:stop] = maps
+            start = stop
+
+
+# Maps held in memory before they go to disk: a job's memory does not grow with its shard.
+BLOCK_BYTES = 512 * 2**20
+
+
+def block_images(bytes_per_image: int, batch_size: int) -> int:
+    """Images per block of a shard's pass: whole batches (so the batches, and the results, are
+    those of one pass over the shard) whose maps take about BLOCK_BYTES, at least one batch."""
+    return batch_size * max(1, BLOCK_BYTES // max(1, bytes_per_image * batch_size))

@@ -135,7 +135,8 @@ def _shard_shape(path: str | os.PathLike, identity: Mapping[str, Any]) -> tuple[
 def compute_thresholds(
     shard_paths: Sequence[str | os.PathLike], q: float, identity: Mapping[str, Any]
 ) -> tuple[np.ndarray, int]:
-    """Exact thresholds (C,) float64 and the number of values per unit, reading one shard at a time.
+    """Exact thresholds (C,) float64 and the number of values per unit, reading a block of one
+    shard's rows at a time (the top values of a union are the top of the blocks' tops).
 
     Every shard must be an "activations" file whose attributes match `identity`.
     """
@@ -154,9 +155,21 @@ def compute_thresholds(
     top = None
     for path in shard_paths:
         with store.open_layer(path, identity) as (_, acts):
-            shard_top = top_values(acts[()], k)
-        top = shard_top if top is None else merge_top(top, shard_top, k)
+            for start, stop in _row_blocks(acts.shape):
+                block_top = top_values(acts[start:stop], k)
+                top = block_top if top is None else merge_top(top, block_top, k)
     return threshold_from_top(top, n_total, q), n_total
+
+
+# Activations read at once: a job's memory does not grow with the shard or the layer's maps.
+BLOCK_BYTES = 256 * 2**20
+
+
+def _row_blocks(shape: tuple[int, ...]) -> list[tuple[int, int]]:
+    """(start, stop) rows of a shard in blocks of about BLOCK_BYTES of float32 maps."""
+    per_row = 4 * int(np.prod(shape[1:], dtype=np.int64))
+    rows = max(1, BLOCK_BYTES // max(1, per_row))
+    return [(start, min(start + rows, shape[0])) for start in range(0, shape[0], rows)]
 
 
 def write_thresholds(

@@ -322,6 +322,57 @@ def _mean_or_nan(total: float | None, count: int) -> float:
     return float("nan") if total is None or count == 0 else total / count
 
 
+def _resume(checkpoint_path, fingerprint, model, optimizer, scheduler, cfg: TrainSpec) -> tuple[list, int]:
+    """(history, epochs done) from a checkpoint made for the same fingerprint, its weights,
+    optimizer, schedule and RNG restored; else ([], 0) with the global RNG seeded."""
+    checkpoint = load_checkpoint(checkpoint_path)
+    if checkpoint is not None and checkpoint.get("fingerprint") != fingerprint:
+        log.warning(
+            "checkpoint %s was made for another config, data or model; training from the start", checkpoint_path
+        )
+        checkpoint = None
+    if checkpoint is None:
+        torch.manual_seed(cfg.seed)
+        return [], 0
+    model.load_state_dict(checkpoint["model"])
+    optimizer.load_state_dict(checkpoint["optimizer"])
+    scheduler.load_state_dict(checkpoint["scheduler"])
+    _set_rng_state(checkpoint["rng"])
+    start_epoch = int(checkpoint["epoch"])
+    log.info("resuming from %s after epoch %d of %d", checkpoint_path, start_epoch, cfg.epochs)
+    return list(checkpoint["history"]), start_epoch
+
+
+def _train_epoch(model, images, labels, cfg: TrainSpec, optimizer, scheduler, epoch: int, device, progress) -> dict:
+    """One epoch of updates; its history record without the held-out accuracy and time."""
+    n_train = len(labels)
+    generator = _epoch_generator(cfg.seed, epoch)
+    batches = _batches(n_train, cfg.batch_size, generator)
+    flips = torch.rand(n_train, generator=generator) < 0.5 if cfg.augment else None
+    sums: dict[str, float] = {}
+    correct = seen = 0
+    lr = optimizer.param_groups[0]["lr"]
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if progress else True, leave=False)
+    for idx in bar:
+        x = _to_float(images[idx], device)
+        if flips is not None:
+            x = torch.where(flips[idx].to(device)[:, None, None, None], x.flip(3), x)
+        y = labels[idx].to(device)
+        values, pred = train_step(model, x, y, cfg, optimizer)
+        scheduler.step()
+        for key, value in values.items():
+            sums[key] = sums.get(key, 0.0) + value * len(idx)
+        correct += int((pred == y).sum())
+        seen += len(idx)
+        bar.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
+    record: dict[str, Any] = {"epoch": epoch + 1, "loss": sums["loss"] / seen}
+    for term in LOSS_TERMS:
+        record[term] = _mean_or_nan(sums.get(term), seen)
+    record["train_accuracy"] = correct / seen
+    record["lr"] = lr
+    return record
+
+
 def train(
     model: nn.Module,
     train_images,
@@ -358,67 +409,28 @@ def train(
     model.to(device)
     if cfg.precision == "bf16":
         model.to(memory_format=torch.channels_last)
-
     steps_per_epoch = len(_batches(n_train, cfg.batch_size, torch.Generator().manual_seed(0)))
-    total_steps = cfg.epochs * steps_per_epoch
     optimizer = make_optimizer(model, cfg)
-    scheduler = make_scheduler(optimizer, cfg, total_steps)
+    scheduler = make_scheduler(optimizer, cfg, cfg.epochs * steps_per_epoch)
     fingerprint = _fingerprint(model, cfg, n_train, len(val_labels))
+    history, start_epoch = _resume(checkpoint_path, fingerprint, model, optimizer, scheduler, cfg)
 
-    history: list[dict[str, Any]] = []
-    start_epoch = 0
-    checkpoint = load_checkpoint(checkpoint_path)
-    if checkpoint is not None and checkpoint.get("fingerprint") != fingerprint:
-        log.warning(
-            "checkpoint %s was made for another config, data or model; training from the start", checkpoint_path
-        )
-        checkpoint = None
-    if checkpoint is not None:
-        model.load_state_dict(checkpoint["model"])
-        optimizer.load_state_dict(checkpoint["optimizer"])
-        scheduler.load_state_dict(checkpoint["scheduler"])
-        _set_rng_state(checkpoint["rng"])
-        history = list(checkpoint["history"])
-        start_epoch = int(checkpoint["epoch"])
-        log.info("resuming from %s after epoch %d of %d", checkpoint_path, start_epoch, cfg.epochs)
-    else:
-        torch.manual_seed(cfg.seed)
-
-    for epoch in range(start_epoch, cfg.epochs):
-        started = time.perf_counter()
-        generator = _epoch_generator(cfg.seed, epoch)
-        batches = _batches(n_train, cfg.batch_size, generator)
-        flips = torch.rand(n_train, generator=generator) < 0.5 if cfg.augment else None
-        sums: dict[str, float] = {}
-        correct = seen = 0
-        lr = optimizer.param_groups[0]["lr"]
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if progress else True, leave=False)
-        for idx in bar:
-            x = _to_float(train_images[idx], device)
-            if flips is not None:
-                x = torch.where(flips[idx].to(device)[:, None, None, None], x.flip(3), x)
-            y = train_labels[idx].to(device)
-            values, pred = train_step(model, x, y, cfg, optimizer)
-            scheduler.step()
-            for key, value in values.items():
-                sums[key] = sums.get(key, 0.0) + value * len(idx)
-            correct += int((pred == y).sum())
-            seen += len(idx)
-            bar.set_postfix(loss=f"{values['loss']:.3f}", refresh=False)
-        record: dict[str, Any] = {"epoch": epoch + 1, "loss": sums["loss"] / seen}
-        for term in LOSS_TERMS:
-            record[term] = _mean_or_nan(sums.get(term), seen)
-        record["train_accuracy"] = correct / seen
-        record["val_accuracy"] = accuracy(
+    def heldout(desc: str, eps: float = 0.0) -> float:
+        return accuracy(
             model,
             val_images,
             val_labels,
             batch_size=2 * cfg.batch_size,
             device=device,
+            eps=eps,
             progress=progress,
-            desc="held-out",
+            desc=desc,
         )
-        record["lr"] = lr
+
+    for epoch in range(start_epoch, cfg.epochs):
+        started = time.perf_counter()
+        record = _train_epoch(model, train_images, train_labels, cfg, optimizer, scheduler, epoch, device, progress)
+        record["val_accuracy"] = heldout("held-out")
         record["seconds"] = time.perf_counter() - started
         history.append(record)
         log.info(
@@ -430,19 +442,11 @@ def train(
             record["val_accuracy"],
             record["seconds"],
         )
-        save_checkpoint(
-            checkpoint_path,
-            {
-                "format": CHECKPOINT_FORMAT,
-                "epoch": epoch + 1,
-                "fingerprint": fingerprint,
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": _rng_state(),
-                "history": history,
-            },
+        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
+        state.update(
+            format=CHECKPOINT_FORMAT, epoch=epoch + 1, fingerprint=fingerprint, rng=_rng_state(), history=history
         )
+        save_checkpoint(checkpoint_path, state)
         if history_path is not None:
             write_history(history_path, history)
         if on_epoch_end is not None:
@@ -450,31 +454,29 @@ def train(
 
     started = time.perf_counter()
     model.eval()
-    metrics: dict[str, Any] = {
-        "method": cfg.method,
-        "epochs": cfg.epochs,
-        "n_train": n_train,
-        "n_val": len(val_labels),
-        "resumed_from_epoch": start_epoch,
-        "train_accuracy": history[-1]["train_accuracy"] if history else float("nan"),
-        "heldout_accuracy": history[-1]["val_accuracy"] if history else float("nan"),
-    }
+    metrics = _final_metrics(history, cfg, n_train, len(val_labels), start_epoch)
     if cfg.eps > 0:
-        metrics["eps"] = cfg.eps
-        metrics["heldout_fgsm_accuracy"] = accuracy(
-            model,
-            val_images,
-            val_labels,
-            batch_size=2 * cfg.batch_size,
-            device=device,
-            eps=cfg.eps,
-            progress=progress,
-            desc="held-out FGSM",
-        )
+        metrics["heldout_fgsm_accuracy"] = heldout("held-out FGSM", cfg.eps)
     metrics["seconds"] = sum(r["seconds"] for r in history) + time.perf_counter() - started
     if history_path is not None:
         write_history(history_path, history)
     metrics["history"] = history
+    return metrics
+
+
+def _final_metrics(history: list[dict], cfg: TrainSpec, n_train: int, n_val: int, start_epoch: int) -> dict[str, Any]:
+    last = history[-1] if history else {}
+    metrics: dict[str, Any] = {
+        "method": cfg.method,
+        "epochs": cfg.epochs,
+        "n_train": n_train,
+        "n_val": n_val,
+        "resumed_from_epoch": start_epoch,
+        "train_accuracy": last.get("train_accuracy", float("nan")),
+        "heldout_accuracy": last.get("val_accuracy", float("nan")),
+    }
+    if cfg.eps > 0:
+        metrics["eps"] = cfg.eps
     return metrics
 
 
