@@ -51,7 +51,7 @@ def test_pixel_grid():
 
 
 def test_schema_defaults_are_the_schema_files():
-    with open(specs.SCHEMA_PATH) as handle:
+    with specs.SCHEMA.open() as handle:
         schema = yaml.safe_load(handle)
     dissection = schema["properties"]["dissection"]["properties"]
     want = {key: prop["default"] for key, prop in dissection.items() if "default" in prop}
