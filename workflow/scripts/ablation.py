@@ -2,10 +2,10 @@
 
 from advdissect.joblog import log_to
 
-sm = snakemake  # noqa: F821 (injected by Snakemake)
+sm = snakemake
 log_to(sm.log[0])
 
-from advdissect.nets.device import claim_gpu  # noqa: E402
+from advdissect.nets.device import claim_gpu
 
 with claim_gpu(sm.config["compute"]["gpus"], lock_dir=".snakemake/gpu-locks"):
     from advdissect.dissect.ablation import write_ablation

@@ -2,9 +2,9 @@
 
 from advdissect.joblog import log_to
 
-sm = snakemake  # noqa: F821 (injected by Snakemake)
+sm = snakemake
 log_to(sm.log[0])
 
-from advdissect.report import figures  # noqa: E402
+from advdissect.report import figures
 
 figures.write_ablation_summary(list(sm.input.tables), sm.output.csv, sm.output.png, sm.output.svg, sm.params.style)

@@ -2,11 +2,11 @@
 
 from advdissect.joblog import log_to
 
-log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
+log_to(snakemake.log[0])
 
-from advdissect.nets.attack_stats import write_attack_statistics  # noqa: E402
+from advdissect.nets.attack_stats import write_attack_statistics
 
-identity = dict(snakemake.params.identity)  # noqa: F821
+identity = dict(snakemake.params.identity)
 # Shards must have been made with the attack settings this rule was given.
-identity["attack_params"] = dict(snakemake.params.attack)  # noqa: F821
-write_attack_statistics(snakemake.output.stats, list(snakemake.input.shards), identity)  # noqa: F821
+identity["attack_params"] = dict(snakemake.params.attack)
+write_attack_statistics(snakemake.output.stats, list(snakemake.input.shards), identity)

@@ -2,10 +2,10 @@
 
 from advdissect.joblog import log_to
 
-sm = snakemake  # noqa: F821 (injected by Snakemake)
+sm = snakemake
 log_to(sm.log[0])
 
-from advdissect.dissect.bootstrap import write_bootstrap  # noqa: E402
+from advdissect.dissect.bootstrap import write_bootstrap
 
 write_bootstrap(
     sm.output.table,

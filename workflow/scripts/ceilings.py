@@ -5,10 +5,10 @@ from pathlib import Path
 
 from advdissect.joblog import log_to
 
-sm = snakemake  # noqa: F821 (injected by Snakemake)
+sm = snakemake
 log_to(sm.log[0])
 
-from advdissect.dissect import ceilings  # noqa: E402
+from advdissect.dissect import ceilings
 
 dataset = sm.wildcards.dataset
 ceilings.write_ceilings(

@@ -2,15 +2,15 @@
 
 from advdissect.joblog import log_to
 
-log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
+log_to(snakemake.log[0])
 
-from advdissect.dissect.tally import write_shard_counts  # noqa: E402
+from advdissect.dissect.tally import write_shard_counts
 
 write_shard_counts(
-    snakemake.output.counts,  # noqa: F821
-    activations_path=snakemake.input.activations,  # noqa: F821
-    segmentations_path=snakemake.input.segmentations,  # noqa: F821
-    dissections=list(snakemake.params.dissections),  # noqa: F821
-    identity=dict(snakemake.params.identity),  # noqa: F821
-    per_image=bool(snakemake.params.per_image),  # noqa: F821
+    snakemake.output.counts,
+    activations_path=snakemake.input.activations,
+    segmentations_path=snakemake.input.segmentations,
+    dissections=list(snakemake.params.dissections),
+    identity=dict(snakemake.params.identity),
+    per_image=bool(snakemake.params.per_image),
 )

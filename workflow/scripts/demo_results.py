@@ -2,10 +2,10 @@
 
 from advdissect.joblog import log_to
 
-sm = snakemake  # noqa: F821 (injected by Snakemake)
+sm = snakemake
 log_to(sm.log[0])
 
-from advdissect.report import results_md  # noqa: E402
+from advdissect.report import results_md
 
 # params.deepest and input.units list the same (dataset, model, layer) in the same order.
 units = [{**dict(item), "path": path} for item, path in zip(sm.params.deepest, list(sm.input.units), strict=True)]

@@ -6,7 +6,7 @@ from advdissect.data.download import download_broden
 from advdissect.joblog import log_to
 from advdissect.study import config as adconfig
 
-sm = snakemake  # noqa: F821 (injected by Snakemake)
+sm = snakemake
 log_to(sm.log[0])
 # Mirrors and digest come from the config, not from params: adding a mirror re-runs nothing.
 sources = adconfig.broden_download(sm.config, sm.params.variant)

@@ -4,7 +4,7 @@ from advdissect import specs
 from advdissect.joblog import log_to
 from advdissect.nets.models import download_url_weights
 
-sm = snakemake  # noqa: F821 (injected by Snakemake)
+sm = snakemake
 log_to(sm.log[0])
 # The spec (and its pinned sha256) comes from the config, not from params, so that pinning the
 # digest of a file already downloaded does not download it again.

@@ -3,6 +3,6 @@
 from advdissect.joblog import log_to
 from advdissect.nets.models import download_torchvision_weights
 
-sm = snakemake  # noqa: F821 (injected by Snakemake)
+sm = snakemake
 log_to(sm.log[0])
 download_torchvision_weights(sm.params.arch, sm.params.weights, sm.output.weights)

@@ -2,10 +2,10 @@
 
 from advdissect.joblog import log_to
 
-sm = snakemake  # noqa: F821 (injected by Snakemake)
+sm = snakemake
 log_to(sm.log[0])
 
-from advdissect.report import figures  # noqa: E402
+from advdissect.report import figures
 
 figures.write_eps_sweeps(
     sm.input.table2,

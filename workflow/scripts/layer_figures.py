@@ -2,10 +2,10 @@
 
 from advdissect.joblog import log_to
 
-sm = snakemake  # noqa: F821 (injected by Snakemake)
+sm = snakemake
 log_to(sm.log[0])
 
-from advdissect.report import figures, tables  # noqa: E402
+from advdissect.report import figures, tables
 
 entries = tables.zip_entries(sm.params.entries, list(sm.input.units))
 figures.detector_figure(

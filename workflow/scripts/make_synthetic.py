@@ -5,10 +5,10 @@ from pathlib import Path
 from advdissect.data import broden_shaped, synthetic
 from advdissect.joblog import log_to
 
-log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
+log_to(snakemake.log[0])
 
-params = dict(snakemake.params.synthetic)  # noqa: F821
-root = Path(snakemake.output.index).parent  # noqa: F821
+params = dict(snakemake.params.synthetic)
+root = Path(snakemake.output.index).parent
 if params.get("layout", "recognition") == "broden":
     broden_shaped.generate(root, n_train=params["n_train"], n_val=params["n_val"], seed=params.get("seed", 0))
 else:

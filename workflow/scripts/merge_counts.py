@@ -4,20 +4,20 @@ from pathlib import Path
 
 from advdissect.joblog import log_to
 
-log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
+log_to(snakemake.log[0])
 
-from advdissect.dissect.tally import write_iou, write_units_table  # noqa: E402
+from advdissect.dissect.tally import write_iou, write_units_table
 
 write_iou(
-    snakemake.output.iou,  # noqa: F821
-    snakemake.output.tally,  # noqa: F821
-    count_paths=list(snakemake.input.counts),  # noqa: F821
-    dataset_root=Path(snakemake.input.dataset).parent,  # noqa: F821
-    denominator=snakemake.params.denominator,  # noqa: F821
-    identity=dict(snakemake.params.identity),  # noqa: F821
+    snakemake.output.iou,
+    snakemake.output.tally,
+    count_paths=list(snakemake.input.counts),
+    dataset_root=Path(snakemake.input.dataset).parent,
+    denominator=snakemake.params.denominator,
+    identity=dict(snakemake.params.identity),
 )
 write_units_table(
-    snakemake.output.units,  # noqa: F821
-    snakemake.output.iou,  # noqa: F821
-    float(snakemake.params.iou_threshold),  # noqa: F821
+    snakemake.output.units,
+    snakemake.output.iou,
+    float(snakemake.params.iou_threshold),
 )

@@ -4,15 +4,15 @@ from pathlib import Path
 
 from advdissect.joblog import log_to
 
-log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
+log_to(snakemake.log[0])
 
-from advdissect.data.segmentations import write_segmentations  # noqa: E402
-from advdissect.specs import ShardPlan  # noqa: E402
+from advdissect.data.segmentations import write_segmentations
+from advdissect.specs import ShardPlan
 
 write_segmentations(
-    snakemake.output.segmentations,  # noqa: F821
-    dataset_root=Path(snakemake.input.dataset).parent,  # noqa: F821
-    plan=ShardPlan(**snakemake.params.plan),  # noqa: F821
-    shard=int(snakemake.wildcards.shard),  # noqa: F821
-    identity=dict(snakemake.params.identity),  # noqa: F821
+    snakemake.output.segmentations,
+    dataset_root=Path(snakemake.input.dataset).parent,
+    plan=ShardPlan(**snakemake.params.plan),
+    shard=int(snakemake.wildcards.shard),
+    identity=dict(snakemake.params.identity),
 )

@@ -2,9 +2,9 @@
 
 from advdissect.joblog import log_to
 
-sm = snakemake  # noqa: F821 (injected by Snakemake)
+sm = snakemake
 log_to(sm.log[0])
 
-from advdissect.report import tables  # noqa: E402
+from advdissect.report import tables
 
 tables.write_attacks_table(list(sm.input.stats), sm.output.table)

@@ -3,9 +3,9 @@ of the dissected layers."""
 
 from advdissect.joblog import log_to
 
-sm = snakemake  # noqa: F821 (injected by Snakemake)
+sm = snakemake
 log_to(sm.log[0])
 
-from advdissect.dissect import ceilings  # noqa: E402
+from advdissect.dissect import ceilings
 
 ceilings.merge_ceilings(sm.output.table, list(sm.input.tables), [dict(item) for item in sm.params.layers])

@@ -3,10 +3,10 @@ units/{layer}.csv (and the bootstrap tables)."""
 
 from advdissect.joblog import log_to
 
-sm = snakemake  # noqa: F821 (injected by Snakemake)
+sm = snakemake
 log_to(sm.log[0])
 
-from advdissect.report import tables  # noqa: E402
+from advdissect.report import tables
 
 entries = tables.zip_entries(sm.params.entries, list(sm.input.units))
 if sm.input.bootstrap:

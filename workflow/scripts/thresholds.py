@@ -2,13 +2,13 @@
 
 from advdissect.joblog import log_to
 
-log_to(snakemake.log[0])  # noqa: F821 (injected by Snakemake)
+log_to(snakemake.log[0])
 
-from advdissect.dissect.thresholds import write_thresholds  # noqa: E402
+from advdissect.dissect.thresholds import write_thresholds
 
 write_thresholds(
-    snakemake.output.thresholds,  # noqa: F821
-    list(snakemake.input.shards),  # noqa: F821
-    float(snakemake.params.quantile),  # noqa: F821
-    dict(snakemake.params.identity),  # noqa: F821
+    snakemake.output.thresholds,
+    list(snakemake.input.shards),
+    float(snakemake.params.quantile),
+    dict(snakemake.params.identity),
 )

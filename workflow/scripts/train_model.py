@@ -8,7 +8,7 @@ from advdissect.nets.models import check_sha256
 from advdissect.nets.training import train_model_to_files
 from advdissect.specs import ModelSpec, train_spec
 
-sm = snakemake  # noqa: F821 (injected by Snakemake)
+sm = snakemake
 log_to(sm.log[0])
 configure_cpu(sm.threads)
 training = dict(sm.params.training)

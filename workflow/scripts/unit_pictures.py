@@ -4,10 +4,10 @@ from pathlib import Path
 
 from advdissect.joblog import log_to
 
-sm = snakemake  # noqa: F821 (injected by Snakemake)
+sm = snakemake
 log_to(sm.log[0])
 
-from advdissect.report import figures  # noqa: E402
+from advdissect.report import figures
 
 out = Path(sm.output.pictures)
 out.mkdir(parents=True, exist_ok=True)
