@@ -201,6 +201,15 @@ def create_rows(f: h5py.File, name: str, shape: tuple[int, ...], dtype: Any) -> 
     return f.create_dataset(name, shape=shape, dtype=dtype, chunks=(1, *shape[1:]), fletcher32=True)
 
 
+def row_blocks(shape: tuple[int, ...], itemsize: int, block_bytes: int) -> list[tuple[int, int]]:
+    """(start, stop) of blocks of rows of an array of `shape` whose rows take about `block_bytes`
+    at `itemsize` bytes per value, at least one row each: how a job reads a shard without
+    holding it whole."""
+    per_row = int(itemsize) * int(np.prod(shape[1:], dtype=np.int64))
+    rows = max(1, int(block_bytes) // max(1, per_row))
+    return [(start, min(start + rows, shape[0])) for start in range(0, shape[0], rows)]
+
+
 # Room kept free beyond a file's arrays: HDF5's headers, chunk indexes and checksums, and a margin.
 SPACE_MARGIN = 16 * 2**20
 

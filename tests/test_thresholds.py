@@ -142,7 +142,7 @@ def test_files_read_in_blocks_of_rows_give_the_same_thresholds(tmp_path, monkeyp
     acts[acts < 0] = 0  # ReLU ties
     paths = _write_shards(tmp_path, acts, [0, 10, 23], ident)
     monkeypatch.setattr(thresholds, "BLOCK_BYTES", rows_per_block * 4 * 4 * 3 * 3)
-    assert thresholds._row_blocks((10, 4, 3, 3))[0] == (0, min(rows_per_block, 10))
+    assert store.row_blocks((10, 4, 3, 3), 4, thresholds.BLOCK_BYTES)[0] == (0, min(rows_per_block, 10))
     for q in (0.005, 0.2):
         t, _ = compute_thresholds(paths, q, ident)
         np.testing.assert_array_equal(t, reference(acts, q))

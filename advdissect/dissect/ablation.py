@@ -78,10 +78,9 @@ BLOCK_BYTES = 128 * 2**20
 def _shard_sum(acts) -> np.ndarray:
     """Sum over the images of a shard (array or HDF5 dataset), read a block of rows at a time
     and added in row order, so the sum is bit for bit numpy's sum of the whole shard."""
-    rows = max(1, BLOCK_BYTES // max(1, 8 * int(np.prod(acts.shape[1:], dtype=np.int64))))
     total = None
-    for start in range(0, acts.shape[0], rows):
-        block = np.asarray(acts[start : start + rows], np.float64)
+    for start, stop in store.row_blocks(acts.shape, 8, BLOCK_BYTES):
+        block = np.asarray(acts[start:stop], np.float64)
         total = block.sum(axis=0) if total is None else np.concatenate([total[None], block]).sum(axis=0)
     return total
 

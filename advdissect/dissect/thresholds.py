@@ -155,21 +155,14 @@ def compute_thresholds(
     top = None
     for path in shard_paths:
         with store.open_layer(path, identity) as (_, acts):
-            for start, stop in _row_blocks(acts.shape):
+            for start, stop in store.row_blocks(acts.shape, 4, BLOCK_BYTES):
                 block_top = top_values(acts[start:stop], k)
                 top = block_top if top is None else merge_top(top, block_top, k)
     return threshold_from_top(top, n_total, q), n_total
 
 
-# Activations read at once: a job's memory does not grow with the shard or the layer's maps.
+# Activations read at once (as float32): a job's memory does not grow with the shard or the layer's maps.
 BLOCK_BYTES = 256 * 2**20
-
-
-def _row_blocks(shape: tuple[int, ...]) -> list[tuple[int, int]]:
-    """(start, stop) rows of a shard in blocks of about BLOCK_BYTES of float32 maps."""
-    per_row = 4 * int(np.prod(shape[1:], dtype=np.int64))
-    rows = max(1, BLOCK_BYTES // max(1, per_row))
-    return [(start, min(start + rows, shape[0])) for start in range(0, shape[0], rows)]
 
 
 def write_thresholds(
