@@ -337,6 +337,13 @@ def table2_markdown(df: pd.DataFrame, level: float = 0.95) -> str:
     return "\n".join(parts) + "\n"
 
 
+def _paired_difference(point: float, resampled: np.ndarray, level: float) -> dict[str, Any]:
+    """An effect's difference, its `level` basic bootstrap interval from the resampled
+    differences, and whether the interval excludes 0 (`shown`)."""
+    lo, hi = basic_interval(point, resampled, level)
+    return {"difference": point, "ci_low": lo, "ci_high": hi, "shown": bool(lo > 0 or hi < 0)}
+
+
 def attack_effects(entries: Sequence[Mapping[str, Any]], level: float = 0.95) -> pd.DataFrame:
     """Attack minus clean detector ratio (points of %), per category, with a paired interval.
 
@@ -356,9 +363,7 @@ def attack_effects(entries: Sequence[Mapping[str, Any]], level: float = 0.95) ->
         resampled = _resampled_percent(e) - _resampled_percent(base)
         for r_att, r_ref in zip(table2_rows(attacked), table2_rows(reference)):
             category = r_att["category"]
-            diff = resampled[category].to_numpy()
             point = r_att["ratio_percent"] - r_ref["ratio_percent"]
-            lo, hi = basic_interval(point, diff, level)
             rows.append(
                 {
                     **entry_key(e),
@@ -366,10 +371,7 @@ def attack_effects(entries: Sequence[Mapping[str, Any]], level: float = 0.95) ->
                     "units": r_att["units"],
                     "clean_percent": r_ref["ratio_percent"],
                     "attack_percent": r_att["ratio_percent"],
-                    "difference": point,
-                    "ci_low": lo,
-                    "ci_high": hi,
-                    "shown": bool(lo > 0 or hi < 0),
+                    **_paired_difference(point, resampled[category].to_numpy(), level),
                 }
             )
     frame = pd.DataFrame(rows, columns=EFFECT_COLUMNS)
@@ -407,7 +409,6 @@ def model_effects(
         for r_model, r_base in zip(table2_rows(read_units(e["path"])), table2_rows(read_units(base["path"]))):
             category = r_model["category"]
             point = r_model["ratio_percent"] - r_base["ratio_percent"]
-            lo, hi = basic_interval(point, resampled[category].to_numpy(), level)
             rows.append(
                 {
                     "dataset": dataset,
@@ -419,10 +420,7 @@ def model_effects(
                     "units": r_model["units"],
                     "baseline_percent": r_base["ratio_percent"],
                     "model_percent": r_model["ratio_percent"],
-                    "difference": point,
-                    "ci_low": lo,
-                    "ci_high": hi,
-                    "shown": bool(lo > 0 or hi < 0),
+                    **_paired_difference(point, resampled[category].to_numpy(), level),
                 }
             )
     frame = pd.DataFrame(rows, columns=MODEL_EFFECT_COLUMNS)
