@@ -24,8 +24,9 @@ import urllib.error
 import urllib.request
 import uuid
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from tqdm import tqdm
 
@@ -94,6 +95,29 @@ def download_file(
         os.replace(part, dest)
         return digest
     raise error(f"cannot download {dest.name} from any of its {len(urls)} source(s): {'; '.join(failures)}; {hint}")
+
+
+def download_checked(
+    urls: Sequence[str],
+    dest: str | os.PathLike,
+    check: Callable[[Path], object],
+    *,
+    what: str,
+    error: type[AdvDissectError] = DatasetError,
+    **fetch: Any,
+) -> str:
+    """download_file (`fetch`: its keywords), then `check(dest)`: a file it refuses with `error` is
+    set aside, named in the error as the `what` kept aside; a file it accepts gets its sha256
+    recorded beside it. Returns the sha256."""
+    dest = Path(dest)
+    digest = download_file(urls, dest, error=error, **fetch)
+    try:
+        check(dest)
+    except error as exc:
+        aside = set_aside(dest, dest, digest)
+        raise error(f"{exc}; the {what} is kept aside as {aside}") from None
+    write_sha256_record(dest, digest)
+    return digest
 
 
 def _part_path(dest: Path, url: str) -> Path:
@@ -214,13 +238,17 @@ def download_broden(
     check_dataset_dest(dest)
     archive = dest.with_name(f"{dest.name}.zip")
     urls = [*BRODEN_SOURCES[variant], *mirrors]
-    digest = download_file(urls, archive, sha256=sha256, retries=retries, wait=wait, timeout=timeout, hint=LOCAL_HINT)
-    try:
-        install_zip(archive, dest)
-    except DatasetError as exc:
-        aside = set_aside(archive, archive, digest)
-        raise DatasetError(f"{exc}; the archive is kept aside as {aside}") from None
-    write_sha256_record(archive, digest)
+    download_checked(
+        urls,
+        archive,
+        lambda path: install_zip(path, dest),
+        what="archive",
+        sha256=sha256,
+        retries=retries,
+        wait=wait,
+        timeout=timeout,
+        hint=LOCAL_HINT,
+    )
     archive.unlink()
     return dest
 

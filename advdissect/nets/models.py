@@ -54,7 +54,7 @@ from torchvision.models.swin_transformer import PatchMerging, PatchMergingV2, Sw
 from torchvision.models.vision_transformer import Encoder, EncoderBlock, VisionTransformer
 from torchvision.ops.misc import Permute
 
-from ..data.download import RETRIES, WAIT, download_file, set_aside
+from ..data.download import RETRIES, WAIT, download_checked
 from ..errors import ConfigError, ModelError
 from ..specs import ModelSpec
 from ..store import atomic_path, read_sha256_record, sha256_of, sha256_record, write_sha256_record
@@ -904,20 +904,16 @@ def download_url_weights(
     """Fetch the weights file at `url` into `dest` (checked against the model's pinned sha256 and
     any record beside `dest`), check that it loads into the model, then record its sha256 beside it."""
     dest = Path(dest)
-    digest = download_file(
+    digest = download_checked(
         [url],
         dest,
+        lambda path: load_model_spec(model_spec, path),
+        what="download",
+        error=ModelError,
         sha256=model_spec.weights_sha256,
         retries=retries,
         wait=wait,
         timeout=timeout,
-        error=ModelError,
         hint="check the URL, or download the file by hand and use `weights: {source: file, path: ...}`",
     )
-    try:
-        load_model_spec(model_spec, dest)
-    except ModelError as exc:
-        aside = set_aside(dest, dest, digest)
-        raise ModelError(f"{exc}; the download is kept aside as {aside}") from None
-    write_sha256_record(dest, digest)
     log.info("wrote %s (sha256 %s)", dest, digest)
