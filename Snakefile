@@ -29,4 +29,4 @@ include: "workflow/rules/summary.smk"
 rule all:
     default_target: True
     input:
-        all_targets(),
+        PLAN.all_targets(),

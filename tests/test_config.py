@@ -13,6 +13,8 @@ import yaml
 from advdissect import specs
 from advdissect.errors import ConfigError
 from advdissect.study import config as adconfig
+from advdissect.study.datasets import dataset_size, shard_plan
+from advdissect.study.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[1]
 SCHEMA = adconfig.load_schema()
@@ -53,7 +55,7 @@ def _with(mutate):
 def test_shipped_configs_are_valid(path):
     cfg = yaml.safe_load((ROOT / path).read_text())
     checked(cfg)
-    assert adconfig.clean_attack(cfg) == "clean"
+    assert Plan(cfg).clean == "clean"
 
 
 def test_defaults_are_filled_in():
@@ -121,7 +123,7 @@ def test_true_labels_quoted_or_not(line):
     cfg = copy.deepcopy(DEFAULT)
     cfg["attacks"]["fgsm_2"].update(yaml.safe_load(line))
     checked(cfg)
-    assert adconfig.attack_specs(cfg)["fgsm_2"].labels == "true"
+    assert Plan(cfg).attack_specs["fgsm_2"].labels == "true"
 
 
 def test_unknown_attack_method():
@@ -142,7 +144,7 @@ def test_l2_and_apgd_attacks_accepted_with_defaults():
             "apgd_dlr_4": {"method": "apgd", "eps": "4/255", "loss": "dlr", "restarts": 3, "steps": 50, "seed": 1},
         }
     )
-    specs_ = adconfig.attack_specs(checked(cfg))
+    specs_ = Plan(checked(cfg)).attack_specs
     assert (specs_["deepfool"].steps, specs_["deepfool"].overshoot, specs_["deepfool"].candidates) == (50, 0.02, 10)
     assert (specs_["cw"].c, specs_["cw"].kappa, specs_["cw"].steps, specs_["cw"].lr) == (2.0, 0.1, 100, 0.01)
     assert (specs_["apgd_ce_4"].steps, specs_["apgd_ce_4"].restarts, specs_["apgd_ce_4"].loss) == (100, 1, "ce")
@@ -159,7 +161,7 @@ AUTOATTACK_FAMILY = {
 
 def test_autoattack_family_accepted_with_defaults():
     cfg = _with(lambda c: c["attacks"].update(copy.deepcopy(AUTOATTACK_FAMILY)))
-    specs_ = adconfig.attack_specs(checked(cfg))
+    specs_ = Plan(checked(cfg)).attack_specs
     assert (specs_["apgd_t_4"].steps, specs_["apgd_t_4"].restarts, specs_["apgd_t_4"].targets) == (100, 1, 9)
     assert (specs_["square_4"].queries, specs_["square_4"].p_init, specs_["square_4"].restarts) == (1000, 0.1, 1)
     assert (specs_["fab_t_4"].steps, specs_["fab_t_4"].targets, specs_["fab_t_4"].restarts) == (100, 3, 2)
@@ -283,13 +285,13 @@ def test_init_of_another_architecture():
 
 def test_baseline_defaults_to_the_init_model():
     cfg = checked(copy.deepcopy(DEFAULT))
-    assert adconfig.model_baselines(cfg) == {
+    assert Plan(cfg).model_baselines() == {
         "resnet18_at": "resnet18",
         "resnet18_consistency": "resnet18",
         "resnet18_atda": "resnet18",
     }
-    assert adconfig.model_baseline(cfg, "resnet18") is None  # trained from scratch
-    assert adconfig.model_baseline(cfg, "resnet18_random") is None  # not trained here
+    assert Plan(cfg).model_baseline("resnet18") is None  # trained from scratch
+    assert Plan(cfg).model_baseline("resnet18_random") is None  # not trained here
 
 
 def test_baseline_set_or_turned_off():
@@ -299,7 +301,7 @@ def test_baseline_set_or_turned_off():
         c["models"]["resnet18_atda"]["baseline"] = "resnet18_at"
 
     cfg = checked(_with(set_baselines))
-    assert adconfig.model_baselines(cfg) == {
+    assert Plan(cfg).model_baselines() == {
         "resnet18_random": "resnet18",
         "resnet18_consistency": "resnet18",
         "resnet18_atda": "resnet18_at",
@@ -340,7 +342,7 @@ def test_default_baseline_compares_on_the_shared_layers():
     """Adding a layer to a base model leaves its fine-tuned models valid: the comparison with the
     model they are fine-tuned from covers the layers both dissect."""
     cfg = checked(_with(lambda c: c["models"]["resnet18"].update(layers=["layer2", "layer3", "layer4"])))
-    assert adconfig.model_baseline(cfg, "resnet18_at") == "resnet18"
+    assert Plan(cfg).model_baseline("resnet18_at") == "resnet18"
     checked(_with(lambda c: c["models"]["resnet18_at"].update(layers=["layer4"])))
 
 
@@ -484,11 +486,11 @@ def test_pixel_grid():
 def test_shard_plan():
     cfg = checked(copy.deepcopy(DEFAULT))
     spec = cfg["datasets"]["synthetic"]
-    assert adconfig.dataset_size("synthetic", spec) == 400
-    plan = adconfig.shard_plan("synthetic", spec)
+    assert dataset_size("synthetic", spec) == 400
+    plan = shard_plan("synthetic", spec)
     assert (plan.split, plan.n_images, plan.shard_size, plan.n_shards) == ("val", 400, 400, 1)
     spec["shard_size"] = 150
-    assert adconfig.shard_plan("synthetic", spec).n_shards == 3
+    assert shard_plan("synthetic", spec).n_shards == 3
 
 
 def test_sort_keys_is_recursive_and_in_place():
@@ -547,7 +549,7 @@ def test_imagefolder_needs_a_path_and_is_not_dissected():
     del cfg["models"]["alexnet"]["datasets"]
     checked(cfg)
     # a model without its own list is dissected on every Broden-format dataset, not the ImageFolder one
-    assert adconfig.model_datasets(cfg, "alexnet") == ["synthetic", "synthetic64"]
+    assert Plan(cfg).model_datasets("alexnet") == ["synthetic", "synthetic64"]
     assert cfg["datasets"]["imagenet"]["image_size"] == 224
 
 

@@ -15,8 +15,8 @@ from advdissect.data.broden import BrodenDataset
 from advdissect.dissect import ablation, ceilings, tally
 from advdissect.errors import ArtifactError
 from advdissect.report import results_md, tables
-from advdissect.study import config as adconfig
 from advdissect.study.config import sort_keys
+from advdissect.study.plan import Plan
 
 ROOT = Path(__file__).resolve().parents[1]
 NAN = float("nan")
@@ -582,7 +582,7 @@ def config_frames(cfg: dict) -> dict:
     model_effect_rows = [
         {**{c: NAN for c in tables.MODEL_EFFECT_COLUMNS}, "dataset": d, "model": m, "baseline": b, "layer": layer}
         | {"threshold_mode": "self", "category": c, "shown": False}
-        for m, b in adconfig.model_baselines(cfg).items()
+        for m, b in Plan(cfg).model_baselines().items()
         for d, dm, layer in deepest
         if dm == m
         for c in tables.TABLE2_CATEGORIES

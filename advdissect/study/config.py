@@ -14,7 +14,7 @@ workflow does, and its own messages name neither).
 from __future__ import annotations
 
 import csv
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Mapping
 from contextlib import nullcontext
 from importlib import resources
 from pathlib import Path
@@ -24,12 +24,10 @@ import jsonschema
 import yaml
 
 from ..errors import AdvDissectError, ConfigError
-from ..specs import SCHEMA, AttackSpec, ShardPlan, attack_spec, train_spec
+from ..specs import SCHEMA, train_spec
+from .datasets import available_images, dataset_facts, dataset_size, dissectable, generated_spec
+from .plan import Plan
 
-# Broden as published by its authors: 63,305 images in both variants.
-BRODEN_IMAGES = {"broden1_224": 63305, "broden1_227": 63305}
-BRODEN_IMAGE_SIZE = {"broden1_224": 224, "broden1_227": 227}
-BRODEN_LABELS = 1198  # label numbers 0..1197 of broden1_224/227's label.csv
 # The keys of a broden dataset that say how its zip is downloaded.
 BRODEN_DOWNLOAD_KEYS = ("mirrors", "sha256")
 
@@ -134,98 +132,6 @@ def sort_keys(value: Any) -> Any:
     return value
 
 
-def clean_attack(config: Mapping) -> str:
-    """The name of the one attack whose method is `clean`."""
-    names = [name for name, spec in config["attacks"].items() if spec["method"] == "clean"]
-    if len(names) != 1:
-        raise ConfigError(
-            f"config: attacks: exactly one attack must have method 'clean' (found {len(names)}: {names}); "
-            "it gives the clean images and the clean thresholds"
-        )
-    return names[0]
-
-
-def dataset_root(name: str, spec: Mapping) -> Path:
-    """The directory of dataset `name`: generated (resources/synthetic/<name>), downloaded
-    (resources/broden/<variant>) or given (`path`, also of an ImageFolder)."""
-    if spec["source"] == "synthetic":
-        return Path("resources/synthetic") / name
-    if spec["source"] == "broden":
-        return Path("resources/broden") / spec["variant"]
-    return Path(spec["path"])
-
-
-def dataset_size(name: str, spec: Mapping) -> int:
-    """How many rows of dataset `name` are dissected (known before any job runs)."""
-    if "n_images" in spec:
-        return int(spec["n_images"])
-    source = spec["source"]
-    # n_images is required for a local directory, whatever its index.csv holds.
-    available = None if source == "local" else available_images(spec)
-    if available is not None:
-        return available
-    raise ConfigError(
-        f"config: datasets.{name}.n_images: required for source {source!r} with split {spec.get('split', 'all')!r}"
-    )
-
-
-def available_images(spec: Mapping) -> int | None:
-    """How many rows the dataset's split holds, where that is known before any job runs."""
-    split = spec.get("split", "all")
-    source = spec["source"]
-    if source == "synthetic":
-        synthetic = spec.get("synthetic", {})
-        n_train, n_val = synthetic.get("n_train", 2000), synthetic.get("n_val", 500)
-        return {"train": n_train, "val": n_val, "all": n_train + n_val}[split]
-    if source == "broden":
-        return BRODEN_IMAGES[spec["variant"]] if split == "all" else None
-    index = Path(spec["path"]) / "index.csv"
-    if not index.is_file():
-        return None
-    with open(index, newline="") as f:
-        rows = list(csv.DictReader(f))
-    return len(rows) if split == "all" else sum(1 for row in rows if row.get("split") == split)
-
-
-def generated_spec(spec: Mapping, datasets: Mapping[str, Mapping]) -> Mapping:
-    """The spec of the synthetic dataset that a local one reads, where the local path is a
-    synthetic dataset's directory not generated yet (config/rehearsal.yaml's smaller sizes);
-    otherwise `spec` itself."""
-    if spec["source"] != "local" or (Path(spec["path"]) / "index.csv").is_file():
-        return spec
-    for name, other in datasets.items():
-        if other["source"] == "synthetic" and dataset_root(name, other) == Path(spec["path"]):
-            return other
-    return spec
-
-
-def dataset_facts(spec: Mapping) -> tuple[tuple[int, int], int]:
-    """((height, width) of the images, number of label numbers) of a dataset."""
-    source = spec["source"]
-    if source == "synthetic" and spec.get("synthetic", {}).get("layout") == "broden":
-        from ..data import broden_shaped
-
-        return (broden_shaped.IMAGE_SIZE, broden_shaped.IMAGE_SIZE), broden_shaped.n_labels()
-    if source == "synthetic":
-        from ..data.broden import CATEGORIES
-        from ..data.synthetic import vocabulary
-
-        synthetic = spec.get("synthetic", {})
-        size = int(synthetic.get("image_size", 112))
-        vocab = vocabulary(int(synthetic.get("n_classes", 16)))
-        numbers = [n for cat in CATEGORIES for n in getattr(vocab, cat).values()]
-        return (size, size), max(numbers) + 1
-    if source == "broden":
-        size = BRODEN_IMAGE_SIZE[spec["variant"]]
-        return (size, size), BRODEN_LABELS
-    root = Path(spec["path"])
-    with open(root / "index.csv", newline="") as f:
-        first = next(csv.DictReader(f))
-    with open(root / "label.csv", newline="") as f:
-        n_labels = max(int(row["number"]) for row in csv.DictReader(f)) + 1
-    return (int(first["ih"]), int(first["iw"])), n_labels
-
-
 def broden_download(config: Mapping, variant: str) -> dict[str, Any]:
     """The extra mirrors and the pinned sha256 of a Broden variant's zip, as its datasets give them
     (one download serves every dataset of the variant, so they must agree)."""
@@ -242,11 +148,6 @@ def broden_download(config: Mapping, variant: str) -> dict[str, Any]:
                     f"{variant}, so give them the same {key}"
                 )
     return {"mirrors": list(settings[first]["mirrors"] or []), "sha256": settings[first]["sha256"]}
-
-
-def shard_plan(name: str, spec: Mapping) -> ShardPlan:
-    """How `datasets.<name>` is cut into shards."""
-    return ShardPlan(split=spec["split"], n_images=dataset_size(name, spec), shard_size=spec["shard_size"])
 
 
 def check_semantics(config: Mapping) -> None:
@@ -285,8 +186,8 @@ def check_semantics(config: Mapping) -> None:
             )
     for variant in {spec["variant"] for spec in datasets.values() if spec["source"] == "broden"}:
         broden_download(config, variant)
-    clean_attack(config)
-    attack_specs(config)
+    # Exactly one clean attack; each attack built once as a spec, which checks its own values.
+    _ = Plan(config).clean, Plan(config).attack_specs
     for name, spec in models.items():
         for attack in spec.get("attacks", []):
             if attack not in attacks:
@@ -356,7 +257,7 @@ def _check_target_classes(config: Mapping, model: str) -> None:
     """A class index as an attack's target must be one of the model's classes, and an attack whose
     loss needs some number of classes must have them."""
     num_classes = config["models"][model]["num_classes"]
-    for attack in model_attacks(config, model):
+    for attack in Plan(config).model_attacks(model):
         least = _LEAST_CLASSES.get(config["attacks"][attack]["method"], 0)
         if num_classes < least:
             raise ConfigError(
@@ -386,26 +287,6 @@ def check_figure_units(config: Mapping) -> None:
                 )
 
 
-def model_baseline(config: Mapping, model: str) -> str | None:
-    """The model `model` is compared with on clean images: `models.<model>.baseline`, by default
-    the model it is fine-tuned from (`weights.init`); None for no comparison."""
-    spec = config["models"][model]
-    if "baseline" in spec:
-        return spec["baseline"]
-    weights = spec["weights"]
-    return weights.get("init") if weights["source"] == "train" else None
-
-
-def model_baselines(config: Mapping) -> dict[str, str]:
-    """{model: its baseline} of every model that has one, in config order."""
-    out = {}
-    for model in config["models"]:
-        baseline = model_baseline(config, model)
-        if baseline is not None:
-            out[model] = baseline
-    return out
-
-
 def _check_baseline(config: Mapping, name: str) -> None:
     """An explicit baseline is another model of the config that shares a dataset and a layer name
     with this one; the comparison covers the layers both dissect. The default one (`weights.init`)
@@ -418,7 +299,8 @@ def _check_baseline(config: Mapping, name: str) -> None:
         raise ConfigError(f"{key}: unknown model {baseline!r} (defined: {', '.join(models)})")
     if baseline == name:
         raise ConfigError(f"{key}: {name!r} is the model itself; a baseline is another model")
-    ours, theirs = model_datasets(config, name), model_datasets(config, baseline)
+    plan = Plan(config)
+    ours, theirs = plan.model_datasets(name), plan.model_datasets(baseline)
     if not set(ours) & set(theirs):
         raise ConfigError(
             f"{key}: {baseline!r} is dissected on {', '.join(theirs) or 'no dataset'}, {name!r} on "
@@ -450,11 +332,6 @@ def _check_init_chain(models: Mapping, name: str) -> None:
         current = models[current]["weights"].get("init") if models[current]["weights"]["source"] == "train" else None
 
 
-def attack_specs(config: Mapping) -> dict[str, AttackSpec]:
-    """Every attack of the config as a validated spec, by name."""
-    return {name: attack_spec(name, settings) for name, settings in config["attacks"].items()}
-
-
 def check_layers(config: Mapping) -> None:
     """Every architecture exists and has each configured layer, once (builds each net on the meta
     device)."""
@@ -480,7 +357,7 @@ def _check_fixed_image_size(config: Mapping, model: str) -> None:
     size = fixed_image_size(spec["arch"], spec["num_classes"])
     if size is None:
         return
-    for name in model_datasets(config, model):
+    for name in Plan(config).model_datasets(model):
         facts_spec = generated_spec(datasets[name], datasets)
         if facts_spec["source"] == "local" and not (Path(facts_spec["path"]) / "index.csv").is_file():
             continue  # known only once the directory is there; the first job then refuses it
@@ -492,7 +369,7 @@ def _check_fixed_image_size(config: Mapping, model: str) -> None:
             )
 
 
-# ---------------------------------------------------------------- the study's plan
+# ---------------------------------------------------------------- loading
 
 
 def load_config(paths: Iterable[str | Path], schema_path: str | Path | None = None) -> dict:
@@ -510,47 +387,6 @@ def load_config(paths: Iterable[str | Path], schema_path: str | Path | None = No
     check_semantics(config)
     sort_keys(config)
     return config
-
-
-def dissectable(spec: Mapping) -> bool:
-    """Broden-format datasets can be dissected; ImageFolder ones only train models."""
-    return spec["source"] != "imagefolder"
-
-
-def model_datasets(config: Mapping, model: str) -> list[str]:
-    """The datasets a model is dissected on: its own list, or every Broden-format dataset."""
-    every = [name for name, spec in config["datasets"].items() if dissectable(spec)]
-    return list(config["models"][model].get("datasets", every))
-
-
-def model_attacks(config: Mapping, model: str) -> list[str]:
-    """The clean attack first, then the model's attacks in config order."""
-    clean = clean_attack(config)
-    wanted = config["models"][model].get("attacks", list(config["attacks"]))
-    return [clean] + [a for a in config["attacks"] if a in wanted and a != clean]
-
-
-def attack_modes(config: Mapping, attack: str) -> list[str]:
-    """Threshold modes computed for an attack: the clean attack's `self` already is `clean`."""
-    if attack == clean_attack(config):
-        return ["self"]
-    return list(config["dissection"]["threshold_modes"])
-
-
-def chains(config: Mapping) -> Iterator[tuple[str, str, str]]:
-    """Every (dataset, model, attack) chain of the study."""
-    for model in config["models"]:
-        for dataset in model_datasets(config, model):
-            for attack in model_attacks(config, model):
-                yield dataset, model, attack
-
-
-def layer_entries(config: Mapping) -> Iterator[tuple[str, str, str, str, str]]:
-    """Every (dataset, model, attack, mode, layer) dissected."""
-    for dataset, model, attack in chains(config):
-        for mode in attack_modes(config, attack):
-            for layer in config["models"][model]["layers"]:
-                yield dataset, model, attack, mode, layer
 
 
 def main(argv: list[str] | None = None) -> int:

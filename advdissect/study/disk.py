@@ -21,7 +21,9 @@ import pandas as pd
 from ..data.broden import CATEGORIES, PIXEL_CATEGORIES
 from ..dissect.tally import IMAGE_RECORDS
 from ..errors import AdvDissectError
-from . import config as adconfig
+from .config import load_config
+from .datasets import dataset_facts, dataset_root, dataset_size, generated_spec
+from .plan import Plan, glob_pattern
 
 # Per-image arrays of an images shard besides the pixels: rows, labels, clean_pred, adv_pred,
 # target (int64) and clean_conf, adv_conf, linf, l2 (float32).
@@ -59,7 +61,7 @@ def pixel_layers(name: str, spec: Mapping, n_images: int, generated: Mapping | N
     """Pixel-level layers of the first n_images rows of the dissected split: counted in the
     dataset's index.csv when it exists, else estimated per image (from `generated`, the spec
     of the synthetic dataset that will write it, where given)."""
-    index = adconfig.dataset_root(name, spec) / "index.csv"
+    index = dataset_root(name, spec) / "index.csv"
     if not index.is_file():
         spec = generated or spec
         broden_like = spec["source"] == "broden" or spec.get("synthetic", {}).get("layout") == "broden"
@@ -93,12 +95,12 @@ def _shard_sizes(n_images: int, shard_size: int) -> list[int]:
 
 def estimate(config: Mapping) -> pd.DataFrame:
     """One row per artifact file group: kind, dataset, model, files, bytes."""
-    chains = list(adconfig.chains(config))
+    plan = Plan(config)
+    chains = plan.chains()
     # Only the dissected datasets: a training-only one (an ImageFolder) has no Broden files.
     datasets = config["datasets"]
     facts = {
-        name: adconfig.dataset_facts(adconfig.generated_spec(datasets[name], datasets))
-        for name in dict.fromkeys(d for d, _, _ in chains)
+        name: dataset_facts(generated_spec(datasets[name], datasets)) for name in dict.fromkeys(d for d, _, _ in chains)
     }
     dtype_bytes = DTYPE_BYTES[config["dissection"]["activation_dtype"]]
     shapes: dict[tuple[str, str], dict[str, tuple[int, int, int]]] = {}
@@ -111,9 +113,9 @@ def estimate(config: Mapping) -> pd.DataFrame:
         spec = config["datasets"][dataset]
         (ih, iw), _ = facts[dataset]
         sh, sw = ih // 2, iw // 2  # Broden's segmentations: half the image size (112 for 224, 113 for 227)
-        n_images = adconfig.dataset_size(dataset, spec)
+        n_images = dataset_size(dataset, spec)
         shards = _shard_sizes(n_images, spec["shard_size"])
-        layers = pixel_layers(dataset, spec, n_images, adconfig.generated_spec(spec, datasets)) / n_images  # per image
+        layers = pixel_layers(dataset, spec, n_images, generated_spec(spec, datasets)) / n_images  # per image
         # rows, both offsets, image labels (about one) and layer categories: 8 bytes each
         per_image = 8 * 4 + 8 * layers + layers * sh * sw * 2
         size = sum(_file(round(n * per_image), 7, round(n * layers), 6) for n in shards)
@@ -121,12 +123,12 @@ def estimate(config: Mapping) -> pd.DataFrame:
     for dataset, model, attack in chains:
         spec = config["datasets"][dataset]
         (ih, iw), n_labels = facts[dataset]
-        shards = _shard_sizes(adconfig.dataset_size(dataset, spec), spec["shard_size"])
+        shards = _shard_sizes(dataset_size(dataset, spec), spec["shard_size"])
         if (dataset, model) not in shapes:
             shapes[dataset, model] = layer_shapes(config["models"][model], (ih, iw))
         images = sum(_file(n * (3 * ih * iw + IMAGE_EXTRAS), 10, n, 9) for n in shards)
         add("images", dataset, model, len(shards), images)
-        modes = adconfig.attack_modes(config, attack)
+        modes = plan.attack_modes(attack)
         # One activations file per shard holds every layer (rows plus one chunked array a layer).
         layers = shapes[dataset, model].values()
         per_image = 8 + sum(c * h * w * dtype_bytes for c, h, w in layers)
@@ -158,14 +160,9 @@ def estimate(config: Mapping) -> pd.DataFrame:
     return frame.groupby(["kind", "dataset", "model"], sort=False, as_index=False).sum()
 
 
-# Where each kind lives under a workdir: results/<dataset>/<model>/<attack>/...
+# Where each kind lives under a workdir, as the plan lays it out.
 PATTERNS = {
-    "segmentations": "results/segmentations/*/*.h5",
-    "images": "results/*/*/*/images/*.h5",
-    "activations": "results/*/*/*/activations/*.h5",
-    "thresholds": "results/*/*/*/thresholds/*.h5",
-    "counts": "results/*/*/*/counts/*.h5",
-    "iou": "results/*/*/*/*/iou/*.h5",
+    kind: glob_pattern(kind) for kind in ("segmentations", "images", "activations", "thresholds", "counts", "iou")
 }
 
 
@@ -225,7 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--by-model", action="store_true", help="one row per kind, dataset and model")
     args = parser.parse_args(argv)
     try:
-        config = adconfig.load_config(args.configfile)
+        config = load_config(args.configfile)
         frame = estimate(config)
     except (AdvDissectError, OSError) as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -3,8 +3,8 @@
 
 rule attack_shard:
     input:
-        unpack(weights_input),
-        dataset=dataset_of,
+        unpack(job(PLAN.weights_input)),
+        dataset=job(PLAN.dataset_index),
     output:
         images=stored("images", path("images")),
     log:
@@ -17,9 +17,9 @@ rule attack_shard:
     resources:
         gpu=1,
     params:
-        model_spec=model_spec_of,
-        attack=attack_settings,
-        plan=shard_plan_of,
+        model_spec=job(PLAN.model_spec),
+        attack=job(PLAN.attack_settings),
+        plan=lambda wc: PLAN.shard_plan(wc.dataset).to_dict(),
         identity=identity("dataset", "model", "attack"),
     script:
         "../scripts/attack_shard.py"
@@ -38,6 +38,6 @@ rule attack_stats:
         "../../envs/advdissect.yaml"
     params:
         identity=identity("dataset", "model", "attack"),
-        attack=attack_settings,
+        attack=job(PLAN.attack_settings),
     script:
         "../scripts/attack_stats.py"

@@ -20,7 +20,7 @@ rule make_synthetic:
 # model and attack.
 rule segmentations:
     input:
-        dataset=dataset_of,
+        dataset=job(PLAN.dataset_index),
     output:
         segmentations=path("segmentations"),
     log:
@@ -30,7 +30,7 @@ rule segmentations:
     conda:
         "../../envs/advdissect.yaml"
     params:
-        plan=shard_plan_of,
+        plan=lambda wc: PLAN.shard_plan(wc.dataset).to_dict(),
         identity=identity("dataset", "shard"),
     script:
         "../scripts/segmentations.py"

@@ -5,7 +5,7 @@
 
 rule activations:
     input:
-        unpack(weights_input),
+        unpack(job(PLAN.weights_input)),
         images=path("images"),
     output:
         activations=stored("activations", path("activations")),
@@ -19,8 +19,8 @@ rule activations:
     resources:
         gpu=1,
     params:
-        model_spec=model_spec_of,
-        layers=layers_of,
+        model_spec=job(PLAN.model_spec),
+        layers=job(PLAN.layers),
         identity=identity("dataset", "model", "attack", "shard"),
         dtype=DISSECTION["activation_dtype"],
     script:
@@ -48,7 +48,7 @@ rule thresholds:
 rule count_shard:
     input:
         activations=path("activations"),
-        thresholds=shard_thresholds,
+        thresholds=job(PLAN.shard_thresholds),
         segmentations=path("segmentations"),
     output:
         counts=path("counts"),
@@ -60,7 +60,7 @@ rule count_shard:
         "../../envs/advdissect.yaml"
     params:
         identity=identity("dataset", "model", "attack", "shard"),
-        dissections=shard_dissections,
+        dissections=job(PLAN.shard_dissections),
         per_image=BOOTSTRAP["resamples"] > 0,
     script:
         "../scripts/count_shard.py"
@@ -69,7 +69,7 @@ rule count_shard:
 rule merge_counts:
     input:
         counts=per_shard("counts"),
-        dataset=dataset_of,
+        dataset=job(PLAN.dataset_index),
     output:
         iou=path("iou"),
         tally=path("tally"),
@@ -105,6 +105,6 @@ rule bootstrap:
         denominator=DISSECTION["denominator"],
         iou_threshold=DISSECTION["iou_threshold"],
         identity=identity("dataset", "model", "attack"),
-        dissections=shard_dissections,
+        dissections=job(PLAN.shard_dissections),
     script:
         "../scripts/bootstrap.py"

@@ -40,7 +40,7 @@ rule download_url_weights:
 
 rule train_model:
     input:
-        unpack(train_inputs),
+        unpack(job(PLAN.train_inputs)),
     output:
         weights="results/models/{model}/weights.pt",
         metrics="results/models/{model}/metrics.json",
@@ -57,8 +57,8 @@ rule train_model:
     resources:
         gpu=1,
     params:
-        model_spec=model_spec_of,
-        training=training_params,
+        model_spec=job(PLAN.model_spec),
+        training=job(PLAN.training_params),
         # The checkpoint lives outside the outputs so a killed training resumes from it.
         checkpoint="results/models/{model}/checkpoint.pt",
     script:

@@ -3,7 +3,7 @@
 
 rule summary_models:
     input:
-        metrics=[f"results/models/{m}/metrics.json" for m in trained_models()],
+        metrics=[f"results/models/{m}/metrics.json" for m in PLAN.trained_models()],
     output:
         table=report(
             "results/summary/models.csv",
@@ -18,7 +18,7 @@ rule summary_models:
         "../../envs/advdissect.yaml"
     params:
         models=MODELS,
-        trained=trained_models(),
+        trained=PLAN.trained_models(),
     script:
         "../scripts/summary_models.py"
 
@@ -26,7 +26,7 @@ rule summary_models:
 rule summary_attacks:
     input:
         stats=[
-            path("attack_stats", dataset=d, model=m, attack=a) for d, m, a in chains()
+            path("attack_stats", dataset=d, model=m, attack=a) for d, m, a in PLAN.chains()
         ],
     output:
         table=report(
@@ -46,8 +46,8 @@ rule summary_attacks:
 
 rule table2:
     input:
-        units=entry_paths(entries()),
-        bootstrap=bootstrap_paths(entries()),
+        units=PLAN.units_paths(PLAN.dissections()),
+        bootstrap=PLAN.bootstrap_paths(PLAN.dissections()),
     output:
         csv=report(
             "results/summary/table2.csv",
@@ -72,19 +72,19 @@ rule table2:
     conda:
         "../../envs/advdissect.yaml"
     params:
-        entries=entries(),
+        entries=PLAN.dissection_rows(),
         level=BOOTSTRAP["level"],
-        baselines=model_baselines(),
+        baselines=PLAN.model_baselines(),
     script:
         "../scripts/table2.py"
 
 
 rule ablation:
     input:
-        unpack(weights_input),
+        unpack(job(PLAN.weights_input)),
         images=per_shard("images"),
         clean_activations=per_shard("activations", attack=CLEAN),
-        units=ablation_units,
+        units=job(PLAN.ablation_units),
     output:
         table=path("ablation"),
     log:
@@ -97,7 +97,7 @@ rule ablation:
     resources:
         gpu=1,
     params:
-        model_spec=model_spec_of,
+        model_spec=job(PLAN.model_spec),
         modes=DISSECTION["threshold_modes"],
         random_sets=ABLATION["random_sets"],
         clean=CLEAN,
@@ -108,7 +108,7 @@ rule ablation:
 
 rule ablation_summary:
     input:
-        tables=ablation_paths(),
+        tables=PLAN.ablation_paths(),
     output:
         csv=report(
             "results/summary/ablation.csv",
@@ -135,7 +135,7 @@ rule ablation_summary:
 
 rule concept_drift:
     input:
-        units=entry_paths(entries()),
+        units=PLAN.units_paths(PLAN.dissections()),
     output:
         units="results/summary/concept_drift.csv",
         summary=report(
@@ -156,7 +156,7 @@ rule concept_drift:
     conda:
         "../../envs/advdissect.yaml"
     params:
-        entries=entries(),
+        entries=PLAN.dissection_rows(),
         style=STYLE,
     script:
         "../scripts/concept_drift.py"
@@ -165,7 +165,7 @@ rule concept_drift:
 # The figures of one dataset, model and layer drawn from its units tables, in one job.
 rule layer_figures:
     input:
-        units=layer_units_tables,
+        units=layer_units,
     output:
         detectors_png=report(
             "results/figures/detectors/{dataset}/{model}/{layer}.png",
@@ -189,7 +189,7 @@ rule layer_figures:
     conda:
         "../../envs/advdissect.yaml"
     params:
-        entries=layer_entries_of,
+        entries=job(PLAN.dissection_rows),
         top_n=40,
         iou_threshold=DISSECTION["iou_threshold"],
         style=STYLE,
@@ -210,11 +210,11 @@ rule eps_sweep:
                 category="Epsilon sweep",
                 subcategory=m,
             )
-            for d, m, layer in figure_layers()
+            for d, m, layer in PLAN.figure_layers()
         ],
         svg=[
             f"results/figures/eps_sweep/{d}/{m}/{layer}.svg"
-            for d, m, layer in figure_layers()
+            for d, m, layer in PLAN.figure_layers()
         ],
     log:
         "results/logs/eps_sweep.log",
@@ -223,7 +223,7 @@ rule eps_sweep:
     conda:
         "../../envs/advdissect.yaml"
     params:
-        layers=list(figure_layers()),
+        layers=PLAN.figure_layers(),
         style=STYLE,
     script:
         "../scripts/eps_sweep.py"
@@ -232,7 +232,7 @@ rule eps_sweep:
 # Fig. 8 of one layer: one picture per attack, clean images against that attack's.
 rule unit_pictures:
     input:
-        unpack(unit_picture_inputs),
+        unpack(job(PLAN.unit_picture_inputs)),
     output:
         pictures=report(
             directory("results/figures/units/{dataset}/{model}/{layer}"),
@@ -248,10 +248,10 @@ rule unit_pictures:
     conda:
         "../../envs/advdissect.yaml"
     params:
-        attacks=attacked_sets,
+        attacks=job(PLAN.attacked_sets),
         clean_attack=CLEAN,
         threshold_mode="self",
-        units=pictured_units,
+        units=job(PLAN.pictured_units),
         k=FIGURES["top_units"],
         n_images=FIGURES["top_images"],
         style=STYLE,
@@ -261,7 +261,7 @@ rule unit_pictures:
 
 rule unit_browser:
     input:
-        unpack(browser_inputs),
+        unpack(job(PLAN.browser_inputs)),
     output:
         page=report(
             directory("results/browser/{dataset}/{model}/{layer}"),
@@ -277,7 +277,7 @@ rule unit_browser:
     conda:
         "../../envs/advdissect.yaml"
     params:
-        sets=image_sets,
+        sets=job(PLAN.model_attacks),
         modes=DISSECTION["threshold_modes"],
         clean=CLEAN,
     script:
@@ -289,7 +289,7 @@ rule training_summary:
         models="results/summary/models.csv",
         attacks="results/summary/attacks.csv",
         table2="results/summary/table2.csv",
-        histories=[f"results/models/{m}/history.csv" for m in compared_models()],
+        histories=[f"results/models/{m}/history.csv" for m in PLAN.compared_models()],
     output:
         table=report(
             "results/summary/training.csv",
@@ -315,7 +315,7 @@ rule training_summary:
     conda:
         "../../envs/advdissect.yaml"
     params:
-        training_models=compared_models(),
+        training_models=PLAN.compared_models(),
         style=STYLE,
     script:
         "../scripts/training_summary.py"
@@ -324,8 +324,8 @@ rule training_summary:
 # The ideal units of one dataset, at every map size its dissected layers have.
 rule ceilings:
     input:
-        segmentations=lambda wc: shard_files("segmentations", wc.dataset),
-        index=lambda wc: dataset_index(wc.dataset),
+        segmentations=per_shard("segmentations"),
+        index=job(PLAN.dataset_index),
     output:
         table=path("ceilings"),
     log:
@@ -333,13 +333,13 @@ rule ceilings:
     benchmark:
         "results/benchmarks/ceilings/{dataset}.tsv"
     wildcard_constraints:
-        dataset="|".join(ceiling_datasets()),
+        dataset="|".join(PLAN.ceiling_datasets()),
     conda:
         "../../envs/advdissect.yaml"
     params:
-        split=lambda wc: shard_plan(wc.dataset).split,
-        n_images=lambda wc: shard_plan(wc.dataset).n_images,
-        layers=lambda wc: ceiling_layers(wc.dataset),
+        split=lambda wc: PLAN.shard_plan(wc.dataset).split,
+        n_images=lambda wc: PLAN.shard_plan(wc.dataset).n_images,
+        layers=job(PLAN.ceiling_layers),
         quantile=DISSECTION["quantile"],
         denominator=DISSECTION["denominator"],
     script:
@@ -348,7 +348,7 @@ rule ceilings:
 
 rule summary_ceilings:
     input:
-        tables=[path("ceilings", dataset=d) for d in ceiling_datasets()],
+        tables=[path("ceilings", dataset=d) for d in PLAN.ceiling_datasets()],
     output:
         table=report(
             "results/summary/ceilings.csv",
@@ -362,7 +362,7 @@ rule summary_ceilings:
     conda:
         "../../envs/advdissect.yaml"
     params:
-        layers=ceiling_layers(),
+        layers=PLAN.ceiling_layers(),
     script:
         "../scripts/summary_ceilings.py"
 
@@ -375,11 +375,10 @@ rule demo_results:
         effects="results/summary/attack_effects.csv",
         model_effects="results/summary/model_effects.csv",
         ceilings="results/summary/ceilings.csv",
-        training=["results/summary/training.csv"] if compared_models() else [],
-        ablation=["results/summary/ablation.csv"] if ablation_paths() else [],
+        training=["results/summary/training.csv"] if PLAN.compared_models() else [],
+        ablation=["results/summary/ablation.csv"] if PLAN.ablation_paths() else [],
         units=[
-            units_path(e["dataset"], e["model"], CLEAN, "self", e["layer"])
-            for e in deepest_layers()
+            path("units", **e, attack=CLEAN, mode="self") for e in PLAN.deepest_layers()
         ],
     output:
         md=report(
@@ -394,6 +393,6 @@ rule demo_results:
     conda:
         "../../envs/advdissect.yaml"
     params:
-        deepest=deepest_layers(),
+        deepest=PLAN.deepest_layers(),
     script:
         "../scripts/demo_results.py"
