@@ -26,7 +26,8 @@ rule summary_models:
 rule summary_attacks:
     input:
         stats=[
-            path("attack_stats", dataset=d, model=m, attack=a) for d, m, a in PLAN.chains()
+            path("attack_stats", dataset=d, model=m, attack=a)
+            for d, m, a in PLAN.chains()
         ],
     output:
         table=report(
@@ -378,7 +379,8 @@ rule demo_results:
         training=["results/summary/training.csv"] if PLAN.compared_models() else [],
         ablation=["results/summary/ablation.csv"] if PLAN.ablation_paths() else [],
         units=[
-            path("units", **e, attack=CLEAN, mode="self") for e in PLAN.deepest_layers()
+            path("units", **e, attack=CLEAN, mode="self")
+            for e in PLAN.deepest_layers()
         ],
     output:
         md=report(
