@@ -152,85 +152,99 @@ def broden_download(config: Mapping, variant: str) -> dict[str, Any]:
 
 def check_semantics(config: Mapping) -> None:
     """Cross-key checks after schema validation (defaults already filled in)."""
-    datasets, models, attacks = config["datasets"], config["models"], config["attacks"]
+    datasets, models = config["datasets"], config["models"]
     for name, spec in datasets.items():
-        source = spec["source"]
-        if source == "broden" and "variant" not in spec:
-            raise ConfigError(
-                f"config: datasets.{name}.variant: required for source 'broden' (broden1_224 or broden1_227)"
-            )
-        if source in ("local", "imagefolder") and "path" not in spec:
-            raise ConfigError(f"config: datasets.{name}.path: required for source {source!r}")
-        if source != "synthetic" and "synthetic" in spec:
-            raise ConfigError(f"config: datasets.{name}.synthetic: only for source 'synthetic'")
-        generator = spec.get("synthetic", {})
-        if source == "synthetic" and generator.get("layout", "recognition") == "recognition":
-            for key in ("n_train", "n_val"):
-                if generator.get(key, 1) < 1:
-                    raise ConfigError(
-                        f"config: datasets.{name}.synthetic.{key}: the recognition layout needs at least 1 image, "
-                        f"got {generator[key]}"
-                    )
-        for key in BRODEN_DOWNLOAD_KEYS:
-            if source != "broden" and key in spec:
-                raise ConfigError(f"config: datasets.{name}.{key}: only for source 'broden'")
-        if not dissectable(spec):
-            continue
-        if source == "local":
-            _check_index_header(name, Path(spec["path"]) / "index.csv")
-        wanted, available = dataset_size(name, spec), available_images(spec)
-        if available is not None and wanted > available:
-            raise ConfigError(
-                f"config: datasets.{name}.n_images: {wanted} images asked for, but split "
-                f"{spec.get('split', 'all')!r} of the dataset holds {available}"
-            )
+        _check_dataset(name, spec)
     for variant in {spec["variant"] for spec in datasets.values() if spec["source"] == "broden"}:
         broden_download(config, variant)
     # Exactly one clean attack; each attack built once as a spec, which checks its own values.
     _ = Plan(config).clean, Plan(config).attack_specs
-    for name, spec in models.items():
-        for attack in spec.get("attacks", []):
-            if attack not in attacks:
-                raise ConfigError(
-                    f"config: models.{name}.attacks: unknown attack {attack!r} (defined: {', '.join(attacks)})"
-                )
-        for dataset in spec.get("datasets", []):
-            if dataset not in datasets:
-                raise ConfigError(
-                    f"config: models.{name}.datasets: unknown dataset {dataset!r} (defined: {', '.join(datasets)})"
-                )
-            if not dissectable(datasets[dataset]):
-                raise ConfigError(
-                    f"config: models.{name}.datasets: {dataset!r} is an ImageFolder training set without "
-                    "segmentations; list the Broden-format datasets to dissect on"
-                )
-        weights = spec["weights"]
-        if weights["source"] != "train":
-            continue
-        if weights["dataset"] not in datasets:
-            raise ConfigError(
-                f"config: models.{name}.weights.dataset: unknown dataset {weights['dataset']!r} "
-                f"(defined: {', '.join(datasets)})"
-            )
-        train_spec(weights, f"models.{name}.weights")
-        train_set = datasets[weights["dataset"]]
-        if train_set.get("synthetic", {}).get("layout") == "broden":
-            raise ConfigError(
-                f"config: models.{name}.weights.dataset: {weights['dataset']!r} has the broden layout, "
-                "which has no class task to train on; use weights source random or file"
-            )
-        if train_set["source"] == "synthetic":
-            n_classes = train_set.get("synthetic", {}).get("n_classes", 16)
-            if spec["num_classes"] != n_classes:
-                raise ConfigError(
-                    f"config: models.{name}.num_classes: {spec['num_classes']} but dataset "
-                    f"{weights['dataset']!r} has {n_classes} classes"
-                )
-        _check_init_chain(models, name)
+    for name in models:
+        _check_model_references(config, name)
+        if models[name]["weights"]["source"] == "train":
+            _check_training(config, name)
+            _check_init_chain(models, name)
     for name in models:
         _check_target_classes(config, name)
         _check_baseline(config, name)
     check_figure_units(config)
+
+
+def _check_dataset(name: str, spec: Mapping) -> None:
+    """The keys a dataset's source needs and allows, and no more images asked for than it holds."""
+    source = spec["source"]
+    if source == "broden" and "variant" not in spec:
+        raise ConfigError(f"config: datasets.{name}.variant: required for source 'broden' (broden1_224 or broden1_227)")
+    if source in ("local", "imagefolder") and "path" not in spec:
+        raise ConfigError(f"config: datasets.{name}.path: required for source {source!r}")
+    if source != "synthetic" and "synthetic" in spec:
+        raise ConfigError(f"config: datasets.{name}.synthetic: only for source 'synthetic'")
+    generator = spec.get("synthetic", {})
+    if source == "synthetic" and generator.get("layout", "recognition") == "recognition":
+        for key in ("n_train", "n_val"):
+            if generator.get(key, 1) < 1:
+                raise ConfigError(
+                    f"config: datasets.{name}.synthetic.{key}: the recognition layout needs at least 1 image, "
+                    f"got {generator[key]}"
+                )
+    for key in BRODEN_DOWNLOAD_KEYS:
+        if source != "broden" and key in spec:
+            raise ConfigError(f"config: datasets.{name}.{key}: only for source 'broden'")
+    if not dissectable(spec):
+        return
+    if source == "local":
+        _check_index_header(name, Path(spec["path"]) / "index.csv")
+    wanted, available = dataset_size(name, spec), available_images(spec)
+    if available is not None and wanted > available:
+        raise ConfigError(
+            f"config: datasets.{name}.n_images: {wanted} images asked for, but split "
+            f"{spec.get('split', 'all')!r} of the dataset holds {available}"
+        )
+
+
+def _check_model_references(config: Mapping, name: str) -> None:
+    """A model's attacks and datasets are defined, and it is dissected only on Broden-format sets."""
+    datasets, attacks, spec = config["datasets"], config["attacks"], config["models"][name]
+    for attack in spec.get("attacks", []):
+        if attack not in attacks:
+            raise ConfigError(
+                f"config: models.{name}.attacks: unknown attack {attack!r} (defined: {', '.join(attacks)})"
+            )
+    for dataset in spec.get("datasets", []):
+        if dataset not in datasets:
+            raise ConfigError(
+                f"config: models.{name}.datasets: unknown dataset {dataset!r} (defined: {', '.join(datasets)})"
+            )
+        if not dissectable(datasets[dataset]):
+            raise ConfigError(
+                f"config: models.{name}.datasets: {dataset!r} is an ImageFolder training set without "
+                "segmentations; list the Broden-format datasets to dissect on"
+            )
+
+
+def _check_training(config: Mapping, name: str) -> None:
+    """A model trained here: a defined training set with a class task of the model's classes."""
+    datasets, spec = config["datasets"], config["models"][name]
+    weights = spec["weights"]
+    if weights["dataset"] not in datasets:
+        raise ConfigError(
+            f"config: models.{name}.weights.dataset: unknown dataset {weights['dataset']!r} "
+            f"(defined: {', '.join(datasets)})"
+        )
+    train_spec(weights, f"models.{name}.weights")
+    train_set = datasets[weights["dataset"]]
+    if train_set.get("synthetic", {}).get("layout") == "broden":
+        raise ConfigError(
+            f"config: models.{name}.weights.dataset: {weights['dataset']!r} has the broden layout, "
+            "which has no class task to train on; use weights source random or file"
+        )
+    if train_set["source"] == "synthetic":
+        n_classes = train_set.get("synthetic", {}).get("n_classes", 16)
+        if spec["num_classes"] != n_classes:
+            raise ConfigError(
+                f"config: models.{name}.num_classes: {spec['num_classes']} but dataset "
+                f"{weights['dataset']!r} has {n_classes} classes"
+            )
 
 
 def _check_index_header(name: str, index: Path) -> None:

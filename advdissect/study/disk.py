@@ -102,62 +102,72 @@ def estimate(config: Mapping) -> pd.DataFrame:
     facts = {
         name: dataset_facts(generated_spec(datasets[name], datasets)) for name in dict.fromkeys(d for d, _, _ in chains)
     }
-    dtype_bytes = DTYPE_BYTES[config["dissection"]["activation_dtype"]]
+    rows = [_segmentations_row(name, datasets, facts[name]) for name in facts]
     shapes: dict[tuple[str, str], dict[str, tuple[int, int, int]]] = {}
-    rows = []
-
-    def add(kind: str, dataset: str, model: str, files: int, size: int) -> None:
-        rows.append({"kind": kind, "dataset": dataset, "model": model, "files": files, "bytes": size})
-
-    for dataset in facts:
-        spec = config["datasets"][dataset]
-        (ih, iw), _ = facts[dataset]
-        sh, sw = ih // 2, iw // 2  # Broden's segmentations: half the image size (112 for 224, 113 for 227)
-        n_images = dataset_size(dataset, spec)
-        shards = _shard_sizes(n_images, spec["shard_size"])
-        layers = pixel_layers(dataset, spec, n_images, generated_spec(spec, datasets)) / n_images  # per image
-        # rows, both offsets, image labels (about one) and layer categories: 8 bytes each
-        per_image = 8 * 4 + 8 * layers + layers * sh * sw * 2
-        size = sum(_file(round(n * per_image), 7, round(n * layers), 6) for n in shards)
-        add("segmentations", dataset, "", len(shards), size + len(shards) * 8 * facts[dataset][1])
     for dataset, model, attack in chains:
-        spec = config["datasets"][dataset]
-        (ih, iw), n_labels = facts[dataset]
-        shards = _shard_sizes(dataset_size(dataset, spec), spec["shard_size"])
         if (dataset, model) not in shapes:
-            shapes[dataset, model] = layer_shapes(config["models"][model], (ih, iw))
-        images = sum(_file(n * (3 * ih * iw + IMAGE_EXTRAS), 10, n, 9) for n in shards)
-        add("images", dataset, model, len(shards), images)
-        modes = plan.attack_modes(attack)
-        # One activations file per shard holds every layer (rows plus one chunked array a layer).
-        layers = shapes[dataset, model].values()
-        per_image = 8 + sum(c * h * w * dtype_bytes for c, h, w in layers)
-        activations = sum(_file(n * per_image, 1 + len(layers), n * len(layers), 1) for n in shards)
-        add("activations", dataset, model, len(shards), activations)
-        # One counts file per shard holds every layer and threshold mode (6 arrays each).
-        counts = {c: 8 * (c * n_labels + 2 * n_labels + c * (2 * len(CATEGORIES) + 1)) for c, _, _ in layers}
-        per_shard = len(modes) * sum(counts[c] for c, _, _ in layers)
-        groups = len(modes) * len(layers)
-        add("counts", dataset, model, len(shards), len(shards) * _file(per_shard, 6 * groups, 0, 6 * groups))
-        for c, _, _ in layers:
-            add("thresholds", dataset, model, 1, _file(8 * c, 1, 0, 1))
-            iou = counts[c] + 8 * c * n_labels + 16 * n_labels + 8 * len(CATEGORIES)  # + iou, label and category names
-            add("iou", dataset, model, len(modes), len(modes) * _file(iou, 9, 0, 9))
-        if config["dissection"]["bootstrap"]["resamples"] > 0:
-            units = sum(c for c, _, _ in layers)
-            per_pair = RECORDED_PAIRS * (13 + LABELS_PER_MASK * 16)
-            per_image = LABELS_PER_IMAGE * 12 + 1
-            n = sum(shards)
-            size = round(len(modes) * (n * units * per_pair + len(layers) * n * per_image))
-            add(
-                "records",
-                dataset,
-                model,
-                0,
-                size + len(shards) * groups * RECORD_ARRAYS * (ARRAY_OVERHEAD + OTHER_CHUNKED),
-            )
+            shapes[dataset, model] = layer_shapes(config["models"][model], facts[dataset][0])
+        layers = list(shapes[dataset, model].values())
+        rows += _image_set_rows(config, (dataset, model), facts[dataset], layers, plan.attack_modes(attack))
     frame = pd.DataFrame(rows, columns=["kind", "dataset", "model", "files", "bytes"])
     return frame.groupby(["kind", "dataset", "model"], sort=False, as_index=False).sum()
+
+
+def _row(kind: str, dataset: str, model: str, files: int, size: int) -> dict:
+    return {"kind": kind, "dataset": dataset, "model": model, "files": files, "bytes": size}
+
+
+def _segmentations_row(dataset: str, datasets: Mapping, facts: tuple[tuple[int, int], int]) -> dict:
+    """A dataset's segmentation shards."""
+    spec = datasets[dataset]
+    (ih, iw), n_labels = facts
+    sh, sw = ih // 2, iw // 2  # Broden's segmentations: half the image size (112 for 224, 113 for 227)
+    n_images = dataset_size(dataset, spec)
+    shards = _shard_sizes(n_images, spec["shard_size"])
+    layers = pixel_layers(dataset, spec, n_images, generated_spec(spec, datasets)) / n_images  # per image
+    # rows, both offsets, image labels (about one) and layer categories: 8 bytes each
+    per_image = 8 * 4 + 8 * layers + layers * sh * sw * 2
+    size = sum(_file(round(n * per_image), 7, round(n * layers), 6) for n in shards)
+    return _row("segmentations", dataset, "", len(shards), size + len(shards) * 8 * n_labels)
+
+
+def _image_set_rows(
+    config: Mapping,
+    dataset_model: tuple[str, str],
+    facts: tuple[tuple[int, int], int],
+    layers: list[tuple[int, int, int]],
+    modes: list[str],
+) -> list[dict]:
+    """One image set's images, activations, counts, thresholds, IoU tables and per-image records;
+    `layers` the (units, h, w) of its model's dissected layers."""
+    dataset, model = dataset_model
+    spec = config["datasets"][dataset]
+    (ih, iw), n_labels = facts
+    shards = _shard_sizes(dataset_size(dataset, spec), spec["shard_size"])
+    images = sum(_file(n * (3 * ih * iw + IMAGE_EXTRAS), 10, n, 9) for n in shards)
+    rows = [_row("images", dataset, model, len(shards), images)]
+    # One activations file per shard holds every layer (rows plus one chunked array a layer).
+    per_image = 8 + sum(c * h * w * DTYPE_BYTES[config["dissection"]["activation_dtype"]] for c, h, w in layers)
+    activations = sum(_file(n * per_image, 1 + len(layers), n * len(layers), 1) for n in shards)
+    rows.append(_row("activations", dataset, model, len(shards), activations))
+    # One counts file per shard holds every layer and threshold mode (6 arrays each).
+    counts = {c: 8 * (c * n_labels + 2 * n_labels + c * (2 * len(CATEGORIES) + 1)) for c, _, _ in layers}
+    per_shard = len(modes) * sum(counts[c] for c, _, _ in layers)
+    groups = len(modes) * len(layers)
+    rows.append(_row("counts", dataset, model, len(shards), len(shards) * _file(per_shard, 6 * groups, 0, 6 * groups)))
+    for c, _, _ in layers:
+        rows.append(_row("thresholds", dataset, model, 1, _file(8 * c, 1, 0, 1)))
+        iou = counts[c] + 8 * c * n_labels + 16 * n_labels + 8 * len(CATEGORIES)  # + iou, label and category names
+        rows.append(_row("iou", dataset, model, len(modes), len(modes) * _file(iou, 9, 0, 9)))
+    if config["dissection"]["bootstrap"]["resamples"] > 0:
+        units = sum(c for c, _, _ in layers)
+        per_pair = RECORDED_PAIRS * (13 + LABELS_PER_MASK * 16)
+        per_image = LABELS_PER_IMAGE * 12 + 1
+        n = sum(shards)
+        size = round(len(modes) * (n * units * per_pair + len(layers) * n * per_image))
+        overhead = len(shards) * groups * RECORD_ARRAYS * (ARRAY_OVERHEAD + OTHER_CHUNKED)
+        rows.append(_row("records", dataset, model, 0, size + overhead))
+    return rows
 
 
 # Where each kind lives under a workdir, as the plan lays it out.
