@@ -28,7 +28,7 @@ from .. import store
 from ..data.broden import CATEGORIES, BrodenDataset
 from ..data.segmentations import ShardSegmentations
 from ..errors import ArtifactError, ConfigError
-from .tally import count_shard, iou, merge_counts
+from .tally import LabelTable, count_shard, iou, merge_counts
 from .thresholds import merge_top, threshold_from_top, top_count, top_values
 
 TIE_BREAK = 1e-3
@@ -130,7 +130,7 @@ def ideal_unit_iou(
     for load in chunks:
         segs = load()
         maps = ideal_maps(segs, concepts, dataset.seg_size, map_size)
-        parts.append(count_shard(maps, thresholds, segs, category, n_labels, dataset.seg_size))
+        parts.append(count_shard(maps, thresholds, segs, LabelTable(category, n_labels, dataset.seg_size)))
     scores = iou(merge_counts(parts), denominator)[np.arange(len(concepts)), concepts]
     return pd.DataFrame(
         {
