@@ -43,11 +43,14 @@ from .. import store
 from ..data.broden import CATEGORIES, BrodenDataset
 from ..data.segmentations import ShardSegmentations
 from ..errors import ArtifactError, ConfigError, DatasetError
+from ..specs import schema_defaults
 from ..store import COUNT_KEYS
 from .masks import UpsamplePlan, active_bands
 
 N_CAT = len(CATEGORIES)
 DENOMINATORS = ("lite", "original")
+# `dissection.denominator` when none is given: the schema's default.
+DEFAULT_DENOMINATOR: str = schema_defaults("dissection")["denominator"]
 # Per-image records (advdissect.dissect.bootstrap): name -> columns, every column one 1-D array.
 IMAGE_RECORDS = {
     "intersection": ("image", "unit", "label", "count"),
@@ -470,7 +473,7 @@ def category_activation(counts: Mapping[str, np.ndarray], denominator: str) -> n
     return np.asarray(counts[f"activation_{denominator}"], np.int64)
 
 
-def iou(counts: Mapping[str, np.ndarray], denominator: str = "lite") -> np.ndarray:
+def iou(counts: Mapping[str, np.ndarray], denominator: str = DEFAULT_DENOMINATOR) -> np.ndarray:
     """IoU (C, n_labels) float64 from counts; 0 where the union is empty or the label has no category."""
     act = category_activation(counts, denominator)
     cat = np.asarray(counts["label_category"], np.int64)
