@@ -26,10 +26,6 @@ import yaml
 from ..errors import AdvDissectError, ConfigError
 from ..specs import SCHEMA, AttackSpec, ShardPlan, attack_spec, train_spec
 
-# Broden as published by its authors: 63,305 images in both variants.
-BRODEN_IMAGES = {"broden1_224": 63305, "broden1_227": 63305}
-BRODEN_IMAGE_SIZE = {"broden1_224": 224, "broden1_227": 227}
-BRODEN_LABELS = 1198  # label numbers 0..1197 of broden1_224/227's label.csv
 # The keys of a broden dataset that say how its zip is downloaded.
 BRODEN_DOWNLOAD_KEYS = ("mirrors", "sha256")
 
@@ -178,6 +174,8 @@ def available_images(spec: Mapping) -> int | None:
         n_train, n_val = synthetic.get("n_train", 2000), synthetic.get("n_val", 500)
         return {"train": n_train, "val": n_val, "all": n_train + n_val}[split]
     if source == "broden":
+        from ..data.download import BRODEN_IMAGES
+
         return BRODEN_IMAGES[spec["variant"]] if split == "all" else None
     index = Path(spec["path"]) / "index.csv"
     if not index.is_file():
@@ -216,6 +214,8 @@ def dataset_facts(spec: Mapping) -> tuple[tuple[int, int], int]:
         numbers = [n for cat in CATEGORIES for n in getattr(vocab, cat).values()]
         return (size, size), max(numbers) + 1
     if source == "broden":
+        from ..data.download import BRODEN_IMAGE_SIZE, BRODEN_LABELS
+
         size = BRODEN_IMAGE_SIZE[spec["variant"]]
         return (size, size), BRODEN_LABELS
     root = Path(spec["path"])
