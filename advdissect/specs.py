@@ -387,6 +387,8 @@ def _method_fields(name: str, method: str, settings: Mapping[str, Any]) -> dict[
 
 TRAIN_METHODS = ("standard", "at", "consistency", "atda")
 ADVERSARIAL_METHODS = ("at", "consistency", "atda")
+# Methods with a term on the features φ of clean and FGSM images (`feature`).
+FEATURE_METHODS = ("consistency", "atda")
 OPTIMIZERS = ("sgd", "adam")
 PRECISIONS = ("bf16", "float32")
 _TRAIN = schema_defaults("weights.train")
