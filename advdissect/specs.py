@@ -230,67 +230,79 @@ class AttackSpec:
     p_init: float | None = None
 
     def __post_init__(self) -> None:
-        def bad(key: str, why: str) -> ConfigError:
-            return ConfigError(f"config: attacks.{self.name}.{key}: {why}")
-
         if self.method not in ATTACK_METHODS:
-            raise bad("method", f"{self.method!r} is unknown (allowed: {', '.join(ATTACK_METHODS)})")
-
-        def whole(key: str, least: int) -> None:
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < least:
-                raise bad(key, f"must be an integer >= {least}, got {value!r}")
-
-        def number(key: str, positive: bool) -> None:
-            value = getattr(self, key)
-            ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
-            if not ok or value < 0 or (positive and value == 0):
-                raise bad(key, f"must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
-
+            raise self._bad("method", f"{self.method!r} is unknown (allowed: {', '.join(ATTACK_METHODS)})")
         own = METHOD_DEFAULTS.get(self.method, {})
         for key in _OPTIONAL_FIELDS:
             if key not in own and getattr(self, key) is not None:
-                raise bad(key, f"not used by method '{self.method}'")
+                raise self._bad(key, f"not used by method '{self.method}'")
+        self._check_eps_and_step()
+        self._check_method_keys(own)
+        self._check_pixel_grid()
+        self._check_labels_and_seed()
+
+    def _bad(self, key: str, why: str) -> ConfigError:
+        return ConfigError(f"config: attacks.{self.name}.{key}: {why}")
+
+    def _whole(self, key: str, least: int) -> None:
+        value = getattr(self, key)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise self._bad(key, f"must be an integer >= {least}, got {value!r}")
+
+    def _number(self, key: str, positive: bool) -> None:
+        value = getattr(self, key)
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool) and math.isfinite(value)
+        if not ok or value < 0 or (positive and value == 0):
+            raise self._bad(key, f"must be a finite number {'> 0' if positive else '>= 0'}, got {value!r}")
+
+    def _check_eps_and_step(self) -> None:
         if self.method in ("clean", *L2_METHODS):
             if self.eps != 0:
-                raise bad("eps", f"not used by method '{self.method}' (must be 0)")
+                raise self._bad("eps", f"not used by method '{self.method}' (must be 0)")
         elif not 0 < self.eps <= 1:
-            raise bad("eps", f"must be in (0, 1] (pixel units, e.g. 2/255), got {self.eps!r}")
+            raise self._bad("eps", f"must be in (0, 1] (pixel units, e.g. 2/255), got {self.eps!r}")
         if self.method in ("bim", "pgd"):
             if self.step is None or not 0 < self.step <= 1:
-                raise bad("step", f"must be in (0, 1] (pixel units), got {self.step!r}")
+                raise self._bad("step", f"must be in (0, 1] (pixel units), got {self.step!r}")
+
+    def _check_method_keys(self, own: Mapping[str, Any]) -> None:
+        """The keys of the method's own (`METHOD_DEFAULTS`), and the steps of bim and pgd."""
         if self.method in ("bim", "pgd") or "steps" in own:
-            whole("steps", 1)
+            self._whole("steps", 1)
         for key in ("restarts", "targets", "queries"):
             if key in own:
-                whole(key, 1)
+                self._whole(key, 1)
         if self.method == "deepfool":
-            number("overshoot", positive=False)
-            whole("candidates", 2)
+            self._number("overshoot", positive=False)
+            self._whole("candidates", 2)
         if self.method == "cw":
-            number("c", positive=True)
-            number("kappa", positive=False)
-            number("lr", positive=True)
+            self._number("c", positive=True)
+            self._number("kappa", positive=False)
+            self._number("lr", positive=True)
         if "p_init" in own:
-            number("p_init", positive=True)
+            self._number("p_init", positive=True)
             if self.p_init > 1:
-                raise bad("p_init", f"must be a share of the pixels in (0, 1], got {self.p_init!r}")
+                raise self._bad("p_init", f"must be a share of the pixels in (0, 1], got {self.p_init!r}")
         if self.method == "apgd":
             if self.loss not in APGD_LOSSES:
-                raise bad("loss", f"{self.loss!r} is not allowed (allowed: {', '.join(APGD_LOSSES)})")
+                raise self._bad("loss", f"{self.loss!r} is not allowed (allowed: {', '.join(APGD_LOSSES)})")
+
+    def _check_pixel_grid(self) -> None:
         for key in ("eps", "step") if self.method in ("bim", "pgd") else ("eps",):
             value = getattr(self, key)
             # A value below half a step is "on the grid" at 0 steps: the image would not move.
             if self.method not in ("clean", *L2_METHODS) and (not on_pixel_grid(value) or grid_steps(value) == 0):
-                raise bad(
+                raise self._bad(
                     key,
                     f"{value:g} is not a multiple of 1/255 (images are stored as uint8; write it as k/255, "
                     f"e.g. {max(1, grid_steps(value))}/255)",
                 )
+
+    def _check_labels_and_seed(self) -> None:
         if self.labels not in LABEL_MODES:
-            raise bad("labels", f"{self.labels!r} is not allowed (allowed: {', '.join(LABEL_MODES)})")
+            raise self._bad("labels", f"{self.labels!r} is not allowed (allowed: {', '.join(LABEL_MODES)})")
         if self.labels != "prediction" and self.method not in GRADIENT_METHODS:
-            raise bad(
+            raise self._bad(
                 "labels",
                 f"not used by method '{self.method}' (the noise control uses no labels; deepfool, cw, apgd, "
                 "apgd_t, square, fab_t and autoattack attack the model's own clean prediction)",
@@ -298,9 +310,9 @@ class AttackSpec:
         if isinstance(self.target, bool) or not (
             self.target in TARGET_MODES or (isinstance(self.target, int) and self.target >= 0)
         ):
-            raise bad("target", f"{self.target!r} is not allowed (least_likely, random, or a class index >= 0)")
+            raise self._bad("target", f"{self.target!r} is not allowed (least_likely, random, or a class index >= 0)")
         if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise bad("seed", f"must be an integer >= 0, got {self.seed!r}")
+            raise self._bad("seed", f"must be an integer >= 0, got {self.seed!r}")
 
     @property
     def targeted(self) -> bool:
@@ -375,6 +387,8 @@ def _method_fields(name: str, method: str, settings: Mapping[str, Any]) -> dict[
 
 TRAIN_METHODS = ("standard", "at", "consistency", "atda")
 ADVERSARIAL_METHODS = ("at", "consistency", "atda")
+# Methods with a term on the features φ of clean and FGSM images (`feature`).
+FEATURE_METHODS = ("consistency", "atda")
 OPTIMIZERS = ("sgd", "adam")
 PRECISIONS = ("bf16", "float32")
 _TRAIN = schema_defaults("weights.train")

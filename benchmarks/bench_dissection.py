@@ -31,7 +31,7 @@ from broden_labels import N_LABELS, label_category  # benchmarks/: run as script
 
 from advdissect import store
 from advdissect.dissect.activations import extract_activations, extract_layers
-from advdissect.dissect.tally import count_shard, counts_group, merge_counts, read_counts
+from advdissect.dissect.tally import LabelTable, count_shard, counts_group, merge_counts, read_counts
 from advdissect.dissect.thresholds import compute_thresholds, threshold_from_top, top_count, top_values
 
 SEG = (112, 112)
@@ -119,7 +119,7 @@ def bench_counting(n_images: int, naive_images: int) -> None:
     counts = {}
 
     def fast():
-        counts["fast"] = count_shard(acts, thresholds, segs, cat, N_LABELS, SEG)
+        counts["fast"] = count_shard(acts, thresholds, segs, LabelTable(cat, N_LABELS, SEG))
 
     # CPU time of this process: on a shared machine wall time also counts waiting for a core
     pairs, naive_pairs = n_images * 512, naive_images * 512
@@ -129,7 +129,7 @@ def bench_counting(n_images: int, naive_images: int) -> None:
     t_naive = best_of(naive, 2, time.process_time) / naive_pairs * 1e6
     wall_naive = best_of(naive, 1) / naive_pairs * 1e6
     active = (acts.reshape(n_images, 512, -1).max(-1) > thresholds).mean()
-    fast_total = count_shard(acts[:naive_images], thresholds, segs[:naive_images], cat, N_LABELS, SEG)
+    fast_total = count_shard(acts[:naive_images], thresholds, segs[:naive_images], LabelTable(cat, N_LABELS, SEG))
     naive_total = naive_counts(acts[:naive_images], thresholds, segs[:naive_images], cat)
     print("IoU counting, 512 units, 7x7 maps, 112x112 masks, q = 0.005")
     print(
@@ -157,7 +157,7 @@ def bench_broden_layer(n_images: int = 63_305, shard: int = 1000) -> None:
         acts = first[:n] if i == 0 else activations(n, seed=i)
         segs = segmentations(n, seed=i)
         t_cpu, t_wall = time.process_time(), time.perf_counter()
-        count_shard(acts, thresholds, segs, cat, N_LABELS, SEG)
+        count_shard(acts, thresholds, segs, LabelTable(cat, N_LABELS, SEG))
         cpu += time.process_time() - t_cpu
         wall += time.perf_counter() - t_wall
     shards = -(-n_images // shard)

@@ -21,7 +21,7 @@ import pandas as pd
 
 from advdissect import store
 from advdissect.data.broden import BrodenDataset
-from advdissect.dissect.tally import best_concepts, count_shard, iou, merge_counts
+from advdissect.dissect.tally import LabelTable, best_concepts, count_shard, iou, merge_counts
 from advdissect.dissect.thresholds import threshold_from_top, top_count, top_values
 
 CLEAN = "clean"
@@ -36,7 +36,7 @@ def best_labels(acts_shards, rows_shards, dataset, quantile, denominator, cut):
     parts = []
     for acts, rows in zip(acts_shards, rows_shards):
         segs = [dataset.load_segmentation(int(r)) for r in rows]
-        parts.append(count_shard(acts, thresholds, segs, dataset.label_category, dataset.n_labels, dataset.seg_size))
+        parts.append(count_shard(acts, thresholds, segs, LabelTable.of(dataset)))
     counts = merge_counts(parts)
     label, _, top_iou = best_concepts(iou(counts, denominator), dataset.label_category)
     return label, top_iou, top_iou > cut

@@ -41,7 +41,7 @@ import torch.nn.functional as F
 from advdissect.data.broden import BrodenDataset
 from advdissect.data.synthetic import generate
 from advdissect.dissect.activations import extract_activations, extract_layers
-from advdissect.dissect.tally import best_concepts, count_shard, iou
+from advdissect.dissect.tally import LabelTable, best_concepts, count_shard, iou
 from advdissect.dissect.thresholds import threshold_from_top, top_count, top_values
 from advdissect.nets import training
 from advdissect.nets.attacks import run_attack
@@ -59,7 +59,7 @@ def dissect_layer(acts: np.ndarray, dataset: BrodenDataset, rows: np.ndarray, qu
     n_total = acts.shape[0] * acts.shape[2] * acts.shape[3]
     thresholds = threshold_from_top(top_values(acts, top_count(n_total, quantile)), n_total, quantile)
     segs = [dataset.load_segmentation(int(r)) for r in rows]
-    counts = count_shard(acts, thresholds, segs, dataset.label_category, dataset.n_labels, dataset.seg_size)
+    counts = count_shard(acts, thresholds, segs, LabelTable.of(dataset))
     label, _, top = best_concepts(iou(counts, "lite"), dataset.label_category)
     return counts, label, top > 0.04
 

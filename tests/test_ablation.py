@@ -253,3 +253,63 @@ def test_transformer_ablation_edits_the_tokens_and_takes_the_stack(layer):
         each = ablation.ablated_predictions(model, x_uint8, layer, masks, mean, batch_size=2, stacked=False)
     np.testing.assert_array_equal(got, each)
     np.testing.assert_array_equal(got, stacked.argmax(-1).numpy())
+
+
+def test_write_ablation_reads_its_job_files(tmp_path):
+    from advdissect import store
+    from advdissect.dissect.activations import ActivationJob, write_activation_shard
+
+    model, bounds = tiny_model(), [(0, 3), (3, 6)]
+    clean, attacked = images(seed=0), images(seed=1)
+    with torch.no_grad():
+        clean_pred = model(torch.from_numpy(clean).float() / 255).argmax(1).numpy()
+    ident = {"dataset": "d", "model": "m"}
+    arrays = {"rows": np.arange(6), "clean_pred": clean_pred, "adv_pred": clean_pred}
+    clean_paths = write_shards(
+        tmp_path, "images", dict(ident, attack="clean"), dict(arrays, images=clean), bounds, "c{shard}.h5"
+    )
+    adv_paths = write_shards(
+        tmp_path, "images", dict(ident, attack="fgsm"), dict(arrays, images=attacked), bounds, "a{shard}.h5"
+    )
+    act_paths = []
+    for shard, path in enumerate(clean_paths):
+        act_paths.append(tmp_path / f"act{shard}.h5")
+        job = ActivationJob(path, None, {}, ["layer4"], dict(ident, attack="clean", shard=shard), batch_size=4)
+        write_activation_shard(act_paths[-1], job, device="cpu", model=model)
+    rest = units([(u, "", "", float("nan"), False) for u in range(6, 513)])
+    tables = {"self": (pd.concat([CLEAN, rest], ignore_index=True), pd.concat([ATTACKED, rest], ignore_index=True))}
+    store.write_csv(tmp_path / "clean.csv", tables["self"][0])
+    store.write_csv(tmp_path / "attacked.csv", tables["self"][1])
+    job = ablation.AblationJob(
+        images_paths=adv_paths,
+        clean_activation_paths=act_paths,
+        units_paths={"self": (tmp_path / "clean.csv", tmp_path / "attacked.csv")},
+        weights_file=None,
+        model_spec={},
+        identity=dict(ident, attack="fgsm", layer="layer4"),
+        random_sets=2,
+        batch_size=4,
+    )
+    frame = ablation.write_ablation(tmp_path / "table.csv", job, model=model)
+    sets = ablation.ablation_sets(tables, 512, 2)
+    masks = np.zeros((1 + len(sets), 512), bool)
+    for i, s in enumerate(sets, start=1):
+        masks[i, s["units"]] = True
+    mean = ablation.mean_map(ablation_maps(act_paths, ident))
+    want = ablation.ablation_table(
+        sets, ablation.ablated_predictions(model, attacked, "layer4", masks, mean, 4), clean_pred, 512
+    )
+    assert list(frame.columns) == ablation.ABLATION_COLUMNS
+    assert frame[["dataset", "model", "layer", "attack"]].drop_duplicates().values.tolist() == [
+        ["d", "m", "layer4", "fgsm"]
+    ]
+    pd.testing.assert_frame_equal(frame[list(want.columns)], want)
+    pd.testing.assert_frame_equal(pd.read_csv(tmp_path / "table.csv").iloc[:, :4], frame.iloc[:, :4])
+
+
+def ablation_maps(paths, ident):
+    from advdissect import store
+
+    for shard, path in enumerate(paths):
+        with store.open_layer(path, dict(ident, attack="clean", shard=shard, layer="layer4")) as (_, acts):
+            yield acts[()]

@@ -9,7 +9,7 @@ from torch import nn
 
 from advdissect import store
 from advdissect.dissect import activations
-from advdissect.dissect.activations import extract_activations, extract_layers, write_activation_shard
+from advdissect.dissect.activations import ActivationJob, extract_activations, extract_layers, write_activation_shard
 from advdissect.errors import ArtifactError, ModelError
 from advdissect.nets.models import find_layer
 
@@ -139,13 +139,15 @@ def test_write_activation_shard(tmp_path):
     out = tmp_path / "acts.h5"
     write_activation_shard(
         out,
-        images_path=tmp_path / "images.h5",
-        weights_file=None,
-        model_spec={},
-        layers=["conv2", "conv1"],
-        identity=ident,
-        batch_size=3,
-        dtype="float16",
+        ActivationJob(
+            images_path=tmp_path / "images.h5",
+            weights_file=None,
+            model_spec={},
+            layers=["conv2", "conv1"],
+            identity=ident,
+            batch_size=3,
+            dtype="float16",
+        ),
         device="cpu",
         model=model,
     )
@@ -164,12 +166,14 @@ def test_write_activation_shard(tmp_path):
     with pytest.raises(ArtifactError, match="attack"):
         write_activation_shard(
             tmp_path / "x.h5",
-            images_path=tmp_path / "images.h5",
-            weights_file=None,
-            model_spec={},
-            layers=["conv2"],
-            identity=dict(ident, attack="clean"),
-            batch_size=3,
+            ActivationJob(
+                images_path=tmp_path / "images.h5",
+                weights_file=None,
+                model_spec={},
+                layers=["conv2"],
+                identity=dict(ident, attack="clean"),
+                batch_size=3,
+            ),
             device="cpu",
             model=model,
         )
@@ -186,12 +190,14 @@ def test_a_shard_written_block_by_block_is_the_shard_written_whole(tmp_path, mon
     def write(name):
         write_activation_shard(
             tmp_path / name,
-            images_path=tmp_path / "images.h5",
-            weights_file=None,
-            model_spec={},
-            layers=["conv2", "conv1"],
-            identity=ident,
-            batch_size=2,
+            ActivationJob(
+                images_path=tmp_path / "images.h5",
+                weights_file=None,
+                model_spec={},
+                layers=["conv2", "conv1"],
+                identity=ident,
+                batch_size=2,
+            ),
             device="cpu",
             model=model,
         )

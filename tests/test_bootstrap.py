@@ -18,7 +18,7 @@ from advdissect.dissect.bootstrap import (
     resample_weights,
     write_bootstrap,
 )
-from advdissect.dissect.tally import COUNT_KEYS, count_shard, iou, merge_counts, write_shard_counts
+from advdissect.dissect.tally import COUNT_KEYS, LabelTable, count_shard, iou, merge_counts, write_shard_counts
 from advdissect.errors import ArtifactError
 
 from helpers import StandInDataset, write_shards
@@ -42,7 +42,7 @@ def random_shard(seed: int, n: int = 7, c: int = 5):
 
 
 def counted(acts, thresholds, segs, per_image=True):
-    return count_shard(acts, thresholds, segs, LABEL_CATEGORY, N_LABELS, SEG, chunk=3, per_image=per_image)
+    return count_shard(acts, thresholds, segs, LabelTable(LABEL_CATEGORY, N_LABELS, SEG), chunk=3, per_image=per_image)
 
 
 def test_records_add_up_to_the_counts():

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
 from advdissect.data import download
 from advdissect.data.download import download_broden, download_file, install_zip
@@ -317,3 +318,15 @@ def test_the_workflow_script_downloads_into_the_rule_output(server, tmp_path, ro
     script = Path(__file__).resolve().parents[1] / "workflow" / "scripts" / "download_url_weights.py"
     runpy.run_path(str(script), init_globals={"snakemake": fake})
     assert out.is_file() and sha256_record(out).is_file()
+
+
+def test_the_broden_variants_are_listed_once():
+    """The schema's and the download rule's variants are those download.py knows."""
+    from advdissect.specs import SCHEMA
+
+    schema = yaml.safe_load(SCHEMA.read_text(encoding="utf-8"))
+    dataset = schema["properties"]["datasets"]["additionalProperties"]["properties"]
+    variants = list(download.BRODEN_SOURCES)
+    assert dataset["variant"]["enum"] == variants == list(download.BRODEN_IMAGE_SIZE) == list(download.BRODEN_IMAGES)
+    rules = (Path(__file__).resolve().parents[1] / "workflow" / "rules" / "data.smk").read_text()
+    assert f'variant="{"|".join(variants)}"' in rules

@@ -12,6 +12,7 @@ from advdissect import store
 from advdissect.dissect.tally import (
     CATEGORIES,
     N_CAT,
+    LabelTable,
     _best_overall,
     best_concepts,
     count_shard,
@@ -133,7 +134,7 @@ def assert_counts_equal(got, want):
 def test_counts_equal_brute_force(map_size, seg_size):
     acts, thresholds, segs = tiny_data(map_size=map_size, seg_size=seg_size)
     want = ref_counts(acts, thresholds, segs, LABEL_CATEGORY, N_LABELS, seg_size)
-    got = count_shard(acts, thresholds, segs, LABEL_CATEGORY, N_LABELS, seg_size)
+    got = count_shard(acts, thresholds, segs, LabelTable(LABEL_CATEGORY, N_LABELS, seg_size))
     assert_counts_equal(got, want)
     assert int(got["n_images"]) == len(segs)
     # edge cases the data holds
@@ -147,11 +148,11 @@ def test_counts_equal_brute_force(map_size, seg_size):
 
 def test_counts_independent_of_chunks_and_shards():
     acts, thresholds, segs = tiny_data(seed=4, n=9)
-    args = (LABEL_CATEGORY, N_LABELS, (8, 8))
-    whole = count_shard(acts, thresholds, segs, *args)
+    labels = LabelTable(LABEL_CATEGORY, N_LABELS, (8, 8))
+    whole = count_shard(acts, thresholds, segs, labels)
     for chunk in (1, 2, 4, 100):
-        assert_counts_equal(count_shard(acts, thresholds, segs, *args, chunk=chunk), whole)
-    parts = [count_shard(acts[a:b], thresholds, segs[a:b], *args) for a, b in ((0, 2), (2, 7), (7, 9))]
+        assert_counts_equal(count_shard(acts, thresholds, segs, labels, chunk=chunk), whole)
+    parts = [count_shard(acts[a:b], thresholds, segs[a:b], labels) for a, b in ((0, 2), (2, 7), (7, 9))]
     merged = merge_counts(parts)
     assert_counts_equal(merged, whole)
     assert int(merged["n_images"]) == 9
@@ -162,9 +163,9 @@ def test_sorting_path_for_many_label_sets(monkeypatch):
     import advdissect.dissect.tally as tally
 
     acts, thresholds, segs = tiny_data(seed=6, n=6)
-    want = count_shard(acts, thresholds, segs, LABEL_CATEGORY, N_LABELS, (8, 8))
+    want = count_shard(acts, thresholds, segs, LabelTable(LABEL_CATEGORY, N_LABELS, (8, 8)))
     monkeypatch.setattr(tally, "_dense_bins", lambda n_bins, n_keys: False)
-    assert_counts_equal(count_shard(acts, thresholds, segs, LABEL_CATEGORY, N_LABELS, (8, 8)), want)
+    assert_counts_equal(count_shard(acts, thresholds, segs, LabelTable(LABEL_CATEGORY, N_LABELS, (8, 8))), want)
 
 
 def test_segmentation_objects_accepted():
@@ -175,8 +176,8 @@ def test_segmentation_objects_accepted():
             self.pixel, self.image_labels = pixel, image_labels
 
     objs = [Seg(*s) for s in segs]
-    a = count_shard(acts, thresholds, objs, LABEL_CATEGORY, N_LABELS, (8, 8))
-    b = count_shard(acts, thresholds, segs, LABEL_CATEGORY, N_LABELS, (8, 8))
+    a = count_shard(acts, thresholds, objs, LabelTable(LABEL_CATEGORY, N_LABELS, (8, 8)))
+    b = count_shard(acts, thresholds, segs, LabelTable(LABEL_CATEGORY, N_LABELS, (8, 8)))
     assert_counts_equal(a, b)
 
 
@@ -198,7 +199,7 @@ def test_hand_computed_iou_2x2():
         (np.array([[[1, 1], [2, 0]]], np.int32), np.array([3])),
         (np.full((1, 2, 2), 2, np.int32), np.array([], np.int64)),
     ]
-    counts = count_shard(acts, np.array([1.0]), segs, cat, 4, (2, 2))
+    counts = count_shard(acts, np.array([1.0]), segs, LabelTable(cat, 4, (2, 2)))
     np.testing.assert_array_equal(counts["intersection"], [[0, 2, 1, 2]])
     np.testing.assert_array_equal(counts["label_area"], [0, 2, 5, 4])
     np.testing.assert_array_equal(counts["activation_lite"], [[1, 2, 0, 0, 2, 0]])
@@ -220,7 +221,9 @@ def test_hand_computed_iou_4x4_upsampled():
     acts = np.array([[[[8, 0], [0, 0]]]], np.float32)
     pixel = np.zeros((1, 4, 4), np.int32)
     pixel[0, :2, :2] = 1
-    counts = count_shard(acts, np.array([1.9]), [(pixel, np.array([], np.int64))], np.array([-1, 1]), 2, (4, 4))
+    counts = count_shard(
+        acts, np.array([1.9]), [(pixel, np.array([], np.int64))], LabelTable(np.array([-1, 1]), 2, (4, 4))
+    )
     assert counts["activation_total"][0] == 6
     assert counts["intersection"][0, 1] == 4
     np.testing.assert_allclose(iou(counts, "lite")[0, 1], 2 / 3)
@@ -229,7 +232,9 @@ def test_hand_computed_iou_4x4_upsampled():
 def test_image_level_label_also_in_pixels_counts_once():
     acts = np.ones((1, 1, 2, 2), np.float32)
     pixel = np.array([[[5, 0], [0, 0]]], np.int32)
-    counts = count_shard(acts, np.array([0.0]), [(pixel, np.array([5]))], np.array([-1] * 5 + [4]), 6, (2, 2))
+    counts = count_shard(
+        acts, np.array([0.0]), [(pixel, np.array([5]))], LabelTable(np.array([-1] * 5 + [4]), 6, (2, 2))
+    )
     assert counts["label_area"][5] == 4
     assert counts["intersection"][0, 5] == 4
 
@@ -238,15 +243,17 @@ def test_bad_segmentations_rejected():
     acts = np.ones((1, 1, 2, 2), np.float32)
     cat = np.array([-1, 0])
     with pytest.raises(DatasetError, match="0..1"):
-        count_shard(acts, np.array([0.0]), [(np.full((1, 2, 2), 7, np.int32), [])], cat, 2, (2, 2))
+        count_shard(acts, np.array([0.0]), [(np.full((1, 2, 2), 7, np.int32), [])], LabelTable(cat, 2, (2, 2)))
     with pytest.raises(DatasetError, match="shape"):
-        count_shard(acts, np.array([0.0]), [(np.zeros((1, 3, 2), np.int32), [])], cat, 2, (2, 2))
+        count_shard(acts, np.array([0.0]), [(np.zeros((1, 3, 2), np.int32), [])], LabelTable(cat, 2, (2, 2)))
     with pytest.raises(DatasetError, match="segmentations"):
-        count_shard(acts, np.array([0.0]), [], cat, 2, (2, 2))
+        count_shard(acts, np.array([0.0]), [], LabelTable(cat, 2, (2, 2)))
     with pytest.raises(ArtifactError, match="thresholds"):
-        count_shard(acts, np.array([0.0, 1.0]), [(np.zeros((1, 2, 2), np.int32), [])], cat, 2, (2, 2))
+        count_shard(acts, np.array([0.0, 1.0]), [(np.zeros((1, 2, 2), np.int32), [])], LabelTable(cat, 2, (2, 2)))
     with pytest.raises(ConfigError, match="denominator"):
-        iou(count_shard(acts, np.array([0.0]), [(np.zeros((1, 2, 2), np.int32), [])], cat, 2, (2, 2)), "bau")
+        iou(
+            count_shard(acts, np.array([0.0]), [(np.zeros((1, 2, 2), np.int32), [])], LabelTable(cat, 2, (2, 2))), "bau"
+        )
 
 
 # ---------------------------------------------------------------- files and tables

@@ -216,48 +216,12 @@ def parse_index(path: str | os.PathLike) -> IndexTable:
     frame = _read_csv(path, INDEX_COLUMNS)
     if len(frame) == 0:
         raise DatasetError(f"{path}: the index has no rows (a dataset needs at least one image)")
-    n = len(frame)
-
-    split = _strings(frame, "split")
-    bad = ~np.isin(split, SPLITS)
-    if bad.any():
-        row = int(np.flatnonzero(bad)[0])
-        raise DatasetError(
-            f"{_where(path, frame, row)}: split must be one of {', '.join(SPLITS)}, got {str(split[row])!r}"
-        )
-
-    sizes = {c: _int_column(path, frame, c, minimum=1) for c in ("ih", "iw", "sh", "sw")}
-    for a, b in (("ih", "iw"), ("sh", "sw")):
-        pair = np.stack([sizes[a], sizes[b]], axis=1)
-        differ = (pair != pair[0]).any(axis=1)
-        if differ.any():
-            row = int(np.flatnonzero(differ)[0])
-            raise DatasetError(
-                f"{_where(path, frame, row)}: ({a}, {b}) = {tuple(pair[row].tolist())} differs from row 0's "
-                f"{tuple(pair[0].tolist())}; every row of a dataset must share one image and one segmentation size"
-            )
-    image_size = (int(sizes["ih"][0]), int(sizes["iw"][0]))
-    seg_size = (int(sizes["sh"][0]), int(sizes["sw"][0]))
-
+    split = _index_split(path, frame)
+    image_size, seg_size = _index_sizes(path, frame)
     columns = {c: _Column(frame, c) for c in ("image",) + CATEGORIES}
-    empty = columns["image"].counts == 0
-    if empty.any():
-        row = int(np.flatnonzero(empty)[0])
-        raise DatasetError(f"{path}: row {row} (line {row + 2}): the image cell is empty")
-
-    # Paths must stay inside <root>/images.
-    for name in ("image",) + PIXEL_CATEGORIES:
-        col = columns[name]
-        row = col.escaping()
-        if row is not None:
-            raise DatasetError(
-                f"{_where(path, frame, row)}: path {str(col.cells[row])!r} in column '{name}' leaves the "
-                "dataset's images/ folder (absolute paths and '..' are not allowed)"
-            )
-
+    _check_paths(path, frame, columns)
     n_layers = {c: columns[c].counts for c in PIXEL_CATEGORIES}
     pixel_numbers = {c: columns[c].numbers() for c in PIXEL_CATEGORIES}
-
     for cat in IMAGE_CATEGORIES:
         col = columns[cat]
         match = _NOT_NUMBERS.search(col.text)
@@ -266,24 +230,8 @@ def parse_index(path: str | os.PathLike) -> IndexTable:
             raise DatasetError(
                 f"{_where(path, frame, row)}: {cat} items must be label numbers, got {str(col.cells[row])!r}"
             )
-
-    scene_col = columns["scene"]
-    if (scene_col.counts > 1).any():
-        row = int(np.flatnonzero(scene_col.counts > 1)[0])
-        raise DatasetError(
-            f"{_where(path, frame, row)}: a scene cell holds at most one number, got {frame['scene'].iat[row]!r}"
-        )
-    scene = np.where(scene_col.counts > 0, scene_col.cells, "-1").astype(np.int64)
-
-    texture_col = columns["texture"]
-    filled = texture_col.cells[texture_col.counts > 0]
-    values = np.array(";".join(filled.tolist()).split(";")).astype(np.int64) if len(filled) else np.zeros(0, np.int64)
-    rows = np.repeat(np.arange(n), texture_col.counts)
-    keep = values > 0  # a texture `0` is no label either
-    texture_ptr = np.zeros(n + 1, dtype=np.int64)
-    texture_ptr[1:] = np.cumsum(np.bincount(rows[keep], minlength=n))
-    texture_values = values[keep]
-
+    scene = _index_scenes(path, frame, columns["scene"])
+    texture_ptr, texture_values = _index_textures(columns["texture"])
     return IndexTable(
         path,
         frame,
@@ -296,6 +244,70 @@ def parse_index(path: str | os.PathLike) -> IndexTable:
         image_size,
         seg_size,
     )
+
+
+def _index_split(path: Path, frame: pd.DataFrame) -> np.ndarray:
+    split = _strings(frame, "split")
+    bad = ~np.isin(split, SPLITS)
+    if bad.any():
+        row = int(np.flatnonzero(bad)[0])
+        raise DatasetError(
+            f"{_where(path, frame, row)}: split must be one of {', '.join(SPLITS)}, got {str(split[row])!r}"
+        )
+    return split
+
+
+def _index_sizes(path: Path, frame: pd.DataFrame) -> tuple[tuple[int, int], tuple[int, int]]:
+    """(image size, segmentation size): every row must give the same."""
+    sizes = {c: _int_column(path, frame, c, minimum=1) for c in ("ih", "iw", "sh", "sw")}
+    for a, b in (("ih", "iw"), ("sh", "sw")):
+        pair = np.stack([sizes[a], sizes[b]], axis=1)
+        differ = (pair != pair[0]).any(axis=1)
+        if differ.any():
+            row = int(np.flatnonzero(differ)[0])
+            raise DatasetError(
+                f"{_where(path, frame, row)}: ({a}, {b}) = {tuple(pair[row].tolist())} differs from row 0's "
+                f"{tuple(pair[0].tolist())}; every row of a dataset must share one image and one segmentation size"
+            )
+    return (int(sizes["ih"][0]), int(sizes["iw"][0])), (int(sizes["sh"][0]), int(sizes["sw"][0]))
+
+
+def _check_paths(path: Path, frame: pd.DataFrame, columns: dict[str, _Column]) -> None:
+    """Every row names an image, and paths stay inside <root>/images."""
+    empty = columns["image"].counts == 0
+    if empty.any():
+        row = int(np.flatnonzero(empty)[0])
+        raise DatasetError(f"{path}: row {row} (line {row + 2}): the image cell is empty")
+    for name in ("image",) + PIXEL_CATEGORIES:
+        col = columns[name]
+        row = col.escaping()
+        if row is not None:
+            raise DatasetError(
+                f"{_where(path, frame, row)}: path {str(col.cells[row])!r} in column '{name}' leaves the "
+                "dataset's images/ folder (absolute paths and '..' are not allowed)"
+            )
+
+
+def _index_scenes(path: Path, frame: pd.DataFrame, scene_col: _Column) -> np.ndarray:
+    """Scene number per row: -1 for an empty cell."""
+    if (scene_col.counts > 1).any():
+        row = int(np.flatnonzero(scene_col.counts > 1)[0])
+        raise DatasetError(
+            f"{_where(path, frame, row)}: a scene cell holds at most one number, got {frame['scene'].iat[row]!r}"
+        )
+    return np.where(scene_col.counts > 0, scene_col.cells, "-1").astype(np.int64)
+
+
+def _index_textures(texture_col: _Column) -> tuple[np.ndarray, np.ndarray]:
+    """(texture_ptr, texture_values) of IndexTable, textures `0` left out."""
+    n = len(texture_col.cells)
+    filled = texture_col.cells[texture_col.counts > 0]
+    values = np.array(";".join(filled.tolist()).split(";")).astype(np.int64) if len(filled) else np.zeros(0, np.int64)
+    rows = np.repeat(np.arange(n), texture_col.counts)
+    keep = values > 0  # a texture `0` is no label either
+    texture_ptr = np.zeros(n + 1, dtype=np.int64)
+    texture_ptr[1:] = np.cumsum(np.bincount(rows[keep], minlength=n))
+    return texture_ptr, values[keep]
 
 
 def _primary_categories(

@@ -28,13 +28,15 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import ConfigError
-from .broden import CATEGORIES, build_dataset_dir
+from .broden import CATEGORIES, INDEX_COLUMNS, build_dataset_dir
+from .download import BRODEN_IMAGE_SIZE
 from .synthetic import LabelTally, Vocabulary, write_labels, zipf
 
 log = logging.getLogger(__name__)
 
 CONCEPTS = {"color": 11, "object": 584, "part": 234, "material": 32, "scene": 468, "texture": 47}
-SEGMENTATION_SIZE, IMAGE_SIZE = 112, 224
+IMAGE_SIZE = BRODEN_IMAGE_SIZE["broden1_224"]
+SEGMENTATION_SIZE = IMAGE_SIZE // 2
 P_TEXTURE_IMAGE, P_SCENE, P_MATERIAL = 0.10, 0.85, 0.25
 # Share of scene images with 0, 1, 2, 3 part layers (real broden1_224's ADE20K rows).
 PART_LAYERS_P = np.array([10_650, 7_307, 4_079, 174], dtype=np.float64)
@@ -183,6 +185,6 @@ def _write(build: Path, n_train: int, n_val: int, seed: int) -> None:
                 Image.fromarray(draw.pixels(colour)).save(build / "images" / rec["image"], quality=90)
                 records.append(rec)
                 bar.update(1)
-    columns = ["image", "split", "ih", "iw", "sh", "sw", *CATEGORIES]
+    columns = list(INDEX_COLUMNS)
     pd.DataFrame(records, columns=columns).to_csv(build / "index.csv", index=False)
     write_labels(build, vocab, tally.freq, tally.cover, tally.category_images)

@@ -36,6 +36,11 @@ from .broden import check_dataset_dest, install_dataset_dir
 
 log = logging.getLogger(__name__)
 
+# The published Broden variants and their image size (px, square; the segmentations are half of
+# it). Both hold 63,305 images and label numbers 0..1197.
+BRODEN_IMAGE_SIZE = {"broden1_224": 224, "broden1_227": 227}
+BRODEN_IMAGES = dict.fromkeys(BRODEN_IMAGE_SIZE, 63305)
+BRODEN_LABELS = 1198
 # Every known source of each Broden archive, tried in order; `datasets.<name>.mirrors` adds more.
 # No digest of either archive is published; the first download records one (see download_broden).
 BRODEN_SOURCES = {

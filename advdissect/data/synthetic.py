@@ -49,7 +49,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from ..errors import ConfigError
-from .broden import CATEGORIES, PIXEL_CATEGORIES, build_dataset_dir, encode_mask
+from .broden import CATEGORIES, INDEX_COLUMNS, PIXEL_CATEGORIES, build_dataset_dir, encode_mask
 
 log = logging.getLogger(__name__)
 
@@ -570,7 +570,7 @@ def _write(build: Path, n_train: int, n_val: int, image_size: int, n_classes: in
                 records.append(rec)
                 bar.update(1)
 
-    columns = ["image", "split", "ih", "iw", "sh", "sw", *CATEGORIES, "class"]
+    columns = [*INDEX_COLUMNS, "class"]
     pd.DataFrame(records, columns=columns).to_csv(build / "index.csv", index=False)
     write_labels(build, vocab, tally.freq, tally.cover, tally.category_images)
 

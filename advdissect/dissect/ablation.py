@@ -22,6 +22,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -245,47 +246,56 @@ class ShardedImages:
         return np.concatenate(parts) if parts else np.zeros((0, *self.shape[1:]), np.uint8)
 
 
+@dataclass(frozen=True)
+class AblationJob:
+    """What an ablation job reads: one attack's image shards (`images_paths`), the layer's
+    activation shards of the clean set `clean_attack`, per threshold mode the (clean units csv,
+    attack units csv), the model (`model_spec` with its weights file), the identity (dataset,
+    model, attack, layer), how many random unit sets and the batch size."""
+
+    images_paths: Sequence[str | os.PathLike]
+    clean_activation_paths: Sequence[str | os.PathLike]
+    units_paths: Mapping[str, tuple[str | os.PathLike, str | os.PathLike]]
+    weights_file: str | os.PathLike | None
+    model_spec: ModelSpec
+    identity: Mapping[str, Any]
+    random_sets: int
+    batch_size: int
+    clean_attack: str = "clean"
+
+
 def write_ablation(
     out: str | os.PathLike,
+    job: AblationJob,
     *,
-    images_paths: Sequence[str | os.PathLike],
-    clean_activation_paths: Sequence[str | os.PathLike],
-    units_paths: Mapping[str, tuple[str | os.PathLike, str | os.PathLike]],
-    weights_file: str | os.PathLike | None,
-    model_spec: ModelSpec,
-    identity: Mapping[str, Any],
-    random_sets: int,
-    batch_size: int,
-    clean_attack: str = "clean",
     device: torch.device | str = "cpu",
     model: nn.Module | None = None,
 ) -> pd.DataFrame:
-    """Ablate the drifted and random unit sets of one layer on one attack's images; write the table.
-
-    identity: dataset, model, attack, layer. units_paths: {mode: (clean units csv, attack units csv)}.
-    clean_activation_paths: the layer's activation shards of the clean set `clean_attack`.
-    """
+    """Ablate the drifted and random unit sets of one layer on one attack's images; write the table."""
+    identity = job.identity
     layer = identity["layer"]
     image_id = {k: identity[k] for k in ("dataset", "model", "attack")}
-    images = ShardedImages(images_paths, image_id)
-    act_id = dict(image_id, attack=clean_attack, layer=layer)
+    images = ShardedImages(job.images_paths, image_id)
+    act_id = dict(image_id, attack=job.clean_attack, layer=layer)
 
     def clean_maps():
-        for shard, path in enumerate(clean_activation_paths):
+        for shard, path in enumerate(job.clean_activation_paths):
             with store.open_layer(path, dict(act_id, shard=shard)) as (_, acts):
                 yield acts
 
     mean = mean_map(clean_maps())
     n_units = mean.shape[0]
-    unit_tables = {mode: (read_units(clean), read_units(attacked)) for mode, (clean, attacked) in units_paths.items()}
-    sets = ablation_sets(unit_tables, n_units, random_sets)
+    unit_tables = {
+        mode: (read_units(clean), read_units(attacked)) for mode, (clean, attacked) in job.units_paths.items()
+    }
+    sets = ablation_sets(unit_tables, n_units, job.random_sets)
     masks = np.zeros((1 + len(sets), n_units), bool)
     for i, s in enumerate(sets, start=1):
         masks[i, s["units"]] = True
     if model is None:
-        model = load_model_spec(model_spec, weights_file)
+        model = load_model_spec(job.model_spec, job.weights_file)
     model = model.to(device).eval()
-    predictions = ablated_predictions(model, images, layer, masks, mean, batch_size, device)
+    predictions = ablated_predictions(model, images, layer, masks, mean, job.batch_size, device)
     differ = int(np.sum(predictions[0] != images.adv_pred))
     if differ:
         log.warning(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -41,6 +42,20 @@ def _torch_dtype(dtype: str | torch.dtype) -> torch.dtype:
     return dtype
 
 
+def _checked_input(images_uint8: np.ndarray, layers: Sequence[str], batch_size: int) -> tuple[np.ndarray, list[str]]:
+    """The images as an array and the layers without repeats; ArtifactError when either, or the
+    batch size, cannot be run."""
+    layers = list(dict.fromkeys(layers))
+    if not layers:
+        raise ArtifactError("no layers to extract")
+    images = np.asarray(images_uint8)
+    if images.ndim != 4 or images.shape[1] != 3 or images.dtype != np.uint8:
+        raise ArtifactError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {images.shape}")
+    if batch_size < 1:
+        raise ArtifactError(f"batch_size must be >= 1, got {batch_size}")
+    return images, layers
+
+
 def extract_layers(
     model: nn.Module,
     images_uint8: np.ndarray,
@@ -55,14 +70,7 @@ def extract_layers(
     `model` takes images in [0, 1] (normalisation inside) and should be in eval mode.
     """
     dtype = _torch_dtype(dtype)
-    layers = list(dict.fromkeys(layers))
-    if not layers:
-        raise ArtifactError("no layers to extract")
-    images = np.asarray(images_uint8)
-    if images.ndim != 4 or images.shape[1] != 3 or images.dtype != np.uint8:
-        raise ArtifactError(f"images must be uint8 (N, 3, H, W), got {images.dtype} {images.shape}")
-    if batch_size < 1:
-        raise ArtifactError(f"batch_size must be >= 1, got {batch_size}")
+    images, layers = _checked_input(images_uint8, layers, batch_size)
     device = torch.device(device)
     captured: dict[str, torch.Tensor] = {}
 
@@ -120,49 +128,58 @@ def extract_activations(
     return extract_layers(model, images_uint8, [layer], batch_size, device, dtype)[layer]
 
 
+@dataclass(frozen=True)
+class ActivationJob:
+    """What an activations job runs: the images shard with its `identity` (dataset, model,
+    attack, shard), the model (`model_spec` with its weights file), the layers, the batch size
+    and the stored dtype of the maps."""
+
+    images_path: str | os.PathLike
+    weights_file: str | os.PathLike | None
+    model_spec: ModelSpec
+    layers: Sequence[str]
+    identity: Mapping[str, Any]
+    batch_size: int
+    dtype: str = "float32"
+
+
 def write_activation_shard(
     out_path: str | os.PathLike,
+    job: ActivationJob,
     *,
-    images_path: str | os.PathLike,
-    weights_file: str | os.PathLike | None,
-    model_spec: ModelSpec,
-    layers: Sequence[str],
-    identity: Mapping[str, Any],
-    batch_size: int,
-    dtype: str = "float32",
     device: torch.device | str | None = None,
     model: nn.Module | None = None,
 ) -> None:
     """Run a model on an images shard and write kind "activations": rows, and one dataset per
     layer (`store.layer_key`), all from one forward pass, written a block of batches at a time.
 
-    `identity` (dataset, model, attack, shard) must match the images shard; the output adds
-    layers and dtype. `device` defaults to advdissect.nets.device.select_device(); `model` to
-    advdissect.nets.models.load_model_spec(model_spec, weights_file).
+    `job.identity` must match the images shard; the output adds layers and dtype. `device`
+    defaults to advdissect.nets.device.select_device(); `model` to
+    advdissect.nets.models.load_model_spec(job.model_spec, job.weights_file).
     """
     if device is None:
         device = select_device()
-    with store.open_h5(images_path, "images", expect=identity) as f:
+    with store.open_h5(job.images_path, "images", expect=job.identity) as f:
         images = f["images"][()]
         rows = f["rows"][()].astype(np.int64)
     if images.shape[0] == 0:
-        raise ArtifactError(f"{images_path}: holds no images")
+        raise ArtifactError(f"{job.images_path}: holds no images")
     if model is None:
-        model = load_model_spec(model_spec, weights_file)
+        model = load_model_spec(job.model_spec, job.weights_file)
     model = model.to(device).eval()
-    layers = list(dict.fromkeys(layers))
+    layers = list(dict.fromkeys(job.layers))
     n = images.shape[0]
-    with store.h5_writer(out_path, "activations", dict(identity, layers=layers, dtype=dtype)) as f:
+    with store.h5_writer(out_path, "activations", dict(job.identity, layers=layers, dtype=job.dtype)) as f:
         f.create_dataset("rows", data=rows, chunks=True, fletcher32=True)
-        start, block = 0, batch_size
+        start, block = 0, job.batch_size
         while start < n:
             stop = min(n, start + block)
-            acts = extract_layers(model, images[start:stop], layers, batch_size, device, dtype)
+            acts = extract_layers(model, images[start:stop], layers, job.batch_size, device, job.dtype)
             if start == 0:
                 for layer, maps in acts.items():
-                    log.info("%s: %s activations %s of layer %s", out_path, dtype, (n, *maps.shape[1:]), layer)
+                    log.info("%s: %s activations %s of layer %s", out_path, job.dtype, (n, *maps.shape[1:]), layer)
                     store.create_rows(f, store.layer_key(layer), (n, *maps.shape[1:]), maps.dtype)
-                block = block_images(sum(maps[0].nbytes for maps in acts.values()), batch_size)
+                block = block_images(sum(maps[0].nbytes for maps in acts.values()), job.batch_size)
             for layer, maps in acts.items():
                 f[store.layer_key(layer)][start:stop] = maps
             start = stop

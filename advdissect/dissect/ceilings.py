@@ -28,8 +28,8 @@ from .. import store
 from ..data.broden import CATEGORIES, BrodenDataset
 from ..data.segmentations import ShardSegmentations
 from ..errors import ArtifactError, ConfigError
-from .tally import count_shard, iou, merge_counts
-from .thresholds import merge_top, threshold_from_top, top_count, top_values
+from .tally import DEFAULT_DENOMINATOR, LabelTable, count_shard, iou, merge_counts
+from .thresholds import DEFAULT_QUANTILE, merge_top, threshold_from_top, top_count, top_values
 
 TIE_BREAK = 1e-3
 
@@ -93,8 +93,8 @@ def ideal_unit_iou(
     dataset: Any,
     rows: Sequence[int],
     map_size: tuple[int, int],
-    quantile: float = 0.005,
-    denominator: str = "lite",
+    quantile: float = DEFAULT_QUANTILE,
+    denominator: str = DEFAULT_DENOMINATOR,
     chunks: Chunks | None = None,
 ) -> pd.DataFrame:
     """One row per concept present in `rows`: label, name, category, iou of its ideal unit.
@@ -130,7 +130,7 @@ def ideal_unit_iou(
     for load in chunks:
         segs = load()
         maps = ideal_maps(segs, concepts, dataset.seg_size, map_size)
-        parts.append(count_shard(maps, thresholds, segs, category, n_labels, dataset.seg_size))
+        parts.append(count_shard(maps, thresholds, segs, LabelTable(category, n_labels, dataset.seg_size)))
     scores = iou(merge_counts(parts), denominator)[np.arange(len(concepts)), concepts]
     return pd.DataFrame(
         {
@@ -170,8 +170,8 @@ def map_size(arch: str, num_classes: int, layer: str, image_size: int | Sequence
 def ceilings_table(
     datasets: Mapping[str, Mapping[str, Any]],
     layers: Sequence[Mapping[str, Any]],
-    quantile: float = 0.005,
-    denominator: str = "lite",
+    quantile: float = DEFAULT_QUANTILE,
+    denominator: str = DEFAULT_DENOMINATOR,
 ) -> pd.DataFrame:
     """Ideal-unit IoU of every concept at every dissected layer's map size.
 
@@ -247,8 +247,8 @@ def write_ceilings(
     out: str | os.PathLike,
     datasets: Mapping[str, Mapping[str, Any]],
     layers: Sequence[Mapping[str, Any]],
-    quantile: float = 0.005,
-    denominator: str = "lite",
+    quantile: float = DEFAULT_QUANTILE,
+    denominator: str = DEFAULT_DENOMINATOR,
 ) -> pd.DataFrame:
     """Write `ceilings_table(...)` as CSV (atomically) and return it."""
     frame = ceilings_table(datasets, layers, quantile, denominator)

@@ -31,8 +31,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 from itertools import islice
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -42,11 +43,14 @@ from .. import store
 from ..data.broden import CATEGORIES, BrodenDataset
 from ..data.segmentations import ShardSegmentations
 from ..errors import ArtifactError, ConfigError, DatasetError
+from ..specs import schema_defaults
 from ..store import COUNT_KEYS
 from .masks import UpsamplePlan, active_bands
 
 N_CAT = len(CATEGORIES)
 DENOMINATORS = ("lite", "original")
+# `dissection.denominator` when none is given: the schema's default.
+DEFAULT_DENOMINATOR: str = schema_defaults("dissection")["denominator"]
 # Per-image records (advdissect.dissect.bootstrap): name -> columns, every column one 1-D array.
 IMAGE_RECORDS = {
     "intersection": ("image", "unit", "label", "count"),
@@ -71,6 +75,94 @@ def _renumber(keys: np.ndarray) -> np.ndarray:
     return pd.factorize(keys)[0].astype(np.int64)
 
 
+@dataclass(frozen=True, eq=False)
+class LabelTable:
+    """A dataset's labels as counting sees them: each label's category (index into CATEGORIES,
+    -1 for none), the number of label numbers, and the segmentation size (sh, sw)."""
+
+    category: np.ndarray
+    n_labels: int
+    seg_size: tuple[int, int]
+
+    @classmethod
+    def of(cls, dataset: Any) -> LabelTable:
+        """The label table of anything with label_category, n_labels and seg_size (a dataset)."""
+        return cls(dataset.label_category, dataset.n_labels, dataset.seg_size)
+
+
+def _stack_labels(
+    segs: Sequence[tuple[np.ndarray, np.ndarray]], labels: LabelTable, first_image: int
+) -> tuple[np.ndarray, list[np.ndarray]]:
+    """The chunk's pixel labels as one (n, n_layers, sh·sw) array (missing layers 0) and each
+    image's distinct nonzero image-level labels; DatasetError names a bad image."""
+    n, n_labels = len(segs), labels.n_labels
+    sh, sw = labels.seg_size
+    p = sh * sw
+    n_layers = 0
+    image_labels = []
+    for i, (pixel, image) in enumerate(segs):
+        if pixel.ndim != 3 or pixel.shape[1:] != (sh, sw):
+            raise DatasetError(
+                f"segmentation of image {first_image + i} of the shard: pixel labels of "
+                f"shape {pixel.shape}, expected (n_layers, {sh}, {sw})"
+            )
+        image = np.asarray(image, dtype=np.int64).ravel()
+        if image.size > 1:
+            image = np.unique(image)
+        image_labels.append(image[image != 0])
+        n_layers = max(n_layers, pixel.shape[0])
+    lab = np.zeros((n, n_layers, p), dtype=np.int32)
+    for i, (pixel, _) in enumerate(segs):
+        lab[i, : pixel.shape[0]] = pixel.reshape(pixel.shape[0], p)
+    for i, image in enumerate(image_labels):
+        if image.size and (image.min() < 0 or image.max() >= n_labels):
+            raise DatasetError(
+                f"segmentation of image {first_image + i} of the shard: image-level label "
+                f"numbers must lie in 1..{n_labels - 1}, found {image.tolist()}"
+            )
+    if lab.size and (lab.min() < 0 or lab.max() >= n_labels):
+        bad = next(i for i in range(n) if lab[i].min() < 0 or lab[i].max() >= n_labels)
+        raise DatasetError(
+            f"segmentation of image {first_image + bad} of the shard: pixel label numbers "
+            f"must lie in 0..{n_labels - 1}, found {lab[bad].min()}..{lab[bad].max()}"
+        )
+    return lab, image_labels
+
+
+def _runs(lab: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Runs of pixels (in row-major order, per image) whose labels agree in every layer:
+    (start in the flat (n·p,) pixels, length, image, labels (runs, n_layers))."""
+    n, n_layers, p = lab.shape
+    change = np.zeros((n, p), dtype=bool)
+    change[:, 0] = True
+    for layer in range(n_layers):
+        change[:, 1:] |= lab[:, layer, 1:] != lab[:, layer, :-1]
+    starts = np.flatnonzero(change)
+    lengths = np.diff(np.append(starts, n * p))
+    run_image = starts // p
+    at = starts + run_image * ((n_layers - 1) * p)  # position in lab of layer 0
+    flat = lab.reshape(-1)
+    run_labels = np.zeros((len(starts), n_layers), dtype=np.int64)
+    for layer in range(n_layers):
+        run_labels[:, layer] = flat[at + layer * p]
+    return starts, lengths, run_image, run_labels
+
+
+def _combo_of_run(run_image: np.ndarray, run_labels: np.ndarray, n: int, n_labels: int) -> np.ndarray:
+    """Dense id of each run's combo: its distinct (image, labels of every layer)."""
+    n_layers = run_labels.shape[1]
+    # one int64 key while it fits
+    code = run_image
+    fits = 0
+    while fits < n_layers and n * float(n_labels) ** (fits + 1) < 2.0**62:
+        fits += 1
+    for layer in range(n_layers):
+        code = code * n_labels + run_labels[:, layer]
+        if layer + 1 >= fits:
+            code = _renumber(code)
+    return _renumber(code)
+
+
 class _Combos:
     """The distinct label sets of a chunk of images, pixel by pixel.
 
@@ -79,69 +171,11 @@ class _Combos:
     Masks are piecewise constant, so combos are found on runs of equal pixels along rows.
     """
 
-    def __init__(
-        self,
-        segs: Sequence[tuple[np.ndarray, np.ndarray]],
-        n_labels: int,
-        label_category: np.ndarray,
-        seg_size: tuple[int, int],
-        first_image: int,
-    ):
+    def __init__(self, segs: Sequence[tuple[np.ndarray, np.ndarray]], labels: LabelTable, first_image: int):
         n = len(segs)
-        sh, sw = seg_size
-        p = sh * sw
-        n_layers = 0
-        image_labels = []
-        for i, (pixel, labels) in enumerate(segs):
-            if pixel.ndim != 3 or pixel.shape[1:] != (sh, sw):
-                raise DatasetError(
-                    f"segmentation of image {first_image + i} of the shard: pixel labels of "
-                    f"shape {pixel.shape}, expected (n_layers, {sh}, {sw})"
-                )
-            labels = np.asarray(labels, dtype=np.int64).ravel()
-            if labels.size > 1:
-                labels = np.unique(labels)
-            image_labels.append(labels[labels != 0])
-            n_layers = max(n_layers, pixel.shape[0])
-        lab = np.zeros((n, n_layers, p), dtype=np.int32)
-        for i, (pixel, _) in enumerate(segs):
-            lab[i, : pixel.shape[0]] = pixel.reshape(pixel.shape[0], p)
-        for i, labels in enumerate(image_labels):
-            if labels.size and (labels.min() < 0 or labels.max() >= n_labels):
-                raise DatasetError(
-                    f"segmentation of image {first_image + i} of the shard: image-level label "
-                    f"numbers must lie in 1..{n_labels - 1}, found {labels.tolist()}"
-                )
-        if lab.size and (lab.min() < 0 or lab.max() >= n_labels):
-            bad = next(i for i in range(n) if lab[i].min() < 0 or lab[i].max() >= n_labels)
-            raise DatasetError(
-                f"segmentation of image {first_image + bad} of the shard: pixel label numbers "
-                f"must lie in 0..{n_labels - 1}, found {lab[bad].min()}..{lab[bad].max()}"
-            )
-
-        # runs of pixels (in row-major order, per image) whose labels agree in every layer
-        change = np.zeros((n, p), dtype=bool)
-        change[:, 0] = True
-        for layer in range(n_layers):
-            change[:, 1:] |= lab[:, layer, 1:] != lab[:, layer, :-1]
-        starts = np.flatnonzero(change)
-        lengths = np.diff(np.append(starts, n * p))
-        run_image = starts // p
-        at = starts + run_image * ((n_layers - 1) * p)  # position in lab of layer 0
-        flat = lab.reshape(-1)
-        run_labels = np.zeros((len(starts), n_layers), dtype=np.int64)
-        for layer in range(n_layers):
-            run_labels[:, layer] = flat[at + layer * p]
-        # combo = distinct (image, labels of every layer); one int64 key while it fits
-        code = run_image
-        fits = 0
-        while fits < n_layers and n * float(n_labels) ** (fits + 1) < 2.0**62:
-            fits += 1
-        for layer in range(n_layers):
-            code = code * n_labels + run_labels[:, layer]
-            if layer + 1 >= fits:
-                code = _renumber(code)
-        combo_of_run = _renumber(code)
+        lab, image_labels = _stack_labels(segs, labels, first_image)
+        starts, lengths, run_image, run_labels = _runs(lab)
+        combo_of_run = _combo_of_run(run_image, run_labels, n, labels.n_labels)
         n_ids = int(combo_of_run.max()) + 1
         first = np.full(n_ids, len(starts), dtype=np.int64)
         np.minimum.at(first, combo_of_run, np.arange(len(starts)))
@@ -157,27 +191,32 @@ class _Combos:
         self.max_per_image = int(per_image.max())
         self.area = np.bincount(combo_of_run, weights=lengths.astype(np.float64), minlength=n_ids)
         self.area = np.rint(self.area).astype(np.int64)
+        self._set_label_table(run_labels[first], image_labels, labels)
 
+    def _set_label_table(self, layer_labels: np.ndarray, image_labels: list[np.ndarray], labels: LabelTable) -> None:
+        """Each combo's labels as chunk-local ids (`table`, padded with len(self.labels)) and
+        the category bits of each combo and each image."""
+        n = len(image_labels)
         extra = max([len(x) for x in image_labels] + [0])
         img_lab = np.zeros((n, extra), dtype=np.int64)
-        for i, labels in enumerate(image_labels):
-            img_lab[i, : len(labels)] = labels
-        table = np.concatenate([run_labels[first], img_lab[self.image]], axis=1)
+        for i, image in enumerate(image_labels):
+            img_lab[i, : len(image)] = image
+        table = np.concatenate([layer_labels, img_lab[self.image]], axis=1)
         # Set semantics: sort each row, drop repeats and 0.
         table = np.sort(table, axis=1)
         if table.shape[1] > 1:
             table[:, 1:][table[:, 1:] == table[:, :-1]] = 0
         # Chunk-local label ids; the padding id is len(labels).
         self.labels = np.unique(table[table > 0])
-        local = np.full(n_labels, len(self.labels), dtype=np.int64)
+        local = np.full(labels.n_labels, len(self.labels), dtype=np.int64)
         local[self.labels] = np.arange(len(self.labels))
         self.table = local[table]
-        cat = np.asarray(label_category, dtype=np.int64)[self.labels]
+        cat = np.asarray(labels.category, dtype=np.int64)[self.labels]
         bit = np.where(cat >= 0, np.left_shift(1, np.maximum(cat, 0)), 0).astype(np.uint8)
         if table.shape[1]:
             self.catbits = np.bitwise_or.reduce(np.append(bit, np.uint8(0))[self.table], axis=1)
         else:
-            self.catbits = np.zeros(n_ids, np.uint8)
+            self.catbits = np.zeros(self.n_combos, np.uint8)
         self.image_catbits = np.zeros(n, np.uint8)
         np.bitwise_or.at(self.image_catbits, self.image, self.catbits)
 
@@ -209,9 +248,8 @@ def count_shard(
     activations: Any,
     thresholds: np.ndarray,
     segmentations: Iterable[Any],
-    label_category: np.ndarray,
-    n_labels: int,
-    seg_size: tuple[int, int],
+    labels: LabelTable,
+    *,
     chunk: int = 16,
     progress: bool = False,
     per_image: bool = False,
@@ -220,9 +258,9 @@ def count_shard(
 
     activations: (N, C, h, w) array or h5py dataset (read `chunk` images at a time);
     thresholds: (C,) float64; segmentations: N items, each (pixel int (n_layers, sh, sw),
-    image_labels int) or an object with `.pixel` and `.image_labels`; label_category:
-    (n_labels,) index into CATEGORIES, -1 for none. Returns the count arrays, `n_images`
-    and `label_category`; with `per_image`, also "per_image/<record>/<column>" arrays
+    image_labels int) or an object with `.pixel` and `.image_labels`; labels: the dataset's
+    label table (`LabelTable.of(dataset)`). Returns the count arrays, `n_images` and
+    `label_category`; with `per_image`, also "per_image/<record>/<column>" arrays
     (IMAGE_RECORDS; image = position in the shard).
     """
     shape = tuple(activations.shape)
@@ -232,12 +270,9 @@ def count_shard(
     thresholds = np.asarray(thresholds, dtype=np.float64)
     if thresholds.shape != (n_units,):
         raise ArtifactError(f"{thresholds.shape[0] if thresholds.ndim else 0} thresholds for {n_units} units")
-    label_category = np.asarray(label_category, dtype=np.int64)
-    if label_category.shape != (n_labels,):
-        raise DatasetError(f"label_category has shape {label_category.shape}, expected ({n_labels},)")
-    seg_size = (int(seg_size[0]), int(seg_size[1]))
-    plan = UpsamplePlan((h, w), seg_size)
-    out = empty_counts(n_units, n_labels, label_category)
+    labels = _checked_labels(labels)
+    plan = UpsamplePlan((h, w), labels.seg_size)
+    out = empty_counts(n_units, labels.n_labels, labels.category)
     records = _ImageRecords() if per_image else None
     segs = iter(segmentations)
     starts = range(0, n_images, chunk)
@@ -249,13 +284,22 @@ def count_shard(
         batch = [_unpack_segmentation(s) for s in islice(segs, stop - start)]
         if len(batch) != stop - start:
             raise DatasetError(f"{n_images} activation maps but only {start + len(batch)} segmentations")
-        _count_chunk(out, maps, thresholds, batch, plan, label_category, n_labels, seg_size, start, records)
+        _count_chunk(out, maps, thresholds, batch, plan, labels, start, records)
     if next(segs, None) is not None:
         raise DatasetError(f"more segmentations than the {n_images} activation maps")
     out["n_images"] = np.array(n_images, np.int64)
     if records is not None:
         out.update(records.arrays())
     return out
+
+
+def _checked_labels(labels: LabelTable) -> LabelTable:
+    """`labels` with int64 categories and an (int, int) segmentation size; DatasetError when the
+    categories do not cover the label numbers."""
+    category = np.asarray(labels.category, dtype=np.int64)
+    if category.shape != (labels.n_labels,):
+        raise DatasetError(f"label_category has shape {category.shape}, expected ({labels.n_labels},)")
+    return LabelTable(category, labels.n_labels, (int(labels.seg_size[0]), int(labels.seg_size[1])))
 
 
 class _ImageRecords:
@@ -288,10 +332,32 @@ def _dense_bins(n_bins: int, n_keys: int) -> bool:
     return n_bins <= max(1 << 22, 4 * n_keys)
 
 
-def _count_chunk(out, maps, thresholds, segs, plan, label_category, n_labels, seg_size, first_image, records=None):
+class _Hits(NamedTuple):
+    """A chunk's active pixels summed by (image, unit, combo): `count` pixels of combo `combo`
+    lie inside the mask of unit `unit` of image `image` (pair = image · n_units + unit)."""
+
+    pair: np.ndarray
+    image: np.ndarray
+    unit: np.ndarray
+    combo: np.ndarray
+    count: np.ndarray
+
+
+def _count_chunk(out, maps, thresholds, segs, plan, labels, first_image, records=None):
     n, c = maps.shape[:2]
-    p = seg_size[0] * seg_size[1]
-    combos = _Combos(segs, n_labels, label_category, seg_size, first_image)
+    combos = _Combos(segs, labels, first_image)
+    _count_label_area(out, combos, labels.n_labels, first_image, records)
+    bands = list(active_bands(maps, thresholds, plan))
+    if not bands:
+        return
+    hits = _active_hits(bands, combos, (n, c), labels.seg_size)
+    _count_activation(out, combos, hits, (n, c), first_image, records)
+    if combos.table.shape[1]:
+        _count_intersection(out, combos, hits, labels.n_labels, first_image, records)
+
+
+def _count_label_area(out, combos: _Combos, n_labels: int, first_image: int, records) -> None:
+    n = len(combos.image_catbits)
     width = combos.table.shape[1]
     nl = len(combos.labels)
     if width:
@@ -310,11 +376,12 @@ def _count_chunk(out, maps, thresholds, segs, plan, label_category, n_labels, se
             )
             records.add("label_area", first_image + key // n_labels, key % n_labels, area)
 
+
+def _active_hits(bands: list, combos: _Combos, shape: tuple[int, int], seg_size: tuple[int, int]) -> _Hits:
+    n, c = shape
+    p = seg_size[0] * seg_size[1]
     # Per active pixel: key = (pair, combo) with pairs numbered densely among those with a
     # candidate column and combos numbered within their image, so the bins stay few.
-    bands = list(active_bands(maps, thresholds, plan))
-    if not bands:
-        return
     seen = np.zeros(n * c, dtype=bool)
     for pair, _, _, _ in bands:
         seen[pair] = True
@@ -339,28 +406,35 @@ def _count_chunk(out, maps, thresholds, segs, plan, label_category, n_labels, se
     d, local = np.divmod(hit, m)
     pair_key = pairs[d]
     img, u = np.divmod(pair_key, c)
-    k = combos.image_start[img] + local
-    msize = np.bincount(pair_key, weights=cnt.astype(np.float64), minlength=n * c)
+    return _Hits(pair_key, img, u, combos.image_start[img] + local, cnt)
+
+
+def _count_activation(out, combos: _Combos, hits: _Hits, shape: tuple[int, int], first_image: int, records) -> None:
+    n, c = shape
+    msize = np.bincount(hits.pair, weights=hits.count.astype(np.float64), minlength=n * c)
     msize = _as_int(msize).reshape(n, c)
     out["activation_total"] += msize.sum(axis=0)
     out["activation_original"] += msize.T @ _bits_to_matrix(combos.image_catbits)
     inside = np.zeros(n * c, np.uint8)
-    np.bitwise_or.at(inside, pair_key, combos.catbits[k])
+    np.bitwise_or.at(inside, hits.pair, combos.catbits[hits.combo])
     out["activation_lite"] += np.einsum("nu,nuc->uc", msize, _bits_to_matrix(inside).reshape(n, c, N_CAT))
     if records is not None:
         active = np.flatnonzero(msize)
         records.add("activation", first_image + active // c, active % c, msize.ravel()[active], inside[active])
-    if width:
-        labels = np.append(combos.labels, -1)[combos.table[k]]  # (hits, width), -1 = none
-        valid = labels >= 0
-        at = (u[:, None] * n_labels + labels)[valid]
-        hit_count = np.broadcast_to(cnt[:, None], labels.shape)[valid]
-        np.add.at(out["intersection"].reshape(-1), at, hit_count)
-        if records is not None:
-            image_of = np.broadcast_to(img[:, None], labels.shape)[valid]
-            key, count = _sum_by_key(image_of * (c * n_labels) + at, hit_count)
-            image, cell = np.divmod(key, c * n_labels)
-            records.add("intersection", first_image + image, cell // n_labels, cell % n_labels, count)
+
+
+def _count_intersection(out, combos: _Combos, hits: _Hits, n_labels: int, first_image: int, records) -> None:
+    c = out["intersection"].shape[0]
+    labels = np.append(combos.labels, -1)[combos.table[hits.combo]]  # (hits, width), -1 = none
+    valid = labels >= 0
+    at = (hits.unit[:, None] * n_labels + labels)[valid]
+    hit_count = np.broadcast_to(hits.count[:, None], labels.shape)[valid]
+    np.add.at(out["intersection"].reshape(-1), at, hit_count)
+    if records is not None:
+        image_of = np.broadcast_to(hits.image[:, None], labels.shape)[valid]
+        key, count = _sum_by_key(image_of * (c * n_labels) + at, hit_count)
+        image, cell = np.divmod(key, c * n_labels)
+        records.add("intersection", first_image + image, cell // n_labels, cell % n_labels, count)
 
 
 def merge_counts(
@@ -399,7 +473,7 @@ def category_activation(counts: Mapping[str, np.ndarray], denominator: str) -> n
     return np.asarray(counts[f"activation_{denominator}"], np.int64)
 
 
-def iou(counts: Mapping[str, np.ndarray], denominator: str = "lite") -> np.ndarray:
+def iou(counts: Mapping[str, np.ndarray], denominator: str = DEFAULT_DENOMINATOR) -> np.ndarray:
     """IoU (C, n_labels) float64 from counts; 0 where the union is empty or the label has no category."""
     act = category_activation(counts, denominator)
     cat = np.asarray(counts["label_category"], np.int64)
@@ -485,16 +559,7 @@ def count_file(
         if segmentations is not None and len(segmentations) != len(rows):
             raise ArtifactError(f"{activations_path}: {len(rows)} rows, but {len(segmentations)} segmentations")
         segs = iter(segmentations) if segmentations is not None else (dataset.load_segmentation(int(r)) for r in rows)
-        counts = count_shard(
-            acts,
-            thresholds,
-            segs,
-            dataset.label_category,
-            dataset.n_labels,
-            dataset.seg_size,
-            progress=True,
-            per_image=per_image,
-        )
+        counts = count_shard(acts, thresholds, segs, LabelTable.of(dataset), progress=True, per_image=per_image)
     return counts, t_attrs
 
 

@@ -30,8 +30,11 @@ import numpy as np
 
 from .. import store
 from ..errors import ArtifactError, ConfigError
+from ..specs import schema_defaults
 
 METHOD = "linear"
+# q of `dissection.quantile` when none is given: the schema's default.
+DEFAULT_QUANTILE: float = schema_defaults("dissection")["quantile"]
 
 
 def _virtual_index(n_total: int, q: float) -> float:

@@ -49,7 +49,7 @@ from tqdm import tqdm
 from ..data.broden import BrodenDataset
 from ..data.imagefolder import ImageFolderImages, load_imagefolder
 from ..errors import ConfigError, DatasetError
-from ..specs import ADVERSARIAL_METHODS, ModelSpec, TrainSpec
+from ..specs import ADVERSARIAL_METHODS, FEATURE_METHODS, ModelSpec, TrainSpec
 from ..store import atomic_path, write_csv, write_json
 from . import losses
 from .attacks import fgsm
@@ -160,7 +160,7 @@ def train_step(
         clean_logits = logits
         loss = terms["ce_clean"]
     else:
-        need_features = cfg.method in ("consistency", "atda")
+        need_features = cfg.method in FEATURE_METHODS
         logits, feats = _forward(model, torch.cat([x, adv]), cfg.feature if need_features else None, cfg)
         clean_logits, adv_logits = logits[:n], logits[n:]
         terms["ce_clean"] = F.cross_entropy(clean_logits, y)

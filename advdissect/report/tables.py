@@ -21,6 +21,7 @@ from ..dissect.bootstrap import DETECTOR_COLUMNS, basic_interval, read_bootstrap
 from ..dissect.drift import DRIFT_COLUMNS, DRIFT_STATUSES, concept_drift, drift_summary
 from ..dissect.tally import read_units
 from ..errors import ArtifactError, ConfigError
+from ..specs import TRAIN_METHODS as TRAINING_METHODS
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +102,6 @@ ATTACK_COLUMNS = [
     "clean_accuracy",
     "adversarial_accuracy",
 ]
-TRAINING_METHODS = ("standard", "at", "consistency", "atda")
 
 PathLike = str | os.PathLike
 

@@ -23,6 +23,7 @@ from typing import Any
 import jsonschema
 import yaml
 
+from ..data.download import BRODEN_SOURCES
 from ..errors import AdvDissectError, ConfigError
 from ..specs import SCHEMA, train_spec
 from .datasets import available_images, dataset_facts, dataset_size, dissectable, generated_spec
@@ -174,7 +175,9 @@ def _check_dataset(name: str, spec: Mapping) -> None:
     """The keys a dataset's source needs and allows, and no more images asked for than it holds."""
     source = spec["source"]
     if source == "broden" and "variant" not in spec:
-        raise ConfigError(f"config: datasets.{name}.variant: required for source 'broden' (broden1_224 or broden1_227)")
+        raise ConfigError(
+            f"config: datasets.{name}.variant: required for source 'broden' ({' or '.join(BRODEN_SOURCES)})"
+        )
     if source in ("local", "imagefolder") and "path" not in spec:
         raise ConfigError(f"config: datasets.{name}.path: required for source {source!r}")
     if source != "synthetic" and "synthetic" in spec:

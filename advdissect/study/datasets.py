@@ -7,13 +7,9 @@ import csv
 from collections.abc import Mapping
 from pathlib import Path
 
+from ..data.download import BRODEN_IMAGE_SIZE, BRODEN_IMAGES, BRODEN_LABELS
 from ..errors import ConfigError
 from ..specs import ShardPlan
-
-# Broden as published by its authors: 63,305 images in both variants.
-BRODEN_IMAGES = {"broden1_224": 63305, "broden1_227": 63305}
-BRODEN_IMAGE_SIZE = {"broden1_224": 224, "broden1_227": 227}
-BRODEN_LABELS = 1198  # label numbers 0..1197 of broden1_224/227's label.csv
 
 
 def dataset_root(name: str, spec: Mapping) -> Path:
