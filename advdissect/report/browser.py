@@ -11,7 +11,6 @@ thresholds. Pictures are JPEG files beside the page, loaded as they scroll into 
 from __future__ import annotations
 
 import html
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -24,6 +23,7 @@ from .. import store
 from ..dissect.drift import concept_drift
 from ..dissect.tally import read_units
 from ..errors import ArtifactError
+from ..store import PathLike
 from .figures import read_thresholds, top_activating, unit_mask
 
 MASK_COLOR = np.array([230, 25, 75], np.float64)
@@ -31,7 +31,7 @@ GAP = 6  # pixels between the image sets of a picture
 
 
 def read_rows(
-    paths: Sequence[str | os.PathLike], kind: str, expect: Mapping[str, Any], name: str, rows: set[int]
+    paths: Sequence[PathLike], kind: str, expect: Mapping[str, Any], name: str, rows: set[int]
 ) -> dict[int, np.ndarray]:
     """{row: array} of dataset `name` for the wanted image rows, one read per shard."""
     out: dict[int, np.ndarray] = {}
@@ -207,13 +207,13 @@ def _set_thumbnails(
 
 
 def write_browser(
-    out_dir: str | os.PathLike,
+    out_dir: PathLike,
     *,
     dataset: str,
     model: str,
     layer: str,
     sets: Sequence[Mapping[str, Any]],
-    units: Mapping[tuple[str, str], str | os.PathLike],
+    units: Mapping[tuple[str, str], PathLike],
     clean_attack: str,
     n_images: int = 3,
     thumb: int = 64,

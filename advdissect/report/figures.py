@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import textwrap
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
@@ -30,12 +29,11 @@ from ..dissect.drift import DRIFT_STATUSES
 from ..dissect.masks import upsample
 from ..dissect.tally import read_units
 from ..errors import ArtifactError, ConfigError
+from ..store import PathLike
 from . import tables
 from .tables import CATEGORY_ORDER, THRESHOLD_MODES, TRAINING_METHODS
 
 log = logging.getLogger(__name__)
-
-PathLike = str | os.PathLike
 
 # seaborn "colorblind" colours, fixed per category (never cycled by position).
 CATEGORY_COLORS = {

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import logging
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -20,11 +19,10 @@ import pandas as pd
 from .. import store
 from ..dissect.ceilings import read_ceilings
 from ..dissect.tally import read_units
+from ..store import PathLike
 from . import tables
 
 log = logging.getLogger(__name__)
-
-PathLike = str | os.PathLike
 DASH = "–"
 START_MARKER = "<!-- demo-results:start -->"
 END_MARKER = "<!-- demo-results:end -->"

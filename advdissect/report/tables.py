@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from ..dissect.bootstrap import DETECTOR_COLUMNS, basic_interval, read_bootstrap
 from ..dissect.drift import DRIFT_COLUMNS, DRIFT_STATUSES, concept_drift, drift_summary
 from ..dissect.tally import read_units
 from ..errors import ArtifactError, ConfigError
+from ..store import PathLike
 
 log = logging.getLogger(__name__)
 
@@ -102,8 +102,6 @@ ATTACK_COLUMNS = [
     "adversarial_accuracy",
 ]
 TRAINING_METHODS = ("standard", "at", "consistency", "atda")
-
-PathLike = str | os.PathLike
 
 
 # --------------------------------------------------------------------------- entries
