@@ -30,8 +30,9 @@ from ..dissect.masks import upsample
 from ..dissect.tally import read_units
 from ..errors import ArtifactError, ConfigError
 from ..store import PathLike
-from . import tables
-from .tables import CATEGORY_ORDER, THRESHOLD_MODES, TRAINING_METHODS
+from . import dissections, tables
+from .dissections import THRESHOLD_MODES
+from .tables import CATEGORY_ORDER, TRAINING_METHODS
 
 log = logging.getLogger(__name__)
 
@@ -141,7 +142,7 @@ def _category_legend(fig: Figure, categories: Sequence[str] = CATEGORY_ORDER) ->
 
 def detector_counts(entries: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
     """Detector units per concept for every (attack, mode) of the entries (clean in both modes)."""
-    entries = tables.with_clean_in_both_modes(tables.check_entries(entries))
+    entries = dissections.with_clean_in_both_modes(dissections.check_entries(entries))
     rows = []
     cache: dict[str, pd.DataFrame] = {}
     for e in entries:
@@ -152,8 +153,8 @@ def detector_counts(entries: Sequence[Mapping[str, Any]]) -> pd.DataFrame:
         for (label, category), group in det.groupby(["label", "category"], sort=False):
             rows.append(
                 {
-                    **tables.entry_key(e),
-                    "clean": tables.is_clean_entry(e),
+                    **dissections.entry_key(e),
+                    "clean": dissections.is_clean_entry(e),
                     "label": label,
                     "category": category,
                     "detectors": int(len(group)),
@@ -199,10 +200,10 @@ def detector_figure(
         raise ConfigError(f"a detector figure shows one dataset/model/layer; entries cover {sorted(keys)}")
     dataset, model, layer = next(iter(keys))
     concepts, n_all = _concept_order(counts, top_n)
-    clean_attacks = [e["attack"] for e in entries if tables.is_clean_entry(e)]
+    clean_attacks = [e["attack"] for e in entries if dissections.is_clean_entry(e)]
     attacks = list(dict.fromkeys(clean_attacks + [e["attack"] for e in entries]))
     modes = [m for m in THRESHOLD_MODES if any(e["mode"] == m for e in entries)]
-    dissected = {(e["attack"], e["mode"]) for e in tables.with_clean_in_both_modes(entries)}
+    dissected = {(e["attack"], e["mode"]) for e in dissections.with_clean_in_both_modes(entries)}
     index = {c: i for i, c in enumerate(concepts)}
 
     with style_context(style) as s:

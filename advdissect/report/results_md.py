@@ -21,6 +21,7 @@ from ..dissect.ceilings import read_ceilings
 from ..dissect.tally import read_units
 from ..store import PathLike
 from . import tables
+from .markdown import md_escape, md_table
 
 log = logging.getLogger(__name__)
 DASH = "–"
@@ -58,11 +59,6 @@ SECTIONS = tuple(TITLES)
 # --------------------------------------------------------------------------- formatting
 
 
-def md_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Iterable[int]) -> str:
-    """A Markdown table; columns whose index is in `right` are right-aligned."""
-    return tables.md_table(list(header), [list(r) for r in rows], set(right))
-
-
 def is_missing(value: Any) -> bool:
     if value is None or value is pd.NA:
         return True
@@ -88,7 +84,7 @@ def fmt_int(value: Any) -> str:
 
 def text(value: Any) -> str:
     """A name cell: '' for a missing value, '|' escaped."""
-    return "" if is_missing(value) else tables.md_escape(value)
+    return "" if is_missing(value) else md_escape(value)
 
 
 def _section(key: str, table: str) -> str:
