@@ -673,13 +673,3 @@ def read_summary_csv(path: PathLike) -> pd.DataFrame:
         return pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=missing)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise ArtifactError(f"{path}: cannot be read as a summary CSV ({exc})") from None
-
-
-def read_history(path: PathLike) -> pd.DataFrame:
-    try:
-        frame = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise ArtifactError(f"{path}: cannot be read as a training history CSV ({exc})") from None
-    if "epoch" not in frame.columns:
-        raise ArtifactError(f"{path}: training history needs an 'epoch' column")
-    return frame
