@@ -71,28 +71,8 @@ def eps_sweep_figure(
         fig = new_figure(10.0, 4.2)
         ax_ratio, ax_agree = fig.subplots(1, 2)
         for fam, fam_df in data.groupby("family", sort=True):
-            c = colors[fam]
-            for mode, mdf in fam_df.groupby("threshold_mode"):
-                mean = mdf.groupby("eps_255")["ratio_percent"].mean()
-                ax_ratio.plot(mean.index, mean.values, MODE_LINESTYLES.get(mode, ":"), color=c, marker="o")
-                ax_ratio.scatter(mdf["eps_255"], mdf["ratio_percent"], color=c, s=12, zorder=3)
-                ci = mdf.dropna(subset=["ci_low_percent", "ci_high_percent"]) if "ci_low_percent" in mdf else mdf[:0]
-                if len(ci):
-                    ax_ratio.vlines(ci["eps_255"], ci["ci_low_percent"], ci["ci_high_percent"], color=c, lw=1.2)
-            one = fam_df.drop_duplicates("attack")
-            agree = one.groupby("eps_255")["agreement"].mean() * 100
-            ax_agree.plot(agree.index, agree.values, "-", color=c, marker="o")
-            acc = one.groupby("eps_255")["adversarial_accuracy"].mean() * 100
-            if acc.notna().any():
-                ax_agree.plot(acc.index, acc.values, ":", color=c, marker="s")
-        ax_ratio.set_xlabel("ε (× 1/255)")
-        ax_ratio.set_ylabel("detector units, all categories (% of units)")
-        has_ci = "ci_low_percent" in data and data["ci_low_percent"].notna().any()
-        ax_ratio.set_title("Interpretable units" + (" (bars: bootstrap interval)" if has_ci else ""), loc="left")
-        ax_agree.set_xlabel("ε (× 1/255)")
-        ax_agree.set_ylabel("%")
-        ax_agree.set_ylim(-2, 102)
-        ax_agree.set_title("Prediction agreement with clean / accuracy", loc="left")
+            _plot_family(ax_ratio, ax_agree, fam_df, colors[fam])
+        _label_axes(ax_ratio, ax_agree, data)
         ticks = sorted(set(np.round(data["eps_255"].astype(float), 6)))
         for ax in (ax_ratio, ax_agree):
             ax.set_xticks(ticks)
@@ -117,6 +97,35 @@ def eps_sweep_figure(
         fig.suptitle(f"ε sweep — {dataset} / {model} / {layer} (ε = 0: clean images)")
         save_figure(fig, png, svg, dpi=int(s["dpi"]))
     return data
+
+
+def _plot_family(ax_ratio: Any, ax_agree: Any, fam_df: pd.DataFrame, c: str) -> None:
+    """One attack family's lines: detector ratio per threshold mode, agreement and accuracy."""
+    for mode, mdf in fam_df.groupby("threshold_mode"):
+        mean = mdf.groupby("eps_255")["ratio_percent"].mean()
+        ax_ratio.plot(mean.index, mean.values, MODE_LINESTYLES.get(mode, ":"), color=c, marker="o")
+        ax_ratio.scatter(mdf["eps_255"], mdf["ratio_percent"], color=c, s=12, zorder=3)
+        ci = mdf.dropna(subset=["ci_low_percent", "ci_high_percent"]) if "ci_low_percent" in mdf else mdf[:0]
+        if len(ci):
+            ax_ratio.vlines(ci["eps_255"], ci["ci_low_percent"], ci["ci_high_percent"], color=c, lw=1.2)
+    one = fam_df.drop_duplicates("attack")
+    agree = one.groupby("eps_255")["agreement"].mean() * 100
+    ax_agree.plot(agree.index, agree.values, "-", color=c, marker="o")
+    acc = one.groupby("eps_255")["adversarial_accuracy"].mean() * 100
+    if acc.notna().any():
+        ax_agree.plot(acc.index, acc.values, ":", color=c, marker="s")
+
+
+def _label_axes(ax_ratio: Any, ax_agree: Any, data: pd.DataFrame) -> None:
+    """Axis labels and titles of the two panels."""
+    ax_ratio.set_xlabel("ε (× 1/255)")
+    ax_ratio.set_ylabel("detector units, all categories (% of units)")
+    has_ci = "ci_low_percent" in data and data["ci_low_percent"].notna().any()
+    ax_ratio.set_title("Interpretable units" + (" (bars: bootstrap interval)" if has_ci else ""), loc="left")
+    ax_agree.set_xlabel("ε (× 1/255)")
+    ax_agree.set_ylabel("%")
+    ax_agree.set_ylim(-2, 102)
+    ax_agree.set_title("Prediction agreement with clean / accuracy", loc="left")
 
 
 def write_eps_sweeps(

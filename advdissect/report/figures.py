@@ -103,7 +103,6 @@ def detector_figure(
     attacks = list(dict.fromkeys(clean_attacks + [e["attack"] for e in entries]))
     modes = [m for m in THRESHOLD_MODES if any(e["mode"] == m for e in entries)]
     dissected = {(e["attack"], e["mode"]) for e in dissections.with_clean_in_both_modes(entries)}
-    index = {c: i for i, c in enumerate(concepts)}
 
     with style_context(style) as s:
         width = max(7.0, 0.24 * len(concepts) * len(modes) + 2.5)
@@ -113,44 +112,20 @@ def detector_figure(
         ymax = max(1, int(counts["detectors"].max()) if len(counts) else 1)
         for i, attack in enumerate(attacks):
             for j, mode in enumerate(modes):
-                ax = axes[i][j]
                 sel = counts.loc[(counts["attack"] == attack) & (counts["threshold_mode"] == mode)]
-                heights = np.zeros(len(concepts))
-                for label, cat, n in zip(sel["label"], sel["category"], sel["detectors"]):
-                    if (label, cat) in index:
-                        heights[index[(label, cat)]] = n
-                colors = [category_color(cat) for _, cat in concepts]
-                if concepts:
-                    ax.bar(np.arange(len(concepts)), heights, color=colors, width=0.8)
-                ran = (attack, mode) in dissected
                 total = int(sel["detectors"].sum())
                 kind = "clean" if attack in clean_attacks else "attack"
-                ax.set_title(f"{attack} ({kind}), thresholds: {mode} — {total} detectors", fontsize="small", loc="left")
-                if not ran:
-                    ax.text(
-                        0.5,
-                        0.5,
-                        "not dissected with this threshold mode",
-                        transform=ax.transAxes,
-                        ha="center",
-                        va="center",
-                        color="0.4",
-                    )
+                note = None
+                if (attack, mode) not in dissected:
+                    note = "not dissected with this threshold mode"
                 elif not concepts or total == 0:
-                    ax.text(0.5, 0.5, "no detectors", transform=ax.transAxes, ha="center", va="center", color="0.4")
-                ax.set_ylim(0, ymax * 1.1)
-                ax.yaxis.get_major_locator().set_params(integer=True)
+                    note = "no detectors"
+                name = f"{attack} ({kind}), thresholds: {mode} — {total} detectors"
+                _detector_panel(axes[i][j], sel, concepts, name, note, ymax)
                 if j == 0:
-                    ax.set_ylabel("detector units")
-                ax.grid(axis="x", visible=False)
+                    axes[i][j].set_ylabel("detector units")
         for ax in axes[-1]:
-            ax.set_xticks(np.arange(len(concepts)))
-            ax.set_xticklabels([wrap(c, 18) for c, _ in concepts], rotation=90, fontsize="small")
-            for tick, (_, cat) in zip(ax.get_xticklabels(), concepts):
-                tick.set_color(category_color(cat))
-            if concepts:
-                ax.set_xlim(-0.6, len(concepts) - 0.4)
-            ax.set_xlabel("concept (grouped by category)")
+            _concept_axis(ax, concepts)
         head = title or f"Detector units per concept — {dataset} / {model} / {layer}"
         if top_n is not None and n_all > top_n:
             head += f"\n(top {len(concepts)} of {n_all} concepts by total detectors)"
@@ -158,6 +133,37 @@ def detector_figure(
         category_legend(fig)
         save_figure(fig, png, svg, dpi=int(s["dpi"]))
     return counts
+
+
+def _detector_panel(
+    ax: Any, sel: pd.DataFrame, concepts: Sequence[tuple[str, str]], name: str, note: str | None, ymax: int
+) -> None:
+    """One panel: the detectors per concept of one image set and threshold mode, `note` across it."""
+    index = {c: i for i, c in enumerate(concepts)}
+    heights = np.zeros(len(concepts))
+    for label, cat, n in zip(sel["label"], sel["category"], sel["detectors"]):
+        if (label, cat) in index:
+            heights[index[(label, cat)]] = n
+    colors = [category_color(cat) for _, cat in concepts]
+    if concepts:
+        ax.bar(np.arange(len(concepts)), heights, color=colors, width=0.8)
+    ax.set_title(name, fontsize="small", loc="left")
+    if note is not None:
+        ax.text(0.5, 0.5, note, transform=ax.transAxes, ha="center", va="center", color="0.4")
+    ax.set_ylim(0, ymax * 1.1)
+    ax.yaxis.get_major_locator().set_params(integer=True)
+    ax.grid(axis="x", visible=False)
+
+
+def _concept_axis(ax: Any, concepts: Sequence[tuple[str, str]]) -> None:
+    """The shared x axis: concept names coloured by category."""
+    ax.set_xticks(np.arange(len(concepts)))
+    ax.set_xticklabels([wrap(c, 18) for c, _ in concepts], rotation=90, fontsize="small")
+    for tick, (_, cat) in zip(ax.get_xticklabels(), concepts):
+        tick.set_color(category_color(cat))
+    if concepts:
+        ax.set_xlim(-0.6, len(concepts) - 0.4)
+    ax.set_xlabel("concept (grouped by category)")
 
 
 # --------------------------------------------------------------------------- IoU-cut sweep
