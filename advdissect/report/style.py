@@ -115,7 +115,7 @@ def save_figure(fig: Figure, png: PathLike | None = None, svg: PathLike | None =
 
 
 def wrap(text: str, width: int) -> str:
-    """`text` broken into lines of at most `width` characters (at least 10)."""
+    """`text` broken into lines of at most `width` characters (never fewer than 10)."""
     return "\n".join(textwrap.wrap(str(text), width=max(width, 10))) or str(text)
 
 
