@@ -31,6 +31,8 @@ import numpy as np
 
 from .errors import ArtifactError, ModelError
 
+PathLike = str | os.PathLike
+
 # The IoU counts of a layer (advdissect.dissect.tally), summed over images.
 COUNT_KEYS = ("intersection", "label_area", "activation_lite", "activation_original", "activation_total")
 COUNTS = (*COUNT_KEYS, "label_category")

@@ -14,7 +14,7 @@ from PIL import Image
 
 from advdissect import store
 from advdissect.report import browser
-from advdissect.report.figures import unit_mask
+from advdissect.report.top_images import ImageSet, unit_mask
 
 from helpers import write_shards
 
@@ -82,7 +82,7 @@ def write_set(tmp_path, attack, rng):
     )
     thr = tmp_path / f"{attack}_thr.h5"
     store.write_h5(thr, "thresholds", dict(ident, layer="l"), {"thresholds": np.quantile(acts, 0.7, axis=(0, 2, 3))})
-    return {"attack": attack, "images": img_paths, "activations": act_paths, "thresholds": thr}, acts, images
+    return ImageSet("d", "m", "l", attack, tuple(img_paths), tuple(act_paths), thr), acts, images
 
 
 class Rows(HTMLParser):
@@ -114,17 +114,7 @@ def page(tmp_path):
         store.write_csv(path, units_frame(["dog", "cat", "sky", "car"], ious))
         units[key] = path
     out = tmp_path / "browser"
-    browser.write_browser(
-        out,
-        dataset="d",
-        model="m",
-        layer="l",
-        sets=[clean, attacked],
-        units=units,
-        clean_attack="clean",
-        n_images=2,
-        thumb=10,
-    )
+    browser.write_browser(out, [clean, attacked], units, clean_attack="clean", n_images=2, thumb=10)
     return out, clean_acts, clean_images
 
 

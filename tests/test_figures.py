@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ast
+import dataclasses
 import importlib.util
 import re
 import warnings
@@ -15,7 +16,9 @@ import pytest
 from advdissect import store
 from advdissect.dissect import ablation, tally
 from advdissect.errors import ConfigError
-from advdissect.report import figures, tables
+from advdissect.report import eps_sweep, figures, style, tables, top_images, training_figures
+from advdissect.report import unit_pictures as pictures
+from advdissect.report.top_images import ImageSet
 
 from helpers import ref_upsample, write_shards
 
@@ -52,22 +55,24 @@ def assert_images(*paths):
 
 
 def test_category_palette_covers_every_category_with_distinct_colours():
-    assert set(figures.CATEGORY_COLORS) == set(tables.CATEGORY_ORDER)
-    assert len(set(figures.CATEGORY_COLORS.values())) == 6
-    assert figures.category_color("object") == figures.CATEGORY_COLORS["object"]
+    assert set(style.CATEGORY_COLORS) == set(tables.CATEGORY_ORDER)
+    assert len(set(style.CATEGORY_COLORS.values())) == 6
+    assert style.category_color("object") == style.CATEGORY_COLORS["object"]
 
 
 def test_every_category_colour_in_figures_comes_from_the_one_dict():
-    # No figure code may spell a category colour itself: each goes through category_color().
-    source = (REPO / "advdissect" / "report" / "figures.py").read_text()
-    tree = ast.parse(source)
+    # No report code may spell a category colour itself: each goes through category_color().
+    sources = [p.read_text() for p in sorted((REPO / "advdissect" / "report").glob("*.py"))]
     dicts = [
         n
-        for n in ast.walk(tree)
-        if isinstance(n, ast.Dict) and {getattr(k, "value", None) for k in n.keys} >= {"object", "scene"}
+        for source in sources
+        for n in ast.walk(ast.parse(source))
+        if isinstance(n, ast.Dict)
+        and {getattr(k, "value", None) for k in n.keys} >= {"object", "scene"}
+        and any(str(getattr(v, "value", "")).startswith("#") for v in n.values)
     ]
     assert len(dicts) == 1
-    assert source.count("CATEGORY_COLORS.get(") == 1
+    assert sum(source.count("CATEGORY_COLORS.get(") for source in sources) == 1
 
 
 def test_detector_bars_use_category_colours(entries, tmp_path):
@@ -83,7 +88,7 @@ def test_detector_bars_use_category_colours(entries, tmp_path):
         figures.detector_figure(entries, tmp_path / "d.png", tmp_path / "d.svg", STYLE)
     finally:
         figures.save_figure = orig
-    allowed = {figures.CATEGORY_COLORS[c].lower() for c in figures.CATEGORY_COLORS}
+    allowed = {style.CATEGORY_COLORS[c].lower() for c in style.CATEGORY_COLORS}
     import matplotlib.colors as mcolors
 
     bars = [p for ax in seen["fig"].axes for p in ax.patches]
@@ -143,7 +148,7 @@ def test_detector_figure_without_detectors(tmp_path):
 
 def test_style_keys_are_checked():
     with pytest.raises(ConfigError, match="colour"):
-        figures.resolve_style({"colour": "red"})
+        style.resolve_style({"colour": "red"})
 
 
 # --------------------------------------------------------------------------- drift figure
@@ -214,7 +219,7 @@ def sweep_inputs(tmp_path):
 
 def test_eps_sweep_data_puts_clean_at_zero_in_every_family(tmp_path):
     t2, attacks = sweep_inputs(tmp_path)
-    data = figures.eps_sweep_data(t2, attacks, "syn", "r18", "layer3")
+    data = eps_sweep.eps_sweep_data(t2, attacks, "syn", "r18", "layer3")
     assert set(data.family) == {"fgsm", "noise"}
     for fam in ("fgsm", "noise"):
         zero = data[(data.family == fam) & (data.eps == 0.0)]
@@ -232,12 +237,12 @@ def test_eps_sweep_leaves_out_attacks_without_eps(tmp_path):
     t2 = pd.concat([t2, t2.loc[t2.attack == "fgsm_2"].assign(attack="deepfool")], ignore_index=True)
     attacks.to_csv(tmp_path / "attacks.csv", index=False)
     t2.to_csv(tmp_path / "table2.csv", index=False)
-    data = figures.eps_sweep_data(t2, pd.read_csv(tmp_path / "attacks.csv"), "syn", "r18", "layer3")
+    data = eps_sweep.eps_sweep_data(t2, pd.read_csv(tmp_path / "attacks.csv"), "syn", "r18", "layer3")
     assert set(data.family) == {"fgsm", "noise"} and "deepfool" not in set(data.attack)
     only_l2 = attacks.loc[attacks.method.isin(["clean", "deepfool"])]
-    alone = figures.eps_sweep_data(t2.loc[t2.attack.isin(only_l2.attack)], only_l2, "syn", "r18", "layer3")
+    alone = eps_sweep.eps_sweep_data(t2.loc[t2.attack.isin(only_l2.attack)], only_l2, "syn", "r18", "layer3")
     assert set(alone.family) == {"clean"} and set(alone.attack) == {"clean"}
-    figures.write_eps_sweeps(
+    eps_sweep.write_eps_sweeps(
         tmp_path / "table2.csv",
         tmp_path / "attacks.csv",
         [("syn", "r18", "layer3")],
@@ -250,7 +255,7 @@ def test_eps_sweep_leaves_out_attacks_without_eps(tmp_path):
 
 def test_eps_sweep_figure(tmp_path):
     sweep_inputs(tmp_path)
-    figures.write_eps_sweeps(
+    eps_sweep.write_eps_sweeps(
         tmp_path / "table2.csv",
         tmp_path / "attacks.csv",
         [("syn", "r18", "layer3")],
@@ -302,43 +307,33 @@ def test_training_summary_outputs(tmp_path):
         hist.append(tmp_path / f"{name}.csv")
     spec = {"std": {"arch": "resnet18", "method": "standard"}, "atda": {"arch": "resnet18", "method": "atda"}}
     out = {k: tmp_path / f"{k}" for k in ("table.csv", "cmp.png", "cmp.svg", "lc.png", "lc.svg")}
-    frame = figures.write_training_summary(
+    inputs = training_figures.TrainingInputs(
         models_csv=tmp_path / "models.csv",
         attacks_csv=tmp_path / "attacks.csv",
         table2_csv=tmp_path / "table2.csv",
-        training_models=spec,
-        histories=hist,
+        histories=tuple(hist),
+    )
+    outputs = training_figures.TrainingOutputs(
         table=out["table.csv"],
         png=out["cmp.png"],
         svg=out["cmp.svg"],
         curves_png=out["lc.png"],
         curves_svg=out["lc.svg"],
-        style=STYLE,
     )
+    frame = training_figures.write_training_summary(inputs, spec, outputs, style=STYLE)
     assert len(frame) == 2
     assert_images(out["cmp.png"], out["cmp.svg"], out["lc.png"], out["lc.svg"])
     back = pd.read_csv(out["table.csv"])
     assert list(back.columns[:5]) == ["arch", "method", "clean_accuracy", "attack", "adversarial_accuracy"]
     assert "coral" in out["lc.svg"].read_text()
     with pytest.raises(ConfigError, match="order"):
-        figures.write_training_summary(
-            models_csv=tmp_path / "models.csv",
-            attacks_csv=tmp_path / "attacks.csv",
-            table2_csv=tmp_path / "table2.csv",
-            training_models=spec,
-            histories=hist[:1],
-            table=out["table.csv"],
-            png=out["cmp.png"],
-            svg=out["cmp.svg"],
-            curves_png=out["lc.png"],
-            curves_svg=out["lc.svg"],
-        )
+        training_figures.write_training_summary(dataclasses.replace(inputs, histories=tuple(hist[:1])), spec, outputs)
 
 
 def test_training_figure_without_rows(tmp_path):
     empty = pd.DataFrame(columns=tables.TRAINING_COLUMNS)
-    figures.training_figure(empty, tmp_path / "e.png", tmp_path / "e.svg", STYLE)
-    figures.learning_curves_figure({}, tmp_path / "l.png", tmp_path / "l.svg", STYLE)
+    training_figures.training_figure(empty, tmp_path / "e.png", tmp_path / "e.svg", STYLE)
+    training_figures.learning_curves_figure({}, tmp_path / "l.png", tmp_path / "l.svg", STYLE)
     assert_images(tmp_path / "e.png", tmp_path / "e.svg", tmp_path / "l.png", tmp_path / "l.svg")
 
 
@@ -347,7 +342,7 @@ def test_training_figure_without_rows(tmp_path):
 
 def test_unit_mask_is_thresholded_upsample():
     a = np.array([[0.0, 1.0], [2.0, 3.0]])
-    mask = figures.unit_mask(a, 1.5, (4, 4))
+    mask = top_images.unit_mask(a, 1.5, (4, 4))
     np.testing.assert_array_equal(mask, ref_upsample(a, 4, 4) > 1.5)
 
 
@@ -371,7 +366,7 @@ def test_unit_mask_is_the_counted_mask():
     counted[pairs, pixels] = True
     for i in range(6):
         for u in range(5):
-            shown = figures.unit_mask(maps[i, u], float(thresholds[u]), (112, 112))
+            shown = top_images.unit_mask(maps[i, u], float(thresholds[u]), (112, 112))
             np.testing.assert_array_equal(shown.ravel(), counted[i * 5 + u], err_msg=f"image {i}, unit {u}")
 
 
@@ -405,7 +400,7 @@ def make_shards(tmp_path, attack, seed):
 
 def test_top_activating_matches_brute_force(tmp_path):
     _, acts, _, rows, values = make_shards(tmp_path, "clean", 0)
-    top = figures.top_activating(
+    top = top_images.top_activating(
         acts, [2, 5], 3, {"dataset": "syn", "model": "r18", "attack": "clean", "layer": "layer3"}
     )
     for unit in (2, 5):
@@ -419,41 +414,62 @@ def test_pick_units_named_first_then_largest_change(tmp_path):
     clean = tally.read_units(write_units(tmp_path / "c.csv", CLEAN_UNITS))
     adv = tally.read_units(write_units(tmp_path / "a.csv", FGSM_CLEAN_UNITS))
     # IoU changes: 0.10, 0.02, 0.02, 0.02, 0.01 (NaN counts as 0).
-    assert figures.pick_units(clean, adv, 2, [4]) == [4, 1, 2]
+    assert pictures.pick_units(clean, adv, 2, [4]) == [4, 1, 2]
     with pytest.raises(ConfigError, match="1-based"):
-        figures.pick_units(clean, adv, 1, [0])
+        pictures.pick_units(clean, adv, 1, [0])
+
+
+def image_set(attack, images, activations, thresholds):
+    return ImageSet("syn", "r18", "layer3", attack, tuple(images), tuple(activations), thresholds)
+
+
+def shard_set(tmp_path, attack, seed):
+    return image_set(attack, *make_shards(tmp_path, attack, seed)[:3])
 
 
 @pytest.mark.parametrize("mode", ["self", "clean"])
 def test_unit_pictures_on_tiny_shards(tmp_path, mode):
-    ci, ca, ct, _, _ = make_shards(tmp_path, "clean", 0)
-    ai, aa, at, _, _ = make_shards(tmp_path, "fgsm_2", 1)
-    cu = write_units(tmp_path / "cu.csv", CLEAN_UNITS)
-    au = write_units(tmp_path / "au.csv", FGSM_SELF_UNITS)
-    png = tmp_path / f"units_{mode}.png"
-    chosen = figures.unit_pictures(
-        clean_images=ci,
-        adv_images=ai,
-        clean_activations=ca,
-        adv_activations=aa,
-        clean_thresholds=ct,
-        adv_thresholds=at,
-        clean_units=cu,
-        adv_units=au,
-        png=png,
-        dataset="syn",
-        model="r18",
-        layer="layer3",
-        attack="fgsm_2",
-        clean_attack="clean",
-        threshold_mode=mode,
-        units=[5],
-        k=2,
-        n_images=3,
-        style=STYLE,
+    inputs = pictures.PictureInputs(
+        clean=shard_set(tmp_path, "clean", 0),
+        attacked=(shard_set(tmp_path, "fgsm_2", 1),),
+        units={
+            "clean": write_units(tmp_path / "cu.csv", CLEAN_UNITS),
+            "fgsm_2": write_units(tmp_path / "au.csv", FGSM_SELF_UNITS),
+        },
     )
-    assert chosen[0] == 5 and len(chosen) == 3
-    assert_images(png)
+    spec = pictures.PictureSpec(threshold_mode=mode, units=(5,), k=2, n_images=3, style=STYLE)
+    chosen = pictures.unit_pictures(spec, inputs, tmp_path / f"units_{mode}")
+    assert chosen["fgsm_2"][0] == 5 and len(chosen["fgsm_2"]) == 3
+    assert_images(tmp_path / f"units_{mode}" / "fgsm_2.png")
+
+
+def test_unit_pictures_of_several_attacks_read_the_clean_set_once(tmp_path, monkeypatch):
+    inputs = pictures.PictureInputs(
+        clean=shard_set(tmp_path, "clean", 0),
+        attacked=(shard_set(tmp_path, "fgsm_2", 1), shard_set(tmp_path, "pgd_4", 2)),
+        units={
+            "clean": write_units(tmp_path / "cu.csv", CLEAN_UNITS),
+            "fgsm_2": write_units(tmp_path / "fu.csv", FGSM_SELF_UNITS),
+            "pgd_4": write_units(tmp_path / "pu.csv", FGSM_CLEAN_UNITS),
+        },
+    )
+    spec = pictures.PictureSpec(k=2, n_images=3, style=STYLE)
+    reads = []
+
+    def counted(image_set, units, n):
+        reads.append(image_set.attack)
+        return top_images.read_top_images(image_set, units, n)
+
+    monkeypatch.setattr(pictures, "read_top_images", counted)
+    chosen = pictures.unit_pictures(spec, inputs, tmp_path / "together")
+    assert reads == ["clean", "fgsm_2", "pgd_4"]
+    assert chosen["fgsm_2"] != chosen["pgd_4"]  # the clean side shows different units in each
+    # Each picture is the one an attack drawn on its own gives, byte for byte.
+    for attacked in inputs.attacked:
+        alone = dataclasses.replace(inputs, attacked=(attacked,))
+        pictures.unit_pictures(spec, alone, tmp_path / "alone")
+        name = f"{attacked.attack}.png"
+        assert (tmp_path / "together" / name).read_bytes() == (tmp_path / "alone" / name).read_bytes()
 
 
 def test_unit_pictures_check_shard_identity(tmp_path):
@@ -461,26 +477,13 @@ def test_unit_pictures_check_shard_identity(tmp_path):
 
     ci, ca, ct, _, _ = make_shards(tmp_path, "clean", 0)
     cu = write_units(tmp_path / "cu.csv", CLEAN_UNITS)
+    inputs = pictures.PictureInputs(
+        clean=image_set("clean", ci, ca, ct),
+        attacked=(image_set("fgsm_2", ci, ca, ct),),
+        units={"clean": cu, "fgsm_2": cu},
+    )
     with pytest.raises(ArtifactError, match="attack"):
-        figures.unit_pictures(
-            clean_images=ci,
-            adv_images=ci,
-            clean_activations=ca,
-            adv_activations=ca,
-            clean_thresholds=ct,
-            adv_thresholds=ct,
-            clean_units=cu,
-            adv_units=cu,
-            png=tmp_path / "x.png",
-            dataset="syn",
-            model="r18",
-            layer="layer3",
-            attack="fgsm_2",
-            clean_attack="clean",
-            k=1,
-            n_images=2,
-            style=STYLE,
-        )
+        pictures.unit_pictures(pictures.PictureSpec(k=1, n_images=2, style=STYLE), inputs, tmp_path / "x")
 
 
 # --------------------------------------------------------------------------- report captions

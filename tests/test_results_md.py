@@ -259,15 +259,17 @@ def small_training() -> pd.DataFrame:
 
 def small_markdown(training: bool = True) -> str:
     return results_md.demo_results_markdown(
-        small_models(),
-        small_attacks(),
-        small_table2(),
-        small_ceilings(),
-        small_units(),
-        small_training() if training else None,
-        small_effects(),
-        small_ablation(),
-        small_model_effects(),
+        results_md.DemoTables(
+            small_models(),
+            small_attacks(),
+            small_table2(),
+            small_ceilings(),
+            small_units(),
+            small_training() if training else None,
+            small_effects(),
+            small_ablation(),
+            small_model_effects(),
+        )
     )
 
 
@@ -378,15 +380,17 @@ def test_model_effects_section():
 def test_model_effects_section_only_with_rows():
     def markdown(model_effects):
         return results_md.demo_results_markdown(
-            small_models(),
-            small_attacks(),
-            small_table2(),
-            small_ceilings(),
-            small_units(),
-            small_training(),
-            small_effects(),
-            small_ablation(),
-            model_effects,
+            results_md.DemoTables(
+                small_models(),
+                small_attacks(),
+                small_table2(),
+                small_ceilings(),
+                small_units(),
+                small_training(),
+                small_effects(),
+                small_ablation(),
+                model_effects,
+            )
         )
 
     for model_effects in (None, small_model_effects().iloc[:0]):
@@ -418,7 +422,9 @@ def test_ablation_section():
 
 def test_no_effects_section_without_intervals():
     md = results_md.demo_results_markdown(
-        small_models(), small_attacks(), small_table2(), small_ceilings(), small_units(), small_training()
+        results_md.DemoTables(
+            small_models(), small_attacks(), small_table2(), small_ceilings(), small_units(), small_training()
+        )
     )
     assert results_md.TITLES["effects"] not in md
     assert results_md.TITLES["ceilings"] in md
@@ -490,8 +496,7 @@ def test_write_demo_results_from_csvs_is_byte_stable(tmp_path):
     outs = []
     for i in range(2):
         out = tmp_path / f"demo_results_{i}.md"
-        results_md.write_demo_results(
-            out,
+        inputs = results_md.DemoInputs(
             models_csv=paths["models"],
             attacks_csv=paths["attacks"],
             table2_csv=paths["table2"],
@@ -502,6 +507,7 @@ def test_write_demo_results_from_csvs_is_byte_stable(tmp_path):
             ablation_csv=paths["ablation"],
             model_effects_csv=paths["model_effects"],
         )
+        results_md.write_demo_results(out, inputs)
         outs.append(out.read_bytes())
     assert outs[0] == outs[1]
     assert outs[0].decode() == small_markdown()
@@ -608,7 +614,7 @@ def config_frames(cfg: dict) -> dict:
 def demo_placeholder_markdown() -> str:
     """The formatter's output for config/config.yaml with every measured value missing."""
     cfg = yaml.safe_load((ROOT / "config" / "config.yaml").read_text())
-    return results_md.demo_results_markdown(**config_frames(cfg))
+    return results_md.demo_results_markdown(results_md.DemoTables(**config_frames(cfg)))
 
 
 def test_readme_embeds_the_demo_results_block():

@@ -11,7 +11,7 @@ import pytest
 
 from advdissect.dissect import drift, tally
 from advdissect.errors import ArtifactError, ConfigError
-from advdissect.report import tables
+from advdissect.report import dissections, tables
 
 # 5 units of one layer; expected: color 1 detector, object 2 (one concept), all 3 (2 concepts).
 CLEAN_UNITS = [
@@ -209,7 +209,7 @@ def test_entries_validation(entries):
     with pytest.raises(ConfigError, match="twice"):
         tables.table2([entries[0], entries[0]])
     with pytest.raises(ConfigError, match="same order"):
-        tables.zip_entries(entries, ["a.csv"])
+        dissections.zip_entries(entries, ["a.csv"])
 
 
 def test_labels_stay_text(tmp_path):

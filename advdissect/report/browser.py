@@ -4,17 +4,15 @@ The page holds a sortable table (click a header; `#sort=<column>` in the address
 largest first) with each unit's best concept and IoU on the clean images and, per attack and
 threshold mode, its concept, IoU and what happened to it (kept, changed, lost, gained, none),
 and a picture per unit: its top-activating images with its mask, the clean set first, then
-each attack. Masks are the ones the IoU counts used (figures.unit_mask), each set at its own
+each attack. Masks are the ones the IoU counts used (top_images.unit_mask), each set at its own
 thresholds. Pictures are JPEG files beside the page, loaded as they scroll into view.
 """
 
 from __future__ import annotations
 
 import html
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -24,28 +22,11 @@ from .. import store
 from ..dissect.drift import concept_drift
 from ..dissect.tally import read_units
 from ..errors import ArtifactError
-from .figures import read_thresholds, top_activating, unit_mask
+from ..store import PathLike
+from .top_images import ImageSet, read_top_images, set_thresholds
 
 MASK_COLOR = np.array([230, 25, 75], np.float64)
 GAP = 6  # pixels between the image sets of a picture
-
-
-def read_rows(
-    paths: Sequence[str | os.PathLike], kind: str, expect: Mapping[str, Any], name: str, rows: set[int]
-) -> dict[int, np.ndarray]:
-    """{row: array} of dataset `name` for the wanted image rows, one read per shard."""
-    out: dict[int, np.ndarray] = {}
-    for shard, path in enumerate(paths):
-        with store.open_h5(path, kind, dict(expect, shard=shard)) as f:
-            shard_rows = f["rows"][()].astype(np.int64)
-            at = np.flatnonzero(np.isin(shard_rows, list(rows)))
-            if at.size:
-                data = f[name][at]  # increasing positions: h5py reads them in one go
-                out.update({int(shard_rows[i]): data[j] for j, i in enumerate(at)})
-    missing = rows - set(out)
-    if missing:
-        raise ArtifactError(f"image rows {sorted(missing)[:5]} are in none of the '{kind}' shards given")
-    return out
 
 
 def thumbnail(image_chw: np.ndarray, mask: np.ndarray, size: int) -> Image.Image:
@@ -187,51 +168,39 @@ def page_html(frame: pd.DataFrame, title: str, set_names: Sequence[str], picture
 
 
 def _set_thumbnails(
-    image_set: Mapping[str, Any], ident: Mapping[str, Any], layer: str, unit_ids: Sequence[int], n: int, size: int
+    image_set: ImageSet, unit_ids: Sequence[int], n: int, size: int
 ) -> dict[int, list[Image.Image | None]]:
     """{unit: the thumbnails of its n top images in one image set (None where it has fewer)}."""
-    top = top_activating(image_set["activations"], unit_ids, n, dict(ident, layer=layer))
-    rows = {row for picks in top.values() for row, _ in picks}
-    images = read_rows(image_set["images"], "images", ident, "images", rows)
-    maps = read_rows(image_set["activations"], "activations", ident, store.layer_key(layer), rows)
-    thresholds = read_thresholds(image_set["thresholds"], dict(ident, layer=layer))
+    found = read_top_images(image_set, unit_ids, n)
+    thresholds = set_thresholds(image_set)
     out = {}
     for unit in unit_ids:
         thumbs: list[Image.Image | None] = []
-        for row, _ in top[unit]:
-            image = images[row]
-            mask = unit_mask(maps[row][unit - 1], float(thresholds[unit - 1]), image.shape[-2:])
-            thumbs.append(thumbnail(image, mask, size))
+        for row, _ in found.top[unit]:
+            mask = found.mask(unit, row, float(thresholds[unit - 1]))
+            thumbs.append(thumbnail(found.images[row], mask, size))
         out[unit] = thumbs + [None] * (n - len(thumbs))
     return out
 
 
 def write_browser(
-    out_dir: str | os.PathLike,
-    *,
-    dataset: str,
-    model: str,
-    layer: str,
-    sets: Sequence[Mapping[str, Any]],
-    units: Mapping[tuple[str, str], str | os.PathLike],
+    out_dir: PathLike,
+    sets: Sequence[ImageSet],
+    units: Mapping[tuple[str, str], PathLike],
     clean_attack: str,
     n_images: int = 3,
     thumb: int = 64,
 ) -> pd.DataFrame:
-    """Write out_dir/index.html and out_dir/units/<unit>.jpg.
+    """Write out_dir/index.html and out_dir/units/<unit>.jpg for the layer of `sets`.
 
-    sets: [{attack, images: [paths], activations: [paths], thresholds: path}], the clean set first.
-    units: {(attack, mode): units csv}.
+    sets: the layer's image sets, the clean set first. units: {(attack, mode): units csv}.
     """
-    if not sets or sets[0]["attack"] != clean_attack:
+    if not sets or sets[0].attack != clean_attack:
         raise ArtifactError(f"the unit browser needs the clean set '{clean_attack}' first")
     frame = browser_table({k: read_units(p) for k, p in units.items()}, clean_attack)
     unit_ids = [int(u) for u in frame["unit"]]
     # One image set at a time: only its thumbnails are kept, not its images and maps.
-    per_set = [
-        _set_thumbnails(s, dict(dataset=dataset, model=model, attack=s["attack"]), layer, unit_ids, n_images, thumb)
-        for s in sets
-    ]
+    per_set = [_set_thumbnails(s, unit_ids, n_images, thumb) for s in sets]
     out = Path(out_dir)
     pictures = {}
     with store.atomic_dir(out) as tmp:
@@ -240,7 +209,7 @@ def write_browser(
             name = f"units/{unit:04d}.jpg"
             unit_strip([thumbs[unit] for thumbs in per_set], thumb).save(tmp / name, format="JPEG", quality=85)
             pictures[unit] = name
-        title = f"Unit browser — {dataset} / {model} / {layer}"
-        page = page_html(frame, title, [s["attack"] for s in sets], pictures)
+        title = f"Unit browser — {sets[0].dataset} / {sets[0].model} / {sets[0].layer}"
+        page = page_html(frame, title, [s.attack for s in sets], pictures)
         (tmp / "index.html").write_text(page, encoding="utf-8")
     return frame

@@ -1,17 +1,17 @@
 """The demo's measured results as Markdown: the block the README embeds verbatim.
 
 Every function here takes DataFrames (as the summary CSVs hold them) and returns text; only
-`write_demo_results` reads and writes files. The text depends on the tables alone: no
-timings, dates or paths, and every number has a fixed format, so two runs that produce the
+`read_demo_tables` and `write_demo_results` read and write files. The text depends on the
+tables alone: no timings, dates or paths, and every number has a fixed format, so two runs that produce the
 same tables produce the same bytes. Missing values (a model not run with an attack, an
 accuracy without labels) are written as '–'.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -20,11 +20,11 @@ import pandas as pd
 from .. import store
 from ..dissect.ceilings import read_ceilings
 from ..dissect.tally import read_units
+from ..store import PathLike
 from . import tables
+from .markdown import md_escape, md_table
 
 log = logging.getLogger(__name__)
-
-PathLike = str | os.PathLike
 DASH = "–"
 START_MARKER = "<!-- demo-results:start -->"
 END_MARKER = "<!-- demo-results:end -->"
@@ -60,11 +60,6 @@ SECTIONS = tuple(TITLES)
 # --------------------------------------------------------------------------- formatting
 
 
-def md_table(header: Sequence[str], rows: Sequence[Sequence[str]], right: Iterable[int]) -> str:
-    """A Markdown table; columns whose index is in `right` are right-aligned."""
-    return tables.md_table(list(header), [list(r) for r in rows], set(right))
-
-
 def is_missing(value: Any) -> bool:
     if value is None or value is pd.NA:
         return True
@@ -90,7 +85,7 @@ def fmt_int(value: Any) -> str:
 
 def text(value: Any) -> str:
     """A name cell: '' for a missing value, '|' escaped."""
-    return "" if is_missing(value) else tables.md_escape(value)
+    return "" if is_missing(value) else md_escape(value)
 
 
 def _section(key: str, table: str) -> str:
@@ -420,18 +415,9 @@ def training_section(training: pd.DataFrame, attack_order: Sequence[str] | None 
 # --------------------------------------------------------------------------- the document
 
 
-def demo_results_markdown(
-    models: pd.DataFrame,
-    attacks: pd.DataFrame,
-    table2: pd.DataFrame,
-    ceilings: pd.DataFrame,
-    units: Mapping[tuple[str, str, str], pd.DataFrame],
-    training: pd.DataFrame | None = None,
-    effects: pd.DataFrame | None = None,
-    ablation: pd.DataFrame | None = None,
-    model_effects: pd.DataFrame | None = None,
-) -> str:
-    """Every section, in order, separated by blank lines; ends with one newline.
+@dataclasses.dataclass(frozen=True)
+class DemoTables:
+    """The summary tables the demo results are written from, as the CSVs hold them.
 
     `units`: {(dataset, model, deepest layer): clean units table}, in the order the rows
     should appear; its keys name the deepest layers for Table 2 and the ceilings as well.
@@ -439,24 +425,39 @@ def demo_results_markdown(
     bootstrap is on; a model has a baseline), the ablation and training sections only when
     `ablation` and `training` are given.
     """
-    deepest = list(units)
-    model_order = [str(m) for m in models["model"]]
+
+    models: pd.DataFrame
+    attacks: pd.DataFrame
+    table2: pd.DataFrame
+    ceilings: pd.DataFrame
+    units: Mapping[tuple[str, str, str], pd.DataFrame]
+    training: pd.DataFrame | None = None
+    effects: pd.DataFrame | None = None
+    ablation: pd.DataFrame | None = None
+    model_effects: pd.DataFrame | None = None
+
+
+def demo_results_markdown(frames: DemoTables) -> str:
+    """Every section, in order, separated by blank lines; ends with one newline."""
+    deepest = list(frames.units)
+    attacks, effects, model_effects = frames.attacks, frames.effects, frames.model_effects
+    model_order = [str(m) for m in frames.models["model"]]
     clean = attacks.loc[attacks["method"] == "clean", "attack"].astype(str)
     parts = [
-        models_section(models),
+        models_section(frames.models),
         attacks_section(attacks, model_order),
-        table2_section(table2, deepest),
-        concentration_section(units, clean_intervals(table2, clean)),
+        table2_section(frames.table2, deepest),
+        concentration_section(frames.units, clean_intervals(frames.table2, clean)),
     ]
     if effects is not None and not effects.empty:
         parts.append(effects_section(effects, deepest))
     if model_effects is not None and not model_effects.empty:
         parts.append(model_effects_section(model_effects, deepest))
-    parts.append(ceilings_section(ceilings, deepest))
-    if ablation is not None:
-        parts.append(ablation_section(ablation))
-    if training is not None:
-        parts.append(training_section(training, attack_columns(attacks)))
+    parts.append(ceilings_section(frames.ceilings, deepest))
+    if frames.ablation is not None:
+        parts.append(ablation_section(frames.ablation))
+    if frames.training is not None:
+        parts.append(training_section(frames.training, attack_columns(attacks)))
     return "\n\n".join(parts) + "\n"
 
 
@@ -483,36 +484,48 @@ def embedded_block(readme: str) -> str:
     return "".join(lines[starts[0] + 1 : ends[0]])
 
 
-def write_demo_results(
-    out: PathLike,
-    *,
-    models_csv: PathLike,
-    attacks_csv: PathLike,
-    table2_csv: PathLike,
-    ceilings_csv: PathLike,
-    units: Sequence[Mapping[str, Any]],
-    training_csv: PathLike | None = None,
-    effects_csv: PathLike | None = None,
-    ablation_csv: PathLike | None = None,
-    model_effects_csv: PathLike | None = None,
-) -> str:
-    """Read the summary tables and write `demo_results_markdown(...)` to `out`.
+@dataclasses.dataclass(frozen=True)
+class DemoInputs:
+    """The summary CSVs the demo results are read from.
 
     `units`: [{dataset, model, layer, path}] of each model's deepest dissected layer (clean,
-    thresholds self), in model order.
+    thresholds self), in model order. The optional tables are left out when None.
     """
-    frames = {(str(u["dataset"]), str(u["model"]), str(u["layer"])): read_units(u["path"]) for u in units}
-    markdown = demo_results_markdown(
-        models=tables.read_summary_csv(models_csv),
-        attacks=tables.read_summary_csv(attacks_csv),
-        table2=tables.read_summary_csv(table2_csv),
-        ceilings=read_ceilings(ceilings_csv),
-        units=frames,
-        training=tables.read_summary_csv(training_csv) if training_csv else None,
-        effects=tables.read_summary_csv(effects_csv) if effects_csv else None,
-        ablation=tables.read_summary_csv(ablation_csv) if ablation_csv else None,
-        model_effects=tables.read_summary_csv(model_effects_csv) if model_effects_csv else None,
+
+    models_csv: PathLike
+    attacks_csv: PathLike
+    table2_csv: PathLike
+    ceilings_csv: PathLike
+    units: Sequence[Mapping[str, Any]]
+    training_csv: PathLike | None = None
+    effects_csv: PathLike | None = None
+    ablation_csv: PathLike | None = None
+    model_effects_csv: PathLike | None = None
+
+
+def _optional_csv(path: PathLike | None) -> pd.DataFrame | None:
+    return tables.read_summary_csv(path) if path else None
+
+
+def read_demo_tables(inputs: DemoInputs) -> DemoTables:
+    """The tables of `inputs`, read."""
+    return DemoTables(
+        models=tables.read_summary_csv(inputs.models_csv),
+        attacks=tables.read_summary_csv(inputs.attacks_csv),
+        table2=tables.read_summary_csv(inputs.table2_csv),
+        ceilings=read_ceilings(inputs.ceilings_csv),
+        units={(str(u["dataset"]), str(u["model"]), str(u["layer"])): read_units(u["path"]) for u in inputs.units},
+        training=_optional_csv(inputs.training_csv),
+        effects=_optional_csv(inputs.effects_csv),
+        ablation=_optional_csv(inputs.ablation_csv),
+        model_effects=_optional_csv(inputs.model_effects_csv),
     )
+
+
+def write_demo_results(out: PathLike, inputs: DemoInputs) -> str:
+    """Read the summary tables and write `demo_results_markdown(...)` to `out`."""
+    frames = read_demo_tables(inputs)
+    markdown = demo_results_markdown(frames)
     store.write_text(out, markdown)
-    log.info("demo results: %d sections, %d units tables", len(section_titles(markdown)), len(frames))
+    log.info("demo results: %d sections, %d units tables", len(section_titles(markdown)), len(frames.units))
     return markdown

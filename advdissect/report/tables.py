@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,9 @@ from ..dissect.drift import DRIFT_COLUMNS, DRIFT_STATUSES, concept_drift, drift_
 from ..dissect.tally import read_units
 from ..errors import ArtifactError, ConfigError
 from ..specs import TRAIN_METHODS as TRAINING_METHODS
+from ..store import PathLike
+from .dissections import THRESHOLD_MODES, check_entries, entry_key, is_clean_entry, with_clean_in_both_modes
+from .markdown import md_escape, md_table
 
 log = logging.getLogger(__name__)
 
@@ -29,7 +31,6 @@ log = logging.getLogger(__name__)
 CATEGORY_ORDER = ("color", "texture", "material", "scene", "part", "object")
 CATEGORY_ABBREV = {"color": "C", "texture": "T", "material": "M", "scene": "S", "part": "P", "object": "O"}
 TABLE2_CATEGORIES = CATEGORY_ORDER + ("all",)
-THRESHOLD_MODES = ("self", "clean")
 
 TABLE2_COLUMNS = [
     "dataset",
@@ -103,72 +104,8 @@ ATTACK_COLUMNS = [
     "adversarial_accuracy",
 ]
 
-PathLike = str | os.PathLike
 
-
-# --------------------------------------------------------------------------- entries
-
-
-def is_clean_entry(entry: Mapping[str, Any]) -> bool:
-    """The clean image set is the attack whose method is 'clean' (or, without a method, named 'clean')."""
-    if entry.get("method") is not None:
-        return entry["method"] == "clean"
-    return entry["attack"] == "clean"
-
-
-def check_entries(entries: Sequence[Mapping[str, Any]], need_path: bool = True) -> list[dict]:
-    """Validate dissection entries {dataset, model, layer, attack, mode, [method], path}."""
-    keys = ["dataset", "model", "layer", "attack", "mode"] + (["path"] if need_path else [])
-    out, seen = [], set()
-    for i, entry in enumerate(entries):
-        missing = [k for k in keys if k not in entry]
-        if missing:
-            raise ConfigError(f"entry {i} ({dict(entry)}) lacks key(s) {missing}; each needs {keys}")
-        if entry["mode"] not in THRESHOLD_MODES:
-            raise ConfigError(f"entry {i}: mode {entry['mode']!r} unknown; allowed: {', '.join(THRESHOLD_MODES)}")
-        key = tuple(str(entry[k]) for k in ("dataset", "model", "layer", "attack", "mode"))
-        if key in seen:
-            raise ConfigError(f"entry {i}: {dict(zip(keys, key))} is listed twice")
-        seen.add(key)
-        out.append(dict(entry))
-    return out
-
-
-def entry_key(entry: Mapping[str, Any]) -> dict[str, Any]:
-    """The columns that name a dissection in the summary tables."""
-    return {
-        "dataset": entry["dataset"],
-        "model": entry["model"],
-        "layer": entry["layer"],
-        "attack": entry["attack"],
-        "threshold_mode": entry["mode"],
-    }
-
-
-def zip_entries(
-    entries: Sequence[Mapping[str, Any]], paths: Sequence[PathLike], key: str = "path", what: str = "units"
-) -> list[dict]:
-    """Attach the input paths (same order) to entries given without them, under `key`."""
-    entries, paths = list(entries), [str(p) for p in paths]
-    if len(entries) != len(paths):
-        raise ConfigError(
-            f"{len(entries)} entries but {len(paths)} {what} files: params.entries and input.{what} "
-            "must list the same dissections in the same order"
-        )
-    return [{**dict(e), key: p} for e, p in zip(entries, paths)]
-
-
-def with_clean_in_both_modes(entries: Sequence[Mapping[str, Any]]) -> list[dict]:
-    """Add the clean set under mode 'clean' too: its own thresholds are the clean thresholds."""
-    entries = [dict(e) for e in entries]
-    have = {(e["dataset"], e["model"], e["layer"], e["attack"], e["mode"]) for e in entries}
-    extra = []
-    for e in entries:
-        if is_clean_entry(e) and e["mode"] == "self":
-            key = (e["dataset"], e["model"], e["layer"], e["attack"], "clean")
-            if key not in have:
-                extra.append({**e, "mode": "clean"})
-    return entries + extra
+# --------------------------------------------------------------------------- row order
 
 
 def _first_seen(values: Iterable[Any]) -> dict[Any, int]:
@@ -273,19 +210,6 @@ _MODE_TITLES = {
     "self": "Thresholds recomputed on each image set (threshold_mode = self)",
     "clean": "Thresholds fixed from the clean images (threshold_mode = clean)",
 }
-
-
-def md_escape(value: Any) -> str:
-    """A Markdown table cell's text, its pipes escaped."""
-    return str(value).replace("|", "\\|")
-
-
-def md_table(header: list[str], rows: list[list[str]], right: set[int]) -> str:
-    """A Markdown table; the columns numbered in `right` are right-aligned."""
-    align = ["---:" if i in right else ":---" for i in range(len(header))]
-    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join(align) + " |"]
-    lines += ["| " + " | ".join(r) + " |" for r in rows]
-    return "\n".join(lines)
 
 
 def table2_markdown(df: pd.DataFrame, level: float = 0.95) -> str:
@@ -749,13 +673,3 @@ def read_summary_csv(path: PathLike) -> pd.DataFrame:
         return pd.read_csv(path, dtype=dtypes, keep_default_na=False, na_values=missing)
     except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
         raise ArtifactError(f"{path}: cannot be read as a summary CSV ({exc})") from None
-
-
-def read_history(path: PathLike) -> pd.DataFrame:
-    try:
-        frame = pd.read_csv(path)
-    except (OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        raise ArtifactError(f"{path}: cannot be read as a training history CSV ({exc})") from None
-    if "epoch" not in frame.columns:
-        raise ArtifactError(f"{path}: training history needs an 'epoch' column")
-    return frame

@@ -5,10 +5,10 @@ from advdissect.joblog import log_to
 sm = snakemake
 log_to(sm.log[0])
 
-from advdissect.report import figures, tables
+from advdissect.report import dissections, figures
 
 figures.write_concept_drift(
-    tables.zip_entries(sm.params.entries, list(sm.input.units)),
+    dissections.zip_entries(sm.params.entries, list(sm.input.units)),
     units_csv=sm.output.units,
     summary_csv=sm.output.summary,
     png=sm.output.png,

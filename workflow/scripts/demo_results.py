@@ -11,8 +11,7 @@ from advdissect.report import results_md
 units = [{**dict(item), "path": path} for item, path in zip(sm.params.deepest, list(sm.input.units), strict=True)]
 training = list(getattr(sm.input, "training", []))
 ablation = list(getattr(sm.input, "ablation", []))
-results_md.write_demo_results(
-    sm.output.md,
+inputs = results_md.DemoInputs(
     models_csv=sm.input.models,
     attacks_csv=sm.input.attacks,
     table2_csv=sm.input.table2,
@@ -23,3 +22,4 @@ results_md.write_demo_results(
     model_effects_csv=sm.input.model_effects,
     ablation_csv=ablation[0] if ablation else None,
 )
+results_md.write_demo_results(sm.output.md, inputs)

@@ -5,9 +5,9 @@ from advdissect.joblog import log_to
 sm = snakemake
 log_to(sm.log[0])
 
-from advdissect.report import figures
+from advdissect.report import eps_sweep
 
-figures.write_eps_sweeps(
+eps_sweep.write_eps_sweeps(
     sm.input.table2,
     sm.input.attacks,
     layers=[tuple(layer) for layer in sm.params.layers],

@@ -5,9 +5,9 @@ from advdissect.joblog import log_to
 sm = snakemake
 log_to(sm.log[0])
 
-from advdissect.report import figures, tables
+from advdissect.report import dissections, figures
 
-entries = tables.zip_entries(sm.params.entries, list(sm.input.units))
+entries = dissections.zip_entries(sm.params.entries, list(sm.input.units))
 figures.detector_figure(
     entries,
     png=sm.output.detectors_png,

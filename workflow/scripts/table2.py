@@ -6,11 +6,11 @@ from advdissect.joblog import log_to
 sm = snakemake
 log_to(sm.log[0])
 
-from advdissect.report import tables
+from advdissect.report import dissections, tables
 
-entries = tables.zip_entries(sm.params.entries, list(sm.input.units))
+entries = dissections.zip_entries(sm.params.entries, list(sm.input.units))
 if sm.input.bootstrap:
-    entries = tables.zip_entries(entries, list(sm.input.bootstrap), key="bootstrap", what="bootstrap")
+    entries = dissections.zip_entries(entries, list(sm.input.bootstrap), key="bootstrap", what="bootstrap")
 tables.write_table2(
     entries,
     csv_path=sm.output.csv,

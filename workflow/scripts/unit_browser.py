@@ -6,14 +6,18 @@ sm = snakemake
 log_to(sm.log[0])
 
 from advdissect.report.browser import write_browser
+from advdissect.report.top_images import ImageSet
 
 sets = [
-    {
-        "attack": attack,
-        "images": list(sm.input[f"images_{attack}"]),
-        "activations": list(sm.input[f"activations_{attack}"]),
-        "thresholds": sm.input[f"thresholds_{attack}"],
-    }
+    ImageSet(
+        dataset=sm.wildcards.dataset,
+        model=sm.wildcards.model,
+        layer=sm.wildcards.layer,
+        attack=attack,
+        images=tuple(sm.input[f"images_{attack}"]),
+        activations=tuple(sm.input[f"activations_{attack}"]),
+        thresholds=sm.input[f"thresholds_{attack}"],
+    )
     for attack in sm.params.sets
 ]
 units = {
@@ -21,12 +25,4 @@ units = {
     for attack in sm.params.sets
     for mode in (["self"] if attack == sm.params.clean else sm.params.modes)
 }
-write_browser(
-    sm.output.page,
-    dataset=sm.wildcards.dataset,
-    model=sm.wildcards.model,
-    layer=sm.wildcards.layer,
-    sets=sets,
-    units=units,
-    clean_attack=sm.params.clean,
-)
+write_browser(sm.output.page, sets, units, clean_attack=sm.params.clean)
