@@ -21,7 +21,9 @@ import numpy as np
 import pandas as pd
 import yaml
 
-BRODEN_IMAGES = 63_305
+from advdissect.data.download import BRODEN_IMAGES as BRODEN_SIZES
+
+BRODEN_IMAGES = BRODEN_SIZES["broden1_224"]
 # The jobs a GPU runs in the real study: their CPU seconds here say nothing about an H200.
 GPU_RULES = ("attack_shard", "activations", "ablation")
 # Rules with one job set per dataset, shared by every model and attack; the others are per image set.
