@@ -71,14 +71,16 @@ def _schema() -> dict:
 
 def schema_defaults(section: str) -> dict[str, Any]:
     """The schema's default of every key of a section: "weights.train" (a trained model's
-    `models.<name>.weights`), or a top-level section such as "dissection"."""
+    `models.<name>.weights`), or a section's dotted path such as "dissection" or "figures.style"."""
     schema = _schema()
     if section == "weights.train":
         branches = schema["properties"]["models"]["additionalProperties"]["properties"]["weights"]["allOf"]
         train = next(b for b in branches if b["if"]["properties"]["source"].get("const") == "train")
         properties = train["then"]["properties"]
     else:
-        properties = schema["properties"][section]["properties"]
+        properties = schema["properties"]
+        for part in section.split("."):
+            properties = properties[part]["properties"]
     return {key: prop["default"] for key, prop in properties.items() if "default" in prop}
 
 

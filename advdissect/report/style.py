@@ -21,6 +21,7 @@ from matplotlib.patches import Patch
 
 from .. import store
 from ..errors import ConfigError
+from ..specs import schema_defaults
 from ..store import PathLike
 from .tables import CATEGORY_ORDER
 
@@ -54,7 +55,8 @@ METHOD_COLORS = {
 MODE_LINESTYLES = {"self": "-", "clean": "--"}
 ABLATION_COLORS = {"drifted": "#d55e00", "random": "#999999"}
 
-DEFAULT_STYLE = {"style": "whitegrid", "context": "paper", "font_scale": 1.0, "dpi": 150}
+# The config's `figures.style` defaults, and a font scale for direct library calls.
+DEFAULT_STYLE = {**schema_defaults("figures.style"), "font_scale": 1.0}
 
 
 def category_color(category: str) -> str:
