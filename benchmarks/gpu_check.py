@@ -44,7 +44,7 @@ from advdissect.dissect.activations import extract_activations, extract_layers
 from advdissect.dissect.tally import LabelTable, best_concepts, count_shard, iou
 from advdissect.dissect.thresholds import threshold_from_top, top_count, top_values
 from advdissect.nets import training
-from advdissect.nets.attacks import run_attack
+from advdissect.nets.attack_runner import run_attack
 from advdissect.nets.device import reproducible_cuda
 from advdissect.nets.models import load_model
 from advdissect.specs import TrainSpec, attack_spec

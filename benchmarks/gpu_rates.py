@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from advdissect.dissect.activations import extract_layers
-from advdissect.nets.attacks import run_attack
+from advdissect.nets.attack_runner import run_attack
 from advdissect.nets.device import reproducible_cuda
 from advdissect.nets.models import load_model
 from advdissect.specs import attack_spec

@@ -24,23 +24,24 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from advdissect.errors import ArtifactError, AttackError, ConfigError
-from advdissect.nets import attacks
+from advdissect.nets import attack_runner
+from advdissect.nets.attack_draws import apgd_starts, image_generator
+from advdissect.nets.attack_runner import run_attack
+from advdissect.nets.attack_shards import AttackShardJob, write_attacked_rows
 from advdissect.nets.attack_stats import attack_statistics
 from advdissect.nets.attacks import (
+    AutoAttackSettings,
+    SignSteps,
     _apgd_run,
     apgd,
-    apgd_starts,
     bim,
     cw,
     deepfool,
     dlr_loss,
     fgsm,
-    image_generator,
     noise,
     pgd,
     random_signs,
-    run_attack,
-    write_attack_shard,
 )
 from advdissect.specs import AttackSpec, ShardPlan, attack_spec, parse_fraction
 from advdissect.store import write_h5
@@ -285,14 +286,14 @@ def test_fgsm_own_prediction_eq10(model):
 def test_bim_matches_transcription(model, targeted):
     x = as_float(make_images(5, seed=3))
     y = torch.tensor([1, 2, 3, 4, 0])
-    ours = bim(model, x, y, 0.05, 0.01, 6, targeted=targeted)
+    ours = bim(model, x, y, SignSteps(0.05, 0.01, 6, targeted))
     torch.testing.assert_close(ours, ref_bim(model, x, y, 0.05, 0.01, 6, targeted=targeted), rtol=0, atol=1e-12)
 
 
 def test_pgd_matches_transcription(model):
     x = as_float(make_images(5, seed=4))
     y = predictions(model, x)
-    ours = pgd(model, x, y, 0.05, 0.01, 4, generator=torch.Generator().manual_seed(11))
+    ours = pgd(model, x, y, SignSteps(0.05, 0.01, 4), generator=torch.Generator().manual_seed(11))
     delta = torch.empty(x.shape, dtype=x.dtype).uniform_(-0.05, 0.05, generator=torch.Generator().manual_seed(11))
     expected = ref_bim(model, x, y, 0.05, 0.01, 4, start=torch.clamp(x + delta, 0, 1))
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-12)
@@ -322,8 +323,8 @@ def test_every_output_in_eps_ball_and_unit_range(model, seed):
     outputs = {
         "fgsm": fgsm(model, x, y, eps),
         "fgsm_t": fgsm(model, x, (y + 1) % N_CLASSES, eps, targeted=True),
-        "bim": bim(model, x, y, eps, 0.01, 6),
-        "pgd": pgd(model, x, y, eps, 0.01, 6, generator=torch.Generator().manual_seed(seed)),
+        "bim": bim(model, x, y, SignSteps(eps, 0.01, 6)),
+        "pgd": pgd(model, x, y, SignSteps(eps, 0.01, 6), generator=torch.Generator().manual_seed(seed)),
         "noise": noise(x, eps, generator=torch.Generator().manual_seed(seed)),
     }
     for name, adv in outputs.items():
@@ -360,7 +361,7 @@ def test_torchattacks_bim(model, ta):
     x = as_float(make_images(6, seed=8))
     y = predictions(model, x)
     expected = ta.BIM(model, eps=4 / 255, alpha=1 / 255, steps=5)(x, y)
-    torch.testing.assert_close(bim(model, x, y, 4 / 255, 1 / 255, 5), expected, rtol=0, atol=1e-6)
+    torch.testing.assert_close(bim(model, x, y, SignSteps(4 / 255, 1 / 255, 5)), expected, rtol=0, atol=1e-6)
 
 
 def test_torchattacks_pgd_same_random_start(model, ta):
@@ -371,11 +372,11 @@ def test_torchattacks_pgd_same_random_start(model, ta):
     y = predictions(model, x)
     torch.manual_seed(1234)
     expected = ta.PGD(model, eps=8 / 255, alpha=2 / 255, steps=5, random_start=True)(x, y)
-    ours = pgd(model, x, y, 8 / 255, 2 / 255, 5, generator=torch.Generator().manual_seed(1234))
+    ours = pgd(model, x, y, SignSteps(8 / 255, 2 / 255, 5), generator=torch.Generator().manual_seed(1234))
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-6)
     # Without a random start PGD is BIM.
     plain = ta.PGD(model, eps=8 / 255, alpha=2 / 255, steps=5, random_start=False)(x, y)
-    torch.testing.assert_close(bim(model, x, y, 8 / 255, 2 / 255, 5), plain, rtol=0, atol=1e-6)
+    torch.testing.assert_close(bim(model, x, y, SignSteps(8 / 255, 2 / 255, 5)), plain, rtol=0, atol=1e-6)
 
 
 class Shifted(nn.Module):
@@ -478,7 +479,7 @@ def test_torchattacks_apgd_same_start(model, ta, loss):
     torch.testing.assert_close(ours[3], x_best_adv, rtol=0, atol=1e-12)
 
     full = ta.APGD(model, eps=4 / 255, steps=20, n_restarts=1, seed=0, loss=loss)(x, y)
-    result = apgd(model, x, y, 4 / 255, 20, 1, loss, starts=u[None])
+    result = apgd(model, x, y, AutoAttackSettings(4 / 255, steps=20, loss=loss), starts=u[None])
     fooled = ~acc
     assert bool(fooled.any()) and bool(acc.any())
     torch.testing.assert_close(result[fooled], full[fooled], rtol=0, atol=1e-12)
@@ -493,7 +494,7 @@ def test_apgd_stays_in_eps_ball_and_unit_range(model, loss, seed):
     y = predictions(model, x)
     eps = 0.037  # off the grid: the float function accepts any ε
     starts = torch.rand((2, *x.shape), generator=torch.Generator().manual_seed(seed))
-    adv = apgd(model, x, y, eps, 10, 2, loss, starts=starts)
+    adv = apgd(model, x, y, AutoAttackSettings(eps, steps=10, restarts=2, loss=loss), starts=starts)
     assert float((adv - x).abs().max()) <= eps + 1e-12
     assert float(adv.min()) >= 0 and float(adv.max()) <= 1
     out = run_attack(
@@ -524,8 +525,8 @@ def test_apgd_restarts_only_attack_the_unfooled(model):
     x = as_float(make_images(8, seed=24))
     y = predictions(model, x)
     starts = torch.rand((2, *x.shape), generator=torch.Generator().manual_seed(0))
-    one = apgd(model, x, y, 2 / 255, 6, 1, starts=starts[:1])
-    two = apgd(model, x, y, 2 / 255, 6, 2, starts=starts)
+    one = apgd(model, x, y, AutoAttackSettings(2 / 255, steps=6), starts=starts[:1])
+    two = apgd(model, x, y, AutoAttackSettings(2 / 255, steps=6, restarts=2), starts=starts)
     fooled = predictions(model, one) != y
     assert torch.equal(two[fooled], one[fooled])
     assert int((predictions(model, two) != y).sum()) >= int(fooled.sum())
@@ -564,7 +565,7 @@ def test_rounded_results_and_their_predictions(model, settings, record_property)
     elif a.method == "cw":
         adv = cw(model, x, y, a.c, a.kappa, a.steps, a.lr)
     else:
-        adv = apgd(model, x, y, a.eps, a.steps, a.restarts, a.loss, starts=apgd_starts(a, images.shape, np.arange(32)))
+        adv = apgd(model, x, y, AutoAttackSettings.of(a), starts=apgd_starts(a, images.shape, np.arange(32)))
     np.testing.assert_array_equal(out["images"], (adv * 255).round().to(torch.uint8).numpy())
     stored = torch.from_numpy(out["images"]).double() / 255
     with torch.no_grad():
@@ -617,7 +618,7 @@ def test_shards_are_made_by_the_functions_checked_above(model, monkeypatch, conf
         return called
 
     for name in ("fgsm", "bim", "pgd", "deepfool", "cw", "apgd"):
-        monkeypatch.setattr(attacks, name, spy(name, getattr(attacks, name)))
+        monkeypatch.setattr(attack_runner, name, spy(name, getattr(attack_runner, name)))
     run_attack(model, make_images(4, seed=3), np.full(4, -1), spec(config), 2, "cpu")
     assert calls.count(config["method"]) == 2
 
@@ -839,12 +840,12 @@ def test_eval_mode_used_and_training_mode_restored():
 
 
 def test_perturbation_guard_refuses_out_of_ball(model, monkeypatch):
-    real = attacks._to_uint8
+    real = attack_runner._to_uint8
 
     def widened(adv, spec):
         return (real(adv, spec).to(torch.int16) + 1).clamp(0, 255).to(torch.uint8)
 
-    monkeypatch.setattr(attacks, "_to_uint8", widened)
+    monkeypatch.setattr(attack_runner, "_to_uint8", widened)
     with pytest.raises(AttackError, match="exceeds eps"):
         run_attack(model, make_images(2, seed=19), np.full(2, -1), spec({"method": "noise", "eps": "1/255"}), 2, "cpu")
 
@@ -886,33 +887,33 @@ def fake_rows(dataset, plan, shard):
 
 
 @pytest.fixture
-def fake_inputs(monkeypatch, model):
-    dataset = FakeDataset()
-    monkeypatch.setattr(attacks, "_open_dataset", lambda root: dataset)
-    monkeypatch.setattr(attacks, "_shard_rows", fake_rows)
-    monkeypatch.setattr(attacks, "_load_model", lambda spec, weights: model)
-    return dataset
+def fake_inputs():
+    """The dataset whose shards `write_shards` writes."""
+    return FakeDataset()
 
 
 IDENTITY = {"dataset": "syn", "model": "tiny", "attack": "fgsm2"}
 
 
 def write_shards(tmp_path, settings, n_images=11, shard_size=4):
+    """The shards of the first `n_images` rows of a `FakeDataset`, attacked on `Tiny()` as the
+    shard writer attacks an opened dataset's rows."""
+    dataset, model = FakeDataset(), Tiny()
+    plan = ShardPlan("all", n_images, shard_size)
     paths = []
-    for shard in range(math.ceil(n_images / shard_size)):
+    for shard in range(plan.n_shards):
         path = tmp_path / f"{shard:04d}.h5"
-        write_attack_shard(
-            path,
+        job = AttackShardJob(
             dataset_root="unused",
-            plan=ShardPlan("all", n_images, shard_size),
+            plan=plan,
             shard=shard,
             model_spec={},
             weights_file=None,
             attack=attack_spec(IDENTITY["attack"], settings),
             identity=IDENTITY,
             batch_size=3,
-            device="cpu",
         )
+        write_attacked_rows(path, job, dataset, fake_rows(dataset, plan, shard), model, device="cpu")
         paths.append(path)
     return paths
 

@@ -26,21 +26,10 @@ from test_attacks import (  # the tiny net and image helpers of the other attack
 )
 
 from advdissect.errors import AttackError, ConfigError
-from advdissect.nets.attacks import (
-    AUTOATTACK_COMPONENTS,
-    _apgd_run,
-    _fab_run,
-    apgd,
-    apgd_starts,
-    apgd_t,
-    autoattack,
-    dlr_targeted_loss,
-    fab_t,
-    image_generator,
-    run_attack,
-    square,
-    square_draws,
-)
+from advdissect.nets.attack_draws import apgd_starts, image_generator, square_draws
+from advdissect.nets.attack_runner import run_attack
+from advdissect.nets.attacks import AutoAttackSettings, _apgd_run, apgd, apgd_t, dlr_targeted_loss
+from advdissect.nets.autoattack import AUTOATTACK_COMPONENTS, _fab_run, autoattack, fab_t, square
 from advdissect.specs import AttackSpec, attack_spec
 
 torch.set_num_threads(1)
@@ -165,11 +154,11 @@ def test_torchattacks_apgd_t(model, ta):
     y = predictions(model, x)
     theirs = one_by_one(ta.APGDT(model, eps=2 / 255, steps=10, n_restarts=1, seed=0, n_classes=N_CLASSES), x, y)
     starts = torch.stack([torch.rand((4, *x.shape[1:]), generator=seeded(0)) for _ in range(8)], 1)
-    ours = apgd_t(model, x, y, 2 / 255, 10, 1, 9, starts=starts)  # 9 targets: all 4 the net has
+    ours = apgd_t(model, x, y, AutoAttackSettings(2 / 255, steps=10), starts=starts)  # 9 targets: all 4 the net has
     assert_fooled_equal(ours, theirs, x, y, model, atol=1e-12)
     assert float((ours - x).abs().max()) <= 2 / 255 + 1e-12 and float(ours.min()) >= 0 and float(ours.max()) <= 1
     # Fewer targets try fewer classes: never more successes.
-    one = apgd_t(model, x, y, 2 / 255, 10, 1, 1, starts=starts[:1])
+    one = apgd_t(model, x, y, AutoAttackSettings(2 / 255, steps=10, targets=1), starts=starts[:1])
     assert int((predictions(model, one) != y).sum()) <= int((predictions(model, ours) != y).sum())
 
 
@@ -177,7 +166,7 @@ def test_apgd_t_needs_four_classes():
     small = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(3 * 4 * 4, 3)).double()
     x = torch.rand(2, 3, 4, 4, dtype=torch.float64)
     with pytest.raises(AttackError, match="4 classes"):
-        apgd_t(small, x, predictions(small, x), EPS, 2)
+        apgd_t(small, x, predictions(small, x), AutoAttackSettings(EPS, steps=2))
 
 
 # ----------------------------------------------------------------- Square
@@ -203,7 +192,9 @@ def test_torchattacks_square(model, ta, restarts):
     y = predictions(model, x)
     atk = ta.Square(model, eps=EPS, n_queries=60, n_restarts=restarts, p_init=0.8, seed=0)
     theirs = one_by_one(atk, x, y)
-    ours = square(model, x, y, EPS, 60, restarts, 0.8, square_draws_seeded(8, 3, 16, 60, restarts))
+    ours = square(
+        model, x, y, AutoAttackSettings(EPS, queries=60, restarts=restarts), square_draws_seeded(8, 3, 16, 60, restarts)
+    )
     assert_fooled_equal(ours, theirs, x, y, model, atol=1e-12)
     assert float((ours - x).abs().max()) <= EPS + 1e-7 and float(ours.min()) >= 0 and float(ours.max()) <= 1
 
@@ -213,7 +204,7 @@ def test_square_keeps_an_attacked_point_for_the_unfooled(model):
     # ε-ball and not x, every pixel moved by the initial stripes.
     x = as_float(make_images(8, seed=7))
     y = predictions(model, x)
-    ours = square(model, x, y, 1 / 255, 20, 1, 0.8, square_draws_seeded(8, 3, 16, 20, 1))
+    ours = square(model, x, y, AutoAttackSettings(1 / 255, queries=20), square_draws_seeded(8, 3, 16, 20, 1))
     kept = predictions(model, ours) == y
     assert bool(kept.any())
     moved = (ours[kept] - x[kept]).abs()
@@ -240,7 +231,7 @@ def test_torchattacks_fab_t(model32, ta):
     y = predictions(model32, x)
     atk = ta.FAB(model32, eps=6 / 255, steps=10, n_restarts=1, multi_targeted=True, n_classes=N_CLASSES, seed=0)
     theirs = atk(x, y)
-    ours = fab_t(model32, x, y, 6 / 255, 10, 1, 9)
+    ours = fab_t(model32, x, y, AutoAttackSettings(6 / 255, steps=10))
     assert_fooled_equal(ours, theirs, x, y, model32, atol=1e-6)
     assert torch.equal(ours[predictions(model32, ours) == y], x[predictions(model32, ours) == y])
     assert float((ours - x).abs().max()) <= 6 / 255 + 1e-6
@@ -255,7 +246,7 @@ def test_torchattacks_fab_t_restarts(model32, ta):
     atk = ta.FAB(model32, eps=3 / 255, steps=6, n_restarts=2, multi_targeted=True, n_classes=N_CLASSES, seed=0)
     theirs = one_by_one(atk, x, y)
     starts = torch.stack([torch.rand((4, *x.shape[1:]), generator=seeded(0)) for _ in range(6)], 1)
-    ours = fab_t(model32, x, y, 3 / 255, 6, 2, 9, starts=starts)
+    ours = fab_t(model32, x, y, AutoAttackSettings(3 / 255, steps=6, restarts=2), starts=starts)
     assert_fooled_equal(ours, theirs, x, y, model32, atol=1e-6)
 
 
@@ -296,7 +287,7 @@ def test_torchattacks_autoattack(model32, ta):
             "apgd-t": torch.rand((4, 1, *x.shape[1:]), generator=seeded(0)),
             "square": square_draws_seeded(1, 3, 16, 5000, 1),
         }
-        adv, first = autoattack(model32, x[i : i + 1], y[i : i + 1], eps, 10, 9, 5000, draws)
+        adv, first = autoattack(model32, x[i : i + 1], y[i : i + 1], AutoAttackSettings(eps, steps=10), draws)
         ours.append(adv)
         firsts.append(first)
     ours, first = torch.cat(ours), torch.cat(firsts)
@@ -315,12 +306,13 @@ def test_autoattack_first_success_names_the_first_component_that_fools(model):
     ce = torch.rand((1, *x.shape), generator=seeded(1))
     t = torch.rand((4, *x.shape), generator=seeded(2))
     sq = square_draws_seeded(16, 3, 16, queries, 1, seed=3)
-    adv, first = autoattack(model, x, y, eps, steps, 9, queries, {"apgd-ce": ce, "apgd-t": t, "square": sq})
+    settings = AutoAttackSettings(eps, steps=steps, queries=queries)
+    adv, first = autoattack(model, x, y, settings, {"apgd-ce": ce, "apgd-t": t, "square": sq})
     alone = [
-        apgd(model, x, y, eps, steps, 1, "ce", starts=ce),
-        apgd_t(model, x, y, eps, steps, 1, 9, starts=t),
-        fab_t(model, x, y, eps, steps, 1, 9),
-        square(model, x, y, eps, queries, 1, 0.8, sq),
+        apgd(model, x, y, settings, starts=ce),
+        apgd_t(model, x, y, settings, starts=t),
+        fab_t(model, x, y, settings),
+        square(model, x, y, settings, sq),
     ]
     fools = torch.stack([predictions(model, a) != y for a in alone], 1)
     assert first.dtype == torch.int8 and len(AUTOATTACK_COMPONENTS) == 4
@@ -374,12 +366,12 @@ def test_shards_hold_the_rounded_result_of_the_functions(model, config):
     x = as_float(images)
     y = predictions(model, x)
     if a.method == "apgd_t":
-        adv = apgd_t(model, x, y, a.eps, a.steps, a.restarts, a.targets, starts=apgd_starts(a, images.shape, rows, 3))
+        adv = apgd_t(model, x, y, AutoAttackSettings.of(a), starts=apgd_starts(a, images.shape, rows, 3))
     elif a.method == "square":
-        adv = square(model, x, y, a.eps, a.queries, a.restarts, a.p_init, square_draws(a, images.shape, rows, 25, 2))
+        adv = square(model, x, y, AutoAttackSettings.of(a), square_draws(a, images.shape, rows, 25, 2))
     else:
         starts = apgd_starts(a, images.shape, rows, 2)
-        adv = fab_t(model, x, y, a.eps, a.steps, a.restarts, a.targets, starts=starts)
+        adv = fab_t(model, x, y, AutoAttackSettings.of(a), starts=starts)
     np.testing.assert_array_equal(out["images"], (adv * 255).round().to(torch.uint8).numpy())
 
 

@@ -188,6 +188,29 @@ def test_two_claims_get_different_ids_and_restore_env(tmp_path, caplog):
         assert again == 0
 
 
+def test_gpu_job_claims_then_configures_the_cpu_then_selects_the_device(tmp_path, monkeypatch):
+    # The device is selected (the first thing that may start CUDA) inside the claim, so it sees
+    # the claimed GPU only, and after the job's threads are set.
+    monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "3,7")
+    seen = []
+
+    def select():
+        seen.append((os.environ["CUDA_VISIBLE_DEVICES"], torch.get_num_threads()))
+        return torch.device("cpu")
+
+    monkeypatch.setattr(device, "select_device", select)
+    threads = torch.get_num_threads()
+    try:
+        with held_by_another_job(tmp_path, 3), device.gpu_job([0, 1], 1, lock_dir=tmp_path) as where:
+            assert where == torch.device("cpu")
+            assert os.environ["CUDA_VISIBLE_DEVICES"] == "7"
+            assert device._try_lock(tmp_path / "gpu7.lock") is None  # held by this job
+    finally:
+        torch.set_num_threads(threads)
+    assert seen == [("7", 1)]
+    assert os.environ["CUDA_VISIBLE_DEVICES"] == "3,7"
+
+
 def test_only_configured_ids_that_exist_are_claimed(tmp_path, caplog):
     with caplog.at_level(logging.INFO, logger="advdissect.nets.device"):
         with claim_gpu([3, 1], tmp_path, available=2) as gpu:

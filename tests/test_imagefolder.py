@@ -11,7 +11,7 @@ from torchvision import transforms
 
 from advdissect.data.imagefolder import ImageFolderImages, load_imagefolder
 from advdissect.errors import ConfigError, DatasetError
-from advdissect.nets.training import train_model_to_files
+from advdissect.nets.training import TrainJob, train_model_to_files
 from advdissect.specs import ModelSpec, train_spec
 
 
@@ -51,36 +51,32 @@ def test_training_on_an_imagefolder(tiny_imagefolder, tmp_path):
     root = tiny_imagefolder
     spec = ModelSpec("resnet18", 3)
     out = tmp_path / "model"
-    metrics = train_model_to_files(
+    job = TrainJob(
         dataset_root=root,
-        init_weights=None,
         model_spec=spec,
         training=train_spec({"method": "atda", "epochs": 2, "batch_size": 8, "lr": 0.01, "eps": "2/255"}),
         out_weights=out / "weights.pt",
         out_metrics=out / "metrics.json",
         out_history=out / "history.csv",
         checkpoint_path=out / "checkpoint.pt",
-        device="cpu",
-        progress=False,
         dataset_source="imagefolder",
         image_size=32,
     )
+    metrics = train_model_to_files(job, device="cpu", progress=False)
     assert metrics["n_train"] == 24 and metrics["n_val"] == 12 and metrics["epochs"] == 2
     assert 0.0 <= metrics["heldout_accuracy"] <= 1.0 and "heldout_fgsm_accuracy" in metrics
     assert json.loads((out / "metrics.json").read_text())["dataset"] == str(root)
     assert not (out / "checkpoint.pt").exists()
     with pytest.raises(ConfigError, match="num_classes"):
-        train_model_to_files(
+        job = TrainJob(
             dataset_root=root,
-            init_weights=None,
             model_spec=ModelSpec("resnet18", 5),
             training=train_spec({"method": "standard", "epochs": 1}),
             out_weights=out / "w2.pt",
             out_metrics=out / "m2.json",
             out_history=out / "h2.csv",
             checkpoint_path=out / "c2.pt",
-            device="cpu",
-            progress=False,
             dataset_source="imagefolder",
             image_size=32,
         )
+        train_model_to_files(job, device="cpu", progress=False)

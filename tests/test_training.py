@@ -52,9 +52,8 @@ def run(tmp_path, config, model=None, name="ckpt.pt", **kw):
     xt, yt = toy_data(24, 0)
     xv, yv = toy_data(12, 1)
     model = TinyNet() if model is None else model
-    metrics = training.train(
-        model, xt, yt, xv, yv, config, checkpoint_path=tmp_path / name, device="cpu", progress=False, **kw
-    )
+    data = training.TrainingSet(xt, yt, xv, yv)
+    metrics = training.train(model, data, config, checkpoint_path=tmp_path / name, device="cpu", progress=False, **kw)
     return model, metrics
 
 
@@ -214,7 +213,8 @@ def test_negative_labels_are_refused(tmp_path):
     xt, yt = toy_data(8, 0)
     yt[0] = -1
     with pytest.raises(ValueError, match="-1"):
-        training.train(TinyNet(), xt, yt, xt, yt, cfg(), checkpoint_path=tmp_path / "c.pt", progress=False)
+        data = training.TrainingSet(xt, yt, xt, yt)
+        training.train(TinyNet(), data, cfg(), checkpoint_path=tmp_path / "c.pt", progress=False)
 
 
 def test_train_model_to_files(tiny_broden, tiny_broden_spec, tmp_path):
@@ -223,18 +223,16 @@ def test_train_model_to_files(tiny_broden, tiny_broden_spec, tmp_path):
     out = tmp_path / "model"
     n_classes = tiny_broden_spec["n_classes"]
     spec = ModelSpec("resnet18", n_classes)
-    metrics = training.train_model_to_files(
+    job = training.TrainJob(
         dataset_root=tiny_broden,
-        init_weights=None,
         model_spec=spec,
         training=train_spec({"method": "at", "epochs": 1, "batch_size": 8, "eps": "4/255"}),
         out_weights=out / "weights.pt",
         out_metrics=out / "metrics.json",
         out_history=out / "history.csv",
         checkpoint_path=out / "checkpoint.pt",
-        device="cpu",
-        progress=False,
     )
+    metrics = training.train_model_to_files(job, device="cpu", progress=False)
     assert 0 <= metrics["heldout_accuracy"] <= 1
     assert not (out / "checkpoint.pt").exists()
     assert len(pd.read_csv(out / "history.csv")) == 1
@@ -245,19 +243,17 @@ def test_train_model_to_files(tiny_broden, tiny_broden_spec, tmp_path):
 
 def test_train_model_to_files_refuses_wrong_num_classes(tiny_broden, tiny_broden_spec, tmp_path):
     spec = ModelSpec("resnet18", 5)
+    job = training.TrainJob(
+        dataset_root=tiny_broden,
+        model_spec=spec,
+        training={},
+        out_weights=tmp_path / "w.pt",
+        out_metrics=tmp_path / "m.json",
+        out_history=tmp_path / "h.csv",
+        checkpoint_path=tmp_path / "c.pt",
+    )
     with pytest.raises(ConfigError, match=f"num_classes is 5.*{tiny_broden_spec['n_classes']} classes"):
-        training.train_model_to_files(
-            dataset_root=tiny_broden,
-            init_weights=None,
-            model_spec=spec,
-            training={},
-            out_weights=tmp_path / "w.pt",
-            out_metrics=tmp_path / "m.json",
-            out_history=tmp_path / "h.csv",
-            checkpoint_path=tmp_path / "c.pt",
-            device="cpu",
-            progress=False,
-        )
+        training.train_model_to_files(job, device="cpu", progress=False)
 
 
 @pytest.mark.parametrize("precision", ["bf16", "float32"])

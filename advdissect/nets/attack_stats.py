@@ -18,18 +18,9 @@ from ..store import open_h5, read_attrs, write_csv
 _STAT_ARRAYS = ("labels", "clean_pred", "clean_conf", "adv_pred", "adv_conf", "linf", "l2", "target")
 
 
-def attack_statistics(shard_paths: Iterable[str | PathLike], identity: Mapping[str, Any]) -> pd.DataFrame:
-    """One row summarising an attack over its image shards.
-
-    agreement: share of images whose adversarial prediction equals the clean prediction.
-    success_rate: untargeted attacks (and noise, clean): 1 − agreement (the flip rate);
-    targeted attacks: share of images predicted as their target.
-    clean_accuracy / adversarial_accuracy: against the class labels, over the images that
-    have one (NaN when none has). eps is NaN for the L2 attacks (deepfool, cw), which have none.
-    """
-    paths = list(shard_paths)
-    if not paths:
-        raise ArtifactError(f"attack {identity.get('attack')!r}: no image shards to summarise")
+def _read_shards(paths: list, identity: Mapping[str, Any]) -> tuple[dict[str, np.ndarray], Any, dict[str, Any]]:
+    """(the statistics' arrays over all shards, their attack_params, the last shard's attributes);
+    ArtifactError when the shards disagree on attack_params."""
     columns: dict[str, list[np.ndarray]] = {key: [] for key in _STAT_ARRAYS}
     params = attrs = None
     for path in paths:
@@ -45,17 +36,37 @@ def attack_statistics(shard_paths: Iterable[str | PathLike], identity: Mapping[s
             n = f["rows"].shape[0]
             for key in _STAT_ARRAYS:
                 columns[key].append(f[key][()] if key in f else np.full(n, -1, np.int64))
-    data = {key: np.concatenate(value) for key, value in columns.items()}
-    name = identity.get("attack", attrs.get("attack"))
+    return {key: np.concatenate(value) for key, value in columns.items()}, params, attrs
+
+
+def _shards_spec(params: Any, path) -> AttackSpec:
+    """The attack spec the shards were made with, from their attack_params."""
     if not isinstance(params, Mapping):
-        raise ArtifactError(f"{paths[0]}: attribute 'attack_params' is missing")
+        raise ArtifactError(f"{path}: attribute 'attack_params' is missing")
     try:
-        spec = AttackSpec(**params)
+        return AttackSpec(**params)
     except (TypeError, ConfigError):
         raise ArtifactError(
-            f"{paths[0]}: attribute 'attack_params' ({params!r}) is not an attack spec; the shards "
+            f"{path}: attribute 'attack_params' ({params!r}) is not an attack spec; the shards "
             "predate this version: delete them and re-run"
         ) from None
+
+
+def attack_statistics(shard_paths: Iterable[str | PathLike], identity: Mapping[str, Any]) -> pd.DataFrame:
+    """One row summarising an attack over its image shards.
+
+    agreement: share of images whose adversarial prediction equals the clean prediction.
+    success_rate: untargeted attacks (and noise, clean): 1 − agreement (the flip rate);
+    targeted attacks: share of images predicted as their target.
+    clean_accuracy / adversarial_accuracy: against the class labels, over the images that
+    have one (NaN when none has). eps is NaN for the L2 attacks (deepfool, cw), which have none.
+    """
+    paths = list(shard_paths)
+    if not paths:
+        raise ArtifactError(f"attack {identity.get('attack')!r}: no image shards to summarise")
+    data, params, attrs = _read_shards(paths, identity)
+    name = identity.get("attack", attrs.get("attack"))
+    spec = _shards_spec(params, paths[0])
 
     n = data["clean_pred"].shape[0]
     agree = data["adv_pred"] == data["clean_pred"]
@@ -70,6 +81,10 @@ def attack_statistics(shard_paths: Iterable[str | PathLike], identity: Mapping[s
     def accuracy(pred: np.ndarray) -> float:
         return float((pred[has_label] == data["labels"][has_label]).mean()) if n_labelled else math.nan
 
+    def mean_max(key: str) -> tuple[float, float]:
+        return (float(data[key].mean()), float(data[key].max())) if n else (math.nan, math.nan)
+
+    (linf_mean, linf_max), (l2_mean, l2_max) = mean_max("linf"), mean_max("l2")
     row = {
         "dataset": identity.get("dataset", attrs.get("dataset")),
         "model": identity.get("model", attrs.get("model")),
@@ -82,10 +97,10 @@ def attack_statistics(shard_paths: Iterable[str | PathLike], identity: Mapping[s
         "n_images": n,
         "agreement": agreement,
         "success_rate": success,
-        "linf_mean": float(data["linf"].mean()) if n else math.nan,
-        "linf_max": float(data["linf"].max()) if n else math.nan,
-        "l2_mean": float(data["l2"].mean()) if n else math.nan,
-        "l2_max": float(data["l2"].max()) if n else math.nan,
+        "linf_mean": linf_mean,
+        "linf_max": linf_max,
+        "l2_mean": l2_mean,
+        "l2_max": l2_max,
         "clean_accuracy": accuracy(data["clean_pred"]),
         "adversarial_accuracy": accuracy(data["adv_pred"]),
         "n_labelled": n_labelled,

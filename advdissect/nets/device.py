@@ -10,6 +10,8 @@ CUDA_VISIBLE_DEVICES=<id> before CUDA starts. The kernel drops the lock when the
 however it dies, so a killed job never leaves a GPU claimed. A SLURM job given one GPU keeps
 SLURM's CUDA_VISIBLE_DEVICES and claims nothing; a run inside an allocation of several GPUs
 claims among them.
+
+`gpu_job` is a compute job's whole setup in that order: the claim, the CPU settings, the device.
 """
 
 from __future__ import annotations
@@ -215,6 +217,49 @@ def _visible_only(value: str) -> Iterator[None]:
             os.environ["CUDA_VISIBLE_DEVICES"] = previous
 
 
+def _configured_and_visible(
+    gpu_ids: Sequence[int] | None, visible: list[str] | None, available: int | None
+) -> tuple[list[int], list[str]]:
+    """(the configured ids this process can see, the entries of the devices it sees); logs why
+    the job runs on the CPU when no id is left."""
+    ids = [int(i) for i in (gpu_ids or [])]
+    if not ids:
+        log.info("no GPU ids configured: running on the CPU")
+        return [], visible or []
+    if visible is None:
+        visible = [str(i) for i in range(physical_gpu_count() if available is None else int(available))]
+    present = [i for i in ids if 0 <= i < len(visible)]
+    if len(present) < len(ids):
+        log.warning("GPU ids %s configured, but this process can see %d CUDA device(s)", ids, len(visible))
+    if not present:
+        log.info("no CUDA device among GPU ids %s: running on the CPU", ids)
+    return present, visible
+
+
+def _lock_first_free(
+    lock_dir: Path, present: list[int], visible: list[str], timeout: float, poll: float
+) -> tuple[int, int, Path]:
+    """(id, lock fd, lock path) of the first GPU of `present` whose lock is free, polling every
+    `poll` s up to `timeout` s; GPUClaimTimeout when all stay taken."""
+    lock_dir.mkdir(parents=True, exist_ok=True)
+    # One lock per physical device, whatever position it has in this process's list.
+    paths = {i: lock_dir / f"gpu{re.sub(r'[^A-Za-z0-9_.-]', '_', visible[i])}.lock" for i in present}
+    deadline = time.monotonic() + timeout
+    waiting_logged = False
+    while (claimed := _claim_first(paths)) is None:
+        if time.monotonic() >= deadline:
+            raise GPUClaimTimeout(
+                f"all GPUs {present} stayed in use for {timeout:g} s (locks in {lock_dir}: "
+                f"{_holders(list(paths.values()))}); lower --resources gpu=N or free a GPU"
+            )
+        if not waiting_logged:
+            log.info("all GPUs %s in use; waiting up to %g s for one", present, timeout)
+            waiting_logged = True
+        time.sleep(poll)
+    gpu, fd = claimed
+    return gpu, fd, paths[gpu]
+
+
 @contextlib.contextmanager
 def claim_gpu(
     gpu_ids: Sequence[int] | None,
@@ -245,47 +290,37 @@ def claim_gpu(
         )
         yield None
         return
-    ids = [int(i) for i in (gpu_ids or [])]
-    if not ids:
-        log.info("no GPU ids configured: running on the CPU")
-        with _visible_only(""):
-            yield None
-        return
-    if visible is None:
-        visible = [str(i) for i in range(physical_gpu_count() if available is None else int(available))]
-    present = [i for i in ids if 0 <= i < len(visible)]
-    if len(present) < len(ids):
-        log.warning("GPU ids %s configured, but this process can see %d CUDA device(s)", ids, len(visible))
+    present, visible = _configured_and_visible(gpu_ids, visible, available)
     if not present:
-        log.info("no CUDA device among GPU ids %s: running on the CPU", ids)
         with _visible_only(""):
             yield None
         return
     if torch.cuda.is_initialized():
         raise RuntimeError("claim_gpu must run before CUDA is initialised in this process")
 
-    lock_dir = Path(lock_dir)
-    lock_dir.mkdir(parents=True, exist_ok=True)
-    # One lock per physical device, whatever position it has in this process's list.
-    paths = {i: lock_dir / f"gpu{re.sub(r'[^A-Za-z0-9_.-]', '_', visible[i])}.lock" for i in present}
-    deadline = time.monotonic() + timeout
-    waiting_logged = False
-    while (claimed := _claim_first(paths)) is None:
-        if time.monotonic() >= deadline:
-            raise GPUClaimTimeout(
-                f"all GPUs {present} stayed in use for {timeout:g} s (locks in {lock_dir}: "
-                f"{_holders(list(paths.values()))}); lower --resources gpu=N or free a GPU"
-            )
-        if not waiting_logged:
-            log.info("all GPUs %s in use; waiting up to %g s for one", present, timeout)
-            waiting_logged = True
-        time.sleep(poll)
-    gpu, fd = claimed
-
-    log.info("claimed GPU %d (CUDA_VISIBLE_DEVICES=%s, lock %s)", gpu, visible[gpu], paths[gpu])
+    gpu, fd, path = _lock_first_free(Path(lock_dir), present, visible, timeout, poll)
+    log.info("claimed GPU %d (CUDA_VISIBLE_DEVICES=%s, lock %s)", gpu, visible[gpu], path)
     try:
         with _visible_only(visible[gpu]):
             yield gpu
     finally:
         fcntl.flock(fd, fcntl.LOCK_UN)
         os.close(fd)
+
+
+# Where the workflow's jobs keep their GPU locks (relative to the working directory).
+GPU_LOCK_DIR = ".snakemake/gpu-locks"
+
+
+@contextlib.contextmanager
+def gpu_job(gpu_ids: Sequence[int] | None, threads: int | None, lock_dir: str | os.PathLike = GPU_LOCK_DIR):
+    """A compute job's setup: claim a GPU of `gpu_ids` (`claim_gpu`), then the CPU settings for
+    `threads` (`configure_cpu`); yields the device to run on (`select_device`).
+
+    The claim comes first, before anything starts CUDA, so it decides which device the job sees.
+    Importing torch does not start CUDA; selecting the device does. Keep what may touch CUDA
+    (model building, the job's own imports) inside the block.
+    """
+    with claim_gpu(gpu_ids, lock_dir):
+        configure_cpu(threads)
+        yield select_device()

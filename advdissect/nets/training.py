@@ -32,6 +32,7 @@ Choices worth knowing:
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import time
@@ -343,23 +344,61 @@ def _resume(checkpoint_path, fingerprint, model, optimizer, scheduler, cfg: Trai
     return list(checkpoint["history"]), start_epoch
 
 
-def _train_epoch(model, images, labels, cfg: TrainSpec, optimizer, scheduler, epoch: int, device, progress) -> dict:
+@dataclasses.dataclass(frozen=True)
+class TrainingSet:
+    """What a model is trained on and held out on: uint8 (N, 3, H, W) images (tensors or arrays,
+    or `ImageFolderImages` read on indexing) and their int64 class indices."""
+
+    train_images: Any
+    train_labels: Any
+    val_images: Any
+    val_labels: Any
+
+
+@dataclasses.dataclass(frozen=True)
+class _Run:
+    """What every epoch of one `train` call works with."""
+
+    model: nn.Module
+    cfg: TrainSpec
+    data: TrainingSet
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+    device: torch.device
+    progress: bool
+
+    def heldout(self, desc: str, eps: float = 0.0) -> float:
+        """Accuracy on the held-out images (under FGSM at `eps` with the true labels when eps > 0)."""
+        return accuracy(
+            self.model,
+            self.data.val_images,
+            self.data.val_labels,
+            batch_size=2 * self.cfg.batch_size,
+            device=self.device,
+            eps=eps,
+            progress=self.progress,
+            desc=desc,
+        )
+
+
+def _train_epoch(run: _Run, epoch: int) -> dict:
     """One epoch of updates; its history record without the held-out accuracy and time."""
+    cfg, images, labels, device = run.cfg, run.data.train_images, run.data.train_labels, run.device
     n_train = len(labels)
     generator = _epoch_generator(cfg.seed, epoch)
     batches = _batches(n_train, cfg.batch_size, generator)
     flips = torch.rand(n_train, generator=generator) < 0.5 if cfg.augment else None
     sums: dict[str, float] = {}
     correct = seen = 0
-    lr = optimizer.param_groups[0]["lr"]
-    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if progress else True, leave=False)
+    lr = run.optimizer.param_groups[0]["lr"]
+    bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=None if run.progress else True, leave=False)
     for idx in bar:
         x = _to_float(images[idx], device)
         if flips is not None:
             x = torch.where(flips[idx].to(device)[:, None, None, None], x.flip(3), x)
         y = labels[idx].to(device)
-        values, pred = train_step(model, x, y, cfg, optimizer)
-        scheduler.step()
+        values, pred = train_step(run.model, x, y, cfg, run.optimizer)
+        run.scheduler.step()
         for key, value in values.items():
             sums[key] = sums.get(key, 0.0) + value * len(idx)
         correct += int((pred == y).sum())
@@ -373,36 +412,21 @@ def _train_epoch(model, images, labels, cfg: TrainSpec, optimizer, scheduler, ep
     return record
 
 
-def train(
-    model: nn.Module,
-    train_images,
-    train_labels,
-    val_images,
-    val_labels,
-    cfg: TrainSpec,
-    *,
-    checkpoint_path: str | Path,
-    history_path: str | Path | None = None,
-    device: torch.device | str = "cpu",
-    progress: bool = True,
-    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
-) -> dict[str, Any]:
-    """Train `model` (takes float images in [0, 1]) in place; return its metrics.
+def _checkpoint_state(run: _Run, epoch: int, fingerprint: dict[str, Any], history: list) -> dict[str, Any]:
+    """What the checkpoint after `epoch` holds: weights, optimizer, schedule, RNG and history."""
+    state = {
+        "model": run.model.state_dict(),
+        "optimizer": run.optimizer.state_dict(),
+        "scheduler": run.scheduler.state_dict(),
+    }
+    state.update(format=CHECKPOINT_FORMAT, epoch=epoch + 1, fingerprint=fingerprint, rng=_rng_state(), history=history)
+    return state
 
-    Images are uint8 (N, 3, H, W) tensors or arrays, labels int64 class indices. A checkpoint
-    at `checkpoint_path` is written after every epoch and, when present at the start and made
-    for the same config, data sizes and model, resumed from. `on_epoch_end(record)` runs after
-    each epoch's checkpoint is written. The history (one row per epoch, HISTORY_COLUMNS) goes
-    to `history_path` when given and into the metrics under "history".
 
-    Metrics: heldout_accuracy (val, final weights), train_accuracy (clean training batches of
-    the last epoch, as seen in train mode), heldout_fgsm_accuracy (val under FGSM at cfg.eps
-    with true labels; absent when eps is 0), seconds (training and evaluation, over every
-    resumed run), epochs, method, n_train, n_val, resumed_from_epoch.
-    """
-    device = torch.device(device)
-    train_images, train_labels = _as_tensors(train_images, train_labels, "training")
-    val_images, val_labels = _as_tensors(val_images, val_labels, "held-out")
+def _start(model: nn.Module, data: TrainingSet, cfg: TrainSpec, device: torch.device, progress: bool) -> _Run:
+    """The run of `train`: its data as tensors, the model on the device, optimizer and schedule."""
+    train_images, train_labels = _as_tensors(data.train_images, data.train_labels, "training")
+    val_images, val_labels = _as_tensors(data.val_images, data.val_labels, "held-out")
     n_train = len(train_labels)
     if n_train < 2:
         raise DatasetError(f"training needs at least 2 labelled images, got {n_train}")
@@ -412,25 +436,40 @@ def train(
     steps_per_epoch = len(_batches(n_train, cfg.batch_size, torch.Generator().manual_seed(0)))
     optimizer = make_optimizer(model, cfg)
     scheduler = make_scheduler(optimizer, cfg, cfg.epochs * steps_per_epoch)
-    fingerprint = _fingerprint(model, cfg, n_train, len(val_labels))
-    history, start_epoch = _resume(checkpoint_path, fingerprint, model, optimizer, scheduler, cfg)
+    data = TrainingSet(train_images, train_labels, val_images, val_labels)
+    return _Run(model, cfg, data, optimizer, scheduler, device, progress)
 
-    def heldout(desc: str, eps: float = 0.0) -> float:
-        return accuracy(
-            model,
-            val_images,
-            val_labels,
-            batch_size=2 * cfg.batch_size,
-            device=device,
-            eps=eps,
-            progress=progress,
-            desc=desc,
-        )
 
+def train(
+    model: nn.Module,
+    data: TrainingSet,
+    cfg: TrainSpec,
+    *,
+    checkpoint_path: str | Path,
+    history_path: str | Path | None = None,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+    on_epoch_end: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Train `model` (takes float images in [0, 1]) in place on `data`; return its metrics.
+
+    A checkpoint at `checkpoint_path` is written after every epoch and, when present at the start
+    and made for the same config, data sizes and model, resumed from. `on_epoch_end(record)` runs
+    after each epoch's checkpoint is written. The history (one row per epoch, HISTORY_COLUMNS)
+    goes to `history_path` when given and into the metrics under "history".
+
+    Metrics: heldout_accuracy (val, final weights), train_accuracy (clean training batches of
+    the last epoch, as seen in train mode), heldout_fgsm_accuracy (val under FGSM at cfg.eps
+    with true labels; absent when eps is 0), seconds (training and evaluation, over every
+    resumed run), epochs, method, n_train, n_val, resumed_from_epoch.
+    """
+    run = _start(model, data, cfg, torch.device(device), progress)
+    fingerprint = _fingerprint(model, cfg, len(run.data.train_labels), len(run.data.val_labels))
+    history, start_epoch = _resume(checkpoint_path, fingerprint, model, run.optimizer, run.scheduler, cfg)
     for epoch in range(start_epoch, cfg.epochs):
         started = time.perf_counter()
-        record = _train_epoch(model, train_images, train_labels, cfg, optimizer, scheduler, epoch, device, progress)
-        record["val_accuracy"] = heldout("held-out")
+        record = _train_epoch(run, epoch)
+        record["val_accuracy"] = run.heldout("held-out")
         record["seconds"] = time.perf_counter() - started
         history.append(record)
         log.info(
@@ -442,21 +481,22 @@ def train(
             record["val_accuracy"],
             record["seconds"],
         )
-        state = {"model": model.state_dict(), "optimizer": optimizer.state_dict(), "scheduler": scheduler.state_dict()}
-        state.update(
-            format=CHECKPOINT_FORMAT, epoch=epoch + 1, fingerprint=fingerprint, rng=_rng_state(), history=history
-        )
-        save_checkpoint(checkpoint_path, state)
+        save_checkpoint(checkpoint_path, _checkpoint_state(run, epoch, fingerprint, history))
         if history_path is not None:
             write_history(history_path, history)
         if on_epoch_end is not None:
             on_epoch_end(record)
+    return _final(run, history, start_epoch, history_path)
 
+
+def _final(run: _Run, history: list[dict], start_epoch: int, history_path: str | Path | None) -> dict[str, Any]:
+    """The metrics of a run whose epochs are done (the held-out FGSM accuracy measured now)."""
+    cfg = run.cfg
     started = time.perf_counter()
-    model.eval()
-    metrics = _final_metrics(history, cfg, n_train, len(val_labels), start_epoch)
+    run.model.eval()
+    metrics = _final_metrics(history, cfg, len(run.data.train_labels), len(run.data.val_labels), start_epoch)
     if cfg.eps > 0:
-        metrics["heldout_fgsm_accuracy"] = heldout("held-out FGSM", cfg.eps)
+        metrics["heldout_fgsm_accuracy"] = run.heldout("held-out FGSM", cfg.eps)
     metrics["seconds"] = sum(r["seconds"] for r in history) + time.perf_counter() - started
     if history_path is not None:
         write_history(history_path, history)
@@ -515,99 +555,95 @@ def check_num_classes(model_spec: ModelSpec, n_classes: int, dataset_root: str |
         )
 
 
-def training_data(dataset_root: str | Path, source: str, image_size: int | None, progress: bool = True):
-    """(train images, train labels, held-out images, held-out labels, n_classes, root) of a training set.
+def training_data(
+    dataset_root: str | Path, source: str, image_size: int | None, progress: bool = True
+) -> tuple[TrainingSet, int, Path]:
+    """(the training set, n_classes, root) of a training dataset.
 
     source "imagefolder": the train/val class folders, read batch by batch at image_size;
     otherwise a Broden-format dataset's train and val rows with a class, loaded into memory.
     """
     if source == "imagefolder":
         train_x, train_y, val_x, val_y, classes = load_imagefolder(dataset_root, image_size or 224)
-        return train_x, train_y, val_x, val_y, len(classes), Path(dataset_root)
+        return TrainingSet(train_x, train_y, val_x, val_y), len(classes), Path(dataset_root)
     dataset = BrodenDataset(dataset_root)
     train_x, train_y = load_split(dataset, "train", progress)
     val_x, val_y = load_split(dataset, "val", progress)
-    return train_x, train_y, val_x, val_y, len(dataset.classes()), dataset.root
+    return TrainingSet(train_x, train_y, val_x, val_y), len(dataset.classes()), dataset.root
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainJob:
+    """One model to train and the files it writes (rule train_model).
+
+    The dataset at `dataset_root` is Broden-format, or with dataset_source "imagefolder"
+    torchvision's ImageFolder layout read at image_size (see `training_data`). `init_weights`
+    starts from a weights file (fine-tuning; it must have num_classes outputs), None from the
+    seeded random init. The checkpoint lives at `checkpoint_path` while the training runs.
+    """
+
+    dataset_root: str | Path
+    model_spec: ModelSpec
+    training: TrainSpec
+    out_weights: str | Path
+    out_metrics: str | Path
+    out_history: str | Path
+    checkpoint_path: str | Path
+    init_weights: str | Path | None = None
+    dataset_source: str = "broden"
+    image_size: int | None = None
 
 
 def train_model_to_files(
-    *,
-    dataset_root: str | Path,
-    init_weights: str | Path | None,
-    model_spec: ModelSpec,
-    training: TrainSpec,
-    out_weights: str | Path,
-    out_metrics: str | Path,
-    out_history: str | Path,
-    checkpoint_path: str | Path,
-    device: torch.device | str | None = None,
-    progress: bool = True,
-    dataset_source: str = "broden",
-    image_size: int | None = None,
+    job: TrainJob, device: torch.device | str | None = None, progress: bool = True
 ) -> dict[str, Any]:
     """Train a model on a dataset's train split, hold out its val split, write files.
 
-    The dataset is Broden-format, or with dataset_source "imagefolder" torchvision's ImageFolder
-    layout read at image_size (see `training_data`).
-
-    `init_weights` starts from a weights file (fine-tuning; it must have num_classes outputs),
-    None from the seeded random init. Writes the weights (`save_weights`, meta: arch, method,
-    dataset, num_classes, normalization, training config), metrics.json and history.csv, then
-    removes the checkpoint.
+    Writes the weights (`save_weights`, meta: arch, method, dataset, num_classes,
+    normalization, training config), metrics.json and history.csv, then removes the checkpoint.
     """
-    train_x, train_y, val_x, val_y, n_classes, root = training_data(dataset_root, dataset_source, image_size, progress)
-    check_num_classes(model_spec, n_classes, root)
+    data, n_classes, root = training_data(job.dataset_root, job.dataset_source, job.image_size, progress)
+    spec, training = job.model_spec, job.training
+    check_num_classes(spec, n_classes, root)
     device = select_device() if device is None else torch.device(device)
     log.info(
         "training %s (%s) on %s: %d train / %d held-out images, %s, device %s",
-        model_spec.arch,
+        spec.arch,
         training.method,
         root,
-        len(train_y),
-        len(val_y),
+        len(data.train_labels),
+        len(data.val_labels),
         training,
         device,
     )
-
     model = load_model(
-        model_spec.arch,
-        model_spec.num_classes,
-        weights_file=init_weights,
-        normalization=model_spec.normalization,
-        seed=model_spec.seed,
+        spec.arch, spec.num_classes, weights_file=job.init_weights, normalization=spec.normalization, seed=spec.seed
     )
     metrics = train(
         model,
-        train_x,
-        train_y,
-        val_x,
-        val_y,
+        data,
         training,
-        checkpoint_path=checkpoint_path,
-        history_path=out_history,
+        checkpoint_path=job.checkpoint_path,
+        history_path=job.out_history,
         device=device,
         progress=progress,
     )
     history = metrics.pop("history")
     meta = {
-        "arch": model_spec.arch,
+        "arch": spec.arch,
         "method": training.method,
         "dataset": str(root.name),
-        "num_classes": int(model_spec.num_classes),
-        "normalization": model_spec.normalization,
-        "init": None if init_weights is None else str(init_weights),
+        "num_classes": int(spec.num_classes),
+        "normalization": spec.normalization,
+        "init": None if job.init_weights is None else str(job.init_weights),
         "training": training.to_dict(),
         "heldout_accuracy": metrics["heldout_accuracy"],
     }
-    save_weights(out_weights, model.net.state_dict(), meta)
+    save_weights(job.out_weights, model.net.state_dict(), meta)
     metrics.update(
-        arch=model_spec.arch,
-        dataset=str(root),
-        training=training.to_dict(),
-        init=meta["init"],
-        device=str(device),
+        arch=spec.arch, dataset=str(root), training=training.to_dict(), init=meta["init"], device=str(device)
     )
-    write_json(out_metrics, metrics)
-    write_history(out_history, history)
-    Path(checkpoint_path).unlink(missing_ok=True)
+    write_json(job.out_metrics, metrics)
+    write_history(job.out_history, history)
+    Path(job.checkpoint_path).unlink(missing_ok=True)
     return metrics

@@ -5,14 +5,15 @@ from advdissect.joblog import log_to
 sm = snakemake
 log_to(sm.log[0])
 
-from advdissect.nets.device import claim_gpu
+from advdissect.nets.device import gpu_job
 
-with claim_gpu(sm.config["compute"]["gpus"], lock_dir=".snakemake/gpu-locks"):
+# The GPU is claimed before anything touches CUDA, so the claim decides which device is seen.
+# Device ids and batch size come from the config, not params: no result depends on them, so
+# changing either re-runs nothing.
+with gpu_job(sm.config["compute"]["gpus"], sm.threads) as device:
     from advdissect.dissect.ablation import write_ablation
-    from advdissect.nets.device import configure_cpu, select_device
     from advdissect.specs import ModelSpec
 
-    configure_cpu(sm.threads)
     units = list(sm.input.units)  # per mode: clean units, attack units
     write_ablation(
         sm.output.table,
@@ -25,5 +26,5 @@ with claim_gpu(sm.config["compute"]["gpus"], lock_dir=".snakemake/gpu-locks"):
         random_sets=int(sm.params.random_sets),
         batch_size=int(sm.config["dissection"]["batch_size"]),
         clean_attack=sm.params.clean,
-        device=select_device(),
+        device=device,
     )

@@ -4,17 +4,15 @@ from advdissect.joblog import log_to
 
 log_to(snakemake.log[0])
 
-from advdissect.nets.device import claim_gpu
+from advdissect.nets.device import gpu_job
 
 # The GPU is claimed before anything touches CUDA, so the claim decides which device is seen.
 # Device ids and batch size come from the config, not params: no result depends on them, so
 # changing either re-runs nothing.
-with claim_gpu(snakemake.config["compute"]["gpus"], lock_dir=".snakemake/gpu-locks"):
+with gpu_job(snakemake.config["compute"]["gpus"], snakemake.threads) as device:
     from advdissect.dissect.activations import write_activation_shard
-    from advdissect.nets.device import configure_cpu, select_device
     from advdissect.specs import ModelSpec
 
-    configure_cpu(snakemake.threads)
     write_activation_shard(
         snakemake.output.activations,
         images_path=snakemake.input.images,
@@ -24,5 +22,5 @@ with claim_gpu(snakemake.config["compute"]["gpus"], lock_dir=".snakemake/gpu-loc
         identity=dict(snakemake.params.identity),
         batch_size=int(snakemake.config["dissection"]["batch_size"]),
         dtype=snakemake.params.dtype,
-        device=select_device(),
+        device=device,
     )
