@@ -146,6 +146,8 @@ def test_weights_and_training_inputs_follow_each_source(plan):
     assert plan.training_params("folder_net")["image_size"] == 32
     assert "dataset" not in plan.training_params("net_at") and "init" not in plan.training_params("net_at")
     assert plan.trained_models() == ["net", "net_at", "folder_net"]
+    assert (plan.training_source("net"), plan.training_source("folder_net")) == ("synthetic", "imagefolder")
+    assert plan.init_sha256("net") is None and plan.init_sha256("net_at") is None  # net is trained here, no pin
     assert plan.model_baselines() == {"net_at": "net"}
 
 

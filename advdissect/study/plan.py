@@ -223,6 +223,15 @@ class Plan:
             inputs["init"] = self.model_weights(weights["init"])
         return inputs
 
+    def training_source(self, model: str) -> str:
+        """The source of a trained model's training set (how its images are read)."""
+        return self.datasets[self.models[model]["weights"]["dataset"]]["source"]
+
+    def init_sha256(self, model: str) -> str | None:
+        """The pinned sha256 of the weights a model is fine-tuned from (None without init or pin)."""
+        init = self.models[model]["weights"].get("init")
+        return self.models[init]["weights"].get("sha256") if init else None
+
     def model_baseline(self, model: str) -> str | None:
         """The model `model` is compared with on clean images: `models.<model>.baseline`, by default
         the model it is fine-tuned from (`weights.init`); None for no comparison."""

@@ -61,14 +61,8 @@ rule train_model:
         training=job(PLAN.training_params),
         # The checkpoint lives outside the outputs so a killed training resumes from it.
         checkpoint="results/models/{model}/checkpoint.pt",
-        dataset_source=lambda wc: config["datasets"][
-            config["models"][wc.model]["weights"]["dataset"]
-        ]["source"],
+        dataset_source=job(PLAN.training_source),
         # The init model's pinned sha256 (None without one): the script checks the init weights.
-        init_sha256=lambda wc: (
-            config["models"][init]["weights"].get("sha256")
-            if (init := config["models"][wc.model]["weights"].get("init"))
-            else None
-        ),
+        init_sha256=job(PLAN.init_sha256),
     script:
         "../scripts/train_model.py"

@@ -11,12 +11,11 @@ from advdissect.nets.device import gpu_job
 # Device ids and batch size come from the config, not params: no result depends on them, so
 # changing either re-runs nothing.
 with gpu_job(sm.config["compute"]["gpus"], sm.threads) as device:
-    from advdissect.dissect.ablation import write_ablation
+    from advdissect.dissect.ablation import AblationJob, write_ablation
     from advdissect.specs import ModelSpec
 
     units = list(sm.input.units)  # per mode: clean units, attack units
-    write_ablation(
-        sm.output.table,
+    job = AblationJob(
         images_paths=list(sm.input.images),
         clean_activation_paths=list(sm.input.clean_activations),
         units_paths={mode: (units[2 * i], units[2 * i + 1]) for i, mode in enumerate(sm.params.modes)},
@@ -26,5 +25,5 @@ with gpu_job(sm.config["compute"]["gpus"], sm.threads) as device:
         random_sets=int(sm.params.random_sets),
         batch_size=int(sm.config["dissection"]["batch_size"]),
         clean_attack=sm.params.clean,
-        device=device,
     )
+    write_ablation(sm.output.table, job, device=device)

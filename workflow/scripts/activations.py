@@ -10,11 +10,10 @@ from advdissect.nets.device import gpu_job
 # Device ids and batch size come from the config, not params: no result depends on them, so
 # changing either re-runs nothing.
 with gpu_job(snakemake.config["compute"]["gpus"], snakemake.threads) as device:
-    from advdissect.dissect.activations import write_activation_shard
+    from advdissect.dissect.activations import ActivationJob, write_activation_shard
     from advdissect.specs import ModelSpec
 
-    write_activation_shard(
-        snakemake.output.activations,
+    job = ActivationJob(
         images_path=snakemake.input.images,
         weights_file=snakemake.input.get("weights"),
         model_spec=ModelSpec(**snakemake.params.model_spec),
@@ -22,5 +21,5 @@ with gpu_job(snakemake.config["compute"]["gpus"], snakemake.threads) as device:
         identity=dict(snakemake.params.identity),
         batch_size=int(snakemake.config["dissection"]["batch_size"]),
         dtype=snakemake.params.dtype,
-        device=device,
     )
+    write_activation_shard(snakemake.output.activations, job, device=device)
