@@ -39,6 +39,7 @@ import torch
 import torch.nn.functional as F
 
 from advdissect.data.broden import BrodenDataset
+from advdissect.data.download import BRODEN_IMAGES as BRODEN_SIZES
 from advdissect.data.synthetic import generate
 from advdissect.dissect.activations import extract_activations, extract_layers
 from advdissect.dissect.tally import LabelTable, best_concepts, count_shard, iou
@@ -49,7 +50,7 @@ from advdissect.nets.device import reproducible_cuda
 from advdissect.nets.models import load_model
 from advdissect.specs import TrainSpec, attack_spec
 
-BRODEN_IMAGES = 63_305
+BRODEN_IMAGES = BRODEN_SIZES["broden1_224"]
 LAYERS = ("layer3", "layer4")
 FGSM_SHARE_MAX = 0.01
 ACTIVATION_REL_MAX = 1e-3

@@ -19,13 +19,14 @@ import time
 import numpy as np
 import torch
 
+from advdissect.data.download import BRODEN_IMAGES as BRODEN_SIZES
 from advdissect.dissect.activations import extract_layers
 from advdissect.nets.attack_runner import run_attack
 from advdissect.nets.device import reproducible_cuda
 from advdissect.nets.models import load_model
 from advdissect.specs import attack_spec
 
-BRODEN_IMAGES = 63_305
+BRODEN_IMAGES = BRODEN_SIZES["broden1_224"]
 NETWORKS = {"alexnet": ["last_conv"], "vgg11": ["last_conv"], "resnet18": ["layer3", "layer4"]}
 # config/paper.yaml per image set: (forward + backward) passes and forward passes of its attack job
 PAPER_SETS = {
