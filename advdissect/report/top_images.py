@@ -39,6 +39,20 @@ class ImageSet:
         """What the set's image and activation shards say they hold."""
         return {"dataset": self.dataset, "model": self.model, "attack": self.attack}
 
+    @classmethod
+    def from_named(cls, files: Mapping[str, Any], layer_id: Mapping[str, str], attack: str) -> ImageSet:
+        """The set `attack` of a job's named files (`images_<attack>`, `activations_<attack>`,
+        `thresholds_<attack>`, as `study.plan` names them); `layer_id` its dataset, model and layer."""
+        return cls(
+            dataset=layer_id["dataset"],
+            model=layer_id["model"],
+            layer=layer_id["layer"],
+            attack=attack,
+            images=tuple(files[f"images_{attack}"]),
+            activations=tuple(files[f"activations_{attack}"]),
+            thresholds=files[f"thresholds_{attack}"],
+        )
+
 
 @dataclasses.dataclass(frozen=True)
 class TopImages:
