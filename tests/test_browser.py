@@ -156,3 +156,15 @@ def test_page_sorts_in_a_real_browser(page):
     # fgsm_8 IoUs 0.1, 0.3, 0.02, 0.06: sorted largest first by the page's script
     assert [r[0] for r in parser.rows] == ["2", "1", "4", "3"]
     assert re.search(r'data-column="fgsm_8 self IoU"[^>]*aria-sort="descending"', dom)
+
+
+def test_an_image_set_from_a_jobs_named_files():
+    files = {
+        "images_fgsm": ["i0.h5", "i1.h5"],
+        "activations_fgsm": ["a0.h5", "a1.h5"],
+        "thresholds_fgsm": "t.h5",
+        "images_clean": ["c.h5"],
+    }
+    found = ImageSet.from_named(files, {"dataset": "d", "model": "m", "layer": "l", "shard": "0"}, "fgsm")
+    assert found == ImageSet("d", "m", "l", "fgsm", ("i0.h5", "i1.h5"), ("a0.h5", "a1.h5"), "t.h5")
+    assert found.identity == {"dataset": "d", "model": "m", "attack": "fgsm"}
