@@ -64,7 +64,7 @@ def tiny_vit(num_classes: int = 3, seed: int = 0):
     import torch
     import torchvision
 
-    from advdissect.nets.models import NormalizedModel
+    from advdissect.nets.architectures import NormalizedModel
 
     torch.manual_seed(seed)
     net = torchvision.models.VisionTransformer(
@@ -78,7 +78,7 @@ def tiny_swin(num_classes: int = 3, seed: int = 0):
     import torch
     import torchvision
 
-    from advdissect.nets.models import NormalizedModel
+    from advdissect.nets.architectures import NormalizedModel
 
     torch.manual_seed(seed)
     net = torchvision.models.SwinTransformer(

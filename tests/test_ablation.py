@@ -207,7 +207,7 @@ def _vit_and_swin():
 def _edited_by_hand(model, x, layer, mask, mean):
     """Logits with the layer's raw output edited in its own layout: a ViT block's patch tokens
     (the class token kept), a Swin stage's channels-last map."""
-    from advdissect.nets.models import find_layer
+    from advdissect.nets.layers import find_layer
 
     def edit(_m, _i, out):
         out = out.clone()
@@ -229,7 +229,7 @@ def _edited_by_hand(model, x, layer, mask, mean):
 def test_transformer_ablation_edits_the_tokens_and_takes_the_stack(layer):
     """Encoder blocks and Swin stages keep their residual sums inside: variants stacked along the
     batch pass the rest of the network, and equal the output edited by hand, one variant at a time."""
-    from advdissect.nets.models import layer_outputs
+    from advdissect.nets.layers import layer_outputs
 
     model, units, side = _vit_and_swin()[layer]
     x_uint8 = images(n=3)

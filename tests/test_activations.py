@@ -11,7 +11,7 @@ from advdissect import store
 from advdissect.dissect import activations
 from advdissect.dissect.activations import ActivationJob, extract_activations, extract_layers, write_activation_shard
 from advdissect.errors import ArtifactError, ModelError
-from advdissect.nets.models import find_layer
+from advdissect.nets.layers import find_layer
 
 from helpers import random_images, tiny_swin, tiny_vit
 

@@ -14,19 +14,12 @@ import torchvision
 
 from advdissect import store
 from advdissect.errors import ConfigError, ModelError
-from advdissect.nets import models
-from advdissect.nets.models import (
-    NormalizedModel,
-    capture,
-    dissectable_layers,
-    feature_shapes,
-    load_model,
-    load_state_dict_file,
-    predict,
-    read_weights_meta,
-    resolve_layer,
-    save_weights,
-)
+from advdissect.nets import architectures, models, weights
+from advdissect.nets import layers as net_layers
+from advdissect.nets.architectures import NormalizedModel
+from advdissect.nets.layers import capture, dissectable_layers, feature_shapes, resolve_layer
+from advdissect.nets.models import load_model, predict
+from advdissect.nets.weights import load_state_dict_file, read_weights_meta, save_weights
 
 import helpers
 from helpers import robustness_checkpoint
@@ -74,7 +67,7 @@ def _model(request, arch):
 
 
 def test_list_architectures_has_the_papers_models():
-    names = models.list_architectures()
+    names = architectures.list_architectures()
     assert {"alexnet", "vgg11", "resnet18"} <= set(names)
 
 
@@ -92,12 +85,12 @@ def test_builds_with_num_classes_in_eval_mode(request, arch, images):
 
 def test_stand_in_has_resnet18s_dissected_shapes():
     """resnet18_shapes: ResNet-18's layer3 and layer4 shapes at 224 px, a twenty-fifth of its multiply-adds."""
-    assert "resnet18_shapes" in models.list_architectures()
+    assert "resnet18_shapes" in architectures.list_architectures()
     shapes = {}
     for arch in ("resnet18", "resnet18_shapes"):
         model = models.load_model(arch, num_classes=7, seed=0)
-        shapes[arch] = models.feature_shapes(model, ["layer3", "last_conv"], (224, 224))
-        assert models.resolve_layer(model, "last_conv") == "layer4"
+        shapes[arch] = net_layers.feature_shapes(model, ["layer3", "last_conv"], (224, 224))
+        assert net_layers.resolve_layer(model, "last_conv") == "layer4"
     assert shapes["resnet18_shapes"] == shapes["resnet18"]
     assert list(shapes["resnet18"].values()) == [(256, 14, 14), (512, 7, 7)]
 
@@ -114,18 +107,21 @@ def test_stand_in_has_resnet18s_dissected_shapes():
             h.remove()
         return sum(total)
 
-    small, full = macs(models.build_network("resnet18_shapes", 7)), macs(models.build_network("resnet18", 7))
+    small, full = (
+        macs(architectures.build_network("resnet18_shapes", 7)),
+        macs(architectures.build_network("resnet18", 7)),
+    )
     assert 60e6 < small < 80e6 and full / small > 24
 
 
 def test_build_network_takes_num_classes_from_the_argument():
-    net = models.build_network("resnet18", 3)
+    net = architectures.build_network("resnet18", 3)
     assert net.fc.out_features == 3
 
 
 def test_unknown_architecture_lists_valid_names():
     with pytest.raises(ModelError) as err:
-        models.build_network("alexnet2", 5)
+        architectures.build_network("alexnet2", 5)
     msg = str(err.value)
     assert msg.startswith("unknown architecture 'alexnet2'; valid names: alexnet, ")
     assert ", resnet18, " in msg and ", vgg11, " in msg
@@ -133,7 +129,7 @@ def test_unknown_architecture_lists_valid_names():
 
 def test_bad_num_classes():
     with pytest.raises(ModelError, match=r"num_classes must be a positive integer, got 0 \(arch resnet18\)"):
-        models.build_network("resnet18", 0)
+        architectures.build_network("resnet18", 0)
 
 
 def test_seeded_init_is_deterministic_and_leaves_global_rng_alone():
@@ -173,7 +169,7 @@ def test_custom_and_no_normalisation(resnet18, images):
 @pytest.mark.parametrize("bad", ["imagenet2", {"mean": [0, 0, 0], "std": [1, 0, 1]}, {"mean": [0, 0]}])
 def test_bad_normalisation(bad):
     with pytest.raises(ModelError, match="allowed: imagenet, none or"):
-        models.resolve_normalization(bad)
+        architectures.resolve_normalization(bad)
 
 
 def test_uint8_images_are_refused(resnet18):
@@ -381,15 +377,15 @@ def test_save_weights_does_not_store_a_views_whole_storage(tmp_path):
 
 def test_unknown_torchvision_weights_name(tmp_path):
     with pytest.raises(ModelError) as err:
-        models.download_torchvision_weights("alexnet", "IMAGENET9K", tmp_path / "w.pt")
+        weights.download_torchvision_weights("alexnet", "IMAGENET9K", tmp_path / "w.pt")
     assert str(err.value) == "unknown weights 'IMAGENET9K' for alexnet; available: IMAGENET1K_V1, DEFAULT"
     with pytest.raises(ModelError, match="torchvision has no pretrained weights for architecture 'resnet7'"):
-        models.download_torchvision_weights("resnet7", "IMAGENET1K_V1", tmp_path / "w.pt")
+        weights.download_torchvision_weights("resnet7", "IMAGENET1K_V1", tmp_path / "w.pt")
     assert not (tmp_path / "w.pt").exists()
 
 
 def test_download_saves_state_dict_and_meta(tmp_path, monkeypatch, images):
-    source = models.build_network("resnet18", 1000)
+    source = architectures.build_network("resnet18", 1000)
     calls = []
 
     def fake_get_state_dict(self, **kwargs):
@@ -398,7 +394,7 @@ def test_download_saves_state_dict_and_meta(tmp_path, monkeypatch, images):
 
     monkeypatch.setattr(torchvision.models.ResNet18_Weights, "get_state_dict", fake_get_state_dict)
     dest = tmp_path / "resnet18_imagenet.pt"
-    models.download_torchvision_weights("resnet18", "DEFAULT", dest)
+    weights.download_torchvision_weights("resnet18", "DEFAULT", dest)
     assert calls == [{"progress": True, "check_hash": True, "weights_only": True}]
     meta = read_weights_meta(dest)
     assert {k: meta[k] for k in ("arch", "weights", "weights_requested", "num_classes")} == {
@@ -415,7 +411,7 @@ def test_download_saves_state_dict_and_meta(tmp_path, monkeypatch, images):
 
 def test_download_script_passes_its_snakemake_names(tmp_path, monkeypatch):
     calls = []
-    monkeypatch.setattr(models, "download_torchvision_weights", lambda *a: calls.append(a))
+    monkeypatch.setattr(weights, "download_torchvision_weights", lambda *a: calls.append(a))
     fake = types.SimpleNamespace(
         output=types.SimpleNamespace(weights=str(tmp_path / "w.pt")),
         params=types.SimpleNamespace(arch="alexnet", weights="IMAGENET1K_V1"),
@@ -444,14 +440,14 @@ def test_alexnet_aliases(alexnet):
         "conv5": "features.11",
         "last_conv": "features.11",
     }
-    assert models.layer_aliases(alexnet) == expected
+    assert net_layers.layer_aliases(alexnet) == expected
     for alias, name in expected.items():
         assert resolve_layer(alexnet, alias) == name
 
 
 def test_vgg11_aliases(vgg11):
     expected = {f"conv{i + 1}": f"features.{n}" for i, n in enumerate([1, 4, 7, 9, 12, 14, 17, 19])}
-    assert models.layer_aliases(vgg11) == {**expected, "last_conv": "features.19"}
+    assert net_layers.layer_aliases(vgg11) == {**expected, "last_conv": "features.19"}
     assert resolve_layer(vgg11, "last_conv") == "features.19"
     assert resolve_layer(vgg11, "conv5") == "features.12"
 
@@ -459,7 +455,7 @@ def test_vgg11_aliases(vgg11):
 def test_vgg_bn_aliases_skip_batchnorm():
     with torch.device("meta"):  # structure only: no 130M parameters to initialise
         net = torchvision.models.vgg11_bn(num_classes=2)
-    aliases = models.layer_aliases(net)
+    aliases = net_layers.layer_aliases(net)
     assert aliases["conv1"] == "features.2" and aliases["last_conv"] == "features.27"
     assert isinstance(dict(net.named_modules())["features.27"], torch.nn.ReLU)
 
@@ -486,7 +482,7 @@ def test_unknown_layer_lists_dissectable_names(resnet18, alexnet):
         "unknown layer 'layer5' for resnet18; top-level blocks: conv1, bn1, relu, maxpool, layer1, layer2, "
         "layer3, layer4, avgpool, fc; aliases: last_conv=layer4; dissectable layers: "
         + ", ".join(names[:40])
-        + f", ... (first 40 of {len(names)}; see advdissect.nets.models.dissectable_layers)"
+        + f", ... (first 40 of {len(names)}; see advdissect.nets.layers.dissectable_layers)"
     )
     with pytest.raises(ModelError) as err:
         resolve_layer(alexnet, "conv6")
@@ -499,12 +495,12 @@ def test_unknown_layer_lists_dissectable_names(resnet18, alexnet):
 
 
 def test_check_layer_names_for_config():
-    models.check_layer_names("vgg11", 5, ["conv1", "last_conv", "features.20"], where="models.v.layers")
+    net_layers.check_layer_names("vgg11", 5, ["conv1", "last_conv", "features.20"], where="models.v.layers")
     with pytest.raises(ConfigError) as err:
-        models.check_layer_names("resnet18", 5, ["layer4", "layer5"], where="models.r.layers")
+        net_layers.check_layer_names("resnet18", 5, ["layer4", "layer5"], where="models.r.layers")
     assert str(err.value).startswith("config: models.r.layers: unknown layer 'layer5' for resnet18; top-level blocks: ")
     with pytest.raises(ConfigError, match=r"^config: models.x.layers: unknown architecture 'resnet7'; valid names: "):
-        models.check_layer_names("resnet7", 5, ["layer4"], where="models.x.layers")
+        net_layers.check_layer_names("resnet7", 5, ["layer4"], where="models.x.layers")
 
 
 @pytest.mark.parametrize(
@@ -517,7 +513,7 @@ def test_check_layer_names_for_config():
 )
 def test_one_module_under_two_names_is_refused(arch, layers, first, second, module):
     with pytest.raises(ConfigError) as err:
-        models.check_layer_names(arch, 5, layers, where="models.m.layers")
+        net_layers.check_layer_names(arch, 5, layers, where="models.m.layers")
     assert str(err.value) == (
         f"config: models.m.layers: {first!r} and {second!r} are the same module ({module}) of {arch}; list it once"
     )
@@ -621,7 +617,7 @@ def test_softmax_prediction_on_known_logits():
 def test_layers_that_run_twice_or_are_no_map_are_refused_at_planning():
     # one meta forward pass (no memory, no weights): ResNet's block ReLU runs twice, fc is no map
     from advdissect.errors import ConfigError
-    from advdissect.nets.models import check_layer_names
+    from advdissect.nets.layers import check_layer_names
 
     with pytest.raises(ConfigError, match=r"models.m.layers: 'layer4.0.relu' \(layer4.0.relu\) runs 2 times"):
         check_layer_names("resnet18", 16, ["layer4", "layer4.0.relu"], where="models.m.layers")
@@ -657,7 +653,7 @@ def test_every_reader_of_a_layer_refuses_one_that_runs_twice():
     from advdissect.dissect.ablation import ablated_predictions
     from advdissect.dissect.activations import extract_layers
 
-    model = models.NormalizedModel(_TwiceReLU(), "twice", "none").eval()
+    model = architectures.NormalizedModel(_TwiceReLU(), "twice", "none").eval()
     imgs = np.random.default_rng(0).integers(0, 256, (2, 3, 8, 8), dtype=np.uint8)
     message = r"layer 'relu' \(relu\) of twice runs 2 times in one forward pass"
     with pytest.raises(ModelError, match=message):
@@ -777,14 +773,14 @@ def _read(model, layer, edit=None):
         got[name] = output.clone()
         return edit(output) if edit else None
 
-    with torch.no_grad(), models.layer_outputs(model, [layer], on_output):
+    with torch.no_grad(), net_layers.layer_outputs(model, [layer], on_output):
         model(torch.zeros(2, 3, 8, 8))
     return got[layer]
 
 
 def test_token_outputs_read_as_maps_on_the_patch_grid():
     model = _grid_net(_Tokens(d=3, side=4))
-    assert models.layer_layout(model, "0") == models.TOKENS
+    assert net_layers.layer_layout(model, "0") == net_layers.TOKENS
     maps = _read(model, "0")
     assert maps.shape == (2, 3, 4, 4)  # (N, d, h, w): the class token dropped
     for n, u, i, j in [(0, 0, 0, 0), (1, 2, 3, 1), (0, 1, 2, 3), (1, 0, 0, 3)]:
@@ -795,7 +791,7 @@ def test_token_outputs_read_as_maps_on_the_patch_grid():
 
 def test_channels_last_outputs_read_as_maps():
     model = _grid_net(_ChannelsLast(c=3, h=2, w=5))
-    assert models.layer_layout(model, "0") == models.CHANNELS_LAST
+    assert net_layers.layer_layout(model, "0") == net_layers.CHANNELS_LAST
     maps = _read(model, "0")
     assert maps.shape == (2, 3, 2, 5)
     for n, c, i, j in [(0, 0, 0, 0), (1, 2, 1, 4), (0, 1, 1, 2)]:
@@ -846,7 +842,7 @@ def test_ambiguous_or_unknown_layouts_are_refused():
     # a CNN map whose channels equal its height and width stays (N, C, h, w): the type decides
     conv = torch.nn.Conv2d(3, 4, 1, stride=2)
     model = NormalizedModel(torch.nn.Sequential(conv, torch.nn.Flatten()), "cnn", "none").eval()
-    assert models.layer_layout(model, "0") == models.MAPS
+    assert net_layers.layer_layout(model, "0") == net_layers.MAPS
     assert feature_shapes(model, ["0"], 8) == {"0": (4, 4, 4)}
 
 
@@ -891,7 +887,7 @@ def test_the_patch_grid_is_torchvisions_patch_order(tiny_vit):
 
 
 def test_transformer_layers_at_planning():
-    check_ok = models.check_layer_names
+    check_ok = net_layers.check_layer_names
     check_ok("vit_b_16", 1000, ["encoder.layers.encoder_layer_5", "encoder.layers.encoder_layer_11"])
     check_ok("swin_t", 1000, ["features.3", "features.7"])
     check_ok("vit_tiny", 5, ["encoder.layers.encoder_layer_1"])  # its own 64 px, not 224

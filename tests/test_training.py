@@ -218,7 +218,8 @@ def test_negative_labels_are_refused(tmp_path):
 
 
 def test_train_model_to_files(tiny_broden, tiny_broden_spec, tmp_path):
-    from advdissect.nets.models import load_model, read_weights_meta
+    from advdissect.nets.models import load_model
+    from advdissect.nets.weights import read_weights_meta
 
     out = tmp_path / "model"
     n_classes = tiny_broden_spec["n_classes"]

@@ -33,7 +33,8 @@ from torch import nn
 from .. import store
 from ..errors import ArtifactError
 from ..nets.device import in_batches, is_out_of_memory
-from ..nets.models import layer_outputs, load_model_spec
+from ..nets.layers import layer_outputs
+from ..nets.models import load_model_spec
 from ..specs import ModelSpec
 from .drift import concept_drift
 from .tally import read_units

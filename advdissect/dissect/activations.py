@@ -22,7 +22,8 @@ from torch import nn
 from .. import store
 from ..errors import ArtifactError, ModelError
 from ..nets.device import in_batches, select_device
-from ..nets.models import layer_outputs, load_model_spec
+from ..nets.layers import layer_outputs
+from ..nets.models import load_model_spec
 from ..specs import ModelSpec
 
 log = logging.getLogger(__name__)

@@ -156,7 +156,8 @@ def map_size(arch: str, num_classes: int, layer: str, image_size: int | Sequence
     # torch only for this shape probe; the ideal units themselves are numpy.
     import torch
 
-    from ..nets.models import NormalizedModel, build_network, feature_shapes
+    from ..nets.architectures import NormalizedModel, build_network
+    from ..nets.layers import feature_shapes
 
     with torch.device("meta"):
         model = NormalizedModel(build_network(arch, num_classes), arch, "none")

@@ -55,7 +55,9 @@ from ..store import atomic_path, write_csv, write_json
 from . import losses
 from .attacks import fgsm
 from .device import select_device
-from .models import capture, load_model, save_weights
+from .layers import capture
+from .models import load_model
+from .weights import save_weights
 
 log = logging.getLogger(__name__)
 

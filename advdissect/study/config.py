@@ -352,7 +352,8 @@ def _check_init_chain(models: Mapping, name: str) -> None:
 def check_layers(config: Mapping) -> None:
     """Every architecture exists and has each configured layer, once (builds each net on the meta
     device)."""
-    from ..nets.models import check_layer_names, list_architectures  # torch only when the config is otherwise sound
+    from ..nets.architectures import list_architectures  # torch only when the config is otherwise sound
+    from ..nets.layers import check_layer_names
 
     known = list_architectures()
     for name, spec in config["models"].items():
@@ -368,7 +369,7 @@ def check_layers(config: Mapping) -> None:
 def _check_fixed_image_size(config: Mapping, model: str) -> None:
     """A network that takes one image size (a ViT) is dissected only on datasets of that size,
     where the size is known before any job runs."""
-    from ..nets.models import fixed_image_size
+    from ..nets.layers import fixed_image_size
 
     spec, datasets = config["models"][model], config["datasets"]
     size = fixed_image_size(spec["arch"], spec["num_classes"])

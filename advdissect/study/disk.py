@@ -75,7 +75,8 @@ def pixel_layers(name: str, spec: Mapping, n_images: int, generated: Mapping | N
 
 def layer_shapes(model_spec: Mapping, image_size: tuple[int, int]) -> dict[str, tuple[int, int, int]]:
     """{layer: (units, h, w)} of a model's dissected layers at an image size."""
-    from ..nets.models import feature_shapes, load_model
+    from ..nets.layers import feature_shapes
+    from ..nets.models import load_model
 
     model = load_model(model_spec["arch"], model_spec["num_classes"], weights_file=None)
     return feature_shapes(model.eval(), model_spec["layers"], image_size)

@@ -4,8 +4,8 @@ from pathlib import Path
 
 from advdissect.joblog import log_to
 from advdissect.nets.device import gpu_job
-from advdissect.nets.models import check_sha256
 from advdissect.nets.training import TrainJob, train_model_to_files
+from advdissect.nets.weights import check_sha256
 from advdissect.specs import ModelSpec, train_spec
 
 sm = snakemake
