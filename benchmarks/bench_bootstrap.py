@@ -22,7 +22,7 @@ import numpy as np
 from broden_labels import N_LABELS, label_category  # benchmarks/: run as scripts
 
 from advdissect.dissect.bootstrap import ImageCounts, bootstrap_detectors
-from advdissect.dissect.tally import N_CAT
+from advdissect.dissect.counts import N_CAT
 from advdissect.study.disk import LABELS_PER_IMAGE, LABELS_PER_MASK, RECORDED_PAIRS
 
 

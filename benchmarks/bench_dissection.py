@@ -31,7 +31,8 @@ from broden_labels import N_LABELS, label_category  # benchmarks/: run as script
 
 from advdissect import store
 from advdissect.dissect.activations import extract_activations, extract_layers
-from advdissect.dissect.tally import LabelTable, count_shard, counts_group, merge_counts, read_counts
+from advdissect.dissect.counts import LabelTable, count_shard, merge_counts
+from advdissect.dissect.tally import counts_group, read_counts
 from advdissect.dissect.thresholds import compute_thresholds, threshold_from_top, top_count, top_values
 
 SEG = (112, 112)

@@ -21,7 +21,8 @@ import pandas as pd
 
 from advdissect import store
 from advdissect.data.broden import BrodenDataset
-from advdissect.dissect.tally import LabelTable, best_concepts, count_shard, iou, merge_counts
+from advdissect.dissect.counts import LabelTable, count_shard, iou, merge_counts
+from advdissect.dissect.tally import best_concepts
 from advdissect.dissect.thresholds import threshold_from_top, top_count, top_values
 
 CLEAN = "clean"

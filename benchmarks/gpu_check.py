@@ -42,7 +42,8 @@ from advdissect.data.broden import BrodenDataset
 from advdissect.data.download import BRODEN_IMAGES as BRODEN_SIZES
 from advdissect.data.synthetic import generate
 from advdissect.dissect.activations import extract_activations, extract_layers
-from advdissect.dissect.tally import LabelTable, best_concepts, count_shard, iou
+from advdissect.dissect.counts import LabelTable, count_shard, iou
+from advdissect.dissect.tally import best_concepts
 from advdissect.dissect.thresholds import threshold_from_top, top_count, top_values
 from advdissect.nets import training
 from advdissect.nets.attack_runner import run_attack

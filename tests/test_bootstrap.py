@@ -18,8 +18,10 @@ from advdissect.dissect.bootstrap import (
     resample_weights,
     write_bootstrap,
 )
-from advdissect.dissect.tally import COUNT_KEYS, LabelTable, count_shard, iou, merge_counts, write_shard_counts
+from advdissect.dissect.counts import LabelTable, count_shard, iou, merge_counts
+from advdissect.dissect.tally import write_shard_counts
 from advdissect.errors import ArtifactError
+from advdissect.store import COUNT_KEYS
 
 from helpers import StandInDataset, write_shards
 

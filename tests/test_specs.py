@@ -240,15 +240,15 @@ def test_atda_takes_a_margin():
 def test_the_library_dissects_with_the_schemas_defaults():
     import inspect
 
-    from advdissect.dissect import ceilings, tally, thresholds
+    from advdissect.dissect import ceilings, counts, thresholds
 
     dissection = schema_defaults("dissection")
     assert thresholds.DEFAULT_QUANTILE == dissection["quantile"]
-    assert tally.DEFAULT_DENOMINATOR == dissection["denominator"]
+    assert counts.DEFAULT_DENOMINATOR == dissection["denominator"]
     for function in (ceilings.ideal_unit_iou, ceilings.ceilings_table, ceilings.write_ceilings):
         parameters = inspect.signature(function).parameters
         assert parameters["quantile"].default == dissection["quantile"]
         assert parameters["denominator"].default == dissection["denominator"]
-    assert inspect.signature(tally.iou).parameters["denominator"].default == dissection["denominator"]
+    assert inspect.signature(counts.iou).parameters["denominator"].default == dissection["denominator"]
     schema = yaml.safe_load(specs.SCHEMA.read_text(encoding="utf-8"))
-    assert tuple(schema["properties"]["dissection"]["properties"]["denominator"]["enum"]) == tally.DENOMINATORS
+    assert tuple(schema["properties"]["dissection"]["properties"]["denominator"]["enum"]) == counts.DENOMINATORS

@@ -9,15 +9,11 @@ import pandas as pd
 import pytest
 
 from advdissect import store
+from advdissect.data.broden import CATEGORIES
+from advdissect.dissect.counts import N_CAT, LabelTable, count_shard, iou, merge_counts
 from advdissect.dissect.tally import (
-    CATEGORIES,
-    N_CAT,
-    LabelTable,
     _best_overall,
     best_concepts,
-    count_shard,
-    iou,
-    merge_counts,
     read_counts,
     tally_columns,
     units_table,
@@ -160,11 +156,11 @@ def test_counts_independent_of_chunks_and_shards():
 
 
 def test_sorting_path_for_many_label_sets(monkeypatch):
-    import advdissect.dissect.tally as tally
+    import advdissect.dissect.counts as counts
 
     acts, thresholds, segs = tiny_data(seed=6, n=6)
     want = count_shard(acts, thresholds, segs, LabelTable(LABEL_CATEGORY, N_LABELS, (8, 8)))
-    monkeypatch.setattr(tally, "_dense_bins", lambda n_bins, n_keys: False)
+    monkeypatch.setattr(counts, "_dense_bins", lambda n_bins, n_keys: False)
     assert_counts_equal(count_shard(acts, thresholds, segs, LabelTable(LABEL_CATEGORY, N_LABELS, (8, 8))), want)
 
 

@@ -1,7 +1,7 @@
 """Bootstrap over the dissected images: the sampling spread of a layer's detector counts.
 
 A resample draws N images with replacement from the N dissected ones (multinomial weights
-w_i, seeded). Its counts are the exact weighted sums of per-image records (`tally.IMAGE_RECORDS`,
+w_i, seeded). Its counts are the exact weighted sums of per-image records (`counts.IMAGE_RECORDS`,
 written by the count jobs beside their counts and checked against them):
 intersection[u, l] = sum_i w_i·|M_u ∩ L_l|_i and so on, so every resample is scored by the
 pipeline's own IoU, best-concept and detector rules, as if the resampled image list had been
@@ -30,20 +30,11 @@ import scipy.sparse
 from tqdm import tqdm
 
 from .. import store
+from ..data.broden import CATEGORIES
 from ..errors import ArtifactError, ConfigError
-from .tally import (
-    CATEGORIES,
-    COUNT_KEYS,
-    IMAGE_RECORDS,
-    N_CAT,
-    _bits_to_matrix,
-    _check_denominator,
-    best_concepts,
-    iou,
-    merge_counts,
-    read_counts,
-    record_key,
-)
+from ..store import COUNT_KEYS
+from .counts import IMAGE_RECORDS, N_CAT, _bits_to_matrix, check_denominator, iou, merge_counts, record_key
+from .tally import best_concepts, read_counts
 
 # One chunk of resamples holds at most this many (resample, cell) values per array.
 CHUNK_ELEMENTS = 1 << 24
@@ -218,7 +209,7 @@ class _Scorer:
     """Detectors per category of resampled counts, from the IoU of the intersected cells only."""
 
     def __init__(self, image_counts: ImageCounts, denominator: str):
-        _check_denominator(denominator)
+        check_denominator(denominator)
         nl = image_counts.n_labels
         cat = image_counts.label_category
         r = image_counts.records["intersection"]

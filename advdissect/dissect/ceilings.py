@@ -28,7 +28,7 @@ from .. import store
 from ..data.broden import CATEGORIES, BrodenDataset
 from ..data.segmentations import ShardSegmentations
 from ..errors import ArtifactError, ConfigError
-from .tally import DEFAULT_DENOMINATOR, LabelTable, count_shard, iou, merge_counts
+from .counts import DEFAULT_DENOMINATOR, LabelTable, count_shard, iou, merge_counts
 from .thresholds import DEFAULT_QUANTILE, merge_top, threshold_from_top, top_count, top_values
 
 TIE_BREAK = 1e-3

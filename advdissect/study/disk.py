@@ -19,7 +19,7 @@ from pathlib import Path
 import pandas as pd
 
 from ..data.broden import CATEGORIES, PIXEL_CATEGORIES
-from ..dissect.tally import IMAGE_RECORDS
+from ..dissect.counts import IMAGE_RECORDS
 from ..errors import AdvDissectError
 from .config import load_config
 from .datasets import dataset_facts, dataset_root, dataset_size, generated_spec
