@@ -102,11 +102,6 @@ def top_activating(
     return out
 
 
-def read_thresholds(path: PathLike, expect: Mapping[str, Any]) -> np.ndarray:
-    with store.open_h5(path, "thresholds", expect) as f:
-        return np.asarray(f["thresholds"][:], dtype=np.float64)
-
-
 def read_rows(
     paths: Sequence[PathLike], kind: str, expect: Mapping[str, Any], name: str, rows: set[int]
 ) -> dict[int, np.ndarray]:
@@ -139,4 +134,5 @@ def read_top_images(image_set: ImageSet, units: Sequence[int], n: int) -> TopIma
 
 def set_thresholds(image_set: ImageSet) -> np.ndarray:
     """The layer's thresholds on `image_set`, one per unit."""
-    return read_thresholds(image_set.thresholds, dict(image_set.identity, layer=image_set.layer))
+    with store.open_h5(image_set.thresholds, "thresholds", dict(image_set.identity, layer=image_set.layer)) as f:
+        return np.asarray(f["thresholds"][:], dtype=np.float64)

@@ -159,7 +159,8 @@ def check_semantics(config: Mapping) -> None:
     for variant in {spec["variant"] for spec in datasets.values() if spec["source"] == "broden"}:
         broden_download(config, variant)
     # Exactly one clean attack; each attack built once as a spec, which checks its own values.
-    _ = Plan(config).clean, Plan(config).attack_specs
+    plan = Plan(config)
+    _ = plan.clean, plan.attack_specs
     for name in models:
         _check_model_references(config, name)
         if models[name]["weights"]["source"] == "train":
